@@ -1,0 +1,1 @@
+"""Data: loading image-caption datasets, transforms, synthetic shapes, and the Lightning datamodule."""

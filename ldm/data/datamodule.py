@@ -1,0 +1,149 @@
+"""The Lightning datamodule that every stage trains on: batches of images and captions.
+
+Each batch is a dict with `pixel_values` (B, 3, H, W) in [-1, 1] and `caption` (a list of B
+strings). Map-style data is sharded across processes by Lightning's distributed sampler; streamed
+data is sharded with `datasets.distributed.split_dataset_by_node`.
+"""
+
+from __future__ import annotations
+
+import random
+import warnings
+
+import datasets
+import lightning as L
+import torch
+from datasets.distributed import split_dataset_by_node
+from torch.utils.data import DataLoader
+
+from ldm.data.config import DataConfig
+from ldm.data.sources import describe, drop_unreadable, load_source, open_image
+from ldm.data.transforms import preprocess
+from ldm.errors import LdmError
+
+STREAM_VAL_BATCHES = 2  # streamed data has no length: validate on the first few batches
+
+
+def pick_caption(value, rng: random.Random, train: bool) -> str:
+    """One caption from a string or a list of strings (random in training, the first otherwise)."""
+    if isinstance(value, (list, tuple)):
+        if not value:
+            return ""
+        return rng.choice(list(value)) if train else value[0]
+    return "" if value is None else str(value)
+
+
+def _sample_rng() -> random.Random:
+    # Drawn from torch's generator, which Lightning seeds per worker: reproducible with a seed.
+    return random.Random(int(torch.randint(0, 2**62, ()).item()))
+
+
+def make_sample(row: dict, cfg: DataConfig, train: bool) -> dict:
+    rng = _sample_rng()
+    image = open_image(row[cfg.image_column])
+    pixels = preprocess(image, cfg.resolution, cfg.center_crop or not train,
+                        cfg.random_flip and train, rng)
+    return {"pixel_values": pixels, "caption": pick_caption(row[cfg.caption_column], rng, train)}
+
+
+def collate(samples: list[dict]) -> dict:
+    return {
+        "pixel_values": torch.stack([s["pixel_values"] for s in samples]),
+        "caption": [s["caption"] for s in samples],
+    }
+
+
+class ImageCaptionDataset(torch.utils.data.Dataset):
+    """Map-style: a `datasets.Dataset` whose images were checked readable when it was loaded."""
+
+    def __init__(self, ds: datasets.Dataset, cfg: DataConfig, train: bool):
+        self.ds, self.cfg, self.train = ds, cfg, train
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, index: int) -> dict:
+        return make_sample(self.ds[index], self.cfg, self.train)
+
+
+class StreamingImageCaptionDataset(torch.utils.data.IterableDataset):
+    """Streamed: images are decoded as they arrive; unreadable ones are skipped and counted."""
+
+    def __init__(self, ds: datasets.IterableDataset, cfg: DataConfig, train: bool):
+        self.ds, self.cfg, self.train = ds, cfg, train
+        self.skipped = 0
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        shard = self.ds
+        if info is not None and info.num_workers > 1:
+            shard = split_dataset_by_node(shard, rank=info.id, world_size=info.num_workers)
+        for row in shard:
+            try:
+                yield make_sample(row, self.cfg, self.train)
+            except Exception:  # a broken image in a stream must not end the epoch
+                self.skipped += 1
+                if self.skipped == 1:
+                    warnings.warn(f"skipping unreadable image {describe(row[self.cfg.image_column])}"
+                                  " (further ones are skipped silently and counted)", stacklevel=2)
+
+
+def load_splits(cfg: DataConfig, rank: int = 0, world_size: int = 1):
+    """(train, validation) torch datasets for `cfg`; validation may be None when val_fraction is 0."""
+    ds = load_source(cfg)
+    if cfg.streaming:
+        val_count = STREAM_VAL_BATCHES * cfg.batch_size if cfg.val_fraction > 0 else 0
+        train = ds.skip(val_count).shuffle(seed=cfg.seed, buffer_size=cfg.shuffle_buffer)
+        train = split_dataset_by_node(train, rank=rank, world_size=world_size)
+        val = StreamingImageCaptionDataset(ds.take(val_count), cfg, False) if val_count else None
+        return StreamingImageCaptionDataset(train, cfg, True), val
+    ds = drop_unreadable(ds, cfg)
+    n_val = int(round(len(ds) * cfg.val_fraction))
+    if cfg.val_fraction > 0 and len(ds) >= 2:
+        n_val = max(1, n_val)
+    if n_val >= len(ds):
+        raise LdmError(f"dataset {cfg.source} has only {len(ds)} readable image(s): too few to "
+                       f"hold out data.val_fraction={cfg.val_fraction} for validation")
+    if n_val == 0:
+        return ImageCaptionDataset(ds, cfg, True), None
+    parts = ds.train_test_split(test_size=n_val, seed=cfg.seed, shuffle=True)
+    return ImageCaptionDataset(parts["train"], cfg, True), ImageCaptionDataset(parts["test"], cfg, False)
+
+
+def require_divisible(resolution: int, factor: int, what: str) -> None:
+    """Fail early when the model cannot take images of this size."""
+    if resolution % factor:
+        raise LdmError(f"data.resolution={resolution} is not divisible by {what}={factor}; "
+                       f"use a multiple of {factor}")
+
+
+class ImageCaptionDataModule(L.LightningDataModule):
+    def __init__(self, cfg: DataConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.train_set = self.val_set = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        rank = self.trainer.global_rank if self.trainer else 0
+        world = self.trainer.world_size if self.trainer else 1
+        self.train_set, self.val_set = load_splits(self.cfg, rank, world)
+
+    def _loader(self, ds, train: bool) -> DataLoader:
+        map_style = isinstance(ds, ImageCaptionDataset)
+        return DataLoader(
+            ds,
+            batch_size=self.cfg.batch_size,
+            shuffle=train and map_style,
+            num_workers=self.cfg.num_workers,
+            persistent_workers=self.cfg.num_workers > 0,
+            collate_fn=collate,
+            drop_last=train and map_style and len(ds) >= 2 * self.cfg.batch_size,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, True)
+
+    def val_dataloader(self):
+        return self._loader(self.val_set, False) if self.val_set is not None else []
