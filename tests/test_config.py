@@ -1,0 +1,54 @@
+from dataclasses import dataclass, field
+
+import pytest
+
+from ldm.config import apply_overrides, build
+from ldm.data.config import DataConfig
+from ldm.errors import LdmError
+
+
+@dataclass
+class Inner:
+    lr: float = 1e-4
+    steps: int = 10
+
+
+@dataclass
+class Outer:
+    name: str
+    inner: Inner = field(default_factory=Inner)
+    tags: list[str] = field(default_factory=list)
+    limit: int | None = None
+
+
+def test_builds_nested_dataclasses_and_widens_int_to_float():
+    cfg = build(Outer, {"name": "x", "inner": {"lr": 1, "steps": 3}, "tags": ["a"]})
+    assert cfg.inner.lr == 1.0 and isinstance(cfg.inner.lr, float)
+    assert cfg.inner.steps == 3 and cfg.tags == ["a"] and cfg.limit is None
+
+
+def test_misspelled_key_is_named_with_a_suggestion():
+    with pytest.raises(LdmError, match=r"unknown config key 'inner.stepz'.*did you mean 'steps'"):
+        build(Outer, {"name": "x", "inner": {"stepz": 3}})
+
+
+def test_wrong_type_names_the_key():
+    with pytest.raises(LdmError, match=r"inner.steps must be int"):
+        build(Outer, {"name": "x", "inner": {"steps": "many"}})
+
+
+def test_missing_required_key_is_named():
+    with pytest.raises(LdmError, match="missing config key 'name'"):
+        build(Outer, {})
+
+
+def test_overrides_parse_values_as_yaml():
+    data = apply_overrides({"inner": {"steps": 1}}, ["inner.steps=5", "limit=null", "name=run"])
+    assert data == {"inner": {"steps": 5}, "limit": None, "name": "run"}
+    with pytest.raises(LdmError, match="must look like"):
+        apply_overrides({}, ["nonsense"])
+
+
+def test_post_init_checks_become_config_errors():
+    with pytest.raises(LdmError, match="val_fraction"):
+        build(DataConfig, {"source": "x", "val_fraction": 1.5})

@@ -1,0 +1,42 @@
+import pytest
+
+from ldm.data.config import DataConfig
+from ldm.errors import LdmError
+from ldm.training import RunConfig, TrainConfig, resolve_checkpoint, resolve_precision, resolve_processes
+
+
+def test_precision_follows_config_then_accelerate_then_fp32():
+    assert resolve_precision(None, {}) == "32-true"
+    assert resolve_precision("bf16", {}) == "bf16-mixed"
+    assert resolve_precision(None, {"ACCELERATE_MIXED_PRECISION": "bf16"}) == "bf16-mixed"
+    assert resolve_precision(None, {"ACCELERATE_MIXED_PRECISION": "fp16"}) == "16-mixed"
+    assert resolve_precision(None, {"ACCELERATE_MIXED_PRECISION": "no"}) == "32-true"
+    assert resolve_precision("16-mixed", {"ACCELERATE_MIXED_PRECISION": "fp16"}) == "16-mixed"
+
+
+def test_precision_conflict_names_both_settings():
+    with pytest.raises(LdmError, match=r"train.precision=bf16-mixed conflicts with accelerate's mixed_precision=fp16"):
+        resolve_precision("bf16-mixed", {"ACCELERATE_MIXED_PRECISION": "fp16"})
+    with pytest.raises(LdmError, match="ACCELERATE_MIXED_PRECISION"):
+        resolve_precision(None, {"ACCELERATE_MIXED_PRECISION": "fp8"})
+
+
+def test_processes_come_from_a_torchrun_style_launch():
+    cfg = TrainConfig()
+    assert resolve_processes(cfg, {}) == {"devices": "auto", "num_nodes": 1, "strategy": "auto"}
+    env = {"WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}
+    assert resolve_processes(cfg, env) == {"devices": 2, "num_nodes": 2, "strategy": "ddp"}
+
+
+def test_fresh_run_refuses_to_overwrite_and_resume_finds_last(tmp_path):
+    cfg = RunConfig(stage="autoencoder", run_dir=str(tmp_path), data=DataConfig(source="x"))
+    assert resolve_checkpoint(cfg) is None
+    cfg.checkpoint_dir.mkdir(parents=True)
+    (cfg.checkpoint_dir / "last.ckpt").write_bytes(b"x")
+    with pytest.raises(LdmError, match="pass --resume"):
+        resolve_checkpoint(cfg)
+    cfg.train.ckpt_path = "last"
+    assert resolve_checkpoint(cfg) == str(cfg.checkpoint_dir / "last.ckpt")
+    cfg.train.ckpt_path = str(tmp_path / "nope.ckpt")
+    with pytest.raises(LdmError, match="checkpoint not found"):
+        resolve_checkpoint(cfg)
