@@ -89,6 +89,19 @@ class RunConfig:
         return self.stage_dir / "checkpoints"
 
 
+# train.lr_schedule -> the name transformers' `get_scheduler` knows (each with linear warmup).
+LR_SCHEDULES = {"constant": "constant_with_warmup", "cosine": "cosine", "linear": "linear"}
+
+
+def lr_scheduler(optimizer, train: TrainConfig) -> dict:
+    """Lightning's lr_scheduler entry for `train.lr_schedule`, with warmup, stepped every step."""
+    from transformers import get_scheduler
+
+    scheduler = get_scheduler(LR_SCHEDULES[train.lr_schedule], optimizer,
+                              num_warmup_steps=train.warmup_steps, num_training_steps=train.max_steps)
+    return {"scheduler": scheduler, "interval": "step"}
+
+
 def resolve_precision(configured: str | None, env: dict | None = None) -> str:
     """The Lightning precision: the config's, else accelerate's, else full fp32."""
     env = os.environ if env is None else env
