@@ -26,6 +26,7 @@ from ldm.config import to_dict
 from ldm.data.config import DataConfig
 from ldm.errors import LdmError
 from ldm.plots import plot_losses
+from ldm.resume import ExactResume
 
 # accelerate's --mixed_precision values, as Lightning precision settings.
 ACCELERATE_PRECISION = {"no": "32-true", "fp16": "16-mixed", "bf16": "bf16-mixed"}
@@ -172,19 +173,23 @@ def build_trainer(cfg: RunConfig, module: L.LightningModule, callbacks: list | N
     train = cfg.train
     stage_dir = cfg.stage_dir
     stage_dir.mkdir(parents=True, exist_ok=True)
+    # Lightning's global_step counts optimizer steps; a module that steps several optimizers per
+    # batch (a GAN: generator and discriminator) says how many, and max_steps and the checkpoint
+    # interval, which the config counts in batches, are scaled to match.
+    per_batch = getattr(module, "optimizer_steps_per_batch", 1)
     csv_logger = CSVLogger(save_dir=str(stage_dir), name="", version="csv")
     loggers = [TensorBoardLogger(save_dir=str(stage_dir), name="", version="tensorboard"), csv_logger]
     checkpoints = ModelCheckpoint(
         dirpath=str(cfg.checkpoint_dir),
         filename="step{step:08d}",
         auto_insert_metric_name=False,
-        every_n_train_steps=train.checkpoint_every_n_steps,
+        every_n_train_steps=train.checkpoint_every_n_steps * per_batch,
         save_top_k=train.keep_checkpoints,
         monitor="step",
         mode="max",
         save_last=True,
     )
-    callbacks = [checkpoints, LearningRateMonitor(logging_interval="step"),
+    callbacks = [checkpoints, ExactResume(), LearningRateMonitor(logging_interval="step"),
                  LossPlot(csv_logger, stage_dir / "loss.png", f"{cfg.stage} losses"),
                  *(callbacks or [])]
     manual = not module.automatic_optimization  # manual optimization clips in the module itself
@@ -192,7 +197,7 @@ def build_trainer(cfg: RunConfig, module: L.LightningModule, callbacks: list | N
         accelerator=train.accelerator,
         **resolve_processes(train),
         precision=resolve_precision(train.precision),
-        max_steps=train.max_steps,
+        max_steps=train.max_steps * per_batch,
         max_time={"minutes": train.max_minutes} if train.max_minutes else None,
         val_check_interval=train.val_every_n_steps,
         check_val_every_n_epoch=None,
@@ -205,6 +210,8 @@ def build_trainer(cfg: RunConfig, module: L.LightningModule, callbacks: list | N
         callbacks=callbacks,
         default_root_dir=str(stage_dir),
         enable_model_summary=False,
+        # the datamodule shards training data itself (ResumableShuffleSampler) and validation data
+        use_distributed_sampler=False,
     )
 
 

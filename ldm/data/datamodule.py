@@ -1,8 +1,9 @@
 """The Lightning datamodule that every stage trains on: batches of images and captions.
 
 Each batch is a dict with `pixel_values` (B, 3, H, W) in [-1, 1] and `caption` (a list of B
-strings). Map-style data is sharded across processes by Lightning's distributed sampler; streamed
-data is sharded with `datasets.distributed.split_dataset_by_node`.
+strings). Map-style training data is shuffled and sharded across processes by
+ResumableShuffleSampler, validation data by torch's DistributedSampler; streamed data is sharded
+with `datasets.distributed.split_dataset_by_node`.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import datasets
 import lightning as L
 import torch
 from datasets.distributed import split_dataset_by_node
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from ldm.data.config import DataConfig
+from ldm.data.sampler import ResumableShuffleSampler
 from ldm.data.sources import describe, drop_unreadable, load_source, open_image
 from ldm.data.transforms import preprocess
 from ldm.errors import LdmError
@@ -33,13 +35,10 @@ def pick_caption(value, rng: random.Random, train: bool) -> str:
     return "" if value is None else str(value)
 
 
-def _sample_rng() -> random.Random:
-    # Drawn from torch's generator, which Lightning seeds per worker: reproducible with a seed.
-    return random.Random(int(torch.randint(0, 2**62, ()).item()))
-
-
-def make_sample(row: dict, cfg: DataConfig, train: bool) -> dict:
-    rng = _sample_rng()
+def make_sample(row: dict, cfg: DataConfig, train: bool, seed: int | None = None) -> dict:
+    # Training samples get their seed from ResumableShuffleSampler; otherwise draw one from torch's
+    # generator (seeded by Lightning per worker), so runs stay reproducible either way.
+    rng = random.Random(int(torch.randint(0, 2**62, ()).item()) if seed is None else seed)
     image = open_image(row[cfg.image_column])
     pixels = preprocess(image, cfg.resolution, cfg.center_crop or not train,
                         cfg.random_flip and train, rng)
@@ -62,8 +61,9 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.ds)
 
-    def __getitem__(self, index: int) -> dict:
-        return make_sample(self.ds[index], self.cfg, self.train)
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        return make_sample(self.ds[index], self.cfg, self.train, seed)
 
 
 class StreamingImageCaptionDataset(torch.utils.data.IterableDataset):
@@ -130,20 +130,30 @@ class ImageCaptionDataModule(L.LightningDataModule):
         world = self.trainer.world_size if self.trainer else 1
         self.train_set, self.val_set = load_splits(self.cfg, rank, world)
 
-    def _loader(self, ds, train: bool) -> DataLoader:
-        map_style = isinstance(ds, ImageCaptionDataset)
+    def _loader(self, ds, sampler=None) -> DataLoader:
         return DataLoader(
             ds,
             batch_size=self.cfg.batch_size,
-            shuffle=train and map_style,
+            sampler=sampler,
             num_workers=self.cfg.num_workers,
             persistent_workers=self.cfg.num_workers > 0,
             collate_fn=collate,
-            drop_last=train and map_style and len(ds) >= 2 * self.cfg.batch_size,
+            drop_last=isinstance(sampler, ResumableShuffleSampler) and len(sampler) >= 2 * self.cfg.batch_size,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, True)
+        sampler = None
+        if isinstance(self.train_set, ImageCaptionDataset):
+            rank = self.trainer.global_rank if self.trainer else 0
+            world = self.trainer.world_size if self.trainer else 1
+            sampler = ResumableShuffleSampler(len(self.train_set), self.cfg.seed, rank, world)
+        return self._loader(self.train_set, sampler)
 
     def val_dataloader(self):
-        return self._loader(self.val_set, False) if self.val_set is not None else []
+        if self.val_set is None:
+            return []
+        sampler = None
+        if self.trainer and self.trainer.world_size > 1 and isinstance(self.val_set, ImageCaptionDataset):
+            sampler = DistributedSampler(self.val_set, num_replicas=self.trainer.world_size,
+                                         rank=self.trainer.global_rank, shuffle=False)
+        return self._loader(self.val_set, sampler)
