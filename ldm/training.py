@@ -215,16 +215,34 @@ def build_trainer(cfg: RunConfig, module: L.LightningModule, callbacks: list | N
     )
 
 
+def describe_batch(cfg: RunConfig, trainer: L.Trainer) -> dict:
+    """How big a step is: data.batch_size is per process; the learning rate is not rescaled."""
+    per_process = cfg.data.batch_size
+    accumulation = cfg.train.accumulate_grad_batches
+    return {"batch_per_process": per_process, "processes": trainer.world_size,
+            "accumulate_grad_batches": accumulation,
+            "global_batch": per_process * trainer.world_size * accumulation, "lr": cfg.train.lr}
+
+
 def fit(cfg: RunConfig, module: L.LightningModule, datamodule: L.LightningDataModule,
         callbacks: list | None = None) -> L.Trainer:
     """Train `module` on `datamodule` as `cfg.train` says, resuming when asked."""
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     ckpt_path = resolve_checkpoint(cfg)
     trainer = build_trainer(cfg, module, callbacks)
+    batch = describe_batch(cfg, trainer)
     if trainer.is_global_zero:
         import yaml
 
         cfg.stage_dir.mkdir(parents=True, exist_ok=True)
         (cfg.stage_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        print(f"[{cfg.stage}] batch {batch['batch_per_process']} per process x {batch['processes']} "
+              f"process(es) x {batch['accumulate_grad_batches']} accumulation = {batch['global_batch']} "
+              f"images per step; lr {batch['lr']:g} (not scaled by the batch)")
+    for logger in trainer.loggers:
+        logger.log_hyperparams({"batch/" + key: value for key, value in batch.items()})
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    # A final checkpoint, so a run stopped by max_steps or max_minutes can always be resumed
+    # (a collective call: every process takes part).
+    trainer.save_checkpoint(cfg.checkpoint_dir / f"{LAST}.ckpt")
     return trainer
