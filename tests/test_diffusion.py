@@ -1,0 +1,96 @@
+"""Stage 2 on tiny models: training, EMA, caption dropout, loss targets and the export."""
+
+from __future__ import annotations
+
+import torch
+import yaml
+from diffusion_fixtures import diffusion_config, make_stage1_run
+from diffusers import StableDiffusionPipeline
+from safetensors.torch import load_file
+
+from ldm.config import build
+from ldm.models.conditioner import TextConditioner
+from ldm.models.diffusion import Config, train
+from ldm.models.diffusion_loss import DiffusionLoss
+from ldm.models.diffusion_parts import NoiseConfig, build_noise_scheduler
+from ldm.stages import load_config
+
+
+def test_a_few_steps_then_export_loads_in_stable_diffusion(tmp_path):
+    run = make_stage1_run(tmp_path)
+    cfg = build(Config, diffusion_config(tmp_path, run))
+    trainer = train(cfg)
+    module = trainer.lightning_module
+
+    # EMA: followed every optimizer step, differs from the raw weights, and went into the export.
+    assert module.ema.optimization_step == 4
+    exported = load_file(run / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors")
+    ema = dict(zip([name for name, _ in module.unet.named_parameters()], module.ema.shadow_params))
+    name = "conv_in.weight"
+    assert torch.allclose(exported[name], ema[name].cpu())
+    assert not torch.allclose(exported[name], module.unet.conv_in.weight.detach().cpu())
+    # Validation wrote sample grids (2 validations: steps 2 and 4) with their metadata.
+    grids = sorted((run / "diffusion" / "samples").glob("*.png"))
+    assert [g.name for g in grids] == ["step00000002.png", "step00000004.png"]
+
+    pipe = StableDiffusionPipeline.from_pretrained(run / "pipeline", safety_checker=None)
+    assert type(pipe.scheduler).__name__ == "DPMSolverMultistepScheduler"
+    image = pipe("a red circle", num_inference_steps=2, guidance_scale=4.0, output_type="np",
+                 generator=torch.Generator().manual_seed(0)).images
+    assert image.shape == (1, 16, 16, 3)
+
+    # Resume: the EMA comes back from the checkpoint and goes on counting.
+    cfg = build(Config, diffusion_config(tmp_path, run, train={**diffusion_config(tmp_path, run)["train"],
+                                                              "max_steps": 6, "ckpt_path": "last"}))
+    resumed = train(cfg).lightning_module
+    assert resumed.ema.optimization_step == 6
+
+
+def test_without_cache_encodes_on_the_fly(tmp_path):
+    run = make_stage1_run(tmp_path)
+    cfg = build(Config, diffusion_config(tmp_path, run, cache=False, samples={"prompts": []}))
+    train(cfg)
+    assert not (run / "diffusion" / "cache").exists()
+    assert (run / "pipeline" / "model_index.json").is_file()
+
+
+def test_caption_dropout_rate(tmp_path):
+    run = make_stage1_run(tmp_path, n_images=1)
+    conditioner = TextConditioner.load(str(run), dropout=0.25)
+    embeddings = conditioner.encode(["a red circle"]).expand(4000, -1, -1)
+    dropped = conditioner.drop_captions(embeddings, torch.Generator().manual_seed(0))
+    empty = conditioner.empty_embedding()
+    is_empty = (dropped == empty).flatten(1).all(1)
+    kept = (dropped == embeddings).flatten(1).all(1)
+    assert torch.all(is_empty ^ kept)
+    assert abs(is_empty.float().mean().item() - 0.25) < 0.03
+
+
+def test_loss_targets_and_min_snr_weights():
+    latents, noise = torch.randn(8, 4, 4, 4), torch.randn(8, 4, 4, 4)
+    t = torch.tensor([0, 10, 100, 300, 500, 700, 900, 999])
+    v_scheduler = build_noise_scheduler(NoiseConfig(prediction_type="v_prediction"))
+    v_loss = DiffusionLoss(v_scheduler, "v_prediction", snr_gamma=5.0)
+    assert torch.allclose(v_loss.target(latents, noise, t), v_scheduler.get_velocity(latents, noise, t))
+    eps_loss = DiffusionLoss(build_noise_scheduler(NoiseConfig()), "epsilon", snr_gamma=5.0)
+    assert torch.equal(eps_loss.target(latents, noise, t), noise)
+    weights = eps_loss.weights(t)
+    # Low-noise steps (high SNR) are weighted down to gamma / SNR; high-noise steps keep weight 1.
+    assert weights[0] < 0.01 and torch.allclose(weights[-1], torch.tensor(1.0))
+    assert DiffusionLoss(v_scheduler, "epsilon").weights(t) is None
+
+
+def test_noise_offset_shifts_whole_channels():
+    scheduler = build_noise_scheduler(NoiseConfig())
+    latents = torch.zeros(512, 4, 8, 8)
+    plain = DiffusionLoss(scheduler, noise_offset=0.0).sample_noise(latents, torch.Generator().manual_seed(0))
+    offset = DiffusionLoss(scheduler, noise_offset=0.5).sample_noise(latents, torch.Generator().manual_seed(0))
+    # Per-channel means spread by the offset's scale (0.5) on top of the mean of 64 N(0,1) values.
+    assert plain.mean(dim=(2, 3)).std() < 0.2 < offset.mean(dim=(2, 3)).std()
+
+
+def test_shipped_configs_validate():
+    for path in ("configs/diffusion/ldm_shapes.yaml", "configs/diffusion/ldm_kl_f8_256.yaml"):
+        cfg = load_config(path)
+        assert cfg.stage == "diffusion"
+        assert yaml.safe_load(open(path))["stage"] == "diffusion"

@@ -1,0 +1,97 @@
+"""The latent cache: built once, reused, rebuilt when an input changes, all captions kept."""
+
+from __future__ import annotations
+
+import datasets
+import pytest
+import torch
+from diffusion_fixtures import make_stage1_run
+from PIL import Image
+
+from ldm.data.config import DataConfig
+from ldm.data.latent_datamodule import LatentCacheDataModule
+from ldm.data.transforms import preprocess
+from ldm.errors import LdmError
+from ldm.models.conditioner import TextConditioner
+from ldm.models.frozen_autoencoder import FrozenAutoencoder
+
+
+def _datamodule(tmp_path, run, source=None, **data):
+    cfg = DataConfig(source=str(source or tmp_path / "shapes"), resolution=16, batch_size=8, **data)
+    return LatentCacheDataModule(cfg, run / "diffusion" / "cache", FrozenAutoencoder.load(run / "vae"),
+                                 TextConditioner.load(str(run)))
+
+
+def _prepared(tmp_path, run, **kwargs) -> LatentCacheDataModule:
+    dm = _datamodule(tmp_path, run, **kwargs)
+    dm.prepare_data()
+    dm.setup()
+    return dm
+
+
+def test_cache_is_reused_and_rebuilt_when_an_input_changes(tmp_path):
+    run = make_stage1_run(tmp_path)
+    first = _prepared(tmp_path, run)
+    assert first.reused is False
+    again = _prepared(tmp_path, run)
+    assert again.reused is True and again.folder == first.folder
+
+    # A changed autoencoder (one weight) gives a new cache.
+    vae = FrozenAutoencoder.load(run / "vae").vae
+    with torch.no_grad():
+        vae.decoder.conv_out.bias.add_(0.1)
+    vae.save_pretrained(run / "vae")
+    changed = _prepared(tmp_path, run)
+    assert changed.reused is False and changed.folder != first.folder
+
+    # A changed data setting, and changed images, each give a new cache.
+    resized = _prepared(tmp_path, run, max_samples=10)
+    assert resized.reused is False and resized.folder != changed.folder
+    image = tmp_path / "shapes" / "train" / "000000.png"
+    Image.new("RGB", (16, 16), (1, 2, 3)).save(image)
+    edited = _prepared(tmp_path, run)
+    assert edited.reused is False and edited.folder != changed.folder
+
+
+def test_cache_holds_the_posterior_and_batches_read_from_it(tmp_path):
+    run = make_stage1_run(tmp_path)
+    dm = _prepared(tmp_path, run, val_fraction=0.25)
+    assert len(dm.train_set) == 18 and len(dm.val_set) == 6
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["mean"].shape == (8, 4, 8, 8) and batch["std"].shape == (8, 4, 8, 8)
+    assert batch["embeddings"].shape == (8, 77, 32)
+
+    # Row 0 of the cache is the autoencoder's posterior of image 0, preprocessed as training does.
+    cache = datasets.load_from_disk(str(dm.folder)).with_format("torch")
+    source = datasets.load_dataset("imagefolder", data_dir=str(tmp_path / "shapes"), split="train")
+    pixels = preprocess(source[0]["image"], 16, True, False, None)[None]
+    mean, std = dm.autoencoder.moments(pixels)
+    assert torch.allclose(cache[0]["mean"], mean[0], atol=1e-5)
+    assert torch.allclose(cache[0]["std"], std[0], atol=1e-5)
+    assert cache[0]["captions"] == [source[0]["text"]]
+
+
+def test_every_caption_of_an_image_is_cached_and_one_drawn_per_sample(tmp_path):
+    run = make_stage1_run(tmp_path)
+    source = datasets.load_dataset("imagefolder", data_dir=str(tmp_path / "shapes"), split="train")
+    source = source.map(lambda row: {"text": [row["text"], "a plain caption", "another one"]})
+    source.save_to_disk(str(tmp_path / "multi"))
+    dm = _prepared(tmp_path, run, source=tmp_path / "multi", val_fraction=0.0)
+    row = dm.train_set.ds[0]
+    assert row["embeddings"].shape == (3, 77, 32)
+    drawn = {tuple(dm.train_set[(0, seed)]["embeddings"][0, -1, :3].tolist()) for seed in range(20)}
+    assert len(drawn) == 3
+
+
+def test_vq_cache_stores_points_not_distributions(tmp_path):
+    run = make_stage1_run(tmp_path, kind="vq")
+    dm = _prepared(tmp_path, run)
+    batch = next(iter(dm.train_dataloader()))
+    assert "std" not in batch and batch["mean"].shape == (8, 4, 8, 8)
+
+
+def test_cache_refuses_what_it_cannot_hold(tmp_path):
+    run = make_stage1_run(tmp_path, n_images=2)
+    for setting in ({"random_flip": True}, {"streaming": True}, {"center_crop": False}):
+        with pytest.raises(LdmError, match="cache: false"):
+            _datamodule(tmp_path, run, **setting)
