@@ -83,7 +83,7 @@ def load_pipeline(path: str | Path, dtype: torch.dtype | None = None,
                   device: str | torch.device | None = None) -> LatentDiffusionPipeline:
     """Load a checked RUN/pipeline as a `LatentDiffusionPipeline`, frozen, on `device`."""
     path = check_pipeline_folder(path)
-    pipe = LatentDiffusionPipeline.from_pretrained(path, torch_dtype=dtype, use_safetensors=True)
+    pipe = LatentDiffusionPipeline.from_pretrained(path, dtype=dtype, use_safetensors=True)
     for model in (pipe.vae, pipe.text_encoder, pipe.unet):
         model.requires_grad_(False).eval()
     if device is not None:

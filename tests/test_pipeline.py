@@ -12,6 +12,7 @@ from diffusers import StableDiffusionPipeline
 from ldm.errors import LdmError
 from ldm.pipeline import LatentDiffusionPipeline
 from ldm.pipeline_io import check_pipeline_folder, load_pipeline
+from ldm.samplers import SAMPLERS, make_sampler
 from tiny import make_tiny_pipeline
 
 PROMPTS = ["a red circle", "a blue square on a black background"]
@@ -83,3 +84,23 @@ def test_incomplete_folder_names_the_missing_part(tmp_path, missing):
         check_pipeline_folder(path)
     with pytest.raises(LdmError, match="not found"):
         load_pipeline(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_each_sampler_runs_and_is_reproducible(kl_pipeline_path, name):
+    pipe = quiet(load_pipeline(kl_pipeline_path))
+    pipe.scheduler = make_sampler(name, pipe.scheduler.config)
+    kwargs = dict(num_inference_steps=3, guidance_scale=3.0, output_type="np", eta=1.0)
+    first = pipe(PROMPTS[:1], generator=generators([1]), **kwargs).images
+    again = pipe(PROMPTS[:1], generator=generators([1]), **kwargs).images
+    assert first.shape == (1, 16, 16, 3) and np.isfinite(first).all()
+    np.testing.assert_array_equal(first, again)
+
+
+def test_sampler_keeps_the_training_schedule_and_rejects_unknown_names(kl_pipeline_path):
+    pipe = load_pipeline(kl_pipeline_path)
+    sampler = make_sampler("dpmsolver++", pipe.scheduler.config)
+    assert sampler.config.algorithm_type == "dpmsolver++"
+    assert sampler.config.beta_schedule == pipe.scheduler.config.beta_schedule == "scaled_linear"
+    with pytest.raises(LdmError, match="unknown sampler 'plms'; choose one of: dpmsolver\\+\\+, ddim"):
+        make_sampler("plms", pipe.scheduler.config)

@@ -1,0 +1,134 @@
+"""`ldm generate`: seeds, files and metadata, the contact sheet, bad input, and the 2-process split."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+from PIL import Image
+
+from ldm.cli import main
+from ldm.generate import GRID_NAME, GenerateOptions, generate, image_metadata, plan, read_metadata
+
+PROMPTS = ["a red circle in the center", "a large blue square on a white background"]
+FAST = dict(steps=3, guidance=4.0)
+
+
+def run_generate(pipeline, out, prompts=PROMPTS, **kwargs):
+    options = GenerateOptions(str(pipeline), list(prompts), out=str(out), **{**FAST, **kwargs})
+    return options, generate(options)
+
+
+def pixels(path):
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
+
+
+def test_files_metadata_and_grid(kl_pipeline_path, tmp_path):
+    options, written = run_generate(kl_pipeline_path, tmp_path, n=2, seed=3, negative="green")
+    assert sorted(p.name for p in written) == ["0000-seed3.png", "0000-seed4.png",
+                                               "0001-seed3.png", "0001-seed4.png"]
+    meta = read_metadata(tmp_path / "0001-seed4.png")
+    assert meta == image_metadata(options, plan(options)[3])
+    assert meta["prompt"] == PROMPTS[1] and meta["negative_prompt"] == "green"
+    assert (meta["seed"], meta["steps"], meta["guidance"], meta["sampler"]) == ("4", "3", "4.0", "dpmsolver++")
+    assert meta["model"] == str(kl_pipeline_path.resolve())
+    grid = Image.open(tmp_path / GRID_NAME)
+    assert grid.width == 2 * 128 and grid.height > 2 * 128  # two tiles a row, captions under the rows
+
+
+def test_same_command_same_bytes_and_each_image_can_be_remade_alone(kl_pipeline_path, tmp_path):
+    run_generate(kl_pipeline_path, tmp_path / "a", prompts=PROMPTS[:1], n=4, seed=7, batch_size=4)
+    run_generate(kl_pipeline_path, tmp_path / "b", prompts=PROMPTS[:1], n=4, seed=7, batch_size=4)
+    run_generate(kl_pipeline_path, tmp_path / "c", prompts=PROMPTS[:1], n=1, seed=10)
+    for seed in range(7, 11):
+        name = f"0000-seed{seed}.png"
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    assert (tmp_path / "a" / "0000-seed10.png").read_bytes() == (tmp_path / "c" / "0000-seed10.png").read_bytes()
+
+
+def test_generate_matches_stable_diffusion(kl_pipeline_path, tmp_path):
+    run_generate(kl_pipeline_path, tmp_path, prompts=PROMPTS[:1], seed=5, steps=4)
+    sd = StableDiffusionPipeline.from_pretrained(kl_pipeline_path, safety_checker=None)
+    sd.set_progress_bar_config(disable=True)
+    from ldm.samplers import make_sampler
+
+    sd.scheduler = make_sampler("dpmsolver++", sd.scheduler.config)
+    theirs = sd(PROMPTS[0], num_inference_steps=4, guidance_scale=4.0,
+                generator=torch.Generator().manual_seed(5)).images[0]
+    diff = np.abs(pixels(tmp_path / "0000-seed5.png") - np.asarray(theirs, dtype=np.int16))
+    assert diff.max() <= 1  # the same up to rounding to 8 bits
+
+
+def test_image_to_image_from_the_command_line(kl_pipeline_path, tmp_path):
+    init = tmp_path / "init.png"
+    Image.new("RGB", (20, 20), (200, 30, 30)).save(init)
+    main(["generate", str(kl_pipeline_path), PROMPTS[0], "--init-image", str(init), "--strength", "0.5",
+          "--steps", "4", "--out", str(tmp_path / "out")])
+    meta = read_metadata(tmp_path / "out" / "0000-seed0.png")
+    assert meta["strength"] == "0.5" and meta["init_image"] == str(init.resolve())
+    assert Image.open(tmp_path / "out" / "0000-seed0.png").size == (16, 16)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["NOWHERE", "a"], "pipeline folder not found"),
+    (["PIPE"], "no prompts"),
+    (["PIPE", "a", "--steps", "0"], "--steps must be at least 1"),
+    (["PIPE", "a", "--negative", "blue", "--guidance", "0.5"], "--negative needs --guidance above 1"),
+    (["PIPE", "a", "--init-image", "NOT_AN_IMAGE"], "is not an image"),
+    (["PIPE", "a", "--height", "15"], "multiple of the autoencoder's downsampling factor 2"),
+    (["PIPE", "a", "--sampler", "fast"], "choose one of: dpmsolver\\+\\+, ddim, euler"),
+])
+def test_bad_input_is_one_line_before_loading(kl_pipeline_path, tmp_path, monkeypatch, capsys, args, message):
+    def no_loading(*_, **__):
+        raise AssertionError("a model was loaded before the input was checked")
+
+    monkeypatch.setattr("ldm.pipeline_io.load_pipeline", no_loading)
+    (tmp_path / "NOT_AN_IMAGE").write_text("hello")
+    (tmp_path / "empty.txt").write_text("\n\n")
+    paths = {"PIPE": str(kl_pipeline_path), "NOWHERE": str(tmp_path / "nowhere"),
+             "NOT_AN_IMAGE": str(tmp_path / "NOT_AN_IMAGE")}
+    argv = ["generate", *[paths.get(a, a) for a in args], "--out", str(tmp_path / "out")]
+    if args == ["PIPE"]:
+        argv += ["--prompts-file", str(tmp_path / "empty.txt")]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1
+    assert __import__("re").search(message, error), error
+
+
+def test_incomplete_pipeline_folder_names_the_missing_part(tmp_path, capsys):
+    from tiny import make_tiny_pipeline
+
+    path = make_tiny_pipeline(tmp_path)
+    (path / "vae" / "config.json").unlink()
+    with pytest.raises(SystemExit):
+        main(["generate", str(path), "a"])
+    assert "vae/config.json is missing" in capsys.readouterr().err
+
+
+def test_two_processes_split_the_prompts_and_match_one_process(kl_pipeline_path, tmp_path):
+    prompts = ["a red circle", "a blue square", "a green triangle"]
+    prompts_file = tmp_path / "prompts.txt"
+    prompts_file.write_text("\n".join(prompts) + "\n")
+    run_generate(kl_pipeline_path, tmp_path / "one", prompts=prompts, n=2, steps=2)
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "-m", "ldm", "generate", str(kl_pipeline_path), "--prompts-file", str(prompts_file),
+               "--n", "2", "--steps", "2", "--guidance", "4", "--out", str(tmp_path / "two"), "--device", "cpu"]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    counts = sorted(int(line.split()[1]) for line in result.stdout.splitlines() if line.startswith("wrote"))
+    assert counts == [2, 4]  # the prompts were split 1 + 2, each image written once
+    names = sorted(p.name for p in (tmp_path / "one").glob("*.png"))
+    assert names == sorted(p.name for p in (tmp_path / "two").glob("*.png"))
+    for name in names:
+        if name != GRID_NAME:
+            assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
