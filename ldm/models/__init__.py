@@ -1,0 +1,1 @@
+"""The trainable stages: one module per stage (autoencoder, clip, diffusion), plus their losses."""
