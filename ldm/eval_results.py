@@ -97,17 +97,20 @@ def format_value(metric: Metric) -> str:
     return f"{text} {metric.unit}".strip()
 
 
-def table_rows(evaluations: list[Evaluation]) -> list[tuple[str, str, str, str]]:
-    """(what, figure, value, note) for each metric: what the printed table and the report show."""
-    arrows = {"higher": " (higher is better)", "lower": " (lower is better)", "": ""}
-    return [(e.kind, m.name + arrows[m.better], format_value(m), m.note)
+BETTER_SHOWN = {"higher": "higher", "lower": "lower", "": ""}
+
+
+def table_rows(evaluations: list[Evaluation]) -> list[tuple[str, str, str, str, str]]:
+    """(evaluated, figure, value, better, how) for each metric: what the table and the report show."""
+    return [(e.kind, m.name, format_value(m), BETTER_SHOWN[m.better], m.note)
             for e in evaluations for m in e.metrics]
 
 
 def format_table(evaluations: list[Evaluation]) -> str:
-    """A plain-text table: one line per figure."""
-    rows = [("evaluated", "figure", "value", "")] + [row[:3] + ("",) for row in table_rows(evaluations)]
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths)).rstrip() for row in rows]
+    """A plain-text table: one line per figure (the notes are in the JSON and the report)."""
+    rows = [("evaluated", "figure", "value", "better")] + [row[:4] for row in table_rows(evaluations)]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = ["  ".join(cell.rjust(w) if i == 2 else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))).rstrip()
+             for row in rows]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(lines)

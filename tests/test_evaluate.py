@@ -1,0 +1,105 @@
+"""`ldm evaluate`: each kind's figures, the JSON schema, the printed table, and early errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from eval_fixtures import check_schema, make_eval_run
+
+from ldm.animate import WalkSettings, animate
+from ldm.cli import main
+from ldm.data.shapes import HELD_OUT
+from ldm.errors import LdmError
+from ldm.eval_results import Evaluation, Metric, read_json, to_json, write_json
+from ldm.evaluate import evaluate_autoencoder, evaluate_diffusion, evaluate_walk
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    return make_eval_run(root), root / "shapes"
+
+
+def test_autoencoder_cli_prints_a_table_and_writes_schema_json(run, tmp_path, capsys):
+    run_dir, data = run
+    out, grid = tmp_path / "ae.json", tmp_path / "grid.png"
+    main(["evaluate", "autoencoder", str(run_dir / "pipeline" / "vae"), "--data", str(data),
+          "--out", str(out), "--grid", str(grid)])
+    printed = capsys.readouterr().out
+    assert "PSNR" in printed and "SSIM" in printed and "dB" in printed
+    item = json.loads(out.read_text())
+    check_schema(item)
+    assert item["kind"] == "autoencoder" and item["settings"]["images"] == 16
+    assert [m["key"] for m in item["metrics"]] == ["psnr", "ssim"]
+    assert grid.is_file()  # originals over reconstructions
+
+
+def test_vq_autoencoder_reports_codebook_usage(vq_pipeline_path, run):
+    _, data = run
+    result = evaluate_autoencoder(str(vq_pipeline_path / "vae"), str(data), max_images=8)
+    check_schema(json.loads(to_json(result)))
+    assert 0 < result.value("codebook_usage") <= 100
+    assert result.value("codebook_perplexity") >= 1
+
+
+def test_diffusion_reports_fidelity_clip_score_and_clip_feature_fid(run, tmp_path):
+    run_dir, data = run
+    result = evaluate_diffusion(str(run_dir / "pipeline"), str(data), n=1, steps=1, samples=tmp_path / "s")
+    item = json.loads(to_json(result))
+    check_schema(item)
+    keys = [m["key"] for m in item["metrics"]]
+    assert keys[0] == "prompt_fidelity"
+    # no Inception weights: FID/KID on the project's CLIP, and labelled so, never as plain "FID"
+    assert {"clip_score", "fid_clip", "kid_clip"} <= set(keys) and "fid" not in keys
+    names = {m["key"]: m["name"] for m in item["metrics"]}
+    assert names["fid_clip"] == "FID (CLIP features)"
+    assert result.value("real_fidelity") == 100.0  # the checker reads the real held-out images
+    assert item["settings"]["clip"].endswith("clip")  # RUN/clip beside RUN/pipeline, found by default
+    assert len(list((tmp_path / "s").glob("0*-seed*.png"))) == len(HELD_OUT)
+    # scoring the images already there gives the same fidelity
+    again = evaluate_diffusion(str(run_dir / "pipeline"), str(data), n=1, steps=1, samples=tmp_path / "s",
+                               generate=False)
+    assert again.value("prompt_fidelity") == result.value("prompt_fidelity")
+
+
+def test_walk_smoothness_from_a_rendered_walk(run, tmp_path, capsys):
+    run_dir, _ = run
+    folder = tmp_path / "walk"
+    animate(WalkSettings(pipeline=str(run_dir / "pipeline"), out=str(folder),
+                         prompts=["a red circle", "a blue square"], frames=3, steps=1))
+    out = tmp_path / "walk.json"
+    main(["evaluate", "walk", str(folder), "--out", str(out)])
+    assert "Motion unevenness" in capsys.readouterr().out
+    item = json.loads(out.read_text())
+    check_schema(item)
+    assert item["settings"]["frames"] == 3
+    values = {m["key"]: m["value"] for m in item["metrics"]}
+    assert values["walk_frames"] == 3 and values["walk_cv"] >= 0
+
+
+def test_errors_name_the_problem_before_work(run, tmp_path):
+    run_dir, data = run
+    with pytest.raises(LdmError, match="pipeline folder not found"):
+        evaluate_diffusion(str(tmp_path / "nope"), str(data))
+    with pytest.raises(LdmError, match="data folder not found"):
+        evaluate_diffusion(str(run_dir / "pipeline"), str(tmp_path / "nodata"))
+    with pytest.raises(LdmError, match="no CLIP model"):
+        evaluate_diffusion(str(run_dir / "pipeline"), str(data), clip=str(tmp_path))
+    with pytest.raises(LdmError, match="not a walk folder"):
+        evaluate_walk(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "autoencoder", str(tmp_path / "novae"), "--data", str(data)])
+    assert exit_info.value.code == 2
+
+
+def test_json_round_trip_and_infinite_values_become_null(tmp_path):
+    result = Evaluation("autoencoder", "vae", {"images": 1},
+                        [Metric("psnr", "PSNR", float("inf"), "dB", "higher"), Metric("ssim", "SSIM", 1.0)])
+    path = write_json([result, result], tmp_path / "e.json")
+    items = json.loads(path.read_text())
+    assert len(items) == 2
+    for item in items:
+        check_schema(item)
+    assert items[0]["metrics"][0]["value"] is None
+    assert read_json(path)[0].value("ssim") == 1.0
