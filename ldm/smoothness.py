@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 
 PYRAMID_LEVELS = 4
+DISTANCE_NAME = f"multi-scale RMS pixel distance ({PYRAMID_LEVELS}-level 2x2 pyramid, pixels in [0, 1])"
 
 
 def _pyramid(frame: np.ndarray) -> list[np.ndarray]:

@@ -55,8 +55,13 @@ def existing_frames(folder: str | Path) -> set[int]:
     return {int(m.group(1)) for p in folder.iterdir() if (m := FRAME_PATTERN.fullmatch(p.name))}
 
 
+def read_frame(path: str | Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
 def read_frames(folder: str | Path, count: int) -> list[np.ndarray]:
-    return [np.asarray(Image.open(frame_path(folder, i)).convert("RGB")) for i in range(count)]
+    return [read_frame(frame_path(folder, i)) for i in range(count)]
 
 
 def enlarge(frames: list[np.ndarray], factor: int) -> list[np.ndarray]:

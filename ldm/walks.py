@@ -90,14 +90,15 @@ def interpolate(keyframes: torch.Tensor, times: Sequence[float], loop: bool,
 
 def even_times(sample_times: Sequence[float], gaps: Sequence[float], num_keyframes: int,
                frames: int, loop: bool) -> list[float]:
-    """Frame positions at equal path length within each segment ("even motion").
+    """Frame positions at equal path length ("even motion"), as many as `linear_times` gives.
 
     `sample_times` are sorted positions where the walk was rendered, spanning the whole timeline
     (for a loop, ending at the closing position, which is keyframe 0 again), and `gaps[k]` is the
     measured distance between the frames at `sample_times[k]` and `sample_times[k + 1]`. Their
-    running sum is the path's arc length as seen by the distance; new positions divide each
-    segment's arc length into `frames - 1` equal parts (inverted piecewise linearly). Keyframes
-    stay at the integers, so every keyframe is still exactly one frame.
+    running sum is the path's arc length as seen by the distance. Each segment gets a share of the
+    walk's frame intervals in proportion to its arc length (a long segment would otherwise move in
+    bigger steps than a short one), and its frames divide its arc length equally (the arc length
+    inverted piecewise linearly). Keyframes stay at the integers: each is still exactly one frame.
     """
     s = np.asarray(sample_times, dtype=np.float64)
     if len(gaps) != len(s) - 1:
@@ -105,16 +106,34 @@ def even_times(sample_times: Sequence[float], gaps: Sequence[float], num_keyfram
     # A floor on each gap keeps the arc length strictly increasing, so inverting it is defined
     # even where two samples render identically.
     arc = np.concatenate([[0.0], np.cumsum(np.maximum(np.asarray(gaps, dtype=np.float64), 1e-9))])
-    times: list[float] = []
-    for segment in range(segment_count(num_keyframes, loop)):
+    segments = segment_count(num_keyframes, loop)
+    pieces = []
+    for segment in range(segments):
         inside = (s >= segment - 1e-12) & (s <= segment + 1 + 1e-12)
-        seg_s, seg_arc = s[inside], arc[inside]
-        if seg_s[0] > segment + 1e-9 or seg_s[-1] < segment + 1 - 1e-9:
+        if s[inside][0] > segment + 1e-9 or s[inside][-1] < segment + 1 - 1e-9:
             raise ValueError(f"samples do not cover segment {segment} of the walk")
-        targets = np.linspace(seg_arc[0], seg_arc[-1], frames)
-        positions = np.interp(targets, seg_arc, seg_s)
-        positions[0], positions[-1] = segment, segment + 1  # exact keyframes, free of rounding
+        pieces.append((s[inside], arc[inside]))
+    intervals = share_intervals([a[-1] - a[0] for _, a in pieces], segments * (frames - 1))
+    times: list[float] = []
+    for segment, ((seg_s, seg_arc), n) in enumerate(zip(pieces, intervals)):
+        positions = np.interp(np.linspace(seg_arc[0], seg_arc[-1], n + 1), seg_arc, seg_s)
+        positions[0] = segment  # exact keyframe, free of rounding
         times.extend(float(p) for p in positions[:-1])
     if not loop:
-        times.append(float(segment_count(num_keyframes, loop)))
+        times.append(float(segments))
     return times
+
+
+def share_intervals(lengths: Sequence[float], total: int) -> list[int]:
+    """`total` frame intervals split in proportion to `lengths`, at least one each (largest
+    remainders get the rounding), so every segment moves in about the same step size."""
+    lengths = np.asarray(lengths, dtype=np.float64)
+    spare = total - len(lengths)
+    ideal = lengths / lengths.sum() * total - 1.0  # beyond the one interval each segment must have
+    counts = np.floor(np.clip(ideal, 0, None)).astype(int)
+    while counts.sum() > spare:  # clipping at zero can overshoot: take back from the largest
+        counts[np.argmax(counts)] -= 1
+    remainders = ideal - counts
+    for i in np.argsort(-remainders, kind="stable")[: spare - counts.sum()]:
+        counts[i] += 1
+    return [int(c) + 1 for c in counts]

@@ -60,6 +60,17 @@ def test_even_times_equalise_arc_length_and_keep_keyframes():
     assert np.all(np.diff(times) > 0)
 
 
+def test_even_times_give_longer_segments_more_frames():
+    samples = np.linspace(0, 2, 21)
+    gaps = np.where(samples[:-1] < 1, 1.0, 3.0) * np.diff(samples)  # segment 1 is 3x as long
+    times = walks.even_times(samples, gaps, num_keyframes=3, frames=5, loop=False)
+    assert len(times) == 9  # as many frames as linear spacing
+    assert times.index(1.0) == 2  # 2 intervals for the short segment, 6 for the long one
+    assert walks.share_intervals([1.0, 3.0], 8) == [2, 6]
+    assert walks.share_intervals([1e-6, 1.0, 1.0], 6) == [1, 3, 2] or walks.share_intervals(
+        [1e-6, 1.0, 1.0], 6) == [1, 2, 3]
+
+
 def test_smoothness_of_a_steady_walk_is_zero_cv_and_a_jump_is_not():
     ramp = [np.full((8, 8, 3), 10 * i, dtype=np.uint8) for i in range(6)]
     assert smoothness.summarize(smoothness.adjacent_distances(ramp, loop=False))["cv"] < 1e-9
