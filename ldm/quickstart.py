@@ -38,6 +38,7 @@ STAGE_CONFIGS = {
     "diffusion": "diffusion/ldm_shapes.yaml",
 }
 DONE_DIR = "done"
+HEADLINE = ("prompt_fidelity", "fid", "fid_clip", "psnr", "walk_cv")  # figures shown first, in this order
 IMAGE_SIZE = 32
 DATA_SEED = 0
 SAMPLE_SEED = 0
@@ -104,9 +105,11 @@ class Quickstart:
         self.fingerprints[name] = fingerprint
         record = self.path(DONE_DIR, f"{name}.json")
         output = ", ".join(str(p) for p in outputs)
-        if _recorded(record) == fingerprint and all(p.exists() for p in outputs):
+        done = _recorded(record)
+        if done.get("fingerprint") == fingerprint and all(p.exists() for p in outputs):
             print(f"[{number}] {name}: already done, skipped ({output})")
-            self.results.append(StepResult(name, "skipped (already done)", 0.0, output))
+            took = f", took {_duration(done['seconds'])}" if "seconds" in done else ""
+            self.results.append(StepResult(name, f"done earlier{took}; skipped", 0.0, output))
             return False
         print(f"[{number}] {name}: {what}")
         start = time.perf_counter()
@@ -215,14 +218,17 @@ class Quickstart:
         return results
 
     def report(self, evaluations: list) -> Path:
+        from ldm.eval_results import format_value
         from ldm.report import ReportContent, find_loss_curves, write_report
 
-        total = sum(r.seconds for r in self.results)
+        figures = {m.key: (e.kind, m.name, format_value(m)) for e in evaluations for m in e.metrics}
         content = ReportContent(
             title="ldm quickstart",
             intro=(f"Synthetic shapes ({self.scale.images} training images, {IMAGE_SIZE} px): a KL f=4 "
                    "autoencoder, a small CLIP and a text-conditioned latent diffusion UNet, trained on "
-                   f"this machine's CPU. Steps that ran now took {_duration(total)} in all."),
+                   "this machine's CPU, then asked for colour, shape and position combinations that "
+                   "training never showed."),
+            headline=[figures[key] for key in HEADLINE if key in figures],
             samples=self.path("samples", "grid.png"),
             samples_caption="held-out prompts: colour, shape and position combinations never shown in "
                             f"training; {self.scale.images_per_prompt} seeds each",
@@ -241,11 +247,13 @@ def _fingerprint(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _recorded(record: Path) -> str | None:
+def _recorded(record: Path) -> dict:
+    """What OUT/done/<step>.json says ({} when there is none or it is unreadable)."""
     try:
-        return json.loads(record.read_text())["fingerprint"]
-    except (OSError, ValueError, KeyError):
-        return None
+        done = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return {}
+    return done if isinstance(done, dict) else {}
 
 
 def _comparable(config: dict) -> dict:

@@ -28,11 +28,11 @@ body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; 
 h1 { font-size: 1.6em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ddd; }
 figure { margin: 1em 0; } figcaption { color: #555; font-size: 0.9em; margin-top: 0.3em; }
 img { max-width: 100%; image-rendering: pixelated; border: 1px solid #ddd; }
-.curves { display: flex; flex-wrap: wrap; gap: 1em; } .curves figure { flex: 1 1 480px; }
+.curves { display: flex; flex-wrap: wrap; gap: 1em; } .curves figure { flex: 0 1 48%; margin: 0; }
 table { border-collapse: collapse; font-size: 0.92em; } td, th { border-bottom: 1px solid #e5e5e5;
   padding: 0.35em 0.8em; text-align: left; vertical-align: top; } td.value { text-align: right;
   white-space: nowrap; font-variant-numeric: tabular-nums; } td.note { color: #666; }
-.missing { color: #a33; }
+.missing { color: #a33; } .headline { font-size: 1.1em; line-height: 1.6; }
 """
 
 
@@ -46,6 +46,7 @@ class ReportContent:
     animation: Path | None = None  # the walk's GIF
     animation_caption: str = ""
     loss_curves: dict[str, Path] = field(default_factory=dict)  # stage -> PNG
+    headline: list[tuple[str, str, str]] = field(default_factory=list)  # (evaluated, figure, value) shown first
     evaluations: list[Evaluation] = field(default_factory=list)
     steps: list[tuple[str, str, str]] = field(default_factory=list)  # (step, what happened, where)
 
@@ -104,6 +105,10 @@ def render_html(content: ReportContent, assets: _Assets) -> str:
     parts = [f"<h1>{html.escape(content.title)}</h1>"]
     if content.intro:
         parts.append(f"<p>{html.escape(content.intro)}</p>")
+    if content.headline:
+        items = "".join(f"<li>{html.escape(figure)} ({html.escape(kind)}): <b>{html.escape(value)}</b></li>"
+                        for kind, figure, value in content.headline)
+        parts.append(f'<ul class="headline">{items}</ul>')
     if content.evaluations:
         parts += ["<h2>Evaluation</h2>",
                   _table(("evaluated", "figure", "value", "better", "how"), table_rows(content.evaluations),

@@ -1,0 +1,67 @@
+"""`ldm quickstart --tiny`: every step end to end in under two minutes, and a rerun skips them all."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from eval_fixtures import check_schema
+
+from ldm.cli import main
+from ldm.quickstart import DONE_DIR
+
+STEPS = ["data", "autoencoder", "clip", "diffusion", "samples", "walk", "evaluate"]
+
+
+def test_tiny_quickstart_runs_every_step_then_skips_them(tmp_path, capsys):
+    out = tmp_path / "qs"
+    start = time.perf_counter()
+    main(["quickstart", str(out), "--tiny"])
+    first = time.perf_counter() - start
+    printed = capsys.readouterr().out
+    assert first < 120, f"tiny quickstart took {first:.0f} s"
+    for number, step in enumerate(STEPS, 1):
+        assert f"[{number}] {step}: done in" in printed, step
+        assert (out / DONE_DIR / f"{step}.json").is_file()
+    for export in ("vae", "clip", "text_encoder", "tokenizer", "pipeline"):
+        assert (out / export).is_dir(), export
+    assert (out / "samples" / "grid.png").is_file() and (out / "walk" / "walk.gif").is_file()
+    items = json.loads((out / "evaluation.json").read_text())
+    assert [item["kind"] for item in items] == ["autoencoder", "diffusion", "walk"]
+    for item in items:
+        check_schema(item)
+    page = (out / "report.html").read_text()
+    for picture in ("samples.png", "reconstructions.png", "walk.gif", "loss-autoencoder.png",
+                    "loss-clip_training.png", "loss-diffusion.png"):
+        assert f"report_files/{picture}" in page, picture
+        assert (out / "report_files" / picture).is_file(), picture
+
+    start = time.perf_counter()
+    main(["quickstart", str(out), "--tiny"])
+    second = time.perf_counter() - start
+    printed = capsys.readouterr().out
+    for number, step in enumerate(STEPS, 1):
+        assert f"[{number}] {step}: already done, skipped" in printed, step
+    assert second < first / 2
+    assert (out / "report.html").is_file()
+
+
+def test_a_changed_step_reruns_it_and_the_steps_after_it(tmp_path):
+    """Only the fingerprint logic: the data step's settings change, so it reruns (nothing trains)."""
+    from ldm import quickstart
+
+    run = quickstart.Quickstart(tmp_path, quickstart.SCALES["tiny"])
+    ran = []
+    run.step("data", {"n": 1}, [], [], "first", lambda: ran.append("data"))
+    run.step("next", {}, ["data"], [], "after data", lambda: ran.append("next"))
+    again = quickstart.Quickstart(tmp_path, quickstart.SCALES["tiny"])
+    again.step("data", {"n": 1}, [], [], "first", lambda: ran.append("data"))
+    again.step("next", {}, ["data"], [], "after data", lambda: ran.append("next"))
+    assert ran == ["data", "next"]  # the second time, both were skipped
+    changed = quickstart.Quickstart(tmp_path, quickstart.SCALES["tiny"])
+    changed.step("data", {"n": 2}, [], [], "first", lambda: ran.append("data"))
+    changed.step("next", {}, ["data"], [], "after data", lambda: ran.append("next"))
+    assert ran == ["data", "next", "data", "next"]  # data changed, and `next` reads it
+    missing = quickstart.Quickstart(tmp_path, quickstart.SCALES["tiny"])
+    missing.step("data", {"n": 2}, [], [tmp_path / "gone"], "first", lambda: ran.append("data"))
+    assert ran[-1] == "data" and len(ran) == 5  # an output that disappeared is made again
