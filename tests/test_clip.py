@@ -1,0 +1,116 @@
+"""Stage 1b: training a tiny CLIP on shapes, its exports, and the scoring helpers."""
+
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from transformers import CLIPTokenizer
+
+from ldm.clip_eval import (clip_image_features, clip_text_features, load_clip, retrieval_top1,
+                           zero_shot_attributes)
+from ldm.config import build
+from ldm.data.shapes import make_shapes_dataset
+from ldm.data.transforms import to_tensor
+from ldm.errors import LdmError
+from ldm.models.clip import Config, train
+from ldm.text import encode_prompts, load_text_encoder
+
+SIZE = 16
+
+
+def tiny_config(data: str, run_dir: str, **train_overrides) -> Config:
+    tower = dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+    return build(Config, {
+        "stage": "clip", "run_dir": run_dir,
+        "data": {"source": data, "resolution": SIZE, "batch_size": 16, "val_fraction": 0.25},
+        "model": {"vision": {**tower, "patch_size": 8}, "text": tower, "projection_dim": 16},
+        "tokenizer": {"vocab_size": 600, "max_length": 24},
+        "validation": {"zero_shot_split": "test", "zero_shot_images": 16},
+        "train": {"max_steps": 3, "val_every_n_steps": 3, "checkpoint_every_n_steps": 3,
+                  "log_every_n_steps": 1, "lr": 1e-3, **train_overrides},
+    })
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    return str(make_shapes_dataset(tmp_path_factory.mktemp("shapes"), n=64, size=SIZE, seed=0, n_test=16))
+
+
+@pytest.fixture(scope="module")
+def trained_run(shapes, tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    train(tiny_config(shapes, str(run)))
+    return run
+
+
+def test_training_logs_retrieval_and_zero_shot(trained_run):
+    metrics = pd.read_csv(trained_run / "clip_training" / "csv" / "metrics.csv")
+    for name in ("train/loss", "val/image_to_text_top1", "val/text_to_image_top1",
+                 "val/zero_shot_colour", "val/zero_shot_shape", "val/zero_shot_position"):
+        values = metrics[name].dropna()
+        assert len(values) > 0 and values.between(0, 100).all(), name
+    assert (trained_run / "clip_training" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_export_loads_as_text_encoder_and_clip(trained_run):
+    for folder in ("text_encoder", "tokenizer", "clip"):
+        assert not list((trained_run / folder).glob("*.bin")), "weights must be safetensors"
+    tokenizer, text_encoder = load_text_encoder(trained_run)
+    embeddings = encode_prompts(tokenizer, text_encoder, ["a red circle", "", "a zorblax"])
+    assert embeddings.shape == (3, 24, 32)
+
+    clip, processor = load_clip(trained_run / "clip")
+    # The exported text encoder is the CLIP's own text tower, weight for weight.
+    ids = tokenizer(["a red circle"], return_tensors="pt")["input_ids"]
+    assert torch.allclose(text_encoder(input_ids=ids).last_hidden_state,
+                          clip.text_model(input_ids=ids).last_hidden_state)
+    assert clip_text_features(clip, processor.tokenizer, ["a red circle"]).shape == (1, 16)
+
+
+def test_clip_image_features_match_the_processor(trained_run):
+    """[-1, 1] tensors and PIL images through RUN/clip's processor give the same features."""
+    clip, processor = load_clip(trained_run / "clip")
+    image = Image.new("RGB", (SIZE, SIZE), (200, 30, 30))
+    image.paste((10, 10, 200), (4, 4, 12, 12))
+    from_processor = clip.get_image_features(
+        pixel_values=processor(images=image, return_tensors="pt")["pixel_values"]).pooler_output
+    from_tensor = clip_image_features(clip, to_tensor(image)[None], processor)
+    assert torch.allclose(from_tensor, torch.nn.functional.normalize(from_processor, dim=-1), atol=1e-5)
+    bigger = clip_image_features(clip, torch.zeros(2, 3, 2 * SIZE, 2 * SIZE))  # resized to fit
+    assert bigger.shape == (2, 16) and torch.allclose(bigger.norm(dim=-1), torch.ones(2))
+
+
+def test_resume_reuses_the_tokenizer(trained_run, shapes):
+    before = CLIPTokenizer.from_pretrained(trained_run / "tokenizer")
+    train(tiny_config(shapes, str(trained_run), max_steps=5, ckpt_path="last"))
+    after = CLIPTokenizer.from_pretrained(trained_run / "tokenizer")
+    assert after.get_vocab() == before.get_vocab()
+    assert after("a red circle")["input_ids"] == before("a red circle")["input_ids"]
+    metrics = pd.read_csv(trained_run / "clip_training" / "csv" / "metrics.csv")
+    assert metrics["step"].max() >= 4
+
+
+def test_mistakes_are_caught_before_training(shapes, tmp_path):
+    cfg = tiny_config(shapes, str(tmp_path))
+    cfg.model.vision.patch_size = 5
+    with pytest.raises(LdmError, match="patch_size"):
+        train(cfg)
+    cfg = tiny_config(shapes, str(tmp_path))
+    cfg.validation.zero_shot_split = "train"
+    with pytest.raises(LdmError, match="zero_shot_split"):
+        train(cfg)
+    with pytest.raises(LdmError, match="num_heads"):
+        build(Config, {"stage": "clip", "run_dir": "x", "data": {"source": shapes},
+                       "model": {"text": {"hidden_size": 30, "num_heads": 4}}})
+
+
+def test_retrieval_and_zero_shot_scores():
+    eye = torch.eye(3)
+    assert retrieval_top1(eye, eye) == (1.0, 1.0)
+    assert retrieval_top1(eye, eye[[1, 0, 2]]) == pytest.approx((1 / 3, 1 / 3))
+    # Prompts for colour x shape; image 0 matches "red square", image 1 "blue circle".
+    attributes = {"colour": ["red", "blue"], "shape": ["circle", "square"]}
+    text = torch.eye(4)  # red circle, red square, blue circle, blue square
+    images = text[[1, 2]]
+    labels = {"colour": ["red", "blue"], "shape": ["square", "square"]}
+    assert zero_shot_attributes(images, text, attributes, labels) == {"colour": 1.0, "shape": 0.5}
