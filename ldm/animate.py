@@ -333,7 +333,10 @@ def animate(settings: WalkSettings) -> AnimationResult:
 
         check_pipeline_folder(s.pipeline)
     current = render_settings(s)
-    state = PartialState()
+    # PartialState counts a torchrun-style launch as several CPU processes only when told `cpu`.
+    import torch
+
+    state = PartialState(cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()))
     check_saved_settings(out, current)
     state.wait_for_everyone()  # every process has checked before the main one writes
     if state.is_main_process:
