@@ -9,7 +9,8 @@ same latent initialisation, model-input scaling, guidance formula and decoding),
 gives the same image as Stable Diffusion's for the same seed and scheduler. What Stable Diffusion's
 class lacks and this one adds: a VQ autoencoder (decoded through `ldm.vae`), image-to-image in the
 same call (`image=`, `strength=`, as `StableDiffusionImg2ImgPipeline` does it), and prompts that
-repeat in a batch encoded once each.
+repeat in a batch encoded once each, and the text's cross-attention keys and values computed once
+per call instead of once per step (`ldm.text_attention`).
 
 Export and loading live in `ldm.pipeline_io`.
 """
@@ -29,6 +30,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from ldm import vae as vae_lib
 from ldm.text import encode_prompts
+from ldm.text_attention import text_keys_values_cached
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 Generators = torch.Generator | list[torch.Generator] | None
@@ -176,7 +178,7 @@ class LatentDiffusionPipeline(DiffusionPipeline):
 
         # 3. Denoise.
         steps = len(timesteps) // self.scheduler.order
-        with self.progress_bar(total=steps) as bar:
+        with self.progress_bar(total=steps) as bar, text_keys_values_cached(self.unet):
             for i, t in enumerate(timesteps):
                 model_input = torch.cat([latents] * 2) if guidance else latents
                 model_input = self.scheduler.scale_model_input(model_input, t)

@@ -86,6 +86,10 @@ def load_pipeline(path: str | Path, dtype: torch.dtype | None = None,
     pipe = LatentDiffusionPipeline.from_pretrained(path, dtype=dtype, use_safetensors=True)
     for model in (pipe.vae, pipe.text_encoder, pipe.unet):
         model.requires_grad_(False).eval()
+    # Convolutions run faster on channels-last tensors (oneDNN on CPUs, tensor cores on GPUs);
+    # the results are the same up to float rounding.
+    for model in (pipe.vae, pipe.unet):
+        model.to(memory_format=torch.channels_last)
     if device is not None:
         pipe.to(device)
     return pipe

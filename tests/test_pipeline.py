@@ -49,7 +49,8 @@ def test_vq_export_round_trips(vq_pipeline_path, tmp_path):
     kwargs = dict(num_inference_steps=3, output_type="np")
     first = pipe(PROMPTS[:1], generator=generators([5]), **kwargs).images
     pipe.save_pretrained(tmp_path / "again", safe_serialization=True)
-    again = quiet(LatentDiffusionPipeline.from_pretrained(tmp_path / "again"))
+    again = quiet(load_pipeline(tmp_path / "again"))
+    assert isinstance(again, LatentDiffusionPipeline)
     np.testing.assert_array_equal(first, again(PROMPTS[:1], generator=generators([5]), **kwargs).images)
 
 
