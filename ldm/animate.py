@@ -24,9 +24,10 @@ refines the estimate with every frame rendered so far; the last pass is the walk
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+
+import torch
 
 from ldm import smoothness, video, walks
 from ldm.errors import LdmError
@@ -228,18 +229,23 @@ def build_renderer(s: WalkSettings, device):
     return renderers.prompt_walk(pipe, prompts, s.seeds, s.negative_prompt, s.loop, s.steps, s.guidance)
 
 
+def _autoencoder_folder(path: str) -> Path:
+    """The autoencoder of RUN/pipeline (its vae/) or RUN/vae itself, or an LdmError."""
+    path = Path(path)
+    for folder in (path / "vae", path):
+        if (folder / "config.json").is_file():
+            return folder
+    raise LdmError(f"no autoencoder at {path}: expected RUN/pipeline (with vae/) or RUN/vae")
+
+
 def _load_autoencoder(path: str, device):
-    """(vae, image size) from RUN/pipeline (its vae/, at the diffusion model's resolution) or RUN/vae."""
+    """(vae, image size): at the diffusion model's resolution when `path` is a pipeline."""
     from ldm.vae import downsampling_factor, load_vae
 
-    path = Path(path)
-    if (path / "vae").is_dir():
-        vae = load_vae(path / "vae").to(device)
-        unet_config = path / "unet" / "config.json"
-        if unet_config.is_file():
-            return vae, json.loads(unet_config.read_text())["sample_size"] * downsampling_factor(vae)
-    else:
-        vae = load_vae(path).to(device)
+    vae = load_vae(_autoencoder_folder(path)).to(device)
+    unet_config = Path(path) / "unet" / "config.json"
+    if unet_config.is_file():
+        return vae, json.loads(unet_config.read_text())["sample_size"] * downsampling_factor(vae)
     return vae, vae.config.sample_size
 
 
@@ -276,7 +282,8 @@ def render_pass(s: WalkSettings, renderer, times: list[float], folder: Path, sta
             atomic_write_bytes(video.frame_path(folder, i), reuse[times[i]].read_bytes())
     state.wait_for_everyone()
     missing = [i for i in missing if times[i] not in reuse]
-    batches = [[i for i in range(start, min(start + s.batch_size, len(times))) if i in set(missing)]
+    wanted = set(missing)
+    batches = [[i for i in range(start, min(start + s.batch_size, len(times))) if i in wanted]
                for start in range(0, len(times), s.batch_size)]
     batches = [b for b in batches if b]
     bar = tqdm(total=len(times), initial=len(times) - len(missing), desc=desc, unit="frame",
@@ -332,10 +339,10 @@ def animate(settings: WalkSettings) -> AnimationResult:
         from ldm.pipeline_io import check_pipeline_folder
 
         check_pipeline_folder(s.pipeline)
+    else:
+        _autoencoder_folder(s.pipeline)
     current = render_settings(s)
     # PartialState counts a torchrun-style launch as several CPU processes only when told `cpu`.
-    import torch
-
     state = PartialState(cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()))
     check_saved_settings(out, current)
     state.wait_for_everyone()  # every process has checked before the main one writes

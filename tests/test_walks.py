@@ -67,8 +67,16 @@ def test_even_times_give_longer_segments_more_frames():
     assert len(times) == 9  # as many frames as linear spacing
     assert times.index(1.0) == 2  # 2 intervals for the short segment, 6 for the long one
     assert walks.share_intervals([1.0, 3.0], 8) == [2, 6]
-    assert walks.share_intervals([1e-6, 1.0, 1.0], 6) == [1, 3, 2] or walks.share_intervals(
-        [1e-6, 1.0, 1.0], 6) == [1, 2, 3]
+    shares = walks.share_intervals([1e-6, 1.0, 1.0], 6)  # a segment of no length still gets one
+    assert sum(shares) == 6 and shares[0] == 1 and sorted(shares[1:]) == [2, 3]
+
+
+def test_even_times_of_a_loop_cover_the_closing_segment():
+    samples = np.linspace(0, 2, 21)  # a loop of two keyframes: the closing segment is [1, 2]
+    gaps = np.where(samples[:-1] < 1, 1.0, 1.0 + 4 * (samples[:-1] - 1)) * np.diff(samples)
+    times = walks.even_times(samples, gaps, num_keyframes=2, frames=5, loop=True)
+    assert len(times) == walks.frame_count(2, 5, loop=True) == 8
+    assert times[0] == 0 and 1.0 in times and max(times) < 2
 
 
 def test_smoothness_of_a_steady_walk_is_zero_cv_and_a_jump_is_not():
