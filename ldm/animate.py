@@ -278,6 +278,7 @@ def render_pass(s: WalkSettings, renderer, times: list[float], folder: Path, sta
     done = video.existing_frames(folder)
     missing = [i for i in range(len(times)) if i not in done]
     if state.is_main_process:
+        video.remove_temporaries(folder)  # no process is writing yet: any there are from a killed run
         for i in [i for i in missing if times[i] in reuse]:
             atomic_write_bytes(video.frame_path(folder, i), reuse[times[i]].read_bytes())
     state.wait_for_everyone()

@@ -55,6 +55,14 @@ def existing_frames(folder: str | Path) -> set[int]:
     return {int(m.group(1)) for p in folder.iterdir() if (m := FRAME_PATTERN.fullmatch(p.name))}
 
 
+def remove_temporaries(folder: str | Path) -> int:
+    """Delete the half-written files a killed render left (".frame_00012.png.tmp-PID"); returns how many."""
+    stale = list(Path(folder).glob(".*.tmp-*")) if Path(folder).is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
+
+
 def read_frame(path: str | Path) -> np.ndarray:
     with Image.open(path) as image:
         return np.asarray(image.convert("RGB"))

@@ -79,6 +79,7 @@ def walk_kind(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> None:
     from ldm.animate import WalkSettings, animate, format_report
+    from ldm.video import video_info
 
     kind = walk_kind(args)
     settings = WalkSettings(
@@ -95,4 +96,7 @@ def run(args: argparse.Namespace) -> None:
     probes = " (probe passes included)" if args.even_motion else ""
     print(f"{result.frames} frames in {result.out / 'frames'}; this run rendered {result.rendered}{probes}")
     print(f"wrote {result.gif} and {result.mp4} at {args.fps:g} fps")
+    gif_fps = video_info(result.gif)["fps"]
+    if abs(gif_fps - args.fps) > 1e-6:
+        print(f"  (the GIF plays at {gif_fps:g} fps: GIF frame times are whole hundredths of a second)")
     print(format_report(result.report))
