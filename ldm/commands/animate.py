@@ -34,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     frames = parser.add_argument_group("frames and video")
     frames.add_argument("--frames", type=int, default=16,
-                        help="frames per segment, both keyframes included (default 16)")
+                        help="frames per segment, both keyframes included (default 16; with --even-motion "
+                             "the same total, shared out by each segment's length)")
     frames.add_argument("--fps", type=float, default=12.0, help="frames per second of the videos (default 12)")
     frames.add_argument("--loop", action="store_true",
                         help="walk back from the last keyframe to the first, so the video repeats seamlessly")
