@@ -110,7 +110,9 @@ def format_table(evaluations: list[Evaluation]) -> str:
     """A plain-text table: one line per figure (the notes are in the JSON and the report)."""
     rows = [("evaluated", "figure", "value", "better")] + [row[:4] for row in table_rows(evaluations)]
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    lines = ["  ".join(cell.rjust(w) if i == 2 else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))).rstrip()
-             for row in rows]
+    def line(row):  # values right-aligned, the rest left-aligned
+        return "  ".join(c.rjust(w) if i == 2 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
+
+    lines = [line(row).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(lines)

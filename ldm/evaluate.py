@@ -77,18 +77,18 @@ def evaluate_autoencoder(vae_path: str, data: str, split: str = DEFAULT_SPLIT,
     start = time.perf_counter()
     vae = load_vae(vae_path)
     pixels, _ = load_images(data, split, vae.config.sample_size, max_images)
-    psnrs, ssims, recons, counts = [], [], [], None
+    psnrs, ssims, counts, shown = [], [], None, None
     for i in range(0, len(pixels), batch_size):
         batch = pixels[i:i + batch_size]
         rec, indices = reconstruct(vae, batch)
         psnrs.append(psnr(rec, batch))
         ssims.append(ssim(rec, batch))
-        recons.append(rec[:GRID_COLUMNS] if i == 0 else rec[:0])
+        shown = rec[:GRID_COLUMNS] if shown is None else shown
         if indices is not None:
             codes = vae.config.num_vq_embeddings
             counts = torch.bincount(indices, minlength=codes) + (0 if counts is None else counts)
     if grid is not None:
-        save_grid([pixels[:GRID_COLUMNS], torch.cat(recons)], grid, upscale=GRID_UPSCALE)
+        save_grid([pixels[:GRID_COLUMNS], shown], grid, upscale=GRID_UPSCALE)
     metrics = [
         Metric("psnr", "PSNR", torch.cat(psnrs).mean(), "dB", "higher",
                "mean over images of 10 log10(1 / MSE), pixels in [0, 1]"),
@@ -174,7 +174,7 @@ def clip_metrics(clip_path: Path, images: torch.Tensor, prompts: list[str], real
     return [
         Metric("clip_score", "CLIP score", clip_score(clip, processor, images, prompts).mean(), "", "higher",
                f"100 * max(cos(image, prompt), 0), CLIP of {clip_path}"),
-        Metric("real_clip_score", "CLIP score of real held-out images", 
+        Metric("real_clip_score", "CLIP score of real held-out images",
                clip_score(clip, processor, real, real_prompts).mean(), "", "higher",
                "the real images against plain prompts of their attributes: the ceiling"),
         Metric(f"fid{suffix}", f"FID{label}", distances["fid"], "", "lower",

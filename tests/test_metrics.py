@@ -56,7 +56,8 @@ def test_clip_score_is_100_times_the_clipped_cosine(clip):
     model, processor = clip
     x = images(3, 16)
     prompts = ["a red circle", "a blue square in the center", "a green triangle"]
-    cosine = (clip_image_features(model, x, processor) * clip_text_features(model, processor.tokenizer, prompts)).sum(-1)
+    text = clip_text_features(model, processor.tokenizer, prompts)
+    cosine = (clip_image_features(model, x, processor) * text).sum(-1)
     scores = clip_score(model, processor, x, prompts)
     assert torch.allclose(scores, 100 * cosine.clamp_min(0), atol=1e-4)
     assert ((scores >= 0) & (scores <= 100)).all()
