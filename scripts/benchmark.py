@@ -1,8 +1,12 @@
-"""Every speed comparison of the project in one go: one table, with the machine and the versions.
+"""Every comparison with a baseline in one go: one table, with the machine and the versions.
 
-    python scripts/benchmark.py                      # all comparisons that can run here
-    python scripts/benchmark.py --run quickstart     # stage-1 exports for the training benchmark
-    python scripts/benchmark.py --only generate
+    python scripts/benchmark.py                      # all, reading exports from ./quickstart
+    python scripts/benchmark.py --run runs/shapes    # another run folder (vae/, text_encoder/, pipeline/, data/)
+    python scripts/benchmark.py --only generate      # needs no run folder: random weights
+
+Speeds: generation (ours against diffusers' StableDiffusionPipeline) and diffusion training (the
+latent cache against a loop that encodes every step); and walk smoothness (even motion against
+linear spacing).
 
 Each comparison is one of the scripts/benchmark_*.py, run as its own process (a fresh process per
 figure, so one benchmark's threads and caches do not slow the next) with short settings. The two
@@ -37,11 +41,11 @@ class Comparison:
     script: str
     figure: str
     unit: str
-    ours: str  # regex with one group: this project's figure, from the script's output
-    baseline: str  # regex with one group: the baseline's figure
+    ours: str  # regex on the script's output whose last group is this project's figure
+    baseline: str  # regex whose last group is the baseline's figure
     baseline_name: str
-    args: list[str] = field(default_factory=list)
-    needs_run: bool = False  # needs stage-1 exports (RUN/vae, RUN/text_encoder) and RUN/data
+    args: list[str] = field(default_factory=list)  # "{run}" stands for the --run folder
+    needs: tuple[str, ...] = ()  # what the --run folder must hold for this benchmark
 
 
 COMPARISONS = [
@@ -51,7 +55,15 @@ COMPARISONS = [
     Comparison("diffusion-training", "benchmark_diffusion_speed.py",
                "diffusion training (latent cache vs encoding every step)", "images/s",
                rf"^ldm \(latent cache.*?\):\s*{NUMBER} images/s", rf"^plain loop.*?:\s*{NUMBER} images/s",
-               "plain fp32 loop", args=["--steps", "25", "--warmup", "5"], needs_run=True),
+               "plain fp32 loop", needs=("vae/config.json", "text_encoder", "tokenizer", "data"),
+               args=["--steps", "25", "--warmup", "5", "vae={run}/vae", "text_encoder={run}",
+                     "data.source={run}/data"]),
+    # Not a speed: how evenly a walk moves (coefficient of variation of frame-to-frame distance,
+    # lower is smoother), with even-motion re-spacing against frames evenly spaced in latent space.
+    Comparison("walk-smoothness", "benchmark_animate.py", "walk unevenness (even motion vs linear)",
+               "CV, lower is better", rf"^even \(\d+ pass\)\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}",
+               rf"^linear\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}", "linear spacing", needs=("pipeline",),
+               args=["{run}/pipeline", "--frames", "8", "--steps", "10"]),
 ]
 
 
@@ -79,15 +91,13 @@ def versions() -> str:
     return ", ".join(found)
 
 
-def run_args(comparison: Comparison, run: Path | None) -> list[str] | str:
+def run_args(comparison: Comparison, run: Path) -> list[str] | str:
     """The script's arguments, or why it cannot run here."""
-    if not comparison.needs_run:
-        return comparison.args
-    if run is None or not (run / "vae" / "config.json").is_file() or not (run / "text_encoder").is_dir():
-        return ("needs stage-1 exports: pass --run RUN with RUN/vae, RUN/text_encoder, RUN/tokenizer "
-                "and RUN/data (e.g. a finished `ldm quickstart` folder)")
-    run = run.resolve()
-    return [*comparison.args, f"vae={run / 'vae'}", f"text_encoder={run}", f"data.source={run / 'data'}"]
+    missing = [need for need in comparison.needs if not (run / need).exists()]
+    if missing:
+        return (f"needs {', '.join(f'RUN/{n}' for n in comparison.needs)}: pass --run RUN (e.g. a finished "
+                f"`ldm quickstart` folder); {run / missing[0]} is missing")
+    return [arg.replace("{run}", str(run.resolve())) for arg in comparison.args]
 
 
 def measure(comparison: Comparison, args: list[str], timeout: float) -> dict:
@@ -103,7 +113,7 @@ def measure(comparison: Comparison, args: list[str], timeout: float) -> dict:
     if done.returncode != 0 or not (ours and baseline):
         why = f"exit status {done.returncode}" if done.returncode else "its output no longer matches"
         return {"error": why, "output": output[-2000:]}
-    return {"ours": float(ours.group(1)), "baseline": float(baseline.group(1)),
+    return {"ours": float(ours.group(ours.lastindex)), "baseline": float(baseline.group(baseline.lastindex)),
             "seconds": time.perf_counter() - start}
 
 
@@ -138,8 +148,8 @@ def main() -> None:
         if "error" in result:
             problems.append(f"{comparison.name}: {result['error']}\n{result.get('output', '')}")
             continue
-        rows.append((f"{comparison.figure} [{comparison.unit}]", f"{result['ours']:.2f}",
-                     f"{result['baseline']:.2f}", f"{result['ours'] / result['baseline']:.2f}x",
+        rows.append((f"{comparison.figure} [{comparison.unit}]", f"{result['ours']:.3g}",
+                     f"{result['baseline']:.3g}", f"{result['ours'] / result['baseline']:.2f}x",
                      comparison.baseline_name))
     print()
     print(table(rows))
