@@ -59,12 +59,13 @@ class Scale:
 
 
 SCALES = {
-    # Budget on a quiet 2-core CPU: data 10 s, autoencoder ~2.5 min, CLIP ~2 min, diffusion ~7 min,
-    # samples + walk + evaluation + report ~1.5 min. The stages run their configs' step counts;
-    # `train.max_minutes` caps each one, so a slow machine still finishes in about 15 minutes.
+    # The 15-minute budget of a quiet 2-core CPU: data 10 s, autoencoder 2.5 min, CLIP 2 min,
+    # diffusion 7 min of training (plus about a minute of loading, caching and exporting in all),
+    # samples + walk + evaluation + report 1.5 min. The stages run their configs' step counts, and
+    # `train.max_minutes` stops each one at its share of the budget if the machine is slower.
     "toy": Scale(images=2000, test_images=None,
-                 overrides={"autoencoder": ("train.max_minutes=3",), "clip": ("train.max_minutes=2.5",),
-                            "diffusion": ("train.max_minutes=7.5",)},
+                 overrides={"autoencoder": ("train.max_minutes=2.5",), "clip": ("train.max_minutes=2",),
+                            "diffusion": ("train.max_minutes=7",)},
                  images_per_prompt=8, sampling_steps=20, walk_frames=8),
     # Seconds per stage, for tests: every number as small as the code accepts.
     "tiny": Scale(images=48, test_images=16,
