@@ -61,6 +61,7 @@ class WalkSettings:
     loop: bool = False
     even_motion: bool = False
     even_passes: int = 1
+    distance_model: str | None = None  # a CLIP folder: measure motion in its image features
     steps: int = 20
     guidance: float | None = None  # None: DEFAULT_GUIDANCE, or IMAGE_WALK_GUIDANCE for image walks
     sampler: str | None = None  # None: the default sampler, or DDIM for image walks
@@ -136,6 +137,8 @@ def _check_keyframes(s: WalkSettings) -> None:
                        "one caption per image (the prompt its inversion is conditioned on)")
     for path in s.images:
         _check_image(path)
+    if s.distance_model is not None and not (Path(s.distance_model) / "config.json").is_file():
+        raise LdmError(f"--distance-model {s.distance_model}: no CLIP model there (config.json is missing)")
 
 
 def _check_image(path: str) -> None:
@@ -167,8 +170,11 @@ def _check_sampler(s: WalkSettings) -> None:
 def render_settings(s: WalkSettings) -> dict:
     """Everything the frames depend on, as saved in OUT/settings.json."""
     saved = {k: v for k, v in asdict(s).items() if k not in DELIVERY_SETTINGS}
-    if not s.even_motion:
+    if not s.even_motion:  # then neither changes a frame
         saved.pop("even_passes")
+        saved.pop("distance_model")
+    elif s.distance_model is not None:
+        saved["distance_model"] = str(Path(s.distance_model).resolve())
     if not s.uses_diffusion:
         for key in ("steps", "guidance", "sampler", "negative_prompt", "prompts", "seeds", "captions"):
             saved.pop(key)
@@ -314,8 +320,10 @@ def _check_times(folder: Path, times: list[float], state) -> None:
     state.wait_for_everyone()
 
 
-def walk_distances(folder: Path, count: int, loop: bool) -> list[float]:
-    return smoothness.adjacent_distances(video.read_frames(folder, count), loop)
+def frame_distance(s: WalkSettings) -> smoothness.FrameDistance:
+    if s.distance_model is None:
+        return smoothness.PIXEL_DISTANCE
+    return smoothness.clip_distance(str(Path(s.distance_model).resolve()))
 
 
 def next_times(s: WalkSettings, rendered: dict[float, Path]) -> list[float]:
@@ -325,7 +333,7 @@ def next_times(s: WalkSettings, rendered: dict[float, Path]) -> list[float]:
     if s.loop:  # the closing segment ends where the walk began
         positions.append(float(walks.segment_count(s.num_keyframes, s.loop)))
         frames.append(frames[0])
-    gaps = [smoothness.frame_distance(a, b) for a, b in zip(frames[:-1], frames[1:])]
+    gaps = frame_distance(s).consecutive(frames)
     return walks.even_times(positions, gaps, s.num_keyframes, s.frames, s.loop)
 
 
@@ -384,15 +392,17 @@ def _finish(s: WalkSettings, out: Path, count: int, rendered: int) -> AnimationR
 
 
 def smoothness_report(s: WalkSettings, out: Path, frames) -> dict:
-    distances = smoothness.adjacent_distances(frames, s.loop)
-    report = {"distance": smoothness.DISTANCE_NAME, "frames": len(frames), "loop": s.loop,
+    distance = frame_distance(s)
+    distances = smoothness.adjacent_distances(frames, s.loop, distance)
+    report = {"distance": distance.name, "frames": len(frames), "loop": s.loop,
               "even_motion": s.even_motion, "walk": smoothness.summarize(distances)}
     if s.loop:
         report["walk"]["closing"] = distances[-1]  # last frame -> first, as the video repeats
     if s.even_motion:
         linear = out / PASSES_DIR / "pass-0"
         count = len(walks.linear_times(s.num_keyframes, s.frames, s.loop))
-        report["linear"] = smoothness.summarize(walk_distances(linear, count, s.loop))
+        linear_frames = video.read_frames(linear, count)
+        report["linear"] = smoothness.summarize(smoothness.adjacent_distances(linear_frames, s.loop, distance))
         report["cv_ratio"] = report["walk"]["cv"] / max(report["linear"]["cv"], 1e-12)
     return report
 

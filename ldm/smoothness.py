@@ -11,13 +11,19 @@ image pyramid (full size, 1/2, 1/4, 1/8 by 2x2 box averaging). Why this one:
 - it is cheap, deterministic and symmetric, so even-motion re-spacing can call it on every pair
   of probe frames, and the same number is what the smoothness report states.
 
+With a CLIP folder (RUN/clip, or a local pretrained CLIP), `clip_distance` measures instead the
+chord distance between unit-length CLIP image embeddings: closer to what the picture shows than
+to its pixels, at the price of loading a vision model.
+
 The coefficient of variation (std / mean) of adjacent-frame distances is the report's headline:
 0 means every frame moves as much as the next; a walk that crawls and then jumps scores high.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -44,12 +50,42 @@ def frame_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean([np.sqrt(np.mean((x - y) ** 2)) for x, y in zip(_pyramid(a), _pyramid(b))]))
 
 
-def adjacent_distances(frames: Sequence[np.ndarray], loop: bool) -> list[float]:
+@dataclass(frozen=True)
+class FrameDistance:
+    """A way to measure motion: its name (for reports) and the distances along a frame sequence."""
+
+    name: str
+    consecutive: Callable[[Sequence[np.ndarray]], list[float]]  # frames -> len(frames) - 1 distances
+
+
+def _pixel_consecutive(frames: Sequence[np.ndarray]) -> list[float]:
+    return [frame_distance(a, b) for a, b in zip(frames[:-1], frames[1:])]
+
+
+PIXEL_DISTANCE = FrameDistance(DISTANCE_NAME, _pixel_consecutive)
+
+
+@lru_cache(maxsize=2)
+def clip_distance(clip_folder: str) -> FrameDistance:
+    """Chord distance |f(a) - f(b)| between unit CLIP image embeddings (0 to 2), model loaded once."""
+    import torch
+
+    from ldm.clip_eval import clip_image_features, load_clip
+
+    clip, processor = load_clip(clip_folder)
+
+    def consecutive(frames: Sequence[np.ndarray]) -> list[float]:
+        pixels = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        features = torch.cat([clip_image_features(clip, chunk, processor) for chunk in pixels.split(32)])
+        return (features[1:] - features[:-1]).norm(dim=-1).tolist()
+
+    return FrameDistance(f"CLIP image-feature chord distance ({clip_folder})", consecutive)
+
+
+def adjacent_distances(frames: Sequence[np.ndarray], loop: bool,
+                       distance: FrameDistance = PIXEL_DISTANCE) -> list[float]:
     """Distances between consecutive frames; a loop adds the closing last -> first step."""
-    pairs = list(zip(frames[:-1], frames[1:]))
-    if loop:
-        pairs.append((frames[-1], frames[0]))
-    return [frame_distance(a, b) for a, b in pairs]
+    return distance.consecutive(list(frames) + ([frames[0]] if loop else []))
 
 
 def summarize(distances: Sequence[float]) -> dict[str, float]:

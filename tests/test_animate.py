@@ -139,6 +139,30 @@ def test_even_motion_halves_the_motion_unevenness_of_linear_spacing(kl_pipeline_
     assert not np.allclose(times, np.linspace(0, 1, 8))  # re-spaced, keyframes kept
 
 
+def test_even_motion_can_measure_motion_in_clip_features(kl_pipeline_path, tmp_path):
+    from transformers import CLIPConfig, CLIPModel
+
+    from ldm.models.clip import export
+    from tiny import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=tokenizer.model_max_length,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=IMAGE_SIZE, patch_size=4),
+        projection_dim=16)
+    export(CLIPModel(config), tokenizer, tmp_path / "run", IMAGE_SIZE)
+    result = animate(WalkSettings(pipeline=str(kl_pipeline_path), out=str(tmp_path / "clip_walk"), prompts=PROMPTS,
+                                  seeds=[1, 2], frames=8, even_motion=True, distance_model=str(tmp_path / "run" / "clip"),
+                                  **FAST))
+    assert result.report["distance"].startswith("CLIP image-feature")
+    assert result.report["walk"]["cv"] <= 0.5 * result.report["linear"]["cv"]
+
+
 def test_looped_seed_walk_closes_without_a_jump(kl_pipeline_path, tmp_path):
     result = animate(WalkSettings(pipeline=str(kl_pipeline_path), out=str(tmp_path / "loop"), kind="seed",
                                   prompts=[PROMPTS[0]], seeds=[1, 2, 3], frames=3, loop=True, **FAST))
@@ -190,6 +214,7 @@ BAD_INPUT = [
     (dict(prompts=PROMPTS, fps=0.0), "--fps must be positive"),
     (dict(prompts=PROMPTS, sampler="euler-ancestral"), "deterministic sampler"),
     (dict(kind="image", images=["missing.png", "missing.png"], captions=["a", "b"]), "image not found"),
+    (dict(prompts=PROMPTS, even_motion=True, distance_model="no/such/clip"), "no CLIP model there"),
 ]
 
 

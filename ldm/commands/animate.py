@@ -45,6 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     frames.add_argument("--even-passes", type=int, default=1,
                         help="re-spacing passes after the linear probe; each renders the walk once "
                              "more (default 1; 2 evens out a little further)")
+    frames.add_argument("--distance-model", metavar="CLIP_FOLDER",
+                        help="measure motion (even motion and the report) as the distance between CLIP "
+                             "image features of this CLIP folder, e.g. RUN/clip (default: a multi-scale "
+                             "pixel distance that needs no model)")
     frames.add_argument("--batch-size", type=int, default=4, help="frames per UNet batch (default 4)")
     frames.add_argument("--video-scale", type=int, default=1,
                         help="enlarge the GIF and MP4 by this factor, nearest-neighbour (default 1)")
@@ -88,6 +92,7 @@ def run(args: argparse.Namespace) -> None:
         prompts=[args.prompt] if kind == "seed" else args.prompts, seeds=args.seeds,
         images=args.images, captions=args.captions, negative_prompt=args.negative_prompt,
         frames=args.frames, loop=args.loop, even_motion=args.even_motion, even_passes=args.even_passes,
+        distance_model=args.distance_model,
         steps=args.steps, guidance=args.guidance, sampler=args.sampler, fps=args.fps,
         batch_size=args.batch_size, video_scale=args.video_scale,
     )
