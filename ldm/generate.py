@@ -158,7 +158,8 @@ def generate(opts: GenerateOptions) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     jobs = plan(opts)
     with state.split_between_processes(list(range(len(opts.prompts)))) as my_prompts:
-        mine = [job for job in jobs if job.prompt_index in set(my_prompts)]
+        my_prompts = set(my_prompts)
+    mine = [job for job in jobs if job.prompt_index in my_prompts]
     written = _generate_jobs(opts, mine, out, device=opts.device or state.device,
                              show_progress=state.is_main_process) if mine else []
     state.wait_for_everyone()

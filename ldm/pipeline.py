@@ -68,6 +68,23 @@ class LatentDiffusionPipeline(DiffusionPipeline):
             return embeds, None
         return embeds.chunk(2)
 
+    def conditioning(self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
+                     num_images_per_prompt: int, guidance: bool) -> torch.Tensor:
+        """The UNet's encoder states, one row per image; with guidance, negative rows first."""
+        if prompt_embeds is None:
+            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+            positive, negative = self.encode_prompt(prompts, _as_list(negative_prompt, len(prompts)),
+                                                    num_images_per_prompt, guidance)
+        else:
+            positive = prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)
+            negative = negative_prompt_embeds
+            if guidance and negative is None:
+                negatives = _as_list(negative_prompt, prompt_embeds.shape[0])
+                negative = self.encode_prompt(negatives, None, 1, guidance=False)[0]
+            if guidance:
+                negative = negative.to(positive).repeat_interleave(num_images_per_prompt, dim=0)
+        return torch.cat([negative, positive]) if guidance else positive
+
     # ---- latents ----------------------------------------------------------------------------------
 
     def prepare_latents(self, shape: tuple[int, ...], generator: Generators,
@@ -150,19 +167,11 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         guidance = guidance_scale > 1.0
 
         # 1. Conditioning: [negative; positive] rows, so one UNet call does both passes.
-        if prompt_embeds is None:
-            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-            negatives = _as_list(negative_prompt, len(prompts))
-            prompt_embeds, negative_embeds = self.encode_prompt(prompts, negatives,
-                                                                num_images_per_prompt, guidance)
-        else:
-            prompt_embeds = prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)
-            negative_embeds = self._negative_for_embeds(prompt_embeds, negative_prompt_embeds,
-                                                        num_images_per_prompt) if guidance else None
-        batch = prompt_embeds.shape[0]
+        embeds = self.conditioning(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
+                                   num_images_per_prompt, guidance)
+        batch = embeds.shape[0] // 2 if guidance else embeds.shape[0]
         if isinstance(generator, list) and len(generator) != batch:
             raise ValueError(f"got {len(generator)} generators for {batch} images")
-        embeds = torch.cat([negative_embeds, prompt_embeds]) if guidance else prompt_embeds
 
         # 2. Timesteps and starting latents.
         self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
@@ -200,14 +209,6 @@ class LatentDiffusionPipeline(DiffusionPipeline):
             images = self.image_processor.postprocess(decoded, output_type=output_type)
         self.maybe_free_model_hooks()
         return ImagePipelineOutput(images=images) if return_dict else (images,)
-
-    def _negative_for_embeds(self, prompt_embeds: torch.Tensor, negative: torch.Tensor | None,
-                             num_images_per_prompt: int) -> torch.Tensor:
-        """Negative embeddings to go with caller-made prompt embeddings: theirs, or the empty prompt's."""
-        if negative is not None:
-            return negative.to(prompt_embeds).repeat_interleave(num_images_per_prompt, dim=0)
-        empty = encode_prompts(self.tokenizer, self.text_encoder, [""]).to(prompt_embeds)
-        return empty.expand(prompt_embeds.shape[0], -1, -1)
 
 
 def _as_list(negative: str | list[str] | None, n: int) -> list[str]:

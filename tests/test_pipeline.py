@@ -105,3 +105,14 @@ def test_sampler_keeps_the_training_schedule_and_rejects_unknown_names(kl_pipeli
     assert sampler.config.beta_schedule == pipe.scheduler.config.beta_schedule == "scaled_linear"
     with pytest.raises(LdmError, match="unknown sampler 'plms'; choose one of: dpmsolver\\+\\+, ddim"):
         make_sampler("plms", pipe.scheduler.config)
+
+
+def test_prompt_embeds_give_the_same_images_as_prompts(kl_pipeline_path):
+    from ldm.text import encode_prompts
+
+    pipe = quiet(load_pipeline(kl_pipeline_path))
+    kwargs = dict(num_inference_steps=2, guidance_scale=3.0, negative_prompt="green", output_type="np")
+    from_text = pipe(PROMPTS[:1], generator=generators([4]), **kwargs).images
+    embeds = encode_prompts(pipe.tokenizer, pipe.text_encoder, PROMPTS[:1])
+    from_embeds = pipe(prompt_embeds=embeds, generator=generators([4]), **kwargs).images
+    assert np.abs(from_text - from_embeds).max() < 1e-5
