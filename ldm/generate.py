@@ -86,6 +86,11 @@ def check_options(opts: GenerateOptions) -> None:
     check_sampler(opts.sampler)
     if opts.dtype not in DTYPES:
         raise LdmError(f"unknown --dtype {opts.dtype!r}; choose one of: {', '.join(DTYPES)}")
+    if opts.device is not None:
+        try:
+            torch.device(opts.device)
+        except RuntimeError:
+            raise LdmError(f"--device {opts.device!r} is not a device torch knows (cpu, cuda, cuda:1, mps)") from None
     factor = vae_factor(opts.pipeline)
     for name in ("height", "width"):
         size = getattr(opts, name)
@@ -160,7 +165,7 @@ def generate(opts: GenerateOptions) -> list[Path]:
     with state.split_between_processes(list(range(len(opts.prompts)))) as my_prompts:
         my_prompts = set(my_prompts)
     mine = [job for job in jobs if job.prompt_index in my_prompts]
-    written = _generate_jobs(opts, mine, out, device=opts.device or state.device,
+    written = _generate_jobs(opts, mine, out, device=_process_device(opts.device, state),
                              show_progress=state.is_main_process) if mine else []
     state.wait_for_everyone()
     if state.is_main_process:
@@ -172,6 +177,13 @@ def _runs_on_cpu(device: str | None) -> bool:
     if device is not None:
         return torch.device(device).type == "cpu"
     return not (torch.cuda.is_available() or torch.backends.mps.is_available())
+
+
+def _process_device(device: str | None, state) -> torch.device:
+    """An explicit device index is obeyed; otherwise each process takes its own (cuda:rank)."""
+    if device is not None and torch.device(device).index is not None:
+        return torch.device(device)
+    return state.device
 
 
 def _generate_jobs(opts: GenerateOptions, jobs: list[ImageJob], out: Path, device,

@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="classifier-free guidance scale; 1 turns guidance off (default 5)")
     parser.add_argument("--negative", default="", help="negative prompt (needs --guidance above 1)")
     parser.add_argument("--sampler", default="dpmsolver++",
-                        help="dpmsolver++ (default), ddim, euler, euler-ancestral, unipc, heun, ddpm")
+                        help="sampler name (default dpmsolver++); a wrong name lists the valid ones")
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM's eta: 0 deterministic, 1 DDPM-like")
     parser.add_argument("--height", type=int, help="image height in pixels (default: the model's)")
     parser.add_argument("--width", type=int, help="image width in pixels (default: the model's)")
@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --init-image: how much of it to repaint, 0-1 (default 0.8)")
     parser.add_argument("--out", help="output folder (default: samples/ beside the pipeline folder)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per model call (default 8)")
-    parser.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: accelerate's choice)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: the accelerator if any, one per process)")
     parser.add_argument("--dtype", default="float32", help="float32 (default), float16, bfloat16")
 
 
