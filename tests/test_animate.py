@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from ldm import animate as animate_lib
+from ldm import walk_settings
 from ldm import renderers, smoothness, video
 from ldm.animate import WalkSettings, animate
 from ldm.cli import main
@@ -83,8 +83,8 @@ def test_keyframe_matches_the_pipeline_sampled_with_its_seed(prompt_walk, kl_pip
 
     settings, result = prompt_walk
     pipe = load_pipeline(kl_pipeline_path)
-    pipe.scheduler = make_sampler(animate_lib.resolve(settings).sampler, pipe.scheduler.config)
-    image = pipe([PROMPTS[1]], num_inference_steps=FAST["steps"], guidance_scale=animate_lib.DEFAULT_GUIDANCE,
+    pipe.scheduler = make_sampler(walk_settings.resolve(settings).sampler, pipe.scheduler.config)
+    image = pipe([PROMPTS[1]], num_inference_steps=FAST["steps"], guidance_scale=walk_settings.DEFAULT_GUIDANCE,
                  generator=[torch.Generator().manual_seed(2)], output_type="np").images
     last = video.read_frames(result.out / "frames", 16)[-1].astype(int)
     assert np.abs(renderers.to_uint8(image)[0].astype(int) - last).max() <= 1
