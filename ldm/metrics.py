@@ -22,6 +22,11 @@ def psnr(reconstructions: torch.Tensor, originals: torch.Tensor) -> torch.Tensor
 
 
 def ssim(reconstructions: torch.Tensor, originals: torch.Tensor) -> torch.Tensor:
-    """SSIM (11x11 Gaussian window, the usual settings) per image, (B,)."""
-    return structural_similarity_index_measure(to_unit_range(reconstructions), to_unit_range(originals),
-                                               data_range=1.0, reduction="none")
+    """SSIM (11x11 Gaussian window, the usual settings) per image, (B,).
+
+    Always in float32, even inside a bf16/fp16 autocast region (training, Lightning's validation):
+    SSIM subtracts squared means from means of squares, which bf16 cannot resolve.
+    """
+    with torch.autocast(reconstructions.device.type, enabled=False):
+        return structural_similarity_index_measure(to_unit_range(reconstructions), to_unit_range(originals),
+                                                   data_range=1.0, reduction="none")

@@ -42,6 +42,7 @@ from ldm.training import RunConfig, fit, lr_scheduler
 
 VAE = "vae"  # RUN/vae: the export the later stages read
 GRID_IMAGES = 8  # columns of the validation grid
+GRID_UPSCALE = 4  # 32 px images are too small to judge at their own size
 
 
 @dataclass
@@ -85,7 +86,7 @@ class LossConfig:
     kl: float = 1e-6
     codebook: float = 1.0  # pulls the chosen codes towards the encoder outputs (VQ)
     commitment: float = 0.25  # pulls the encoder outputs towards their codes (VQ's beta)
-    disc: float = 0.5  # GAN term, times taming's adaptive weight
+    disc: float = 0.5  # GAN term, times taming's adaptive weight; 0: no discriminator at all
     disc_start: int = 50001  # step from which the discriminator trains and the GAN term counts
     disc_layers: int = 3
     disc_channels: int = 64
@@ -149,10 +150,6 @@ def build_autoencoder(model: ModelConfig, resolution: int) -> vae_lib.Autoencode
 
 
 class AutoencoderModule(L.LightningModule):
-    # Lightning's global_step counts optimizer steps: the autoencoder's and the discriminator's
-    # make two per batch, and ldm.training scales max_steps and checkpoint intervals to match.
-    optimizer_steps_per_batch = 2
-
     def __init__(self, cfg: Config):
         super().__init__()
         self.automatic_optimization = False
@@ -173,6 +170,17 @@ class AutoencoderModule(L.LightningModule):
         return self.cfg.model.kind == "vq"
 
     @property
+    def has_gan(self) -> bool:
+        return self.loss.discriminator is not None
+
+    @property
+    def optimizer_steps_per_batch(self) -> int:
+        """Lightning's global_step counts optimizer steps: with a GAN, the autoencoder's and the
+        discriminator's make two per batch, and ldm.training scales max_steps and checkpoint
+        intervals to match."""
+        return 2 if self.has_gan else 1
+
+    @property
     def step(self) -> int:
         """Training batches done (global_step counts both optimizers' steps)."""
         return self.global_step // self.optimizer_steps_per_batch
@@ -182,6 +190,8 @@ class AutoencoderModule(L.LightningModule):
         train, loss = self.cfg.train, self.cfg.loss
         betas = tuple(loss.betas)
         ae = torch.optim.AdamW(self.vae.parameters(), lr=train.lr, betas=betas, weight_decay=train.weight_decay)
+        if not self.has_gan:
+            return [ae], [lr_scheduler(ae, train)]
         # No weight decay: before disc_start the discriminator steps on zero gradients (see
         # `discriminator_step`), which must leave it untouched.
         disc = torch.optim.Adam(self.loss.discriminator.parameters(), lr=loss.disc_lr or train.lr, betas=betas)
@@ -212,9 +222,9 @@ class AutoencoderModule(L.LightningModule):
     # ---- training ----------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
         pixels = batch["pixel_values"]
-        opt_ae, opt_disc = self.optimizers()
-        sched_ae, sched_disc = self.lr_schedulers()
-        gan_on = self.step >= self.cfg.loss.disc_start
+        optimizers, schedulers = self.optimizers(), self.lr_schedulers()
+        opt_ae, sched_ae = (optimizers[0], schedulers[0]) if self.has_gan else (optimizers, schedulers)
+        gan_on = self.has_gan and self.step >= self.cfg.loss.disc_start
 
         with self.toggled_optimizer(opt_ae):
             reconstructions, regularizers = self.reconstruct_for_training(pixels)
@@ -226,8 +236,10 @@ class AutoencoderModule(L.LightningModule):
             opt_ae.step()
         sched_ae.step()
 
-        disc_terms = self.discriminator_step(opt_disc, pixels, reconstructions, gan_on)
-        sched_disc.step()
+        disc_terms = {}
+        if self.has_gan:
+            disc_terms = self.discriminator_step(optimizers[1], pixels, reconstructions, gan_on)
+            schedulers[1].step()
 
         if self.is_vq:
             self.maybe_revive_codes()
@@ -305,7 +317,7 @@ class AutoencoderModule(L.LightningModule):
     def write_grid(self) -> None:
         """Originals over reconstructions, as a PNG and in TensorBoard."""
         path = self.cfg.stage_dir / "reconstructions" / f"step{self.step:08d}.png"
-        grid = save_grid(self.val_grid, path)
+        grid = save_grid(self.val_grid, path, upscale=GRID_UPSCALE)
         for logger in self.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_image("val/reconstructions", grid, self.step, dataformats="HWC")

@@ -100,7 +100,8 @@ class AutoencoderLoss(nn.Module):
         super().__init__()
         self.weights = weights
         self.perceptual = perceptual_loss(lpips_weights) if weights.get("perceptual") else None
-        self.discriminator = PatchDiscriminator(disc_layers, disc_channels)
+        # No GAN at all when its weight is 0: no discriminator to train, store or step.
+        self.discriminator = PatchDiscriminator(disc_layers, disc_channels) if weights["disc"] > 0 else None
 
     def reconstruction(self, originals: torch.Tensor, reconstructions: torch.Tensor) -> dict:
         x, x_hat = originals.float(), reconstructions.float()
@@ -116,7 +117,7 @@ class AutoencoderLoss(nn.Module):
         rec_loss = sum(self.weights[name] * value for name, value in terms.items())
         terms.update(regularizers)
         terms["loss"] = rec_loss + sum(self.weights[name] * value for name, value in regularizers.items())
-        if last_layer is not None and self.weights["disc"] > 0:
+        if last_layer is not None and self.discriminator is not None:
             gan_loss = -self.discriminator(reconstructions).float().mean()
             terms["gan"] = gan_loss
             terms["adaptive_weight"] = adaptive_weight(rec_loss, gan_loss, last_layer)
