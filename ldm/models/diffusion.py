@@ -67,13 +67,13 @@ class Config(RunConfig):
 
 
 class LatentDiffusion(L.LightningModule):
-    def __init__(self, unet: UNet2DConditionModel, scheduler: DDPMScheduler, loss: DiffusionLoss,
+    def __init__(self, unet: UNet2DConditionModel, noise_scheduler: DDPMScheduler, loss: DiffusionLoss,
                  autoencoder: FrozenAutoencoder, conditioner: TextConditioner, train_cfg: TrainConfig,
                  ema: EMAModel | None = None, samples: SamplesConfig | None = None,
                  samples_dir=None):
         super().__init__()
         self.unet = unet  # the only child module: what the optimizer trains and checkpoints hold
-        self.scheduler, self.loss = scheduler, loss
+        self.noise_scheduler, self.loss = noise_scheduler, loss
         self.autoencoder, self.conditioner = autoencoder, conditioner
         self.train_cfg, self.ema = train_cfg, ema
         self.samples, self.samples_dir = samples, samples_dir
@@ -93,7 +93,7 @@ class LatentDiffusion(L.LightningModule):
                        generator: torch.Generator | None = None) -> torch.Tensor:
         noise = self.loss.sample_noise(latents, generator)
         timesteps = self.loss.sample_timesteps(latents, generator)
-        noisy = self.scheduler.add_noise(latents, noise, timesteps)
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         prediction = self.unet(noisy, timesteps, encoder_hidden_states=embeddings).sample
         return self.loss(prediction, latents, noise, timesteps)
 
@@ -142,41 +142,47 @@ class LatentDiffusion(L.LightningModule):
             self.ema.load_state_dict(checkpoint[EMA_KEY])
             self.ema.to(self.device)  # the checkpoint's tensors arrive where it was loaded
 
+    def swap_in_ema(self) -> None:
+        """Put the EMA weights into the UNet, keeping its own to come back to."""
+        if self.ema is not None:
+            self.ema.store(self.unet.parameters())
+            self.ema.copy_to(self.unet.parameters())
+
+    def swap_out_ema(self) -> None:
+        if self.ema is not None:
+            self.ema.restore(self.unet.parameters())
+
     @contextmanager
     def ema_weights(self):
         """The UNet holds the EMA weights inside the block, its own again after it."""
-        if self.ema is None:
-            yield
-            return
-        self.ema.store(self.unet.parameters())
-        self.ema.copy_to(self.unet.parameters())
+        self.swap_in_ema()
         try:
             yield
         finally:
-            self.ema.restore(self.unet.parameters())
+            self.swap_out_ema()
 
     # ---- validation: loss and samples from the EMA weights ----------------------------------------
 
     def on_validation_epoch_start(self) -> None:
-        self._ema_scope = self.ema_weights()
-        self._ema_scope.__enter__()
+        self.swap_in_ema()
 
     def on_validation_epoch_end(self) -> None:
         try:
             if self.trainer.is_global_zero and self.samples and self.samples.prompts:
                 self.log_samples()
         finally:
-            self._ema_scope.__exit__(None, None, None)
+            self.swap_out_ema()
 
     @torch.no_grad()
     def log_samples(self) -> None:
         step = self.trainer.global_step
         # Sampling in fp32 whatever the training precision: the frozen parts are fp32.
         with torch.autocast(self.device.type, enabled=False):
-            grid = sample_grid(self.samples, self.unet, self.autoencoder, self.conditioner, self.scheduler)
+            grid = sample_grid(self.samples, self.unet, self.autoencoder, self.conditioner,
+                               self.noise_scheduler)
         if self.samples_dir is not None:
             save_grid(grid, self.samples_dir / f"step{step:08d}.png", self.samples, step,
-                      type(inference_scheduler(self.scheduler)).__name__)
+                      type(inference_scheduler(self.noise_scheduler)).__name__)
         for logger in self.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_image("samples", np.asarray(grid), step, dataformats="HWC")
@@ -207,7 +213,7 @@ def export(module: LatentDiffusion, out_dir) -> None:
         export_pipeline(out_dir, vae=module.autoencoder.vae.to("cpu"),
                         text_encoder=module.conditioner.text_encoder.to("cpu"),
                         tokenizer=module.conditioner.tokenizer, unet=unet,
-                        scheduler=inference_scheduler(module.scheduler))
+                        scheduler=inference_scheduler(module.noise_scheduler))
 
 
 def train(cfg: Config) -> L.Trainer:

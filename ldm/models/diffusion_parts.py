@@ -29,6 +29,7 @@ class UNetConfig:
     up_block_types: list[str] = field(default_factory=lambda: [
         "UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"])
     layers_per_block: int = 2
+    # Named as diffusers names it; UNet2DConditionModel uses it as the number of attention heads.
     attention_head_dim: int = 8
     transformer_layers_per_block: int = 1
     norm_num_groups: int = 32

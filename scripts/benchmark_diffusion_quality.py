@@ -1,0 +1,81 @@
+"""Prompt fidelity of stage 2 on the shapes data: train (time-capped), generate, check attributes.
+
+    python scripts/benchmark_diffusion_quality.py                        # train, then judge
+    python scripts/benchmark_diffusion_quality.py --no-train             # judge RUN/pipeline as it is
+
+Trains `configs/diffusion/ldm_shapes.yaml` (stage 1 and 1b must be in its run folder) for at most
+--minutes, then generates images for the held-out colour/shape/position combinations of
+`ldm.data.shapes` (combinations never seen in training), --seeds images each, and reads their colour
+and shape with `ldm.shapes_checker`. Prints the share right and writes a grid PNG beside the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ldm.data.shapes import HELD_OUT, held_out_prompts
+from ldm.pipeline_io import load_pipeline
+from ldm.shapes_checker import prompt_fidelity
+from ldm.stages import load_config, train
+
+
+def generate(pipeline_dir: Path, seeds: int, steps: int, guidance: float) -> tuple[list, list]:
+    pipe = load_pipeline(pipeline_dir)
+    pipe.set_progress_bar_config(disable=True)
+    images, attributes = [], []
+    for prompt, (colour, shape, position) in zip(held_out_prompts(), HELD_OUT):
+        generators = [torch.Generator().manual_seed(seed) for seed in range(seeds)]
+        out = pipe([prompt] * seeds, num_inference_steps=steps, guidance_scale=guidance,
+                   generator=generators).images
+        images += out
+        attributes += [{"colour": colour, "shape": shape, "position": position}] * seeds
+    return images, attributes
+
+
+def save_grid(images: list, rows: int, path: Path) -> None:
+    arrays = [np.asarray(image) for image in images]
+    cols = len(arrays) // rows
+    grid = np.concatenate([np.concatenate(arrays[r * cols:(r + 1) * cols], axis=1) for r in range(rows)])
+    Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.Resampling.NEAREST).save(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/diffusion/ldm_shapes.yaml")
+    parser.add_argument("--minutes", type=float, default=10.0, help="training time cap")
+    parser.add_argument("--no-train", action="store_true", help="judge the existing RUN/pipeline")
+    parser.add_argument("--seeds", type=int, default=8, help="images per held-out prompt")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--guidance", type=float, default=4.0)
+    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. run_dir=runs/bench")
+    args = parser.parse_args()
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+
+    overrides = [*args.overrides, f"train.max_minutes={args.minutes}"]
+    cfg = load_config(args.config, overrides)
+    if not args.no_train:
+        start = time.perf_counter()
+        trainer = train(args.config, overrides)
+        minutes = (time.perf_counter() - start) / 60
+        print(f"trained {trainer.global_step} steps in {minutes:.1f} min (cache and export included); "
+              f"{trainer.global_step / (minutes * 60):.2f} steps/s")
+    pipeline_dir = Path(cfg.run_dir) / "pipeline"
+    images, attributes = generate(pipeline_dir, args.seeds, args.steps, args.guidance)
+    scores = prompt_fidelity(images, attributes)
+    grid = Path(cfg.run_dir) / "diffusion" / "held_out_grid.png"
+    save_grid(images, len(HELD_OUT), grid)
+    print(f"held-out prompts: {len(HELD_OUT)} x {args.seeds} seeds, {args.steps} steps, "
+          f"guidance {args.guidance}")
+    for key, value in scores.items():
+        print(f"  {key:>16}: {value:.1%}")
+    print(f"grid: {grid}")
+
+
+if __name__ == "__main__":
+    main()
