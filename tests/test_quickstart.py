@@ -63,3 +63,22 @@ def test_a_changed_step_reruns_it_and_the_steps_after_it(tmp_path):
     missing = quickstart.Quickstart(tmp_path, quickstart.SCALES["tiny"])
     missing.step("data", {"n": 2}, [], [tmp_path / "gone"], "first", lambda: ran.append("data"))
     assert ran[-1] == "data" and len(ran) == 5  # an output that disappeared is made again
+
+
+def test_an_interrupted_stage_resumes_and_a_changed_one_starts_over(tmp_path):
+    import yaml
+
+    from ldm.config import to_dict
+    from ldm.quickstart import CONFIGS, STAGE_CONFIGS, _comparable, _prepare_stage_dir
+    from ldm.stages import load_config
+
+    cfg = load_config(CONFIGS / STAGE_CONFIGS["autoencoder"], [f"run_dir={tmp_path}"])
+    cfg.checkpoint_dir.mkdir(parents=True)
+    (cfg.checkpoint_dir / "last.ckpt").write_bytes(b"")
+    (cfg.stage_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
+    _prepare_stage_dir(cfg, _comparable(to_dict(cfg)))
+    assert cfg.train.ckpt_path == "last" and (cfg.checkpoint_dir / "last.ckpt").exists()
+
+    changed = load_config(CONFIGS / STAGE_CONFIGS["autoencoder"], [f"run_dir={tmp_path}", "train.lr=0.5"])
+    _prepare_stage_dir(changed, _comparable(to_dict(changed)))
+    assert changed.train.ckpt_path is None and not changed.checkpoint_dir.exists()
