@@ -254,7 +254,7 @@ def evaluate_diffusion(pipeline: str, data: str, clip: str | None = None, incept
 
 def walk_settings(folder: Path):
     """The WalkSettings a walk folder was rendered with, as far as its smoothness depends on them."""
-    from ldm.animate import SETTINGS_FILE, WalkSettings
+    from ldm.walk_settings import SETTINGS_FILE, WalkSettings
 
     path = folder / SETTINGS_FILE
     if not path.is_file():
@@ -263,7 +263,8 @@ def walk_settings(folder: Path):
     return WalkSettings(pipeline=saved["pipeline"], out=str(folder), kind=saved["kind"],
                         prompts=saved.get("prompts", []), seeds=saved.get("seeds", []),
                         images=[image["path"] for image in saved.get("images", [])],
-                        frames=saved["frames"], loop=saved["loop"], even_motion=saved["even_motion"])
+                        frames=saved["frames"], loop=saved["loop"], even_motion=saved["even_motion"],
+                        distance_model=saved.get("distance_model"))
 
 
 def evaluate_walk(folder: str | Path) -> Evaluation:
