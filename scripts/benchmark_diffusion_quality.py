@@ -1,12 +1,13 @@
 """Prompt fidelity of stage 2 on the shapes data: train (time-capped), generate, check attributes.
 
-    python scripts/benchmark_diffusion_quality.py                        # train, then judge
-    python scripts/benchmark_diffusion_quality.py --no-train             # judge RUN/pipeline as it is
+    python scripts/benchmark_diffusion_quality.py run_dir=runs/shapes_bench   # train, then judge
+    python scripts/benchmark_diffusion_quality.py --no-train                  # judge runs/shapes/pipeline
 
-Trains `configs/diffusion/ldm_shapes.yaml` (stage 1 and 1b must be in its run folder) for at most
---minutes, then generates images for the held-out colour/shape/position combinations of
-`ldm.data.shapes` (combinations never seen in training), --seeds images each, and reads their colour
-and shape with `ldm.shapes_checker`. Prints the share right and writes a grid PNG beside the run.
+Trains `configs/diffusion/ldm_shapes.yaml` for at most --minutes of training (the latent cache is
+built before the clock starts), reading stage 1 and 1b from runs/shapes (the config's `vae` and
+`text_encoder`; a fresh `run_dir` keeps an earlier stage-2 run out of the way), then generates
+images for the held-out colour/shape/position combinations of `ldm.data.shapes` (combinations never
+seen in training), --seeds images each, and reads their colour and shape with `ldm.shapes_checker`. Prints the share right and writes a grid PNG beside the run.
 """
 
 from __future__ import annotations
