@@ -173,3 +173,23 @@ def test_codebook_revives_dead_codes_from_recent_encoder_outputs():
     assert dead.tolist() == [2, 3, 4, 5, 6, 7]
     new = care.replacements(len(dead))
     assert all(any(torch.equal(row, v) for v in vectors) for row in new)  # drawn from what it saw
+
+
+def test_perceptual_loss_is_lpips_from_a_local_file_else_ssim(tmp_path):
+    from safetensors.torch import save_file
+
+    from ldm.models.autoencoder_losses import SSIMLoss, perceptual_loss
+    from ldm.models.lpips import LPIPS, TAP_CHANNELS, vgg16_features
+
+    assert isinstance(perceptual_loss(None), SSIMLoss)
+    torch.manual_seed(0)
+    weights = {f"features.{k}": v for k, v in vgg16_features().state_dict().items()}
+    weights.update({f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1) for k, c in enumerate(TAP_CHANNELS)})
+    save_file(weights, tmp_path / "lpips.safetensors")
+    lpips = perceptual_loss(str(tmp_path / "lpips.safetensors"))
+    assert isinstance(lpips, LPIPS) and not any(p.requires_grad for p in lpips.parameters())
+    x = torch.rand(2, 3, SIZE, SIZE) * 2 - 1
+    assert lpips(x, x).item() == 0.0 and lpips(x.flip(-1), x).item() > 0
+    save_file({"features.0.weight": torch.zeros(1)}, tmp_path / "bad.safetensors")
+    with pytest.raises(LdmError, match="does not hold LPIPS VGG16 weights"):
+        LPIPS(tmp_path / "bad.safetensors")
