@@ -104,15 +104,18 @@ def lr_scheduler(optimizer, train: TrainConfig) -> dict:
 
 
 def resolve_precision(configured: str | None, env: dict | None = None) -> str:
-    """The Lightning precision: the config's, else accelerate's, else full fp32."""
+    """The Lightning precision: the config's, else accelerate's, else full fp32.
+
+    `accelerate launch` always sets ACCELERATE_MIXED_PRECISION, to "no" when it was not asked for
+    anything, so "no" cannot tell "fp32 please" from "no opinion": it never overrides or conflicts
+    with the config. fp16 or bf16 from accelerate that disagrees with the config is an error.
+    """
     env = os.environ if env is None else env
     launched = env.get("ACCELERATE_MIXED_PRECISION")
-    from_launcher = None
-    if launched is not None:
-        if launched not in ACCELERATE_PRECISION:
-            raise LdmError(f"ACCELERATE_MIXED_PRECISION={launched!r} is not one of "
-                           f"{', '.join(ACCELERATE_PRECISION)}")
-        from_launcher = ACCELERATE_PRECISION[launched]
+    if launched is not None and launched not in ACCELERATE_PRECISION:
+        raise LdmError(f"ACCELERATE_MIXED_PRECISION={launched!r} is not one of "
+                       f"{', '.join(ACCELERATE_PRECISION)}")
+    from_launcher = ACCELERATE_PRECISION[launched] if launched not in (None, "no") else None
     if configured is None:
         return from_launcher or "32-true"
     precision = PRECISION_ALIASES[str(configured)]

@@ -12,6 +12,8 @@ def test_precision_follows_config_then_accelerate_then_fp32():
     assert resolve_precision(None, {"ACCELERATE_MIXED_PRECISION": "fp16"}) == "16-mixed"
     assert resolve_precision(None, {"ACCELERATE_MIXED_PRECISION": "no"}) == "32-true"
     assert resolve_precision("16-mixed", {"ACCELERATE_MIXED_PRECISION": "fp16"}) == "16-mixed"
+    # "no" is what accelerate launch sets when not asked for anything: the config decides
+    assert resolve_precision("bf16-mixed", {"ACCELERATE_MIXED_PRECISION": "no"}) == "bf16-mixed"
 
 
 def test_precision_conflict_names_both_settings():
