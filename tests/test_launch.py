@@ -1,0 +1,34 @@
+"""`accelerate launch --multi_gpu` runs a stage in several processes, here over gloo on the CPU."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ldm.data.shapes import make_shapes_dataset
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate's launcher is not on PATH")
+def test_autoencoder_trains_in_two_processes_and_exports_once(tmp_path):
+    data = make_shapes_dataset(tmp_path / "data", n=48, size=16, seed=0)
+    run = tmp_path / "run"
+    result = subprocess.run(
+        [shutil.which("accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+         "--main_process_port", "29517", "-m", "ldm", "train",
+         str(CONFIGS / "autoencoder" / "kl_f4_shapes.yaml"), f"run_dir={run}", f"data.source={data}",
+         "data.resolution=16", "data.batch_size=8", "train.max_steps=4", "train.val_every_n_steps=2",
+         "train.checkpoint_every_n_steps=2", "train.precision=32-true", "latent_scale.samples=16"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert "8 per process x 2 process(es)" in output
+    assert "GLOBAL_RANK: 1" in output
+    assert (run / "vae" / "diffusion_pytorch_model.safetensors").exists()
+    assert not list(run.glob(".vae.tmp-*"))  # the export was written once, by rank 0, whole
+    assert (run / "autoencoder" / "checkpoints" / "last.ckpt").exists()
