@@ -16,7 +16,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
@@ -75,10 +75,16 @@ class TrainConfig:
 class RunConfig:
     """The sections every stage's config has; each stage adds its own (model, loss, ...)."""
 
+    STAGE: ClassVar[str] = ""  # each stage's Config names its stage here
+
     stage: str
     run_dir: str  # RUN: every stage of one model writes its exports and logs here
     data: DataConfig
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        if self.STAGE and self.stage != self.STAGE:
+            raise ValueError(f"stage must be '{self.STAGE}' for this config, got {self.stage!r}")
 
     @property
     def stage_dir(self) -> Path:

@@ -23,7 +23,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import lightning as L
 import torch
@@ -124,14 +124,15 @@ class LatentScaleConfig:
 
 @dataclass
 class Config(RunConfig):
+    STAGE: ClassVar[str] = "autoencoder"
+
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     codebook: CodebookConfig = field(default_factory=CodebookConfig)
     latent_scale: LatentScaleConfig = field(default_factory=LatentScaleConfig)
 
     def __post_init__(self):
-        if self.stage != "autoencoder":
-            raise ValueError(f"stage must be 'autoencoder' for this config, got {self.stage!r}")
+        super().__post_init__()
         require_divisible(self.data.resolution, self.model.downsampling_factor, "model.downsampling_factor")
         if self.latent_scale.shift and self.model.kind == "vq":
             raise ValueError("latent_scale.shift is for KL only: VQModel's config has no shift_factor")

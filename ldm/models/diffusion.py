@@ -23,6 +23,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import lightning as L
 import numpy as np
@@ -48,6 +49,8 @@ EMA_KEY = "ema"  # where the EMA weights live in a Lightning checkpoint
 
 @dataclass(kw_only=True)
 class Config(RunConfig):
+    STAGE: ClassVar[str] = "diffusion"
+
     stage: str = "diffusion"
     vae: str  # RUN/vae of stage 1 (or any folder an AutoencoderKL / VQModel loads from)
     text_encoder: str  # RUN of stage 1b (text_encoder/ + tokenizer/), a pipeline or a CLIP folder
@@ -60,8 +63,7 @@ class Config(RunConfig):
     samples: SamplesConfig = field(default_factory=SamplesConfig)
 
     def __post_init__(self):
-        if self.stage != "diffusion":
-            raise ValueError(f"stage must be 'diffusion', got {self.stage!r}")
+        super().__post_init__()
         if not 0.0 <= self.caption_dropout < 1.0:
             raise ValueError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
 
