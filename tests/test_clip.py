@@ -13,6 +13,7 @@ from ldm.data.shapes import make_shapes_dataset
 from ldm.data.transforms import to_tensor
 from ldm.errors import LdmError
 from ldm.models.clip import Config, train
+from ldm.models.clip_loss import WordSwapper, contrastive_loss
 from ldm.text import encode_prompts, load_text_encoder
 
 SIZE = 16
@@ -26,6 +27,7 @@ def tiny_config(data: str, run_dir: str, **train_overrides) -> Config:
         "model": {"vision": {**tower, "patch_size": 8}, "text": tower, "projection_dim": 16},
         "tokenizer": {"vocab_size": 600, "max_length": 24},
         "validation": {"zero_shot_split": "test", "zero_shot_images": 16},
+        "hard_negatives": {"words": [["circle", "square", "triangle"], ["top left", "center"]]},
         "train": {"max_steps": 3, "val_every_n_steps": 3, "checkpoint_every_n_steps": 3,
                   "log_every_n_steps": 1, "lr": 1e-3, **train_overrides},
     })
@@ -114,3 +116,39 @@ def test_retrieval_and_zero_shot_scores():
     images = text[[1, 2]]
     labels = {"colour": ["red", "blue"], "shape": ["square", "square"]}
     assert zero_shot_attributes(images, text, attributes, labels) == {"colour": 1.0, "shape": 0.5}
+
+
+def test_word_swapper_makes_one_negative_per_group_mentioned():
+    swapper = WordSwapper([["circle", "square", "triangle"], ["top left", "top right", "center"]])
+    negatives = swapper.negatives(["A red Circle in the top left", "a blue square", "a coloured blob"])
+    assert len(negatives) == 3  # two groups in the first caption, one in the second, none in the third
+    shape_swap, position_swap, other = negatives
+    assert shape_swap.startswith("A red ") and shape_swap.endswith(" in the top left")
+    assert shape_swap.split()[2] in ("square", "triangle")
+    assert position_swap.startswith("A red Circle in the ") and not position_swap.endswith("top left")
+    assert other in ("a blue circle", "a blue triangle")
+    assert swapper.negatives(["a sacred squareish thing"]) == []  # whole words only
+    with pytest.raises(LdmError, match=r"hard_negatives.words\[0\]"):
+        WordSwapper([["circle", "Circle"]])
+
+
+def test_hard_negatives_raise_the_loss_of_a_model_blind_to_the_swapped_word():
+    images = torch.eye(4)[:3]
+    captions = torch.eye(4)[:3]  # each image matches its own caption
+    plain = images @ captions.T * 10
+    # A model that ignores the swapped word embeds each negative exactly like the caption...
+    blind = torch.cat([plain, images @ captions.T * 10], dim=1)
+    # ...one that sees it embeds the negative elsewhere.
+    seeing = torch.cat([plain, images @ torch.eye(4)[[3, 3, 3]].T * 10], dim=1)
+    assert contrastive_loss(blind) > contrastive_loss(seeing) > contrastive_loss(plain)
+    assert contrastive_loss(blind) - contrastive_loss(plain) > 0.3  # about log(2) / 2
+
+
+def test_loss_without_negatives_is_clip_models_own(trained_run):
+    clip, processor = load_clip(trained_run / "clip")
+    captions = ["a red circle", "a blue square in the center", "a green triangle"]
+    # Captions that mention no listed word get no negatives: the logits stay square.
+    assert WordSwapper([["purple", "orange"]]).negatives(captions) == []
+    tokens = processor.tokenizer(captions, padding=True, return_tensors="pt")
+    out = clip(**tokens, pixel_values=torch.randn(3, 3, SIZE, SIZE), return_loss=True)
+    assert torch.allclose(contrastive_loss(out.logits_per_image), out.loss)

@@ -2,7 +2,10 @@
 
 The tokenizer is learned from the training captions first (`ldm.text.train_tokenizer`), then
 transformers' `CLIPModel` (a small ViT and a small text transformer, sizes from the config) is
-trained with its own symmetric contrastive loss and learned temperature (`return_loss=True`).
+trained with CLIP's symmetric contrastive loss and learned temperature. When the config lists
+groups of interchangeable words (`hard_negatives.words`), each caption also brings hard negatives:
+itself with one word swapped for another of its group (see ldm.models.clip_loss), which makes
+the model learn every attribute the groups name, not only the ones that tell a batch apart.
 Images go in as the data layer gives them, in [-1, 1] at data.resolution.
 
 Validation logs image-to-text and text-to-image top-1 retrieval within each batch and, when the
@@ -35,6 +38,7 @@ from ldm.data.datamodule import ImageCaptionDataModule, require_divisible
 from ldm.data.sources import load_source
 from ldm.errors import LdmError
 from ldm.export import atomic_folder
+from ldm.models.clip_loss import WordSwapper, contrastive_loss
 from ldm.text import MAX_LENGTH, TEXT_ENCODER, TOKENIZER, train_tokenizer
 from ldm.training import RunConfig, fit, lr_scheduler, resolve_checkpoint
 
@@ -100,10 +104,18 @@ class ValidationConfig:
 
 
 @dataclass
+class HardNegativesConfig:
+    # Groups of interchangeable words or phrases, e.g. [[circle, square, triangle], [red, green]]:
+    # each caption gets one negative per group it mentions, with that word swapped. Empty: none.
+    words: list[list[str]] = field(default_factory=list)
+
+
+@dataclass
 class Config(RunConfig):
     model: ClipModelConfig = field(default_factory=ClipModelConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
+    hard_negatives: HardNegativesConfig = field(default_factory=HardNegativesConfig)
 
     @property
     def stage_dir(self) -> Path:
@@ -144,6 +156,7 @@ class ClipModule(L.LightningModule):
         super().__init__()
         self.cfg, self.tokenizer = cfg, tokenizer
         self.clip = CLIPModel(clip_config(cfg, tokenizer))
+        self.swapper = WordSwapper(cfg.hard_negatives.words, seed=cfg.train.seed)
         self.zero_shot = None  # (pixels, labels), loaded in setup when configured
 
     def setup(self, stage: str) -> None:
@@ -159,15 +172,21 @@ class ClipModule(L.LightningModule):
                               max_length=self.cfg.tokenizer.max_length, return_tensors="pt").to(self.device)
 
     def forward(self, batch: dict):
-        tokens = self.tokenize(batch["caption"])
+        """CLIPModel's output for the batch's images against its captions, then their hard negatives.
+
+        `logits_per_image` is (B, B + N) and `text_embeds` (B + N, dim); the loss is left to
+        `contrastive_loss`, since CLIPModel's own needs one caption per image and no more.
+        """
+        captions = list(batch["caption"])
+        tokens = self.tokenize(captions + self.swapper.negatives(captions))
         return self.clip(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"],
-                         pixel_values=batch["pixel_values"], return_loss=True)
+                         pixel_values=batch["pixel_values"])
 
     def training_step(self, batch: dict, batch_idx: int):
-        out = self(batch)
-        self.log("train/loss", out.loss, prog_bar=True)
+        loss = contrastive_loss(self(batch).logits_per_image)
+        self.log("train/loss", loss, prog_bar=True)
         self.log("train/logit_scale", self.clip.logit_scale.exp())
-        return out.loss
+        return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         # CLIP's cap on the learned temperature; CLIPModel itself leaves logit_scale unbounded.
@@ -176,9 +195,10 @@ class ClipModule(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         out = self(batch)
-        image_to_text, text_to_image = retrieval_top1(out.image_embeds, out.text_embeds)
         size = len(batch["caption"])
-        self.log("val/loss", out.loss, batch_size=size)
+        # Retrieval among the batch's own captions; the hard negatives count only in the loss.
+        image_to_text, text_to_image = retrieval_top1(out.image_embeds, out.text_embeds[:size])
+        self.log("val/loss", contrastive_loss(out.logits_per_image), batch_size=size)
         self.log("val/image_to_text_top1", image_to_text, batch_size=size, prog_bar=True)
         self.log("val/text_to_image_top1", text_to_image, batch_size=size)
 
