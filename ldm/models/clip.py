@@ -24,6 +24,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import lightning as L
 import torch
@@ -112,6 +113,8 @@ class HardNegativesConfig:
 
 @dataclass
 class Config(RunConfig):
+    STAGE: ClassVar[str] = CLIP
+
     model: ClipModelConfig = field(default_factory=ClipModelConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
@@ -198,15 +201,15 @@ class ClipModule(L.LightningModule):
         size = len(batch["caption"])
         # Retrieval among the batch's own captions; the hard negatives count only in the loss.
         image_to_text, text_to_image = retrieval_top1(out.image_embeds, out.text_embeds[:size])
-        self.log("val/loss", contrastive_loss(out.logits_per_image), batch_size=size)
-        self.log("val/image_to_text_top1", image_to_text, batch_size=size, prog_bar=True)
-        self.log("val/text_to_image_top1", text_to_image, batch_size=size)
+        self.log("val/loss", contrastive_loss(out.logits_per_image), batch_size=size, sync_dist=True)
+        self.log("val/image_to_text_top1", image_to_text, batch_size=size, sync_dist=True, prog_bar=True)
+        self.log("val/text_to_image_top1", text_to_image, batch_size=size, sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
         if self.zero_shot is None:
             return
         for name, value in self.zero_shot_accuracy().items():
-            self.log(f"val/zero_shot_{name}", value, prog_bar=name != "position")
+            self.log(f"val/zero_shot_{name}", value, prog_bar=name != "position", sync_dist=True)
 
     def zero_shot_accuracy(self) -> dict[str, float]:
         pixels, labels = self.zero_shot
@@ -270,8 +273,6 @@ def export(clip: CLIPModel, tokenizer: CLIPTokenizer, run_dir: str | Path, resol
 
 def check(cfg: Config) -> None:
     """Mistakes that can be known before any work."""
-    if cfg.stage != CLIP:
-        raise LdmError(f"stage must be '{CLIP}' for ldm.models.clip, got {cfg.stage!r}")
     require_divisible(cfg.data.resolution, cfg.model.vision.patch_size, "model.vision.patch_size")
     if cfg.validation.zero_shot_split is not None and cfg.data.split == cfg.validation.zero_shot_split:
         raise LdmError(f"validation.zero_shot_split={cfg.validation.zero_shot_split!r} is the training "
