@@ -83,6 +83,13 @@ def build(cls: type, data: Any, where: str = "config"):
         raise LdmError(f"{where}: {err}") from None
 
 
+def require_divides(divisor: int, values: list[int], divisor_key: str, values_key: str) -> None:
+    """For __post_init__ checks: `divisor` must divide every entry of `values` (e.g. GroupNorm groups)."""
+    bad = [value for value in values if value % divisor]
+    if bad:
+        raise ValueError(f"{divisor_key}={divisor} must divide every entry of {values_key}, not {bad[0]}")
+
+
 def to_dict(obj) -> dict:
     """A dataclass config as plain dicts and lists (for saving next to a run and in checkpoints)."""
     return dataclasses.asdict(obj)

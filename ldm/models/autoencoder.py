@@ -31,6 +31,7 @@ from diffusers import AutoencoderKL, VQModel
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from ldm import vae as vae_lib
+from ldm.config import require_divides
 from ldm.data.datamodule import ImageCaptionDataModule, require_divisible
 from ldm.errors import LdmError
 from ldm.export import atomic_folder
@@ -65,10 +66,7 @@ class ModelConfig:
         if len(self.channels) != int(math.log2(f)) + 1:
             raise ValueError(f"model.channels must have log2(f) + 1 = {int(math.log2(f)) + 1} entries for "
                              f"downsampling_factor={f}, got {len(self.channels)}: {self.channels}")
-        bad = [c for c in self.channels if c % self.norm_num_groups]
-        if bad:
-            raise ValueError(f"model.norm_num_groups={self.norm_num_groups} must divide every entry of "
-                             f"model.channels, not {bad[0]}")
+        require_divides(self.norm_num_groups, self.channels, "model.norm_num_groups", "model.channels")
 
 
 @dataclass

@@ -15,6 +15,7 @@ from typing import Literal
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.training_utils import EMAModel
 
+from ldm.config import require_divides
 from ldm.errors import LdmError
 from ldm.models.conditioner import TextConditioner
 from ldm.models.diffusion_loss import DiffusionLoss
@@ -39,10 +40,8 @@ class UNetConfig:
             raise ValueError("unet.block_out_channels, unet.down_block_types and unet.up_block_types "
                              f"must have the same length, got {len(self.block_out_channels)}, "
                              f"{len(self.down_block_types)} and {len(self.up_block_types)}")
-        bad = [c for c in self.block_out_channels if c % self.norm_num_groups]
-        if bad:
-            raise ValueError(f"unet.block_out_channels {bad} are not multiples of "
-                             f"unet.norm_num_groups={self.norm_num_groups}")
+        require_divides(self.norm_num_groups, self.block_out_channels, "unet.norm_num_groups",
+                        "unet.block_out_channels")
 
 
 @dataclass
