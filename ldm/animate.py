@@ -27,11 +27,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from ldm import smoothness, video, walks
 from ldm.errors import LdmError
 from ldm.export import atomic_write_bytes
+from ldm.processes import inference_processes
 from ldm.walk_settings import SETTINGS_FILE, WalkSettings, check_saved_settings, render_settings, resolve
 
 TIMES_FILE = "times.json"
@@ -180,8 +179,6 @@ def next_times(s: WalkSettings, rendered: dict[float, Path]) -> list[float]:
 # ---- the whole render ----------------------------------------------------------------------------
 
 def animate(settings: WalkSettings) -> AnimationResult:
-    from accelerate import PartialState
-
     s = resolve(settings)
     out = Path(s.out)
     if s.uses_diffusion:
@@ -191,8 +188,7 @@ def animate(settings: WalkSettings) -> AnimationResult:
     else:
         _autoencoder_folder(s.pipeline)
     current = render_settings(s)
-    # PartialState counts a torchrun-style launch as several CPU processes only when told `cpu`.
-    state = PartialState(cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()))
+    state = inference_processes()
     check_saved_settings(out, current)
     state.wait_for_everyone()  # every process has checked before the main one writes
     if state.is_main_process:

@@ -21,6 +21,7 @@ from PIL import Image, PngImagePlugin, UnidentifiedImageError
 from ldm.errors import LdmError
 from ldm.export import atomic_write_bytes
 from ldm.pipeline_io import check_pipeline_folder, vae_factor
+from ldm.processes import inference_processes
 from ldm.samplers import DEFAULT_SAMPLER, check_sampler
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -154,11 +155,8 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 
 def generate(opts: GenerateOptions) -> list[Path]:
     """Make the images of this process's share of the prompts; return the files it wrote."""
-    from accelerate import PartialState
-
     check_options(opts)
-    # PartialState treats a torchrun-style launch as multi-process on the CPU only when told `cpu`.
-    state = PartialState(cpu=_runs_on_cpu(opts.device))
+    state = inference_processes(opts.device)
     out = output_folder(opts)
     out.mkdir(parents=True, exist_ok=True)
     jobs = plan(opts)
@@ -171,12 +169,6 @@ def generate(opts: GenerateOptions) -> list[Path]:
     if state.is_main_process:
         write_contact_sheet(opts, jobs, out)
     return written
-
-
-def _runs_on_cpu(device: str | None) -> bool:
-    if device is not None:
-        return torch.device(device).type == "cpu"
-    return not (torch.cuda.is_available() or torch.backends.mps.is_available())
 
 
 def _process_device(device: str | None, state) -> torch.device:

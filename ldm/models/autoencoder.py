@@ -19,7 +19,6 @@ It loads with AutoencoderKL / VQModel.from_pretrained and with `ldm.vae.load_vae
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
