@@ -97,7 +97,12 @@ def load_splits(cfg: DataConfig, rank: int = 0, world_size: int = 1):
         train = split_dataset_by_node(train, rank=rank, world_size=world_size)
         val = StreamingImageCaptionDataset(ds.take(val_count), cfg, False) if val_count else None
         return StreamingImageCaptionDataset(train, cfg, True), val
-    ds = drop_unreadable(ds, cfg)
+    train, val = split_validation(drop_unreadable(ds, cfg), cfg)
+    return ImageCaptionDataset(train, cfg, True), (ImageCaptionDataset(val, cfg, False) if val else None)
+
+
+def split_validation(ds: datasets.Dataset, cfg: DataConfig):
+    """(train, validation or None): data.val_fraction of `ds` held out, chosen by data.seed."""
     n_val = int(round(len(ds) * cfg.val_fraction))
     if cfg.val_fraction > 0 and len(ds) >= 2:
         n_val = max(1, n_val)
@@ -105,9 +110,30 @@ def load_splits(cfg: DataConfig, rank: int = 0, world_size: int = 1):
         raise LdmError(f"dataset {cfg.source} has only {len(ds)} readable image(s): too few to "
                        f"hold out data.val_fraction={cfg.val_fraction} for validation")
     if n_val == 0:
-        return ImageCaptionDataset(ds, cfg, True), None
+        return ds, None
     parts = ds.train_test_split(test_size=n_val, seed=cfg.seed, shuffle=True)
-    return ImageCaptionDataset(parts["train"], cfg, True), ImageCaptionDataset(parts["test"], cfg, False)
+    return parts["train"], parts["test"]
+
+
+def make_loader(ds, cfg: DataConfig, collate_fn, trainer, train: bool) -> DataLoader:
+    """The DataLoader of either datamodule: training data shuffled and sharded by
+    ResumableShuffleSampler (map-style only), validation data sharded when there are processes."""
+    rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+    sampler = None  # streamed data shards itself (split_dataset_by_node)
+    if not isinstance(ds, torch.utils.data.IterableDataset):
+        if train:
+            sampler = ResumableShuffleSampler(len(ds), cfg.seed, rank, world)
+        elif world > 1:
+            sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=False)
+    return DataLoader(
+        ds,
+        batch_size=cfg.batch_size,
+        sampler=sampler,
+        num_workers=cfg.num_workers,
+        persistent_workers=cfg.num_workers > 0,
+        collate_fn=collate_fn,
+        drop_last=isinstance(sampler, ResumableShuffleSampler) and len(sampler) >= 2 * cfg.batch_size,
+    )
 
 
 def require_divisible(resolution: int, factor: int, what: str) -> None:
@@ -130,30 +156,10 @@ class ImageCaptionDataModule(L.LightningDataModule):
         world = self.trainer.world_size if self.trainer else 1
         self.train_set, self.val_set = load_splits(self.cfg, rank, world)
 
-    def _loader(self, ds, sampler=None) -> DataLoader:
-        return DataLoader(
-            ds,
-            batch_size=self.cfg.batch_size,
-            sampler=sampler,
-            num_workers=self.cfg.num_workers,
-            persistent_workers=self.cfg.num_workers > 0,
-            collate_fn=collate,
-            drop_last=isinstance(sampler, ResumableShuffleSampler) and len(sampler) >= 2 * self.cfg.batch_size,
-        )
-
     def train_dataloader(self) -> DataLoader:
-        sampler = None
-        if isinstance(self.train_set, ImageCaptionDataset):
-            rank = self.trainer.global_rank if self.trainer else 0
-            world = self.trainer.world_size if self.trainer else 1
-            sampler = ResumableShuffleSampler(len(self.train_set), self.cfg.seed, rank, world)
-        return self._loader(self.train_set, sampler)
+        return make_loader(self.train_set, self.cfg, collate, self.trainer, train=True)
 
     def val_dataloader(self):
         if self.val_set is None:
             return []
-        sampler = None
-        if self.trainer and self.trainer.world_size > 1 and isinstance(self.val_set, ImageCaptionDataset):
-            sampler = DistributedSampler(self.val_set, num_replicas=self.trainer.world_size,
-                                         rank=self.trainer.global_rank, shuffle=False)
-        return self._loader(self.val_set, sampler)
+        return make_loader(self.val_set, self.cfg, collate, self.trainer, train=False)

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import datasets
 import lightning as L
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from ldm.data.config import DataConfig
+from ldm.data.datamodule import make_loader, split_validation
 from ldm.data.latent_cache import (LatentCacheDataset, already_batched, build_cache, cached,
                                    fingerprint, load_cache)
-from ldm.data.sampler import ResumableShuffleSampler
 from ldm.data.sources import drop_unreadable, load_source
 from ldm.errors import LdmError
 from ldm.models.conditioner import TextConditioner
@@ -77,35 +77,14 @@ class LatentCacheDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        ds = load_cache(self.cache_folder())
-        n_val = min(max(1, round(len(ds) * self.cfg.val_fraction)), len(ds) - 1) \
-            if self.cfg.val_fraction > 0 and len(ds) >= 2 else 0
-        if n_val == 0:
-            self.train_set = LatentCacheDataset(ds, train=True)
-            return
-        parts = ds.train_test_split(test_size=n_val, seed=self.cfg.seed, shuffle=True)
-        self.train_set = LatentCacheDataset(parts["train"], train=True)
-        self.val_set = LatentCacheDataset(parts["test"], train=False)
-
-    def _loader(self, ds: LatentCacheDataset, sampler) -> DataLoader:
-        return DataLoader(ds, batch_size=self.cfg.batch_size, sampler=sampler,
-                          num_workers=self.cfg.num_workers, persistent_workers=self.cfg.num_workers > 0,
-                          collate_fn=already_batched,
-                          drop_last=isinstance(sampler, ResumableShuffleSampler)
-                          and len(sampler) >= 2 * self.cfg.batch_size)
-
-    def _ranks(self) -> tuple[int, int]:
-        return (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        train, val = split_validation(load_cache(self.cache_folder()), self.cfg)
+        self.train_set = LatentCacheDataset(train, train=True)
+        self.val_set = LatentCacheDataset(val, train=False) if val is not None else None
 
     def train_dataloader(self) -> DataLoader:
-        rank, world = self._ranks()
-        return self._loader(self.train_set, ResumableShuffleSampler(len(self.train_set), self.cfg.seed,
-                                                                    rank, world))
+        return make_loader(self.train_set, self.cfg, already_batched, self.trainer, train=True)
 
     def val_dataloader(self):
         if self.val_set is None:
             return []
-        rank, world = self._ranks()
-        sampler = DistributedSampler(self.val_set, num_replicas=world, rank=rank, shuffle=False) \
-            if world > 1 else None
-        return self._loader(self.val_set, sampler)
+        return make_loader(self.val_set, self.cfg, already_batched, self.trainer, train=False)
