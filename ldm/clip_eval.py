@@ -1,7 +1,8 @@
 """Using a CLIP model to score: image and text features, retrieval, zero-shot attributes.
 
-These work with the CLIP that stage 1b exports to RUN/clip and with a pretrained one (e.g. a local
-copy of openai/clip-vit-base-patch32). Images come in as the data layer gives them, tensors in
+These work with the CLIP that stage 1b exports to RUN/clip (a CLIPModel, or a
+VisionTextDualEncoderModel with a ResNet image tower) and with a pretrained one (e.g. a local copy
+of openai/clip-vit-base-patch32). Images come in as the data layer gives them, tensors in
 [-1, 1]; `clip_image_features` resizes and normalises them the way the model's processor says
 (RUN/clip's processor uses mean = std = 0.5, i.e. exactly the [-1, 1] pixels the stage trained on;
 OpenAI's CLIP uses its own mean and std at 224 px).
@@ -14,30 +15,36 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import CLIPModel, CLIPProcessor
+from transformers import AutoModel, CLIPModel, CLIPProcessor, VisionTextDualEncoderModel
 
 from ldm.data.config import DataConfig
 from ldm.data.datamodule import make_sample
 from ldm.data.shapes import COLOURS, POSITIONS, SHAPES
 from ldm.data.sources import load_source
 from ldm.errors import LdmError
+from ldm.models import conv_vision  # noqa: F401  (registers the ResNet tower with AutoModel)
+
+# The contrastive image-text models ldm reads: both have get_image_features / get_text_features.
+ClipModel = CLIPModel | VisionTextDualEncoderModel
 
 
-def load_clip(path: str | Path, dtype: torch.dtype | None = None) -> tuple[CLIPModel, CLIPProcessor]:
+def load_clip(path: str | Path, dtype: torch.dtype | None = None) -> tuple[ClipModel, CLIPProcessor]:
     """RUN/clip (or any CLIP folder with processor files): the model frozen in eval mode."""
     path = Path(path)
     if not (path / "config.json").is_file():
         raise LdmError(f"no CLIP model in {path}: config.json is missing (train stage 1b first)")
     try:
         processor = CLIPProcessor.from_pretrained(path)
-        model = CLIPModel.from_pretrained(path, dtype=dtype, use_safetensors=True)
+        model = AutoModel.from_pretrained(path, dtype=dtype, use_safetensors=True)
     except (OSError, ValueError) as err:
         raise LdmError(f"cannot load the CLIP model in {path}: {str(err).splitlines()[0]}") from None
+    if not isinstance(model, ClipModel):
+        raise LdmError(f"{path} holds a {type(model).__name__}, not a CLIP image-text model")
     model.requires_grad_(False)
     return model.eval(), processor
 
 
-def _normalise(clip: CLIPModel, pixels: torch.Tensor, processor: CLIPProcessor | None) -> torch.Tensor:
+def _normalise(clip: ClipModel, pixels: torch.Tensor, processor: CLIPProcessor | None) -> torch.Tensor:
     """[-1, 1] images -> the model's input: resized to its image size, its mean and std applied.
 
     Without a processor, mean = std = 0.5 (the [-1, 1] pixels as they are), as stage 1b trains.
@@ -56,7 +63,7 @@ def _normalise(clip: CLIPModel, pixels: torch.Tensor, processor: CLIPProcessor |
 
 
 @torch.no_grad()
-def clip_image_features(clip: CLIPModel, pixels: torch.Tensor,
+def clip_image_features(clip: ClipModel, pixels: torch.Tensor,
                         processor: CLIPProcessor | None = None) -> torch.Tensor:
     """Unit-length image embeddings (B, projection_dim) for images in [-1, 1] of any size."""
     inputs = _normalise(clip, pixels, processor)
@@ -65,7 +72,7 @@ def clip_image_features(clip: CLIPModel, pixels: torch.Tensor,
 
 
 @torch.no_grad()
-def clip_text_features(clip: CLIPModel, tokenizer, texts: list[str]) -> torch.Tensor:
+def clip_text_features(clip: ClipModel, tokenizer, texts: list[str]) -> torch.Tensor:
     """Unit-length text embeddings (B, projection_dim); texts longer than the model are cut."""
     max_length = min(tokenizer.model_max_length, clip.config.text_config.max_position_embeddings)
     tokens = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length,
@@ -107,7 +114,7 @@ def zero_shot_attributes(image_features: torch.Tensor, text_features: torch.Tens
     return scores
 
 
-def batched_retrieval_top1(clip: CLIPModel, tokenizer, pixels: torch.Tensor, captions: list[str],
+def batched_retrieval_top1(clip: ClipModel, tokenizer, pixels: torch.Tensor, captions: list[str],
                            batch_size: int = 64, processor: CLIPProcessor | None = None
                            ) -> tuple[float, float]:
     """Image-to-text and text-to-image top-1, averaged over the full batches of `batch_size` pairs."""
@@ -122,7 +129,7 @@ def batched_retrieval_top1(clip: CLIPModel, tokenizer, pixels: torch.Tensor, cap
     return tuple(sum(column) / len(scores) for column in zip(*scores))
 
 
-def shapes_zero_shot(clip: CLIPModel, tokenizer, pixels: torch.Tensor, labels: dict[str, list[str]],
+def shapes_zero_shot(clip: ClipModel, tokenizer, pixels: torch.Tensor, labels: dict[str, list[str]],
                      processor: CLIPProcessor | None = None, batch_size: int = 64) -> dict[str, float]:
     """Zero-shot colour, shape and position accuracy on shapes images with their attribute labels."""
     attributes, prompts = shapes_zero_shot_prompts()

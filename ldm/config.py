@@ -100,7 +100,7 @@ def _join(where: str, key: str) -> str:
 
 
 def _coerce(hint, value, where: str):
-    """Check `value` against the type `hint`, converting only where it is lossless (int -> float)."""
+    """Check `value` against the type `hint`, converting only where it is lossless (int -> float, "1e-4" -> 1e-4)."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if hint is Any:
@@ -134,6 +134,12 @@ def _coerce(hint, value, where: str):
         return build(hint, value, where)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):
+        # YAML 1.1 reads 1e-4 (no dot) as a string; people write it that way, so read it as a number.
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if hint in (int, float, str, bool):
         if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
             raise LdmError(f"{where} must be {hint.__name__}, got {value!r}")

@@ -252,6 +252,7 @@ def fit(cfg: RunConfig, module: L.LightningModule, datamodule: L.LightningDataMo
         logger.log_hyperparams({"batch/" + key: value for key, value in batch.items()})
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     # A final checkpoint, so a run stopped by max_steps or max_minutes can always be resumed
-    # (a collective call: every process takes part).
-    trainer.save_checkpoint(cfg.checkpoint_dir / f"{LAST}.ckpt")
+    # (a collective call: every process takes part). The whole training state, not the weights
+    # alone: resuming needs the optimizer and the data position too.
+    trainer.save_checkpoint(cfg.checkpoint_dir / f"{LAST}.ckpt", weights_only=False)
     return trainer

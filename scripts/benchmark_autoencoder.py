@@ -1,6 +1,6 @@
 """Train each autoencoder kind within a time budget and print what it reaches.
 
-    ldm data shapes data/shapes --n 2000 --size 32 --seed 0
+    ldm data shapes data/shapes --n 10000 --size 32 --seed 0
     python scripts/benchmark_autoencoder.py                       # kl and vq, 5 minutes each
     python scripts/benchmark_autoencoder.py --kinds vq --minutes 2 --set train.max_steps=800
 

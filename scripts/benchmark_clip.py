@@ -29,7 +29,7 @@ ATTRIBUTES = ["colour", "shape", "position"]
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/clip/clip_shapes.yaml")
-    parser.add_argument("--data", default="data/shapes", help="made if missing: 2000 images, 32 px, seed 0")
+    parser.add_argument("--data", default="data/shapes", help="made if missing: 10000 images, 32 px, seed 0")
     parser.add_argument("--run", default=None, help="run folder (default: a fresh temporary one)")
     parser.add_argument("--minutes", type=float, default=3.0, help="training time limit")
     parser.add_argument("--skip-train", action="store_true", help="only score RUN/clip")
@@ -74,7 +74,7 @@ def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     if not Path(args.data).exists():
-        make_shapes_dataset(args.data, n=2000, size=32, seed=0)
+        make_shapes_dataset(args.data, n=10000, size=32, seed=0)
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(args.run) if args.run else Path(tmp) / "run"
         if not args.skip_train:

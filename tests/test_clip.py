@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
-from transformers import CLIPTokenizer
+from transformers import CLIPTokenizer, VisionTextDualEncoderModel
 
 from ldm.clip_eval import (clip_image_features, clip_text_features, load_clip, retrieval_top1,
                            zero_shot_attributes)
@@ -12,7 +12,7 @@ from ldm.config import build
 from ldm.data.shapes import make_shapes_dataset
 from ldm.data.transforms import to_tensor
 from ldm.errors import LdmError
-from ldm.models.clip import Config, train
+from ldm.models.clip import Config, VisionTowerConfig, train
 from ldm.models.clip_loss import WordSwapper, contrastive_loss
 from ldm.text import encode_prompts, load_text_encoder
 
@@ -104,6 +104,31 @@ def test_mistakes_are_caught_before_training(shapes, tmp_path):
     with pytest.raises(LdmError, match="num_heads"):
         build(Config, {"stage": "clip", "run_dir": "x", "data": {"source": shapes},
                        "model": {"text": {"hidden_size": 30, "num_heads": 4}}})
+
+
+def test_resnet_image_tower_trains_exports_and_reloads(shapes, tmp_path):
+    cfg = tiny_config(shapes, str(tmp_path))
+    cfg.model.vision = build(VisionTowerConfig, {"kind": "resnet", "embedding_size": 8,
+                                                 "hidden_sizes": [8, 16], "depths": [1, 1]})
+    trained = train(cfg)
+    assert isinstance(trained, VisionTextDualEncoderModel)
+    clip, processor = load_clip(tmp_path / "clip")
+    assert isinstance(clip, VisionTextDualEncoderModel) and clip.config.vision_config.image_size == SIZE
+    pixels = torch.rand(2, 3, SIZE, SIZE) * 2 - 1
+    assert torch.allclose(clip_image_features(clip, pixels, processor),
+                          clip_image_features(trained.eval(), pixels, processor), atol=1e-5)
+    # The text encoder the diffusion stage reads is this CLIP's text tower, weight for weight.
+    tokenizer, text_encoder = load_text_encoder(tmp_path)
+    ids = tokenizer(["a red circle"], return_tensors="pt")["input_ids"]
+    assert torch.allclose(text_encoder(input_ids=ids).last_hidden_state,
+                          clip.text_model(input_ids=ids).last_hidden_state)
+
+
+def test_vision_tower_kind_and_stages_are_checked():
+    with pytest.raises(LdmError, match="kind='cnn' is not one of vit, resnet"):
+        build(VisionTowerConfig, {"kind": "cnn"})
+    with pytest.raises(LdmError, match="same number of stages"):
+        build(VisionTowerConfig, {"kind": "resnet", "hidden_sizes": [8, 16], "depths": [1]})
 
 
 def test_retrieval_and_zero_shot_scores():

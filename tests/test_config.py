@@ -27,6 +27,14 @@ def test_builds_nested_dataclasses_and_widens_int_to_float():
     assert cfg.inner.steps == 3 and cfg.tags == ["a"] and cfg.limit is None
 
 
+def test_exponent_without_a_dot_reads_as_a_float():
+    # YAML 1.1 reads "2e-3" as a string; a float key takes it as the number it means.
+    cfg = build(Outer, apply_overrides({"name": "x"}, ["inner.lr=2e-3"]))
+    assert cfg.inner.lr == 2e-3
+    with pytest.raises(LdmError, match=r"inner.lr must be float"):
+        build(Outer, {"name": "x", "inner": {"lr": "fast"}})
+
+
 def test_misspelled_key_is_named_with_a_suggestion():
     with pytest.raises(LdmError, match=r"unknown config key 'inner.stepz'.*did you mean 'steps'"):
         build(Outer, {"name": "x", "inner": {"stepz": 3}})

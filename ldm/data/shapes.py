@@ -64,6 +64,12 @@ ONE_OBJECT_TEMPLATES = (
     "a picture of a {size} {colour} {shape} {position}",
     "there is a {colour} {shape} {position} on a {background} background",
     "{background} background with a {size} {colour} {shape} {position}",
+    # Captions that leave attributes out, as people's prompts do ("a red circle in the top left"):
+    # without them a text encoder only ever sees every attribute named, and reads prompts that
+    # omit one as something it has not seen.
+    "a {colour} {shape} {position}",
+    "a {size} {colour} {shape}",
+    "a {colour} {shape} on a {background} background",
 )
 TWO_OBJECT_TEMPLATES = (
     "a {colour} {shape} and a {colour2} {shape2} on a {background} background",

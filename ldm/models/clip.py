@@ -1,8 +1,11 @@
 """Stage 1b: a small CLIP trained contrastively on the user's own image-caption pairs.
 
-The tokenizer is learned from the training captions first (`ldm.text.train_tokenizer`), then
-transformers' `CLIPModel` (a small ViT and a small text transformer, sizes from the config) is
-trained with CLIP's symmetric contrastive loss and learned temperature. When the config lists
+The tokenizer is learned from the training captions first (`ldm.text.train_tokenizer`), then a
+small CLIP is trained with CLIP's symmetric contrastive loss and learned temperature: transformers'
+`CLIPModel` (a ViT and a text transformer, sizes from the config), or, with
+`model.vision.kind: resnet`, transformers' `VisionTextDualEncoderModel` with the same CLIP text
+transformer and a small ResNet image tower (ldm/models/conv_vision.py), which learns the shapes in
+small images far faster than a small ViT does. When the config lists
 groups of interchangeable words (`hard_negatives.words`), each caption also brings hard negatives:
 itself with one word swapped for another of its group (see ldm.models.clip_loss), which makes
 the model learn every attribute the groups name, not only the ones that tell a batch apart.
@@ -15,7 +18,8 @@ from prompts like "a red circle in the top left".
 Export (RUN = run_dir), all with save_pretrained in safetensors:
     RUN/text_encoder/   CLIPTextModel: what the diffusion stage and the pipeline condition on
     RUN/tokenizer/      the CLIP tokenizer learned from the captions
-    RUN/clip/           the whole CLIPModel and a CLIPProcessor, for CLIP score and walk metrics
+    RUN/clip/           the whole model and a CLIPProcessor, for CLIP score and walk metrics
+                        (ldm.clip_eval.load_clip reads either kind)
 """
 
 from __future__ import annotations
@@ -29,8 +33,9 @@ from typing import ClassVar
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
-from transformers import (CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTextModel,
-                          CLIPTokenizer)
+from transformers import (CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTextConfig,
+                          CLIPTextModel, CLIPTokenizer, VisionTextDualEncoderConfig,
+                          VisionTextDualEncoderModel)
 
 from ldm.clip_eval import (load_labelled_images, retrieval_top1, shapes_zero_shot,
                            shapes_zero_shot_prompts)
@@ -40,6 +45,7 @@ from ldm.data.sources import load_source
 from ldm.errors import LdmError
 from ldm.export import atomic_folder
 from ldm.models.clip_loss import WordSwapper, contrastive_loss
+from ldm.models.conv_vision import ConvVisionConfig
 from ldm.text import MAX_LENGTH, TEXT_ENCODER, TOKENIZER, train_tokenizer
 from ldm.training import RunConfig, fit, lr_scheduler, resolve_checkpoint
 
@@ -48,6 +54,9 @@ CLIP = "clip"
 # that name is the full model's export, which is replaced whole when the stage ends.
 TRAINING_DIR = "clip_training"
 TOKENIZER_CAPTIONS = 100_000  # captions read to learn the tokenizer (streamed data has no end)
+# Image towers (model.vision.kind). VIT is CLIPModel's own; RESNET, see ldm/models/conv_vision.py.
+VIT, RESNET = "vit", "resnet"
+VISION_KINDS = (VIT, RESNET)
 
 
 @dataclass
@@ -65,11 +74,27 @@ class TowerConfig:
 
 @dataclass
 class VisionTowerConfig(TowerConfig):
+    kind: str = VIT
+    # ViT sizes (kind: vit)
     hidden_size: int = 128
     num_layers: int = 4
     num_heads: int = 4
     intermediate_size: int = 512
     patch_size: int = 4
+    # ResNet sizes (kind: resnet): stem width, then one width and block count per stage; every
+    # stage after the first halves the resolution, as does the stem (twice).
+    embedding_size: int = 32
+    hidden_sizes: list[int] = field(default_factory=lambda: [32, 64, 128])
+    depths: list[int] = field(default_factory=lambda: [1, 1, 1])
+
+    def __post_init__(self):
+        if self.kind not in VISION_KINDS:
+            raise ValueError(f"kind={self.kind!r} is not one of {', '.join(VISION_KINDS)}")
+        if self.kind == VIT:
+            super().__post_init__()
+        elif len(self.hidden_sizes) != len(self.depths) or not self.depths:
+            raise ValueError(f"hidden_sizes {self.hidden_sizes} and depths {self.depths} must name the "
+                             "same number of stages, at least one")
 
 
 @dataclass
@@ -126,22 +151,34 @@ class Config(RunConfig):
         return Path(self.run_dir) / TRAINING_DIR
 
 
-def clip_config(cfg: Config, tokenizer: CLIPTokenizer) -> CLIPConfig:
-    """transformers' CLIPConfig for the sizes in `cfg.model`, tied to the tokenizer's ids."""
+def text_config(cfg: Config, tokenizer: CLIPTokenizer) -> CLIPTextConfig:
+    """The text tower's config for the sizes in `cfg.model.text`, tied to the tokenizer's ids."""
     m = cfg.model
-    text = dict(vocab_size=len(tokenizer), hidden_size=m.text.hidden_size,
-                num_hidden_layers=m.text.num_layers, num_attention_heads=m.text.num_heads,
-                intermediate_size=m.text.intermediate_size, max_position_embeddings=cfg.tokenizer.max_length,
-                projection_dim=m.projection_dim, hidden_act="gelu",
-                # The pooled text feature is read at the end token: its id must be the tokenizer's.
-                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id)
-    vision = dict(hidden_size=m.vision.hidden_size, num_hidden_layers=m.vision.num_layers,
-                  num_attention_heads=m.vision.num_heads, intermediate_size=m.vision.intermediate_size,
-                  image_size=cfg.data.resolution, patch_size=m.vision.patch_size,
-                  projection_dim=m.projection_dim, hidden_act="gelu")
-    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=m.projection_dim,
-                      logit_scale_init_value=m.logit_scale_init)
+    return CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=m.text.hidden_size,
+                          num_hidden_layers=m.text.num_layers, num_attention_heads=m.text.num_heads,
+                          intermediate_size=m.text.intermediate_size,
+                          max_position_embeddings=cfg.tokenizer.max_length,
+                          projection_dim=m.projection_dim, hidden_act="gelu",
+                          # The pooled text feature is read at the end token: its id must be the tokenizer's.
+                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                          pad_token_id=tokenizer.pad_token_id)
+
+
+def build_clip(cfg: Config, tokenizer: CLIPTokenizer) -> CLIPModel | VisionTextDualEncoderModel:
+    """A freshly initialised CLIP of the configured kind and sizes."""
+    m, text = cfg.model, text_config(cfg, tokenizer)
+    if m.vision.kind == VIT:
+        vision = dict(hidden_size=m.vision.hidden_size, num_hidden_layers=m.vision.num_layers,
+                      num_attention_heads=m.vision.num_heads, intermediate_size=m.vision.intermediate_size,
+                      image_size=cfg.data.resolution, patch_size=m.vision.patch_size,
+                      projection_dim=m.projection_dim, hidden_act="gelu")
+        return CLIPModel(CLIPConfig(text_config=text.to_dict(), vision_config=vision,
+                                    projection_dim=m.projection_dim, logit_scale_init_value=m.logit_scale_init))
+    vision = ConvVisionConfig(embedding_size=m.vision.embedding_size, hidden_sizes=m.vision.hidden_sizes,
+                              depths=m.vision.depths, layer_type="basic", image_size=cfg.data.resolution)
+    config = VisionTextDualEncoderConfig.from_vision_text_configs(
+        vision, text, projection_dim=m.projection_dim, logit_scale_init_value=m.logit_scale_init)
+    return VisionTextDualEncoderModel(config)
 
 
 def image_processor(resolution: int) -> CLIPImageProcessorPil:
@@ -158,7 +195,7 @@ class ClipModule(L.LightningModule):
     def __init__(self, cfg: Config, tokenizer: CLIPTokenizer):
         super().__init__()
         self.cfg, self.tokenizer = cfg, tokenizer
-        self.clip = CLIPModel(clip_config(cfg, tokenizer))
+        self.clip = build_clip(cfg, tokenizer)
         self.swapper = WordSwapper(cfg.hard_negatives.words, seed=cfg.train.seed)
         self.zero_shot = None  # (pixels, labels), loaded in setup when configured
 
@@ -175,10 +212,10 @@ class ClipModule(L.LightningModule):
                               max_length=self.cfg.tokenizer.max_length, return_tensors="pt").to(self.device)
 
     def forward(self, batch: dict):
-        """CLIPModel's output for the batch's images against its captions, then their hard negatives.
+        """The CLIP's output for the batch's images against its captions, then their hard negatives.
 
         `logits_per_image` is (B, B + N) and `text_embeds` (B + N, dim); the loss is left to
-        `contrastive_loss`, since CLIPModel's own needs one caption per image and no more.
+        `contrastive_loss`, since transformers' own needs one caption per image and no more.
         """
         captions = list(batch["caption"])
         tokens = self.tokenize(captions + self.swapper.negatives(captions))
@@ -192,7 +229,7 @@ class ClipModule(L.LightningModule):
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        # CLIP's cap on the learned temperature; CLIPModel itself leaves logit_scale unbounded.
+        # CLIP's cap on the learned temperature; transformers leaves logit_scale unbounded.
         with torch.no_grad():
             self.clip.logit_scale.clamp_(0, math.log(self.cfg.model.max_logit_scale))
 
@@ -256,7 +293,7 @@ def save_tokenizer(tokenizer: CLIPTokenizer, folder: Path) -> None:
         tokenizer.save_pretrained(tmp)
 
 
-def export(clip: CLIPModel, tokenizer: CLIPTokenizer, run_dir: str | Path, resolution: int) -> None:
+def export(clip: CLIPModel | VisionTextDualEncoderModel, tokenizer: CLIPTokenizer, run_dir: str | Path, resolution: int) -> None:
     """RUN/text_encoder, RUN/tokenizer and RUN/clip, each written whole or not at all."""
     run_dir = Path(run_dir)
     clip = clip.cpu().eval()
@@ -273,13 +310,14 @@ def export(clip: CLIPModel, tokenizer: CLIPTokenizer, run_dir: str | Path, resol
 
 def check(cfg: Config) -> None:
     """Mistakes that can be known before any work."""
-    require_divisible(cfg.data.resolution, cfg.model.vision.patch_size, "model.vision.patch_size")
+    if cfg.model.vision.kind == VIT:
+        require_divisible(cfg.data.resolution, cfg.model.vision.patch_size, "model.vision.patch_size")
     if cfg.validation.zero_shot_split is not None and cfg.data.split == cfg.validation.zero_shot_split:
         raise LdmError(f"validation.zero_shot_split={cfg.validation.zero_shot_split!r} is the training "
                        "split: zero-shot accuracy must be measured on images the model never saw")
 
 
-def train(cfg: Config) -> CLIPModel:
+def train(cfg: Config) -> CLIPModel | VisionTextDualEncoderModel:
     check(cfg)
     resolve_checkpoint(cfg)  # fails now, not after the tokenizer, when the run_dir holds a run
     tokenizer = prepare_tokenizer(cfg)
