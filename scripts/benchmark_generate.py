@@ -67,14 +67,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed calls of each pipeline")
     parser.add_argument("--dtype", default="float32", choices=list(DTYPES))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     dtype = DTYPES[args.dtype]
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(args.pipeline) if args.pipeline else shapes_sized_pipeline(Path(tmp))
-        ours = load_pipeline(path, dtype=dtype)
-        theirs = StableDiffusionPipeline.from_pretrained(path, safety_checker=None, dtype=dtype)
+        ours = load_pipeline(path, dtype=dtype, device=args.device)
+        theirs = StableDiffusionPipeline.from_pretrained(path, safety_checker=None, dtype=dtype).to(args.device)
         for pipe in (ours, theirs):
             pipe.scheduler = make_sampler("dpmsolver++", pipe.scheduler.config)
             pipe.set_progress_bar_config(disable=True)
@@ -82,10 +83,12 @@ def main() -> None:
         prompts = [PROMPTS[i % len(PROMPTS)] for i in range(args.batch)]  # 4 prompts, repeated
 
         def call(pipe, output_type="pil"):
-            generators = [torch.Generator().manual_seed(i) for i in range(args.batch)]
+            generators = [torch.Generator(args.device).manual_seed(i) for i in range(args.batch)]
             start, start_cpu = time.perf_counter(), time.process_time()
             images = pipe(prompts, num_inference_steps=args.steps, guidance_scale=args.guidance,
                           generator=generators, output_type=output_type).images
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()
             return (time.perf_counter() - start, time.process_time() - start_cpu), images
 
         same = np.abs(call(ours, "np")[1] - call(theirs, "np")[1]).max()  # also the warm-up
@@ -98,7 +101,7 @@ def main() -> None:
     cpu_rate = {name: args.batch / statistics.median(cpu for _, cpu in t) for name, t in times.items()}
     print(f"pipeline: {path if args.pipeline else 'random weights, shapes sizes (32 px, f=4, UNet 64-128)'}")
     print(f"batch {args.batch}, {args.steps} DPM-Solver++ steps, guidance {args.guidance}, {args.dtype}, "
-          f"{args.threads} threads, median of {args.repeats} calls each")
+          f"{args.device}, {args.threads} threads, median of {args.repeats} calls each")
     print(f"max abs difference of the images: {same:.2e}")
     for name in times:
         calls = ", ".join(f"{wall:.2f}s" for wall, _ in times[name])
