@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import AutoModel, CLIPModel, CLIPProcessor, VisionTextDualEncoderModel
+from transformers import (AutoModel, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTokenizer,
+                          VisionTextDualEncoderModel)
 
 from ldm.data.config import DataConfig
 from ldm.data.datamodule import make_sample
@@ -34,7 +35,10 @@ def load_clip(path: str | Path, dtype: torch.dtype | None = None) -> tuple[ClipM
     if not (path / "config.json").is_file():
         raise LdmError(f"no CLIP model in {path}: config.json is missing (train stage 1b first)")
     try:
-        processor = CLIPProcessor.from_pretrained(path)
+        # Built from its parts: CLIPProcessor.from_pretrained would pick transformers' torchvision
+        # image processor, warn that torchvision is missing and fall back to this PIL one anyway.
+        processor = CLIPProcessor(image_processor=CLIPImageProcessorPil.from_pretrained(path),
+                                  tokenizer=CLIPTokenizer.from_pretrained(path))
         model = AutoModel.from_pretrained(path, dtype=dtype, use_safetensors=True)
     except (OSError, ValueError) as err:
         raise LdmError(f"cannot load the CLIP model in {path}: {str(err).splitlines()[0]}") from None

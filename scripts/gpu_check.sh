@@ -12,7 +12,7 @@ OUT=${1:?usage: gpu_check.sh OUT [STEPS]}
 STEPS=${2:-600}
 RUN=$OUT/run
 mkdir -p "$OUT"
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || echo "no nvidia-smi") | tee "$OUT/gpu.txt"
 python -c "import torch, diffusers, transformers, lightning; print('torch', torch.__version__, \
 'diffusers', diffusers.__version__, 'transformers', transformers.__version__, 'lightning', lightning.__version__)" \
   | tee -a "$OUT/gpu.txt"
