@@ -54,6 +54,14 @@ def test_without_cache_encodes_on_the_fly(tmp_path):
     assert (run / "pipeline" / "model_index.json").is_file()
 
 
+def test_mixed_precision_with_gradient_clipping(tmp_path):
+    run = make_stage1_run(tmp_path)
+    config = diffusion_config(tmp_path, run, samples={"prompts": []})
+    config["train"] = {**config["train"], "precision": "bf16-mixed", "gradient_clip": 1.0, "max_steps": 2}
+    trainer = train(build(Config, config))
+    assert trainer.global_step == 2 and (run / "pipeline" / "model_index.json").is_file()
+
+
 def test_caption_dropout_rate(tmp_path):
     run = make_stage1_run(tmp_path, n_images=1)
     conditioner = TextConditioner.load(str(run), dropout=0.25)
