@@ -5,10 +5,10 @@ small CLIP is trained with CLIP's symmetric contrastive loss and learned tempera
 `CLIPModel` (a ViT and a text transformer, sizes from the config), or, with
 `model.vision.kind: resnet`, transformers' `VisionTextDualEncoderModel` with the same CLIP text
 transformer and a small ResNet image tower (ldm/models/conv_vision.py), which learns the shapes in
-small images far faster than a small ViT does. When the config lists
-groups of interchangeable words (`hard_negatives.words`), each caption also brings hard negatives:
-itself with one word swapped for another of its group (see ldm.models.clip_loss), which makes
-the model learn every attribute the groups name, not only the ones that tell a batch apart.
+small images far faster than a small ViT does. When the config lists groups of interchangeable
+words (`hard_negatives.words`), each caption also brings hard negatives: itself with one word
+swapped for another of its group (see ldm.models.clip_loss), which makes the model learn every
+attribute the groups name, not only the ones that tell a batch apart.
 Images go in as the data layer gives them, in [-1, 1] at data.resolution.
 
 Validation logs image-to-text and text-to-image top-1 retrieval within each batch and, when the
@@ -37,7 +37,7 @@ from transformers import (CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProc
                           CLIPTextModel, CLIPTokenizer, VisionTextDualEncoderConfig,
                           VisionTextDualEncoderModel)
 
-from ldm.clip_eval import (load_labelled_images, retrieval_top1, shapes_zero_shot,
+from ldm.clip_eval import (ClipModel, load_labelled_images, retrieval_top1, shapes_zero_shot,
                            shapes_zero_shot_prompts)
 from ldm.data.config import DataConfig
 from ldm.data.datamodule import ImageCaptionDataModule, require_divisible
@@ -164,7 +164,7 @@ def text_config(cfg: Config, tokenizer: CLIPTokenizer) -> CLIPTextConfig:
                           pad_token_id=tokenizer.pad_token_id)
 
 
-def build_clip(cfg: Config, tokenizer: CLIPTokenizer) -> CLIPModel | VisionTextDualEncoderModel:
+def build_clip(cfg: Config, tokenizer: CLIPTokenizer) -> ClipModel:
     """A freshly initialised CLIP of the configured kind and sizes."""
     m, text = cfg.model, text_config(cfg, tokenizer)
     if m.vision.kind == VIT:
@@ -293,7 +293,7 @@ def save_tokenizer(tokenizer: CLIPTokenizer, folder: Path) -> None:
         tokenizer.save_pretrained(tmp)
 
 
-def export(clip: CLIPModel | VisionTextDualEncoderModel, tokenizer: CLIPTokenizer, run_dir: str | Path, resolution: int) -> None:
+def export(clip: ClipModel, tokenizer: CLIPTokenizer, run_dir: str | Path, resolution: int) -> None:
     """RUN/text_encoder, RUN/tokenizer and RUN/clip, each written whole or not at all."""
     run_dir = Path(run_dir)
     clip = clip.cpu().eval()
@@ -317,7 +317,7 @@ def check(cfg: Config) -> None:
                        "split: zero-shot accuracy must be measured on images the model never saw")
 
 
-def train(cfg: Config) -> CLIPModel | VisionTextDualEncoderModel:
+def train(cfg: Config) -> ClipModel:
     check(cfg)
     resolve_checkpoint(cfg)  # fails now, not after the tokenizer, when the run_dir holds a run
     tokenizer = prepare_tokenizer(cfg)
