@@ -2,19 +2,26 @@
 
     python scripts/benchmark_diffusion_speed.py [--config configs/diffusion/ldm_shapes.yaml] [--steps 40]
 
-Both train the same UNet (same config, same initial weights) on the same batch size, one after the
-other in this process on this machine:
+Both train the same UNet (same config, same initial weights) on the same batch size in this
+process on this machine:
 - ldm: `LatentDiffusion` under Lightning, reading latent moments and caption embeddings from the
   latent cache, at the config's precision (the cache is built first and not timed),
 - plain: a hand loop over images and captions that runs the autoencoder and the text encoder at
-  every step, all in fp32, then the same UNet step (AdamW, MSE on the noise).
-Prints images per second of each (after --warmup steps) and the ratio.
+  every step, all in fp32, then the same UNet update: AdamW with the config's learning rate and
+  weight decay, gradient clipping, and the config's EMA (so the figure is what the cache and ldm's
+  training path buy, not a feature the plain loop leaves out).
+The two run in turn, --rounds times; each round times --steps steps of each after --warmup steps.
+A step is timed end to end, data loading included, and throughput is the batch size over the
+median step time: on a shared machine, bursts of outside load lengthen some steps by tens of
+percent, and the median leaves them out where a mean would not. Prints every round's figures and
+then those of all rounds together (the figure to quote).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import statistics
 import tempfile
 import time
 
@@ -24,54 +31,48 @@ import torch.nn.functional as F
 
 from ldm.data.datamodule import ImageCaptionDataModule
 from ldm.models.diffusion import build_datamodule, build_module
+from ldm.models.diffusion_parts import build_ema
 from ldm.stages import load_config
 from ldm.training import resolve_precision
 from ldm.vae import encode
 
 
-class Stopwatch(L.Callback):
-    """Wall time from the start of step `warmup` to the end of the last step."""
+class StepClock(L.Callback):
+    """The wall time of every training step, end to end (data loading included)."""
 
-    def __init__(self, warmup: int):
-        self.warmup, self.start, self.end = warmup, None, None
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.warmup:
-            synchronize(pl_module.device)
-            self.start = time.perf_counter()
+    def __init__(self):
+        self.ends: list[float] = []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         synchronize(pl_module.device)
-        self.end = time.perf_counter()
+        self.ends.append(time.perf_counter())
 
 
-def cached_throughput(cfg, module, steps: int, warmup: int) -> float:
+def cached_step_times(cfg, module, steps: int, warmup: int) -> list[float]:
     datamodule = build_datamodule(cfg, module)
-    stopwatch = Stopwatch(warmup)
-    trainer = L.Trainer(max_steps=steps, precision=resolve_precision(cfg.train.precision),
+    clock = StepClock()
+    trainer = L.Trainer(max_steps=warmup + steps, precision=resolve_precision(cfg.train.precision),
                         gradient_clip_val=cfg.train.gradient_clip, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0,
                         enable_model_summary=False, accelerator=cfg.train.accelerator, devices=1,
-                        callbacks=[stopwatch])
+                        callbacks=[clock])
     trainer.fit(module, datamodule=datamodule)
-    return cfg.data.batch_size * (steps - warmup) / (stopwatch.end - stopwatch.start)
+    return durations(clock.ends, warmup)
 
 
-def plain_throughput(cfg, module, unet, steps: int, warmup: int, device: torch.device) -> float:
+def plain_step_times(cfg, module, unet, steps: int, warmup: int, device: torch.device) -> list[float]:
     """The loop a diffusers training script runs without a cache, in fp32, on `device`."""
     vae, text_encoder = module.autoencoder.vae.to(device), module.conditioner.text_encoder.to(device)
     unet = unet.to(device)
     tokenizer, scheduler = module.conditioner.tokenizer, module.noise_scheduler
     datamodule = ImageCaptionDataModule(cfg.data)
     datamodule.setup()
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.train.lr)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    ema = build_ema(cfg.ema, unet)
     unet.train()
-    done, start = 0, None
-    while done < steps:
+    ends = []
+    while len(ends) < warmup + steps:
         for batch in datamodule.train_dataloader():
-            if done == warmup:
-                synchronize(device)
-                start = time.perf_counter()
             with torch.no_grad():
                 latents = encode(vae, batch["pixel_values"].to(device), sample=True)
                 ids = tokenizer(batch["caption"], padding="max_length", truncation=True,
@@ -82,14 +83,22 @@ def plain_throughput(cfg, module, unet, steps: int, warmup: int, device: torch.d
             prediction = unet(scheduler.add_noise(latents, noise, t), t, encoder_hidden_states=embeddings).sample
             loss = F.mse_loss(prediction, noise)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+            if cfg.train.gradient_clip:
+                torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.train.gradient_clip)
             optimizer.step()
             optimizer.zero_grad()
-            done += 1
-            if done == steps:
+            if ema is not None:
+                ema.step(unet.parameters())
+            synchronize(device)
+            ends.append(time.perf_counter())
+            if len(ends) == warmup + steps:
                 break
-    synchronize(device)
-    return cfg.data.batch_size * (steps - warmup) / (time.perf_counter() - start)
+    return durations(ends, warmup)
+
+
+def durations(ends: list[float], warmup: int) -> list[float]:
+    """Seconds each step took, from the end of the one before, leaving out the first `warmup`."""
+    return [b - a for a, b in zip(ends[warmup - 1:], ends[warmup:])]
 
 
 def synchronize(device: torch.device) -> None:
@@ -101,10 +110,13 @@ def synchronize(device: torch.device) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/diffusion/ldm_shapes.yaml")
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=40, help="timed steps of each, each round")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps of each, each round")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. vae=runs/other/vae")
     args = parser.parse_args()
+    if args.warmup < 1 or args.steps < 1 or args.rounds < 1:
+        parser.error("--warmup, --steps and --rounds must be at least 1")
     torch.set_num_threads(min(2, torch.get_num_threads()))
 
     with tempfile.TemporaryDirectory() as scratch:  # the cache goes here, not into the real run
@@ -112,14 +124,24 @@ def main() -> None:
         module = build_module(cfg)
         plain_unet = copy.deepcopy(module.unet)  # same architecture and initial weights
         print(f"UNet {sum(p.numel() for p in module.unet.parameters()) / 1e6:.2f} M parameters, "
-              f"batch {cfg.data.batch_size}, {args.steps - args.warmup} timed steps each, "
+              f"batch {cfg.data.batch_size}, {args.rounds} x {args.steps} timed steps each, "
               f"{torch.get_num_threads()} threads")
-        ldm_rate = cached_throughput(cfg, module, args.steps, args.warmup)
-        print(f"ldm (latent cache, {resolve_precision(cfg.train.precision)}): {ldm_rate:7.1f} images/s")
-        device = next(module.unet.parameters()).device  # where Lightning trained: the same for both
-        plain_rate = plain_throughput(cfg, module, plain_unet, args.steps, args.warmup, device)
-        print(f"plain loop (encoding every step, fp32): {plain_rate:7.1f} images/s")
-        print(f"speed-up: {ldm_rate / plain_rate:.2f}x")
+        cached, plain = [], []
+        for round_ in range(1, args.rounds + 1):
+            cached += cached_step_times(cfg, module, args.steps, args.warmup)
+            device = next(module.unet.parameters()).device  # where Lightning trained: the same for both
+            plain += plain_step_times(cfg, module, plain_unet, args.steps, args.warmup, device)
+            print(f"round {round_}: " + report(cfg, cached[-args.steps:], plain[-args.steps:]))
+        print(f"all {args.rounds} rounds: " + report(cfg, cached, plain))
+
+
+def report(cfg, cached: list[float], plain: list[float]) -> str:
+    """Images per second of each at its median step time, and their ratio."""
+    ldm_rate = cfg.data.batch_size / statistics.median(cached)
+    plain_rate = cfg.data.batch_size / statistics.median(plain)
+    return (f"ldm (latent cache, {resolve_precision(cfg.train.precision)}) {ldm_rate:6.1f} images/s, "
+            f"plain loop (encoding every step, fp32) {plain_rate:6.1f} images/s, "
+            f"speed-up {ldm_rate / plain_rate:.2f}x")
 
 
 if __name__ == "__main__":

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import datasets
+import numpy as np
 import pytest
 import torch
 from diffusion_fixtures import make_stage1_run
 from PIL import Image
 
 from ldm.data.config import DataConfig
+from ldm.data.latent_cache import LatentCacheDataset, load_cache
 from ldm.data.latent_datamodule import LatentCacheDataModule
 from ldm.data.transforms import preprocess
 from ldm.errors import LdmError
@@ -95,3 +97,39 @@ def test_cache_refuses_what_it_cannot_hold(tmp_path):
     for setting in ({"random_flip": True}, {"streaming": True}, {"center_crop": False}):
         with pytest.raises(LdmError, match="cache: false"):
             _datamodule(tmp_path, run, **setting)
+
+
+def test_batches_gather_the_right_rows_across_record_batches(tmp_path):
+    """A cache written in several record batches, with 1-3 captions a row: every batch read from
+    the numpy views equals what `datasets` itself reads for those rows."""
+    features = datasets.Features({
+        "mean": datasets.Array3D((2, 2, 2), "float32"), "std": datasets.Array3D((2, 2, 2), "float32"),
+        "embeddings": datasets.Array3D((None, 3, 4), "float16"),
+        "captions": datasets.Sequence(datasets.Value("string"))})
+
+    def part(first: int, count: int) -> datasets.Dataset:
+        rows = range(first, first + count)
+        return datasets.Dataset.from_dict({
+            "mean": [np.full((2, 2, 2), r, np.float32) for r in rows],
+            "std": [np.full((2, 2, 2), -r, np.float32) for r in rows],
+            "embeddings": [np.full((1 + r % 3, 3, 4), r, np.float16) + np.arange(1 + r % 3)[:, None, None]
+                           for r in rows],
+            "captions": [[f"{r}-{k}" for k in range(1 + r % 3)] for r in rows]}, features=features)
+
+    datasets.concatenate_datasets([part(0, 5), part(5, 7), part(12, 4)]).save_to_disk(
+        str(tmp_path / "cache"), max_shard_size="1KB")  # several shards, so several record batches
+    cache = load_cache(tmp_path / "cache")
+    assert cache.data.table.column("mean").num_chunks > 1
+    rows = np.array([15, 0, 7, 4, 11, 5, 9])
+    dataset = LatentCacheDataset(cache, rows, train=True)
+    reference = cache.with_format("numpy")
+    batch = dataset.__getitems__([(i, 100 + i) for i in range(len(rows))])
+    for i, row in enumerate(rows):
+        assert (batch["mean"][i].numpy() == reference[int(row)]["mean"]).all()
+        assert (batch["std"][i].numpy() == reference[int(row)]["std"]).all()
+        picked = batch["embeddings"][i, 0, 0].item() - row  # which of the row's captions was drawn
+        assert picked in range(1 + row % 3)
+        assert (batch["embeddings"][i].numpy() == reference[int(row)]["embeddings"][int(picked)]).all()
+    # The sample seed decides the caption: the same keys read the same batch again.
+    again = dataset.__getitems__([(i, 100 + i) for i in range(len(rows))])
+    assert torch.equal(again["embeddings"], batch["embeddings"])

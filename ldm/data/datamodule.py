@@ -12,6 +12,7 @@ import random
 import warnings
 
 import datasets
+import numpy as np
 import lightning as L
 import torch
 from datasets.distributed import split_dataset_by_node
@@ -101,18 +102,27 @@ def load_splits(cfg: DataConfig, rank: int = 0, world_size: int = 1):
     return ImageCaptionDataset(train, cfg, True), (ImageCaptionDataset(val, cfg, False) if val else None)
 
 
-def split_validation(ds: datasets.Dataset, cfg: DataConfig):
-    """(train, validation or None): data.val_fraction of `ds` held out, chosen by data.seed."""
-    n_val = int(round(len(ds) * cfg.val_fraction))
-    if cfg.val_fraction > 0 and len(ds) >= 2:
+def validation_rows(count: int, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray | None]:
+    """(training rows, validation rows or None) of `count` rows: data.val_fraction of them held
+    out, chosen by data.seed."""
+    n_val = int(round(count * cfg.val_fraction))
+    if cfg.val_fraction > 0 and count >= 2:
         n_val = max(1, n_val)
-    if n_val >= len(ds):
-        raise LdmError(f"dataset {cfg.source} has only {len(ds)} readable image(s): too few to "
+    if n_val >= count:
+        raise LdmError(f"dataset {cfg.source} has only {count} readable image(s): too few to "
                        f"hold out data.val_fraction={cfg.val_fraction} for validation")
     if n_val == 0:
+        return np.arange(count), None
+    order = np.random.default_rng(cfg.seed).permutation(count)
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def split_validation(ds: datasets.Dataset, cfg: DataConfig):
+    """(train, validation or None) parts of `ds`, as `validation_rows` divides it."""
+    train, val = validation_rows(len(ds), cfg)
+    if val is None:
         return ds, None
-    parts = ds.train_test_split(test_size=n_val, seed=cfg.seed, shuffle=True)
-    return parts["train"], parts["test"]
+    return ds.select(train), ds.select(val)
 
 
 def make_loader(ds, cfg: DataConfig, collate_fn, trainer, train: bool) -> DataLoader:

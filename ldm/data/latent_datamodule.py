@@ -19,7 +19,7 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from ldm.data.config import DataConfig
-from ldm.data.datamodule import make_loader, split_validation
+from ldm.data.datamodule import make_loader, validation_rows
 from ldm.data.latent_cache import (LatentCacheDataset, already_batched, build_cache, cached,
                                    fingerprint, load_cache)
 from ldm.data.sources import drop_unreadable, load_source
@@ -77,9 +77,10 @@ class LatentCacheDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        train, val = split_validation(load_cache(self.cache_folder()), self.cfg)
-        self.train_set = LatentCacheDataset(train, train=True)
-        self.val_set = LatentCacheDataset(val, train=False) if val is not None else None
+        cache = load_cache(self.cache_folder())
+        train, val = validation_rows(len(cache), self.cfg)
+        self.train_set = LatentCacheDataset(cache, train, train=True)
+        self.val_set = LatentCacheDataset(cache, val, train=False) if val is not None else None
 
     def train_dataloader(self) -> DataLoader:
         return make_loader(self.train_set, self.cfg, already_batched, self.trainer, train=True)
