@@ -60,7 +60,7 @@ class Scale:
 
 SCALES = {
     # The 15-minute budget of a quiet 2-core CPU, install included: data 5 s, autoencoder 1000
-    # steps in about 2.3 min, CLIP 2300 steps in 2.5 min, diffusion 5500 steps in about 7 min, with
+    # steps in about 2.3 min, CLIP 2300 steps in 2.5 min, diffusion 4500 steps of 64 in about 7 min, with
     # loading, caching and exporting; samples + walk + evaluation + report under a minute. Step
     # counts, not time limits, end each stage, so that its learning-rate schedule runs to its end
     # (an autoencoder cut mid-cosine reconstructs ~1 dB worse); `train.max_minutes` is only a
@@ -68,7 +68,7 @@ SCALES = {
     "toy": Scale(images=10000, test_images=None,
                  overrides={"autoencoder": ("train.max_steps=1000", "train.max_minutes=3"),
                             "clip": ("train.max_minutes=3",),
-                            "diffusion": ("train.max_steps=5500", "train.max_minutes=8")},
+                            "diffusion": ("train.max_steps=4500", "train.max_minutes=8")},
                  images_per_prompt=16, sampling_steps=20, walk_frames=8),
     # Seconds per stage, for tests: every number as small as the code accepts.
     "tiny": Scale(images=48, test_images=16,

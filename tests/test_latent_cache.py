@@ -133,3 +133,17 @@ def test_batches_gather_the_right_rows_across_record_batches(tmp_path):
     # The sample seed decides the caption: the same keys read the same batch again.
     again = dataset.__getitems__([(i, 100 + i) for i in range(len(rows))])
     assert torch.equal(again["embeddings"], batch["embeddings"])
+
+
+def test_a_pickled_dataset_reopens_the_cache_instead_of_copying_it(tmp_path):
+    """What a spawned DataLoader worker receives: the cache's file names, not its contents."""
+    import pickle
+
+    run = make_stage1_run(tmp_path)
+    dm = _prepared(tmp_path, run, val_fraction=0.25)
+    payload = pickle.dumps(dm.train_set)
+    assert len(payload) < 20_000  # the cache holds 24 x 77 x 32 fp16 embeddings alone: 118 kB
+    copy = pickle.loads(payload)
+    keys = [(i, i) for i in range(len(copy))]
+    for name, values in dm.train_set.__getitems__(keys).items():
+        assert torch.equal(copy.__getitems__(keys)[name], values)

@@ -154,7 +154,7 @@ class LatentCacheDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, cache: datasets.Dataset, rows: np.ndarray, train: bool):
-        self.rows, self.train = np.asarray(rows, dtype=np.int64), train
+        self.cache, self.rows, self.train = cache, np.asarray(rows, dtype=np.int64), train
         table = cache.data.table
         latent_shape = tuple(cache.features["mean"].shape)
         self.mean = CachedColumn.of(table, "mean", latent_shape)
@@ -164,6 +164,14 @@ class LatentCacheDataset(torch.utils.data.Dataset):
         self.caption_count = np.concatenate([np.diff(_storage(chunk).offsets.to_numpy())
                                              for chunk in table.column("embeddings").chunks])
         self.first_caption = np.cumsum(self.caption_count) - self.caption_count
+
+    def __getstate__(self) -> dict:
+        # DataLoader workers started by spawn (macOS, Windows) receive a pickled copy: send the
+        # memory-mapped dataset (pickled as its file names), not views that would pickle as data.
+        return {"cache": self.cache, "rows": self.rows, "train": self.train}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["cache"], state["rows"], state["train"])
 
     def __len__(self) -> int:
         return len(self.rows)
