@@ -6,11 +6,14 @@
 
 Each returns an `ldm.eval_results.Evaluation` (the JSON schema is documented there).
 
-The diffusion evaluation generates images for the shapes data's held-out prompts (colour, shape and
-position combinations that training never showed), reads them back with the attribute checker
-(`ldm.shapes_checker`), scores them with a CLIP, and compares them with the real held-out images
-(the data's `test` split) by FID and KID. The same measures on the real images are reported
-beside them, as the ceiling a model can reach with this checker and this CLIP.
+The diffusion evaluation generates images for a set of prompts, scores them with a CLIP and
+compares them with the real images of a split by FID and KID; the same measures on the real images
+are reported beside them, as the ceiling a model can reach with this CLIP. The prompts are:
+- given (a prompts file), or else
+- on the shapes data, its held-out prompts (colour, shape and position combinations that training
+  never showed): the images are also read back with the attribute checker (`ldm.shapes_checker`)
+  for prompt fidelity, or else
+- on any other data, the first distinct captions of the split (its images' own descriptions).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,6 +32,8 @@ from ldm.eval_results import Evaluation, Metric
 
 DEFAULT_SPLIT = "test"  # the shapes data's held-out combinations
 MAX_REAL_IMAGES = 512
+SHAPES_COLUMNS = ["colour", "shape", "position"]  # what the attribute checker reads
+MAX_CAPTION_PROMPTS = 16  # prompts taken from the split's captions on data other than shapes
 GRID_COLUMNS = 8
 GRID_UPSCALE = 4  # 32 px images are too small to judge at their own size
 
@@ -161,7 +167,7 @@ def fidelity_metrics(images: list[Image.Image], wanted: list[dict], real_images:
 
 
 def clip_metrics(clip_path: Path, images: torch.Tensor, prompts: list[str], real: torch.Tensor,
-                 real_prompts: list[str], inception: str | None) -> list[Metric]:
+                 real_prompts: list[str], inception: str | None, real_described: str) -> list[Metric]:
     from ldm.clip_eval import load_clip
     from ldm.sample_metrics import (ClipImageFeatures, InceptionFeatures, clip_score, extract, feature_label,
                                     fid_kid)
@@ -176,7 +182,7 @@ def clip_metrics(clip_path: Path, images: torch.Tensor, prompts: list[str], real
                f"100 * max(cos(image, prompt), 0), CLIP of {clip_path}"),
         Metric("real_clip_score", "CLIP score of real held-out images",
                clip_score(clip, processor, real, real_prompts).mean(), "", "higher",
-               "the real images against plain prompts of their attributes: the ceiling"),
+               f"the real images against {real_described}: the ceiling"),
         Metric(f"fid{suffix}", f"FID{label}", distances["fid"], "", "lower",
                f"generated vs real held-out images, on {where}"),
         Metric(f"kid{suffix}", f"KID{label}", distances["kid_mean"], "", "lower",
@@ -200,21 +206,67 @@ def check_diffusion_inputs(pipeline: str, data: str, clip: str | None, inception
     return clip_path
 
 
+@dataclass
+class RealImages:
+    """The real images of a split: pixels in [-1, 1], a prompt describing each, and on the shapes
+    data the attributes each shows (None on other data)."""
+
+    pixels: torch.Tensor
+    prompts: list[str]
+    attributes: list[dict[str, str]] | None
+
+
+def load_real(data: str, split: str, resolution: int) -> RealImages:
+    """The split's images, described by their shapes attributes when it has them, else by their captions."""
+    from ldm.data.config import DataConfig
+    from ldm.data.latent_cache import captions_of
+    from ldm.data.sources import load_source
+
+    caption_column = DataConfig.caption_column
+    columns = load_source(DataConfig(source=str(data), split=split)).column_names
+    if all(column in columns for column in SHAPES_COLUMNS):
+        pixels, labels = load_images(data, split, resolution, MAX_REAL_IMAGES, SHAPES_COLUMNS)
+        attributes = [dict(zip(SHAPES_COLUMNS, values)) for values in zip(*labels.values())]
+        prompts = [f"a {a['colour']} {a['shape']} {a['position']}" for a in attributes]
+        return RealImages(pixels, prompts, attributes)
+    pixels, labels = load_images(data, split, resolution, MAX_REAL_IMAGES, [caption_column])
+    return RealImages(pixels, [captions_of(value)[0] for value in labels[caption_column]], None)
+
+
+def requests_for(real: RealImages, prompts: list[str] | None) -> tuple[list[str], list[dict] | None, str]:
+    """(prompts to generate for, the attributes each asks for or None, where the prompts came from)."""
+    if prompts is not None:
+        return prompts, None, "given"
+    if real.attributes is not None:
+        held_out, wanted = held_out_requests()
+        return held_out, wanted, "the shapes data's held-out combinations"
+    distinct = list(dict.fromkeys(p for p in real.prompts if p.strip()))[:MAX_CAPTION_PROMPTS]
+    if not distinct:
+        raise LdmError("the split's images have no captions to prompt with: pass prompts (--prompts-file)")
+    return distinct, None, f"the first {len(distinct)} distinct captions of the split"
+
+
 @torch.no_grad()
 def evaluate_diffusion(pipeline: str, data: str, clip: str | None = None, inception: str | None = None,
                        split: str = DEFAULT_SPLIT, n: int = 8, seed: int = 0, steps: int = 20,
                        guidance: float = 4.0, samples: str | Path | None = None,
-                       generate: bool = True) -> Evaluation:
-    """Generate n images per held-out prompt (into `samples`, else a temporary folder) and score them.
+                       generate: bool = True, prompts: list[str] | None = None) -> Evaluation:
+    """Generate n images per prompt (into `samples`, else a temporary folder) and score them.
 
-    `generate=False` scores the images already in `samples` (as written by `generate_samples`).
+    `prompts` default to the shapes data's held-out prompts, or on other data to the split's
+    captions (see the module's docstring). `generate=False` scores the images already in
+    `samples` (as written by `generate_samples`).
     """
     from ldm.data.transforms import to_tensor
     from ldm.pipeline_io import vae_factor
 
     start = time.perf_counter()
+    if prompts is not None and not prompts:
+        raise LdmError("no prompts to evaluate with: the prompts given are empty")
     clip_path = check_diffusion_inputs(pipeline, data, clip, inception)
-    prompts, wanted = held_out_requests()
+    config = json.loads((Path(pipeline) / "unet" / "config.json").read_text())
+    real = load_real(data, split, config["sample_size"] * vae_factor(pipeline))
+    prompts, wanted, prompts_from = requests_for(real, prompts)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(samples) if samples is not None else Path(tmp)
         if generate:
@@ -226,27 +278,26 @@ def evaluate_diffusion(pipeline: str, data: str, clip: str | None = None, incept
             paths = [folder / job.file_name for job in jobs]
         images = read_samples(paths)
     image_prompts = [p for p in prompts for _ in range(n)]
-    image_wanted = [w for w in wanted for _ in range(n)]
 
-    config = json.loads((Path(pipeline) / "unet" / "config.json").read_text())
-    resolution = config["sample_size"] * vae_factor(pipeline)
-    columns = ["colour", "shape", "position"]
-    real, labels = load_images(data, split, resolution, MAX_REAL_IMAGES, columns)
-    real_wanted = [dict(zip(columns, values)) for values in zip(*(labels[c] for c in columns))]
-    real_pil = [Image.fromarray(((x.permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy())
-                for x in real]
-
-    metrics = fidelity_metrics(images, image_wanted, real_pil, real_wanted)
+    metrics = []
+    if wanted is not None:
+        real_pil = [Image.fromarray(((x.permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy())
+                    for x in real.pixels]
+        metrics += fidelity_metrics(images, [w for w in wanted for _ in range(n)], real_pil, real.attributes)
     if clip_path is not None:
-        real_prompts = [f"a {w['colour']} {w['shape']} {w['position']}" for w in real_wanted]
         pixels = torch.stack([to_tensor(image) for image in images])
-        metrics += clip_metrics(clip_path, pixels, image_prompts, real, real_prompts, inception)
-    settings = {"data": str(data), "split": split, "prompts": len(prompts), "images_per_prompt": n,
-                "real_images": len(real), "seed": seed, "steps": steps, "guidance": guidance,
-                "clip": str(clip_path) if clip_path else None, "inception": inception,
+        metrics += clip_metrics(clip_path, pixels, image_prompts, real.pixels, real.prompts, inception,
+                                real_described="their own captions" if real.attributes is None
+                                else "plain prompts of their attributes")
+    settings = {"data": str(data), "split": split, "prompts": len(prompts), "prompts_from": prompts_from,
+                "images_per_prompt": n, "real_images": len(real.pixels), "seed": seed, "steps": steps,
+                "guidance": guidance, "clip": str(clip_path) if clip_path else None, "inception": inception,
                 "samples": str(samples) if samples is not None else None}
     if clip_path is None:
         settings["skipped"] = "CLIP score, FID and KID: no CLIP (train stage 1b, or pass --clip)"
+    if not metrics:
+        raise LdmError(f"nothing to measure: {data} is not the shapes data (no prompt fidelity) and there "
+                       "is no CLIP for CLIP score and FID (train stage 1b, or pass --clip)")
     return Evaluation("diffusion", str(pipeline), settings, metrics, time.perf_counter() - start)
 
 

@@ -6,6 +6,7 @@ import json
 
 import pytest
 from eval_fixtures import check_schema, make_eval_run
+from PIL import Image
 
 from ldm.animate import WalkSettings, animate
 from ldm.cli import main
@@ -103,3 +104,37 @@ def test_json_round_trip_and_infinite_values_become_null(tmp_path):
         check_schema(item)
     assert items[0]["metrics"][0]["value"] is None
     assert read_json(path)[0].value("ssim") == 1.0
+
+
+def test_diffusion_on_other_data_prompts_with_its_captions(run, tmp_path):
+    """Data without the shapes attributes: no prompt fidelity; prompts are the split's captions,
+    and the real images are scored against their own captions."""
+    run_dir, _ = run
+    data = tmp_path / "mine"  # a folder of images with a caption .txt beside each
+    data.mkdir()
+    pictures = [((200, 30, 30), "a red thing"), ((30, 30, 200), "a blue thing"),
+                ((30, 200, 30), "a green thing"), ((200, 30, 30), "a red thing")]
+    for i, (colour, caption) in enumerate(pictures):
+        Image.new("RGB", (20, 20), colour).save(data / f"{i}.png")
+        (data / f"{i}.txt").write_text(caption)
+    result = evaluate_diffusion(str(run_dir / "pipeline"), str(data), n=1, steps=1)
+    check_schema(json.loads(to_json(result)))
+    keys = [m.key for m in result.metrics]
+    assert "prompt_fidelity" not in keys and {"clip_score", "real_clip_score", "fid_clip"} <= set(keys)
+    assert result.settings["prompts"] == 3 and "captions" in result.settings["prompts_from"]
+
+
+def test_diffusion_cli_reads_a_prompts_file(run, tmp_path, capsys):
+    run_dir, data = run
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle in the center\n\na blue square in the top left\n")
+    out = tmp_path / "d.json"
+    main(["evaluate", "diffusion", str(run_dir / "pipeline"), "--data", str(data), "--n", "1", "--steps", "1",
+          "--prompts-file", str(prompts), "--out", str(out)])
+    item = json.loads(out.read_text())
+    assert item["settings"]["prompts"] == 2 and item["settings"]["prompts_from"] == "given"
+    assert "prompt_fidelity" not in [m["key"] for m in item["metrics"]]  # the checker needs held-out prompts
+    with pytest.raises(SystemExit):
+        main(["evaluate", "diffusion", str(run_dir / "pipeline"), "--data", str(data),
+              "--prompts-file", str(tmp_path / "none.txt")])
+    assert "prompts file not found" in capsys.readouterr().err

@@ -18,12 +18,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ae.add_argument("--grid", help="also write originals over reconstructions to this PNG")
 
     dm = sub.add_parser("diffusion", help="prompt fidelity, CLIP score, FID and KID of a pipeline",
-                        description="Generate images for the shapes data's held-out prompts and measure "
-                                    "prompt fidelity (attribute checker), CLIP score, and FID/KID against "
-                                    "the real held-out images: on Inception-v3 with --inception, otherwise "
-                                    "on the CLIP's image features (labelled so).")
+                        description="Generate images for a set of prompts and measure CLIP score, and "
+                                    "FID/KID against the real images of a split: on Inception-v3 with "
+                                    "--inception, otherwise on the CLIP's image features (labelled so). "
+                                    "The prompts are --prompts-file's; else, on the shapes data, its "
+                                    "held-out prompts, also read back for prompt fidelity (attribute "
+                                    "checker); else the split's first distinct captions.")
     dm.add_argument("pipeline", help="pipeline folder (RUN/pipeline)")
-    dm.add_argument("--data", required=True, help="the shapes dataset folder (its test split is compared)")
+    dm.add_argument("--data", required=True, help="dataset folder whose split is compared (e.g. data/shapes)")
+    dm.add_argument("--prompts-file", help="prompts to generate for, one per line (default: see above)")
     dm.add_argument("--clip", help="CLIP folder for CLIP score and CLIP-feature FID (default: RUN/clip "
                                    "beside the pipeline); a pretrained CLIP folder works too")
     dm.add_argument("--inception", help="local Inception-v3 weights file (torch-fidelity's "
@@ -51,9 +54,12 @@ def run(args: argparse.Namespace) -> None:
         result = evaluate.evaluate_autoencoder(args.vae, args.data, split=args.split,
                                                max_images=args.max_images, grid=args.grid)
     elif args.what == "diffusion":
+        from ldm.generate import read_prompts
+
+        prompts = read_prompts([], args.prompts_file) if args.prompts_file else None
         result = evaluate.evaluate_diffusion(args.pipeline, args.data, clip=args.clip, inception=args.inception,
                                              split=args.split, n=args.n, seed=args.seed, steps=args.steps,
-                                             guidance=args.guidance, samples=args.samples)
+                                             guidance=args.guidance, samples=args.samples, prompts=prompts)
     else:
         result = evaluate.evaluate_walk(args.folder)
     print(format_table([result]))
