@@ -150,10 +150,13 @@ def shapes_zero_shot_prompts() -> tuple[dict[str, list[str]], list[str]]:
     return attributes, prompts
 
 
-def load_labelled_images(data: DataConfig, columns: list[str],
-                         max_images: int | None = None) -> tuple[torch.Tensor, dict[str, list[str]]]:
-    """Images of `data.split` as [-1, 1] tensors, with the values of `columns` (e.g. colour, shape)."""
-    ds = load_source(data)
+def load_labelled_images(data: DataConfig, columns: list[str], max_images: int | None = None,
+                         ds=None) -> tuple[torch.Tensor, dict[str, list[str]]]:
+    """Images of `data.split` as [-1, 1] tensors, with the values of `columns` (e.g. colour, shape).
+
+    `ds` is the split when the caller has loaded it already (`load_source(data)`), to pick columns.
+    """
+    ds = load_source(data) if ds is None else ds
     missing = [c for c in columns if c not in ds.column_names]
     if missing:
         raise LdmError(f"split '{data.split}' of {data.source} has no '{missing[0]}' column, which "

@@ -218,19 +218,20 @@ class RealImages:
 
 def load_real(data: str, split: str, resolution: int) -> RealImages:
     """The split's images, described by their shapes attributes when it has them, else by their captions."""
+    from ldm.clip_eval import load_labelled_images
     from ldm.data.config import DataConfig
     from ldm.data.latent_cache import captions_of
     from ldm.data.sources import load_source
 
-    caption_column = DataConfig.caption_column
-    columns = load_source(DataConfig(source=str(data), split=split)).column_names
-    if all(column in columns for column in SHAPES_COLUMNS):
-        pixels, labels = load_images(data, split, resolution, MAX_REAL_IMAGES, SHAPES_COLUMNS)
+    cfg = DataConfig(source=str(data), split=split, resolution=resolution)
+    ds = load_source(cfg)  # loaded once: its columns decide what describes the images
+    if all(column in ds.column_names for column in SHAPES_COLUMNS):
+        pixels, labels = load_labelled_images(cfg, SHAPES_COLUMNS, MAX_REAL_IMAGES, ds)
         attributes = [dict(zip(SHAPES_COLUMNS, values)) for values in zip(*labels.values())]
         prompts = [f"a {a['colour']} {a['shape']} {a['position']}" for a in attributes]
         return RealImages(pixels, prompts, attributes)
-    pixels, labels = load_images(data, split, resolution, MAX_REAL_IMAGES, [caption_column])
-    return RealImages(pixels, [captions_of(value)[0] for value in labels[caption_column]], None)
+    pixels, labels = load_labelled_images(cfg, [cfg.caption_column], MAX_REAL_IMAGES, ds)
+    return RealImages(pixels, [captions_of(value)[0] for value in labels[cfg.caption_column]], None)
 
 
 def requests_for(real: RealImages, prompts: list[str] | None) -> tuple[list[str], list[dict] | None, str]:
@@ -267,6 +268,9 @@ def evaluate_diffusion(pipeline: str, data: str, clip: str | None = None, incept
     config = json.loads((Path(pipeline) / "unet" / "config.json").read_text())
     real = load_real(data, split, config["sample_size"] * vae_factor(pipeline))
     prompts, wanted, prompts_from = requests_for(real, prompts)
+    if wanted is None and clip_path is None:
+        raise LdmError("nothing to measure: prompt fidelity needs the shapes data's held-out prompts, and "
+                       "CLIP score and FID need a CLIP (train stage 1b, or pass --clip)")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(samples) if samples is not None else Path(tmp)
         if generate:
@@ -295,9 +299,6 @@ def evaluate_diffusion(pipeline: str, data: str, clip: str | None = None, incept
                 "samples": str(samples) if samples is not None else None}
     if clip_path is None:
         settings["skipped"] = "CLIP score, FID and KID: no CLIP (train stage 1b, or pass --clip)"
-    if not metrics:
-        raise LdmError(f"nothing to measure: {data} is not the shapes data (no prompt fidelity) and there "
-                       "is no CLIP for CLIP score and FID (train stage 1b, or pass --clip)")
     return Evaluation("diffusion", str(pipeline), settings, metrics, time.perf_counter() - start)
 
 

@@ -7,6 +7,7 @@ import json
 import pytest
 from eval_fixtures import check_schema, make_eval_run
 from PIL import Image
+from tiny import make_tiny_pipeline
 
 from ldm.animate import WalkSettings, animate
 from ldm.cli import main
@@ -138,3 +139,12 @@ def test_diffusion_cli_reads_a_prompts_file(run, tmp_path, capsys):
         main(["evaluate", "diffusion", str(run_dir / "pipeline"), "--data", str(data),
               "--prompts-file", str(tmp_path / "none.txt")])
     assert "prompts file not found" in capsys.readouterr().err
+
+
+def test_nothing_to_measure_is_said_before_generating(run, tmp_path):
+    """Given prompts (no prompt fidelity) and no CLIP beside the pipeline: an error, no images made."""
+    _, data = run
+    bare = make_tiny_pipeline(tmp_path / "bare")  # no RUN/clip beside it
+    with pytest.raises(LdmError, match="nothing to measure"):
+        evaluate_diffusion(str(bare), str(data), n=1, steps=1, samples=tmp_path / "s", prompts=["a red circle"])
+    assert not (tmp_path / "s").exists()

@@ -12,8 +12,8 @@ import random
 import warnings
 
 import datasets
-import numpy as np
 import lightning as L
+import numpy as np
 import torch
 from datasets.distributed import split_dataset_by_node
 from torch.utils.data import DataLoader, DistributedSampler
