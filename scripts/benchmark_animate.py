@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ldm.animate import WalkSettings, animate
+from ldm.apps.animate.render import WalkSettings, animate
 
 PROMPTS = ["a red circle in the top left", "a blue square in the bottom right"]
 

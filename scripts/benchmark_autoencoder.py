@@ -20,12 +20,12 @@ from pathlib import Path
 
 import torch
 
+from ldm.apps.evaluate import reconstruct
+from ldm.components.autoencoder import load_vae
 from ldm.data.datamodule import collate, load_splits
-from ldm.evaluate import reconstruct
-from ldm.metrics import psnr, ssim
-from ldm.models.codebook import perplexity, usage
-from ldm.stages import load_config, stage_module
-from ldm.vae import load_vae
+from ldm.metrics.image_quality import psnr, ssim
+from ldm.stages.autoencoder.codebook import perplexity, usage
+from ldm.stages.registry import load_config, stage_module
 
 TARGETS = {"kl": {"psnr": 31.0}, "vq": {"psnr": 27.0, "codebook_usage": 0.60}}
 

@@ -18,10 +18,15 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from ldm.clip_eval import batched_retrieval_top1, load_clip, load_labelled_images, shapes_zero_shot
+from ldm.components.clip import (
+    batched_retrieval_top1,
+    load_clip,
+    load_labelled_images,
+    shapes_zero_shot,
+)
 from ldm.data.config import DataConfig
-from ldm.data.shapes import make_shapes_dataset
-from ldm.stages import load_config, stage_module
+from ldm.data.shapes.generator import make_shapes_dataset
+from ldm.stages.registry import load_config, stage_module
 
 ATTRIBUTES = ["colour", "shape", "position"]
 

@@ -6,8 +6,8 @@
 Trains `configs/diffusion/ldm_shapes.yaml` for at most --minutes of training (the latent cache is
 built before the clock starts), reading stage 1 and 1b from runs/shapes (the config's `vae` and
 `text_encoder`; a fresh `run_dir` keeps an earlier stage-2 run out of the way), then generates
-images for the held-out colour/shape/position combinations of `ldm.data.shapes` (combinations never
-seen in training), --seeds images each, and reads their colour and shape with `ldm.shapes_checker`. Prints the share right and writes a grid PNG beside the run.
+images for the held-out colour/shape/position combinations of `ldm.data.shapes.generator` (combinations never
+seen in training), --seeds images each, and reads their colour and shape with `ldm.data.shapes.checker`. Prints the share right and writes a grid PNG beside the run.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ldm.data.shapes import HELD_OUT, held_out_prompts
-from ldm.pipeline_io import load_pipeline
-from ldm.shapes_checker import prompt_fidelity
-from ldm.stages import load_config, train
+from ldm.data.shapes.checker import prompt_fidelity
+from ldm.data.shapes.generator import HELD_OUT, held_out_prompts
+from ldm.sampling.pipeline_io import load_pipeline
+from ldm.stages.registry import load_config, train
 
 
 def generate(pipeline_dir: Path, seeds: int, steps: int, guidance: float) -> tuple[list, list]:

@@ -29,12 +29,12 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
+from ldm.components.autoencoder import encode
 from ldm.data.datamodule import ImageCaptionDataModule
-from ldm.models.diffusion import build_datamodule, build_module
-from ldm.models.diffusion_parts import build_ema
-from ldm.stages import load_config
-from ldm.training import resolve_precision
-from ldm.vae import encode
+from ldm.stages.diffusion.parts import build_ema
+from ldm.stages.diffusion.stage import build_datamodule, build_module
+from ldm.stages.registry import load_config
+from ldm.stages.trainer import resolve_precision
 
 
 class StepClock(L.Callback):

@@ -22,14 +22,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    DDPMScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from ldm.data.shapes import make_example
-from ldm.generate import DTYPES
-from ldm.pipeline_io import export_pipeline, load_pipeline
-from ldm.samplers import make_sampler
-from ldm.text import train_tokenizer
+from ldm.apps.generate import DTYPES
+from ldm.components.text_encoder import train_tokenizer
+from ldm.data.shapes.generator import make_example
+from ldm.sampling.pipeline_io import export_pipeline, load_pipeline
+from ldm.sampling.samplers import make_sampler
 
 PROMPTS = ["a red circle in the top left", "a large blue square on a white background",
            "a small green triangle in the center", "two shapes on black: a yellow circle and a purple square"]

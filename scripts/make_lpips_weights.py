@@ -14,7 +14,7 @@ import argparse
 import torch
 from safetensors.torch import save_file
 
-from ldm.models.lpips import LPIPS, vgg16_features
+from ldm.stages.autoencoder.lpips import LPIPS, vgg16_features
 
 
 def main() -> None:

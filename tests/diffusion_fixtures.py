@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tiny import IMAGE_SIZE, tiny_components
 
-from ldm.data.shapes import make_shapes_dataset
+from ldm.data.shapes.generator import make_shapes_dataset
 
 TINY_UNET = {"block_out_channels": [16, 32], "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
              "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"], "layers_per_block": 1,

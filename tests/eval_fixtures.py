@@ -10,8 +10,8 @@ import torch
 from tiny import IMAGE_SIZE, make_tiny_pipeline, tiny_tokenizer
 from transformers import CLIPConfig, CLIPModel
 
-from ldm.data.shapes import make_shapes_dataset
-from ldm.models.clip import export as export_clip
+from ldm.data.shapes.generator import make_shapes_dataset
+from ldm.stages.clip.stage import export as export_clip
 
 CLIP_WIDTH = 32
 PROJECTION = 16

@@ -7,15 +7,16 @@ import shutil
 import numpy as np
 import pytest
 import torch
-
-from ldm import walk_settings
-from ldm import renderers, smoothness, video
-from ldm.animate import WalkSettings, animate
-from ldm.cli import main
-from ldm.data.shapes import make_example
-from ldm.errors import LdmError
-from ldm.pipeline_io import export_pipeline
 from tiny import IMAGE_SIZE, tiny_components
+
+from ldm.apps.animate import renderers, video
+from ldm.apps.animate import settings as walk_settings
+from ldm.apps.animate.render import WalkSettings, animate
+from ldm.cli import main
+from ldm.core.errors import LdmError
+from ldm.data.shapes.generator import make_example
+from ldm.metrics import smoothness
+from ldm.sampling.pipeline_io import export_pipeline
 
 PROMPTS = ["a red circle", "a blue square"]
 FAST = dict(steps=2, batch_size=4, fps=10.0)
@@ -78,8 +79,8 @@ def test_frames_carry_their_place_on_the_walk(prompt_walk):
 
 
 def test_keyframe_matches_the_pipeline_sampled_with_its_seed(prompt_walk, kl_pipeline_path):
-    from ldm.pipeline_io import load_pipeline
-    from ldm.samplers import make_sampler
+    from ldm.sampling.pipeline_io import load_pipeline
+    from ldm.sampling.samplers import make_sampler
 
     settings, result = prompt_walk
     pipe = load_pipeline(kl_pipeline_path)
@@ -140,10 +141,10 @@ def test_even_motion_halves_the_motion_unevenness_of_linear_spacing(kl_pipeline_
 
 
 def test_even_motion_can_measure_motion_in_clip_features(kl_pipeline_path, tmp_path):
+    from tiny import tiny_tokenizer
     from transformers import CLIPConfig, CLIPModel
 
-    from ldm.models.clip import export
-    from tiny import tiny_tokenizer
+    from ldm.stages.clip.stage import export
 
     tokenizer = tiny_tokenizer()
     torch.manual_seed(0)
@@ -175,7 +176,7 @@ def test_looped_seed_walk_closes_without_a_jump(kl_pipeline_path, tmp_path):
 def autoencoded(pipeline_path, paths) -> np.ndarray:
     """The images as the pipeline's autoencoder gives them back (the tiny one is random: far from
     the originals, but what a walk through them must reproduce)."""
-    from ldm import vae as vae_lib
+    from ldm.components import autoencoder as vae_lib
 
     vae = vae_lib.load_vae(pipeline_path / "vae")
     pixels = torch.cat([renderers.load_image_tensor(p, IMAGE_SIZE) for p in paths])

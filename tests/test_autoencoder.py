@@ -9,14 +9,18 @@ import torch
 import yaml
 from diffusers import AutoencoderKL, VQModel
 
-from ldm import vae as vae_lib
+from ldm.components import autoencoder as vae_lib
+from ldm.core.errors import LdmError
 from ldm.data.datamodule import load_splits
-from ldm.data.shapes import make_shapes_dataset
-from ldm.errors import LdmError
-from ldm.models.autoencoder import AutoencoderModule
-from ldm.models.autoencoder_losses import PatchDiscriminator, adaptive_weight, hinge_discriminator_loss
-from ldm.models.codebook import CodebookCare, perplexity, usage
-from ldm.stages import load_config, train
+from ldm.data.shapes.generator import make_shapes_dataset
+from ldm.stages.autoencoder.codebook import CodebookCare, perplexity, usage
+from ldm.stages.autoencoder.losses import (
+    PatchDiscriminator,
+    adaptive_weight,
+    hinge_discriminator_loss,
+)
+from ldm.stages.autoencoder.stage import AutoencoderModule
+from ldm.stages.registry import load_config, train
 
 SIZE = 16
 
@@ -178,8 +182,8 @@ def test_codebook_revives_dead_codes_from_recent_encoder_outputs():
 def test_perceptual_loss_is_lpips_from_a_local_file_else_ssim(tmp_path):
     from safetensors.torch import save_file
 
-    from ldm.models.autoencoder_losses import SSIMLoss, perceptual_loss
-    from ldm.models.lpips import LPIPS, TAP_CHANNELS, vgg16_features
+    from ldm.stages.autoencoder.losses import SSIMLoss, perceptual_loss
+    from ldm.stages.autoencoder.lpips import LPIPS, TAP_CHANNELS, vgg16_features
 
     assert isinstance(perceptual_loss(None), SSIMLoss)
     torch.manual_seed(0)

@@ -6,15 +6,20 @@ import torch
 from PIL import Image
 from transformers import CLIPTokenizer, VisionTextDualEncoderModel
 
-from ldm.clip_eval import (clip_image_features, clip_text_features, load_clip, retrieval_top1,
-                           zero_shot_attributes)
-from ldm.config import build
-from ldm.data.shapes import make_shapes_dataset
+from ldm.components.clip import (
+    clip_image_features,
+    clip_text_features,
+    load_clip,
+    retrieval_top1,
+    zero_shot_attributes,
+)
+from ldm.components.text_encoder import encode_prompts, load_text_encoder
+from ldm.core.config import build
+from ldm.core.errors import LdmError
+from ldm.data.shapes.generator import make_shapes_dataset
 from ldm.data.transforms import to_tensor
-from ldm.errors import LdmError
-from ldm.models.clip import Config, VisionTowerConfig, train
-from ldm.models.clip_loss import WordSwapper, contrastive_loss
-from ldm.text import encode_prompts, load_text_encoder
+from ldm.stages.clip.losses import WordSwapper, contrastive_loss
+from ldm.stages.clip.stage import Config, VisionTowerConfig, train
 
 SIZE = 16
 

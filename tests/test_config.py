@@ -2,9 +2,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from ldm.config import apply_overrides, build
+from ldm.core.config import apply_overrides, build
+from ldm.core.errors import LdmError
 from ldm.data.config import DataConfig
-from ldm.errors import LdmError
 
 
 @dataclass

@@ -7,10 +7,15 @@ import pytest
 import torch
 from PIL import Image
 
+from ldm.core.errors import LdmError
 from ldm.data.config import DataConfig
-from ldm.data.datamodule import ImageCaptionDataModule, load_splits, pick_caption, require_divisible
-from ldm.data.shapes import make_shapes_dataset
-from ldm.errors import LdmError
+from ldm.data.datamodule import (
+    ImageCaptionDataModule,
+    load_splits,
+    pick_caption,
+    require_divisible,
+)
+from ldm.data.shapes.generator import make_shapes_dataset
 
 
 def write_folder(folder, n, corrupt=(), size=24, captions="jsonl"):

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import torch
 import yaml
-from diffusion_fixtures import diffusion_config, make_stage1_run
 from diffusers import StableDiffusionPipeline
+from diffusion_fixtures import diffusion_config, make_stage1_run
 from safetensors.torch import load_file
 
-from ldm.config import build
-from ldm.models.conditioner import TextConditioner
-from ldm.models.diffusion import Config, train
-from ldm.models.diffusion_loss import DiffusionLoss
-from ldm.models.diffusion_parts import NoiseConfig, build_noise_scheduler
-from ldm.stages import load_config
+from ldm.components.conditioner import TextConditioner
+from ldm.core.config import build
+from ldm.stages.diffusion.losses import DiffusionLoss
+from ldm.stages.diffusion.parts import NoiseConfig, build_noise_scheduler
+from ldm.stages.diffusion.stage import Config, train
+from ldm.stages.registry import load_config
 
 
 def test_a_few_steps_then_export_loads_in_stable_diffusion(tmp_path):

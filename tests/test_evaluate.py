@@ -9,12 +9,12 @@ from eval_fixtures import check_schema, make_eval_run
 from PIL import Image
 from tiny import make_tiny_pipeline
 
-from ldm.animate import WalkSettings, animate
+from ldm.apps.animate.render import WalkSettings, animate
+from ldm.apps.evaluate import evaluate_autoencoder, evaluate_diffusion, evaluate_walk
 from ldm.cli import main
-from ldm.data.shapes import HELD_OUT
-from ldm.errors import LdmError
-from ldm.eval_results import Evaluation, Metric, read_json, to_json, write_json
-from ldm.evaluate import evaluate_autoencoder, evaluate_diffusion, evaluate_walk
+from ldm.core.errors import LdmError
+from ldm.data.shapes.generator import HELD_OUT
+from ldm.metrics.results import Evaluation, Metric, read_json, to_json, write_json
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,15 @@ import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
+from ldm.apps.generate import (
+    GRID_NAME,
+    GenerateOptions,
+    generate,
+    image_metadata,
+    plan,
+    read_metadata,
+)
 from ldm.cli import main
-from ldm.generate import GRID_NAME, GenerateOptions, generate, image_metadata, plan, read_metadata
 
 PROMPTS = ["a red circle in the center", "a large blue square on a white background"]
 FAST = dict(steps=3, guidance=4.0)
@@ -55,7 +62,7 @@ def test_generate_matches_stable_diffusion(kl_pipeline_path, tmp_path):
     run_generate(kl_pipeline_path, tmp_path, prompts=PROMPTS[:1], seed=5, steps=4)
     sd = StableDiffusionPipeline.from_pretrained(kl_pipeline_path, safety_checker=None)
     sd.set_progress_bar_config(disable=True)
-    from ldm.samplers import make_sampler
+    from ldm.sampling.samplers import make_sampler
 
     sd.scheduler = make_sampler("dpmsolver++", sd.scheduler.config)
     theirs = sd(PROMPTS[0], num_inference_steps=4, guidance_scale=4.0,
@@ -88,7 +95,7 @@ def test_bad_input_is_one_line_before_loading(kl_pipeline_path, tmp_path, monkey
     def no_loading(*_, **__):
         raise AssertionError("a model was loaded before the input was checked")
 
-    monkeypatch.setattr("ldm.pipeline_io.load_pipeline", no_loading)
+    monkeypatch.setattr("ldm.sampling.pipeline_io.load_pipeline", no_loading)
     (tmp_path / "NOT_AN_IMAGE").write_text("hello")
     (tmp_path / "empty.txt").write_text("\n\n")
     paths = {"PIPE": str(kl_pipeline_path), "NOWHERE": str(tmp_path / "nowhere"),

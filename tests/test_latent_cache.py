@@ -9,13 +9,13 @@ import torch
 from diffusion_fixtures import make_stage1_run
 from PIL import Image
 
+from ldm.components.conditioner import TextConditioner
+from ldm.components.frozen_autoencoder import FrozenAutoencoder
+from ldm.core.errors import LdmError
 from ldm.data.config import DataConfig
 from ldm.data.latent_cache import LatentCacheDataset, load_cache
 from ldm.data.latent_datamodule import LatentCacheDataModule
 from ldm.data.transforms import preprocess
-from ldm.errors import LdmError
-from ldm.models.conditioner import TextConditioner
-from ldm.models.frozen_autoencoder import FrozenAutoencoder
 
 
 def _datamodule(tmp_path, run, source=None, **data):

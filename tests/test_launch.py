@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ldm.data.shapes import make_shapes_dataset
+from ldm.data.shapes.generator import make_shapes_dataset
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -10,12 +10,18 @@ from eval_fixtures import tiny_clip
 from tiny import tiny_tokenizer
 from transformers import CLIPProcessor
 
-from ldm.clip_eval import clip_image_features, clip_text_features
-from ldm.errors import LdmError
-from ldm.metrics import psnr, ssim
-from ldm.models.clip import image_processor
-from ldm.sample_metrics import (ClipImageFeatures, check_inception, clip_score, extract, feature_label,
-                                fid_kid)
+from ldm.components.clip import clip_image_features, clip_text_features
+from ldm.core.errors import LdmError
+from ldm.metrics.image_quality import psnr, ssim
+from ldm.metrics.samples import (
+    ClipImageFeatures,
+    check_inception,
+    clip_score,
+    extract,
+    feature_label,
+    fid_kid,
+)
+from ldm.stages.clip.stage import image_processor
 
 
 def images(n=4, size=32, seed=0):

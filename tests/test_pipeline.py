@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
-
-from ldm.errors import LdmError
-from ldm.pipeline import LatentDiffusionPipeline
-from ldm.pipeline_io import check_pipeline_folder, load_pipeline
-from ldm.samplers import SAMPLERS, make_sampler
 from tiny import make_tiny_pipeline
+
+from ldm.core.errors import LdmError
+from ldm.sampling.pipeline import LatentDiffusionPipeline
+from ldm.sampling.pipeline_io import check_pipeline_folder, load_pipeline
+from ldm.sampling.samplers import SAMPLERS, make_sampler
 
 PROMPTS = ["a red circle", "a blue square on a black background"]
 
@@ -64,7 +64,7 @@ def test_image_does_not_depend_on_its_batch(kl_pipeline_path):
 
 
 def test_image_to_image_stays_near_the_init_image_at_low_strength(kl_pipeline_path):
-    from ldm.vae import encode
+    from ldm.components.autoencoder import encode
 
     pipe = quiet(load_pipeline(kl_pipeline_path))
     init = torch.rand(1, 3, 16, 16) * 2 - 1
@@ -108,7 +108,7 @@ def test_sampler_keeps_the_training_schedule_and_rejects_unknown_names(kl_pipeli
 
 
 def test_prompt_embeds_give_the_same_images_as_prompts(kl_pipeline_path):
-    from ldm.text import encode_prompts
+    from ldm.components.text_encoder import encode_prompts
 
     pipe = quiet(load_pipeline(kl_pipeline_path))
     kwargs = dict(num_inference_steps=2, guidance_scale=3.0, negative_prompt="green", output_type="np")

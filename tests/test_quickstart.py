@@ -7,8 +7,8 @@ import json
 
 from eval_fixtures import check_schema
 
+from ldm.apps.quickstart import DONE_DIR
 from ldm.cli import main
-from ldm.quickstart import DONE_DIR
 
 STEPS = ["data", "autoencoder", "clip", "diffusion", "samples", "walk", "evaluate"]
 
@@ -46,7 +46,7 @@ def test_tiny_quickstart_runs_every_step_then_skips_them(tmp_path, capsys):
 
 def test_a_changed_step_reruns_it_and_the_steps_after_it(tmp_path):
     """Only the fingerprint logic: the data step's settings change, so it reruns (nothing trains)."""
-    from ldm import quickstart
+    from ldm.apps import quickstart
 
     run = quickstart.Quickstart(tmp_path, quickstart.SCALES["tiny"])
     ran = []
@@ -68,17 +68,17 @@ def test_a_changed_step_reruns_it_and_the_steps_after_it(tmp_path):
 def test_an_interrupted_stage_resumes_and_a_changed_one_starts_over(tmp_path):
     import yaml
 
-    from ldm.config import to_dict
-    from ldm.quickstart import CONFIGS, STAGE_CONFIGS, _comparable, _prepare_stage_dir
-    from ldm.stages import load_config
+    from ldm.apps.quickstart import STAGE_CONFIGS, _comparable, _prepare_stage_dir
+    from ldm.core.config import packaged_configs, to_dict
+    from ldm.stages.registry import load_config
 
-    cfg = load_config(CONFIGS / STAGE_CONFIGS["autoencoder"], [f"run_dir={tmp_path}"])
+    cfg = load_config(packaged_configs() / STAGE_CONFIGS["autoencoder"], [f"run_dir={tmp_path}"])
     cfg.checkpoint_dir.mkdir(parents=True)
     (cfg.checkpoint_dir / "last.ckpt").write_bytes(b"")
     (cfg.stage_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
     _prepare_stage_dir(cfg, _comparable(to_dict(cfg)))
     assert cfg.train.ckpt_path == "last" and (cfg.checkpoint_dir / "last.ckpt").exists()
 
-    changed = load_config(CONFIGS / STAGE_CONFIGS["autoencoder"], [f"run_dir={tmp_path}", "train.lr=0.5"])
+    changed = load_config(packaged_configs() / STAGE_CONFIGS["autoencoder"], [f"run_dir={tmp_path}", "train.lr=0.5"])
     _prepare_stage_dir(changed, _comparable(to_dict(changed)))
     assert changed.train.ckpt_path is None and not changed.checkpoint_dir.exists()

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ldm.eval_results import Evaluation, Metric
-from ldm.plots import plot_losses
-from ldm.report import ReportContent, find_loss_curves, write_report
-from ldm.video import write_gif
+from ldm.apps.animate.video import write_gif
+from ldm.apps.report import ReportContent, find_loss_curves, write_report
+from ldm.metrics.results import Evaluation, Metric
+from ldm.stages.plots import plot_losses
 
 BROWSERS = ("chromium", "chromium-browser")
 # Appended to a copy of the report: after every image has settled, each gets data-ok="1" or "0".

@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from ldm.data.shapes import make_shapes_dataset
+from ldm.data.shapes.generator import make_shapes_dataset
 
 TOY = Path(__file__).with_name("toy_stage.py")
 

@@ -3,8 +3,16 @@ import re
 
 from PIL import Image
 
-from ldm.data.shapes import (BACKGROUNDS, COLOURS, HELD_OUT, POSITIONS, SHAPES, SIZES,
-                             held_out_prompts, make_shapes_dataset)
+from ldm.data.shapes.generator import (
+    BACKGROUNDS,
+    COLOURS,
+    HELD_OUT,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    held_out_prompts,
+    make_shapes_dataset,
+)
 
 
 def read_rows(folder):

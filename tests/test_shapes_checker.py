@@ -5,8 +5,8 @@ import json
 import numpy as np
 from PIL import Image
 
-from ldm.data.shapes import make_shapes_dataset
-from ldm.shapes_checker import prompt_fidelity, read_image
+from ldm.data.shapes.checker import prompt_fidelity, read_image
+from ldm.data.shapes.generator import make_shapes_dataset
 
 
 def test_checker_reads_real_held_out_images(tmp_path):

@@ -6,8 +6,12 @@ import pytest
 import torch
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from ldm.errors import LdmError
-from ldm.text import encode_prompts, load_text_encoder, train_tokenizer
+from ldm.components.text_encoder import (
+    encode_prompts,
+    load_text_encoder,
+    train_tokenizer,
+)
+from ldm.core.errors import LdmError
 
 CAPTIONS = [
     "a red circle in the top left on a black background",

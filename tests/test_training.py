@@ -1,8 +1,14 @@
 import pytest
 
+from ldm.core.errors import LdmError
 from ldm.data.config import DataConfig
-from ldm.errors import LdmError
-from ldm.training import RunConfig, TrainConfig, resolve_checkpoint, resolve_precision, resolve_processes
+from ldm.stages.trainer import (
+    RunConfig,
+    TrainConfig,
+    resolve_checkpoint,
+    resolve_precision,
+    resolve_processes,
+)
 
 
 def test_precision_follows_config_then_accelerate_then_fp32():

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from ldm import smoothness, video, walks
+from ldm.apps.animate import path as walks
+from ldm.apps.animate import video
+from ldm.metrics import smoothness
 
 
 def test_slerp_keeps_the_norm_of_gaussian_noise_and_hits_its_ends():

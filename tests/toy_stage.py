@@ -1,6 +1,6 @@
 """A tiny training run for the crash-and-resume tests: `python tests/toy_stage.py RUN DATA [kill_at]`.
 
-It trains through ldm.training.fit on the real datamodule, draws random numbers in training and in
+It trains through ldm.stages.trainer.fit on the real datamodule, draws random numbers in training and in
 validation (as the real stages do: noise, dropout, sampling), and can SIGKILL itself after a given
 step's checkpoint, so the test can check that resuming reproduces an uninterrupted run exactly.
 """
@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 
 from ldm.data.config import DataConfig
 from ldm.data.datamodule import ImageCaptionDataModule
-from ldm.training import RunConfig, TrainConfig, fit
+from ldm.stages.trainer import RunConfig, TrainConfig, fit
 
 
 class Toy(L.LightningModule):

@@ -1,1 +1,2 @@
-"""Data: loading image-caption datasets, transforms, synthetic shapes, and the Lightning datamodule."""
+"""Layer 2: image-caption data. Sources, decoding and transforms, datamodules, the exact-resume sampler,
+the latent cache, and the synthetic shapes data."""

@@ -18,11 +18,11 @@ import torch
 from datasets.distributed import split_dataset_by_node
 from torch.utils.data import DataLoader, DistributedSampler
 
+from ldm.core.errors import LdmError
 from ldm.data.config import DataConfig
 from ldm.data.sampler import ResumableShuffleSampler
 from ldm.data.sources import describe, drop_unreadable, load_source, open_image
 from ldm.data.transforms import preprocess
-from ldm.errors import LdmError
 
 STREAM_VAL_BATCHES = 2  # streamed data has no length: validate on the first few batches
 

@@ -29,13 +29,13 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from ldm.components.conditioner import TextConditioner
+from ldm.components.frozen_autoencoder import FrozenAutoencoder
+from ldm.core.atomic import atomic_folder
+from ldm.core.errors import LdmError
 from ldm.data.config import DataConfig
 from ldm.data.sources import open_image
 from ldm.data.transforms import preprocess
-from ldm.errors import LdmError
-from ldm.export import atomic_folder
-from ldm.models.conditioner import TextConditioner
-from ldm.models.frozen_autoencoder import FrozenAutoencoder
 
 CACHE_VERSION = 1  # bump when the layout of a cache changes, so old caches are not misread
 TEXT_BATCH = 256  # captions per text-encoder call while building

@@ -3,7 +3,7 @@
 `prepare_data` builds the cache if it does not exist yet. Lightning calls it on one process per
 node, before any process calls `setup`, with the others waiting at a barrier, so the encoders run
 once and every process then reads the same finished folder (the folder appears whole or not at
-all, through `ldm.export.atomic_folder`). `setup` opens the cache and holds out
+all, through `ldm.core.atomic.atomic_folder`). `setup` opens the cache and holds out
 `data.val_fraction` of it for validation, split by `data.seed`.
 
 Batches are dicts of `mean` (and `std` for KL) latent moments and `embeddings`, one caption's
@@ -18,14 +18,20 @@ import datasets
 import lightning as L
 from torch.utils.data import DataLoader
 
+from ldm.components.conditioner import TextConditioner
+from ldm.components.frozen_autoencoder import FrozenAutoencoder
+from ldm.core.errors import LdmError
 from ldm.data.config import DataConfig
 from ldm.data.datamodule import make_loader, validation_rows
-from ldm.data.latent_cache import (LatentCacheDataset, already_batched, build_cache, cached,
-                                   fingerprint, load_cache)
+from ldm.data.latent_cache import (
+    LatentCacheDataset,
+    already_batched,
+    build_cache,
+    cached,
+    fingerprint,
+    load_cache,
+)
 from ldm.data.sources import drop_unreadable, load_source
-from ldm.errors import LdmError
-from ldm.models.conditioner import TextConditioner
-from ldm.models.frozen_autoencoder import FrozenAutoencoder
 
 
 def check_cacheable(cfg: DataConfig) -> None:

@@ -20,8 +20,8 @@ from pathlib import Path
 import datasets
 from PIL import Image
 
+from ldm.core.errors import LdmError
 from ldm.data.config import DataConfig
-from ldm.errors import LdmError
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 READABLE = "_ldm_readable"

@@ -1,0 +1,1 @@
+"""Latent walks: path maths, renderers, frames on disk and videos, and the render itself."""

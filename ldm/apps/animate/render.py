@@ -1,0 +1,264 @@
+"""`ldm animate`: render a latent walk to numbered PNGs, a GIF and an MP4, resumably.
+
+    result = animate(WalkSettings(pipeline="runs/shapes/pipeline", out="walks/demo",
+                                  prompts=["a red circle", "a blue square"], seeds=[1, 2]))
+
+The output folder holds everything a render needs to resume:
+
+    OUT/settings.json          what the frames depend on; a rerun with other settings is an error
+    OUT/frames/frame_00000.png the walk's frames (plus times.json: each frame's timeline position)
+    OUT/even-motion/pass-N/    with --even-motion: the probe renders that placed the frames
+    OUT/walk.gif, walk.mp4     assembled from frames/ at the end of every run
+    OUT/smoothness.json        adjacent-frame distance: mean, max, coefficient of variation
+
+A rerun renders only the frames missing on disk (each PNG is written whole or not at all). Under
+`accelerate launch`, every process renders its share of the missing frames and the main process
+assembles the videos once all are done.
+
+Even motion: the walk is first rendered at evenly spaced positions (pass 0, which is also the
+"linear" baseline in the report); the distances between its frames give the path's arc length,
+and the next pass places frames at equal arc length (`ldm.apps.animate.path.even_times`). Each later pass
+refines the estimate with every frame rendered so far; the last pass is the walk itself.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ldm.apps.animate import path as walks
+from ldm.apps.animate import video
+from ldm.apps.animate.settings import (
+    SETTINGS_FILE,
+    WalkSettings,
+    check_saved_settings,
+    render_settings,
+    resolve,
+)
+from ldm.apps.processes import inference_processes
+from ldm.core.atomic import atomic_write_bytes
+from ldm.core.errors import LdmError
+from ldm.metrics import smoothness
+
+TIMES_FILE = "times.json"
+REPORT_FILE = "smoothness.json"
+FRAMES_DIR = "frames"
+PASSES_DIR = "even-motion"
+
+
+@dataclass
+class AnimationResult:
+    out: Path
+    frames: int  # frames in the walk
+    rendered: int  # frames rendered by this run (the rest were on disk, or copied from a probe pass)
+    gif: Path | None
+    mp4: Path | None
+    report: dict
+
+
+def _write_json(path: Path, data) -> None:
+    atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
+
+
+# ---- rendering -----------------------------------------------------------------------------------
+
+def build_renderer(s: WalkSettings, device):
+    """The walk's renderer, with its keyframes made (this is where models load)."""
+    from ldm.apps.animate import renderers
+
+    if not s.uses_diffusion:
+        vae, size = _load_autoencoder(s.pipeline, device)
+        return renderers.autoencoder_walk(vae, s.images, size, s.loop)
+    from ldm.sampling.pipeline_io import load_pipeline
+    from ldm.sampling.samplers import make_sampler
+
+    pipe = load_pipeline(s.pipeline, device=device)
+    pipe.scheduler = make_sampler(s.sampler, pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)  # the bar that counts is the one over frames
+    if s.kind == "image":
+        return renderers.image_walk(pipe, s.images, s.captions, s.negative_prompt, s.loop, s.steps, s.guidance)
+    prompts = s.prompts if s.kind == "prompt" else s.prompts * len(s.seeds)
+    return renderers.prompt_walk(pipe, prompts, s.seeds, s.negative_prompt, s.loop, s.steps, s.guidance)
+
+
+def _autoencoder_folder(path: str) -> Path:
+    """The autoencoder of RUN/pipeline (its vae/) or RUN/vae itself, or an LdmError."""
+    path = Path(path)
+    for folder in (path / "vae", path):
+        if (folder / "config.json").is_file():
+            return folder
+    raise LdmError(f"no autoencoder at {path}: expected RUN/pipeline (with vae/) or RUN/vae")
+
+
+def _load_autoencoder(path: str, device):
+    """(vae, image size): at the diffusion model's resolution when `path` is a pipeline."""
+    from ldm.components.autoencoder import downsampling_factor, load_vae
+
+    vae = load_vae(_autoencoder_folder(path)).to(device)
+    unet_config = Path(path) / "unet" / "config.json"
+    if unet_config.is_file():
+        return vae, json.loads(unet_config.read_text())["sample_size"] * downsampling_factor(vae)
+    return vae, vae.config.sample_size
+
+
+def frame_metadata(s: WalkSettings, position: float) -> dict[str, str]:
+    """PNG text: where the frame is on the walk and what made it."""
+    i, j, u = walks.locate(position, s.num_keyframes, s.loop)
+    meta = {"ldm_walk": s.kind, "position": f"{position:.6f}", "keyframes": f"{i} -> {j}", "u": f"{u:.6f}"}
+    if s.uses_diffusion:
+        prompts = s.prompts * s.num_keyframes if s.kind == "seed" else (s.prompts or s.captions)
+        meta["prompt"] = prompts[i] if u == 0 else f"{prompts[i]} -> {prompts[j]}"
+        if s.seeds:
+            meta["seed"] = str(s.seeds[i]) if u == 0 else f"{s.seeds[i]} -> {s.seeds[j]}"
+        meta.update(negative_prompt=s.negative_prompt, steps=str(s.steps), guidance=f"{s.guidance:g}",
+                    sampler=s.sampler)
+    if s.images:
+        meta["image"] = s.images[i] if u == 0 else f"{s.images[i]} -> {s.images[j]}"
+    return meta
+
+
+def render_pass(s: WalkSettings, renderer, times: list[float], folder: Path, state,
+                reuse: dict[float, Path], desc: str) -> int:
+    """Render the frames at `times` that `folder` lacks; returns how many were rendered.
+
+    Frames go in fixed batches of consecutive indices, so a resumed render batches them as the
+    first run did. A frame whose position was rendered in an earlier pass is copied, not rendered.
+    """
+    from tqdm.auto import tqdm
+
+    _check_times(folder, times, state)
+    done = video.existing_frames(folder)
+    missing = [i for i in range(len(times)) if i not in done]
+    if state.is_main_process:
+        video.remove_temporaries(folder)  # no process is writing yet: any there are from a killed run
+        for i in [i for i in missing if times[i] in reuse]:
+            atomic_write_bytes(video.frame_path(folder, i), reuse[times[i]].read_bytes())
+    state.wait_for_everyone()
+    missing = [i for i in missing if times[i] not in reuse]
+    wanted = set(missing)
+    batches = [[i for i in range(start, min(start + s.batch_size, len(times))) if i in wanted]
+               for start in range(0, len(times), s.batch_size)]
+    batches = [b for b in batches if b]
+    bar = tqdm(total=len(times), initial=len(times) - len(missing), desc=desc, unit="frame",
+               disable=not state.is_main_process)
+    with state.split_between_processes(batches) as mine:
+        for batch in mine:
+            frames = renderer.render([times[i] for i in batch])
+            for i, frame in zip(batch, frames):
+                video.save_frame(folder, i, frame, frame_metadata(s, times[i]))
+            bar.update(len(batch) * state.num_processes)
+    bar.close()
+    state.wait_for_everyone()
+    return len(missing)
+
+
+def _check_times(folder: Path, times: list[float], state) -> None:
+    """Frames already in `folder` must have been rendered at the same positions."""
+    path = folder / TIMES_FILE
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if len(saved) != len(times) or any(abs(a - b) > 1e-9 for a, b in zip(saved, times)):
+            raise LdmError(f"{folder} holds frames rendered at other positions on the walk; delete it "
+                           "to render it again")
+    elif state.is_main_process:
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_json(path, times)
+    state.wait_for_everyone()
+
+
+def frame_distance(s: WalkSettings) -> smoothness.FrameDistance:
+    if s.distance_model is None:
+        return smoothness.PIXEL_DISTANCE
+    return smoothness.clip_distance(str(Path(s.distance_model).resolve()))
+
+
+def next_times(s: WalkSettings, rendered: dict[float, Path]) -> list[float]:
+    """Even-motion positions from every frame rendered so far (position -> PNG)."""
+    positions = sorted(rendered)
+    frames = [video.read_frame(rendered[p]) for p in positions]
+    if s.loop:  # the closing segment ends where the walk began
+        positions.append(float(walks.segment_count(s.num_keyframes, s.loop)))
+        frames.append(frames[0])
+    gaps = frame_distance(s).consecutive(frames)
+    return walks.even_times(positions, gaps, s.num_keyframes, s.frames, s.loop)
+
+
+# ---- the whole render ----------------------------------------------------------------------------
+
+def animate(settings: WalkSettings) -> AnimationResult:
+    s = resolve(settings)
+    out = Path(s.out)
+    if s.uses_diffusion:
+        from ldm.sampling.pipeline_io import check_pipeline_folder
+
+        check_pipeline_folder(s.pipeline)
+    else:
+        _autoencoder_folder(s.pipeline)
+    current = render_settings(s)
+    state = inference_processes()
+    check_saved_settings(out, current)
+    state.wait_for_everyone()  # every process has checked before the main one writes
+    if state.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_json(out / SETTINGS_FILE, current)
+    state.wait_for_everyone()
+
+    renderer = build_renderer(s, state.device)
+    times = walks.linear_times(s.num_keyframes, s.frames, s.loop)
+    passes = s.even_passes if s.even_motion else 0
+    rendered_total, rendered_frames = 0, {}
+    for p in range(passes + 1):
+        last = p == passes
+        folder = out / FRAMES_DIR if last else out / PASSES_DIR / f"pass-{p}"
+        desc = "frames" if passes == 0 else f"{'frames' if last else 'probe'} (pass {p + 1}/{passes + 1})"
+        rendered_total += render_pass(s, renderer, times, folder, state, rendered_frames, desc)
+        rendered_frames.update({t: video.frame_path(folder, i) for i, t in enumerate(times)})
+        if not last:
+            times = next_times(s, rendered_frames)
+
+    result = AnimationResult(out, len(times), rendered_total, None, None, {})
+    if state.is_main_process:
+        result = _finish(s, out, len(times), rendered_total)
+    state.wait_for_everyone()
+    return result
+
+
+def _finish(s: WalkSettings, out: Path, count: int, rendered: int) -> AnimationResult:
+    """Videos and the smoothness report, from the frames on disk."""
+    frames = video.read_frames(out / FRAMES_DIR, count)
+    shown = video.enlarge(frames, s.video_scale)
+    gif = video.write_gif(shown, out / video.GIF_NAME, s.fps)
+    mp4 = video.write_mp4(shown, out / video.MP4_NAME, s.fps)
+    report = smoothness_report(s, out, frames)
+    _write_json(out / REPORT_FILE, report)
+    return AnimationResult(out, count, rendered, gif, mp4, report)
+
+
+def smoothness_report(s: WalkSettings, out: Path, frames) -> dict:
+    distance = frame_distance(s)
+    distances = smoothness.adjacent_distances(frames, s.loop, distance)
+    report = {"distance": distance.name, "frames": len(frames), "loop": s.loop,
+              "even_motion": s.even_motion, "walk": smoothness.summarize(distances)}
+    if s.loop:
+        report["walk"]["closing"] = distances[-1]  # last frame -> first, as the video repeats
+    if s.even_motion:
+        linear = out / PASSES_DIR / "pass-0"
+        count = len(walks.linear_times(s.num_keyframes, s.frames, s.loop))
+        linear_frames = video.read_frames(linear, count)
+        report["linear"] = smoothness.summarize(smoothness.adjacent_distances(linear_frames, s.loop, distance))
+        report["cv_ratio"] = report["walk"]["cv"] / max(report["linear"]["cv"], 1e-12)
+    return report
+
+
+def format_report(report: dict) -> str:
+    walk = report["walk"]
+    lines = [f"adjacent-frame distance ({report['frames']} frames): mean {walk['mean']:.4f}, "
+             f"max {walk['max']:.4f}, CV {walk['cv']:.3f}"]
+    if "closing" in walk:
+        lines.append(f"  loop closing step (last -> first): {walk['closing']:.4f}")
+    if "linear" in report:
+        linear = report["linear"]
+        lines.append(f"  linear spacing:  mean {linear['mean']:.4f}, max {linear['max']:.4f}, "
+                     f"CV {linear['cv']:.3f}   (even-motion CV / linear CV = {report['cv_ratio']:.2f})")
+    return "\n".join(lines)

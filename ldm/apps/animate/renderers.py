@@ -1,0 +1,121 @@
+"""Each walk kind as a renderer: keyframes made once, then frames at any position on the timeline.
+
+    renderer.render([0.0, 0.25, 0.5])  ->  three uint8 frames (H, W, 3)
+
+- `DiffusionWalk` (prompt, seed and image walks): text embeddings are lerped between keyframes,
+  starting noise is slerped, and each batch of frames goes through the pipeline in one call
+  (one UNet batch per sampler step). Keyframes come from prompts and seeds, or from the user's
+  images by DDIM inversion.
+- `AutoencoderWalk`: encoded images lerped in the stage-1 latent space and decoded, no diffusion.
+
+Frames depend only on their position, never on which batch they were rendered in (the samplers
+allowed are deterministic), which is what lets a render resume or be split across processes.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+
+from ldm.apps.animate import path as walks
+from ldm.components import autoencoder as vae_lib
+from ldm.components.text_encoder import encode_prompts
+from ldm.data.transforms import resize_and_crop, to_tensor
+from ldm.sampling.inversion import ddim_invert
+from ldm.sampling.pipeline import LatentDiffusionPipeline
+
+
+def to_uint8(images_unit: np.ndarray) -> np.ndarray:
+    """(B, H, W, 3) floats in [0, 1] -> uint8, rounded as diffusers' numpy_to_pil rounds."""
+    return (np.clip(images_unit, 0.0, 1.0) * 255).round().astype(np.uint8)
+
+
+def load_image_tensor(path: str | Path, size: int) -> torch.Tensor:
+    """An image file as a (1, 3, size, size) tensor in [-1, 1]: short side resized, centre-cropped."""
+    with Image.open(path) as image:
+        square = resize_and_crop(image, size, center_crop=True, rng=random.Random(0))
+    return to_tensor(square).unsqueeze(0)
+
+
+@dataclass
+class DiffusionWalk:
+    """Frames sampled by the pipeline from interpolated keyframe embeddings and noises."""
+
+    pipe: LatentDiffusionPipeline
+    embeddings: torch.Tensor  # (K, tokens, width): one text embedding per keyframe
+    noises: torch.Tensor  # (K, C, h, w): one starting noise per keyframe
+    negative: torch.Tensor  # (1, tokens, width): the negative prompt's embedding
+    loop: bool
+    steps: int
+    guidance: float
+
+    @torch.no_grad()
+    def render(self, times: list[float]) -> np.ndarray:
+        embeddings = walks.interpolate(self.embeddings, times, self.loop, "lerp")
+        noises = walks.interpolate(self.noises, times, self.loop, "slerp")
+        negative = self.negative.expand(len(times), -1, -1)
+        images = self.pipe(prompt_embeds=embeddings, negative_prompt_embeds=negative, latents=noises, num_inference_steps=self.steps, guidance_scale=self.guidance,
+                           output_type="np").images
+        return to_uint8(images)
+
+
+@dataclass
+class AutoencoderWalk:
+    """Frames decoded from lerped stage-1 latents (the autoencoder's latents are not Gaussian
+    noise on a sphere, so the straight line is the natural path between them)."""
+
+    vae: vae_lib.Autoencoder
+    latents: torch.Tensor  # (K, C, h, w) scaled latents of the keyframe images
+    loop: bool
+
+    @torch.no_grad()
+    def render(self, times: list[float]) -> np.ndarray:
+        latents = walks.interpolate(self.latents, times, self.loop, "lerp")
+        pixels = vae_lib.decode(self.vae, latents.to(self.vae.device, self.vae.dtype))
+        return to_uint8((pixels.float().cpu().permute(0, 2, 3, 1).numpy() + 1) / 2)
+
+
+def seed_noise(pipe: LatentDiffusionPipeline, seeds: list[int], height: int, width: int) -> torch.Tensor:
+    """(K, C, h, w) starting noise, one per seed, drawn exactly as the pipeline draws it for
+    `generator=torch.Generator().manual_seed(seed)`: a keyframe matches `ldm generate --seed`."""
+    f = pipe.vae_scale_factor
+    shape = (1, pipe.unet.config.in_channels, height // f, width // f)
+    return torch.cat([randn_tensor(shape, generator=torch.Generator().manual_seed(seed), dtype=pipe.unet.dtype)
+                      for seed in seeds]).to(pipe.device)
+
+
+def prompt_walk(pipe: LatentDiffusionPipeline, prompts: list[str], seeds: list[int], negative_prompt: str,
+                loop: bool, steps: int, guidance: float) -> DiffusionWalk:
+    """Keyframe k is prompts[k] with seeds[k] (a seed walk repeats one prompt)."""
+    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    order = list(dict.fromkeys(prompts + [negative_prompt]))  # each distinct text encoded once
+    table = encode_prompts(pipe.tokenizer, pipe.text_encoder, order)
+    embeddings = table[[order.index(p) for p in prompts]]
+    negative = table[[order.index(negative_prompt)]]
+    return DiffusionWalk(pipe, embeddings, seed_noise(pipe, seeds, size, size), negative, loop, steps, guidance)
+
+
+def image_walk(pipe: LatentDiffusionPipeline, images: list[str], captions: list[str], negative_prompt: str,
+               loop: bool, steps: int, guidance: float) -> DiffusionWalk:
+    """Keyframe k is images[k] inverted to noise by DDIM under its caption; the pipeline's
+    scheduler must already be DDIM with the same step count for the walk to pass through them."""
+    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    embeddings = encode_prompts(pipe.tokenizer, pipe.text_encoder, captions)
+    negative = encode_prompts(pipe.tokenizer, pipe.text_encoder, [negative_prompt])
+    pixels = torch.cat([load_image_tensor(path, size) for path in images]).to(pipe.device, pipe.vae.dtype)
+    latents = vae_lib.encode(pipe.vae, pixels)
+    noises = ddim_invert(pipe.unet, pipe.scheduler, latents, embeddings, steps)
+    return DiffusionWalk(pipe, embeddings, noises, negative, loop, steps, guidance)
+
+
+def autoencoder_walk(vae: vae_lib.Autoencoder, images: list[str], size: int, loop: bool) -> AutoencoderWalk:
+    pixels = torch.cat([load_image_tensor(path, size) for path in images]).to(vae.device, vae.dtype)
+    with torch.no_grad():
+        latents = vae_lib.encode(vae, pixels)
+    return AutoencoderWalk(vae, latents, loop)

@@ -1,0 +1,236 @@
+"""`ldm generate`: images from prompts with a trained RUN/pipeline, as PNGs with their settings.
+
+Every image has its own seed: image i of a prompt uses `seed + i`, drawn from its own generator,
+so any one image can be made again alone (`--seed 10 --n 1` remakes image 3 of `--seed 7 --n 4`).
+Files are named by prompt index and seed (`0002-seed10.png`) and carry prompt, negative prompt,
+seed, steps, guidance, sampler and model path as PNG text chunks (`read_metadata`).
+
+Under `accelerate launch`, the prompts are shared out among the processes; each writes only its own
+images, and the main process writes the contact sheet once all have finished.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
+
+from ldm.apps.processes import inference_processes
+from ldm.core.atomic import atomic_write_bytes
+from ldm.core.errors import LdmError
+from ldm.sampling.pipeline_io import check_pipeline_folder, vae_factor
+from ldm.sampling.samplers import DEFAULT_SAMPLER, check_sampler
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+GRID_NAME = "grid.png"
+
+
+@dataclass
+class GenerateOptions:
+    pipeline: str
+    prompts: list[str]
+    out: str | None = None  # default: samples/ beside the pipeline folder
+    n: int = 1
+    seed: int = 0
+    steps: int = 20
+    guidance: float = 5.0
+    negative: str = ""
+    sampler: str = DEFAULT_SAMPLER
+    eta: float = 0.0
+    height: int | None = None
+    width: int | None = None
+    init_image: str | None = None
+    strength: float = 0.8
+    batch_size: int = 8
+    device: str | None = None
+    dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    prompt_index: int
+    prompt: str
+    seed: int
+
+    @property
+    def file_name(self) -> str:
+        return f"{self.prompt_index:04d}-seed{self.seed}.png"
+
+
+# ---- reading and checking what the user asked for (before any model is loaded) ----------------
+
+def read_prompts(prompts: list[str], prompts_file: str | None) -> list[str]:
+    """The prompts given on the command line, then those of the file (one per line, blanks skipped)."""
+    prompts = [p for p in prompts if p.strip()]
+    if prompts_file:
+        path = Path(prompts_file)
+        if not path.is_file():
+            raise LdmError(f"prompts file not found: {path}")
+        prompts += [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    return prompts
+
+
+def check_options(opts: GenerateOptions) -> None:
+    """Raise LdmError for the first problem found; reads configs only, never weights."""
+    check_pipeline_folder(opts.pipeline)
+    if not opts.prompts:
+        raise LdmError("no prompts: give prompts as arguments or --prompts-file with one per line")
+    for name in ("n", "steps", "batch_size"):
+        if getattr(opts, name) < 1:
+            raise LdmError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(opts, name)}")
+    if opts.negative and opts.guidance <= 1:
+        raise LdmError(f"--negative needs --guidance above 1 (got {opts.guidance}): without guidance "
+                       "the negative prompt has no effect")
+    check_sampler(opts.sampler)
+    if opts.dtype not in DTYPES:
+        raise LdmError(f"unknown --dtype {opts.dtype!r}; choose one of: {', '.join(DTYPES)}")
+    if opts.device is not None:
+        try:
+            torch.device(opts.device)
+        except RuntimeError:
+            raise LdmError(f"--device {opts.device!r} is not a device torch knows (cpu, cuda, cuda:1, mps)") from None
+    factor = vae_factor(opts.pipeline)
+    for name in ("height", "width"):
+        size = getattr(opts, name)
+        if size is not None and (size < factor or size % factor):
+            raise LdmError(f"--{name} {size} is not a positive multiple of the autoencoder's "
+                           f"downsampling factor {factor}")
+    if opts.init_image is not None:
+        load_init_image(opts.init_image)
+        if not 0 < opts.strength <= 1:
+            raise LdmError(f"--strength must be in (0, 1], got {opts.strength}")
+
+
+def load_init_image(path: str) -> Image.Image:
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except FileNotFoundError:
+        raise LdmError(f"--init-image not found: {path}") from None
+    except (UnidentifiedImageError, OSError) as err:
+        raise LdmError(f"--init-image {path} is not an image PIL can read ({err})") from None
+
+
+def plan(opts: GenerateOptions) -> list[ImageJob]:
+    """Every image to make, in prompt order: prompt p, image i has seed `seed + i`."""
+    return [ImageJob(p, prompt, opts.seed + i) for p, prompt in enumerate(opts.prompts) for i in range(opts.n)]
+
+
+def output_folder(opts: GenerateOptions) -> Path:
+    return Path(opts.out) if opts.out else Path(opts.pipeline).resolve().parent / "samples"
+
+
+# ---- metadata ----------------------------------------------------------------------------------
+
+def image_metadata(opts: GenerateOptions, job: ImageJob) -> dict[str, str]:
+    meta = {"prompt": job.prompt, "negative_prompt": opts.negative, "seed": job.seed, "steps": opts.steps,
+            "guidance": opts.guidance, "sampler": opts.sampler,
+            "model": str(Path(opts.pipeline).resolve())}
+    if opts.sampler == "ddim":
+        meta["eta"] = opts.eta
+    if opts.init_image is not None:
+        meta.update(init_image=str(Path(opts.init_image).resolve()), strength=opts.strength)
+    return {key: str(value) for key, value in meta.items()}
+
+
+def png_bytes(image: Image.Image, metadata: dict[str, str]) -> bytes:
+    info = PngImagePlugin.PngInfo()
+    for key, value in metadata.items():
+        info.add_itxt(key, value)  # iTXt: UTF-8, so any prompt survives
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The settings a generated PNG was made with."""
+    with Image.open(path) as image:
+        return dict(image.text)
+
+
+# ---- generating ----------------------------------------------------------------------------------
+
+def generate(opts: GenerateOptions) -> list[Path]:
+    """Make the images of this process's share of the prompts; return the files it wrote."""
+    check_options(opts)
+    state = inference_processes(opts.device)
+    out = output_folder(opts)
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = plan(opts)
+    with state.split_between_processes(list(range(len(opts.prompts)))) as my_prompts:
+        my_prompts = set(my_prompts)
+    mine = [job for job in jobs if job.prompt_index in my_prompts]
+    written = _generate_jobs(opts, mine, out, device=_process_device(opts.device, state),
+                             show_progress=state.is_main_process) if mine else []
+    state.wait_for_everyone()
+    if state.is_main_process:
+        write_contact_sheet(opts, jobs, out)
+    return written
+
+
+def _process_device(device: str | None, state) -> torch.device:
+    """An explicit device index is obeyed; otherwise each process takes its own (cuda:rank)."""
+    if device is not None and torch.device(device).index is not None:
+        return torch.device(device)
+    return state.device
+
+
+def _generate_jobs(opts: GenerateOptions, jobs: list[ImageJob], out: Path, device,
+                   show_progress: bool) -> list[Path]:
+    from tqdm.auto import tqdm
+
+    from ldm.sampling.pipeline_io import load_pipeline
+    from ldm.sampling.samplers import make_sampler
+
+    pipe = load_pipeline(opts.pipeline, dtype=DTYPES[opts.dtype], device=device)
+    pipe.scheduler = make_sampler(opts.sampler, pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    factor = pipe.vae_scale_factor
+    height = opts.height or pipe.unet.config.sample_size * factor
+    width = opts.width or pipe.unet.config.sample_size * factor
+    init = None
+    if opts.init_image is not None:
+        init = load_init_image(opts.init_image).resize((width, height), Image.Resampling.LANCZOS)
+
+    written = []
+    with tqdm(total=len(jobs), unit="image", desc="generating", disable=not show_progress) as bar:
+        for start in range(0, len(jobs), opts.batch_size):
+            batch = jobs[start:start + opts.batch_size]
+            images = pipe(
+                [job.prompt for job in batch], height=height, width=width,
+                num_inference_steps=opts.steps, guidance_scale=opts.guidance,
+                negative_prompt=[opts.negative] * len(batch), eta=opts.eta,
+                # CPU generators: the same seed gives the same noise on any device
+                generator=[torch.Generator().manual_seed(job.seed) for job in batch],
+                image=init, strength=opts.strength,
+            ).images
+            for job, image in zip(batch, images):
+                path = out / job.file_name
+                atomic_write_bytes(path, png_bytes(image, image_metadata(opts, job)))
+                written.append(path)
+            bar.update(len(batch))
+    return written
+
+
+def _read_image(path: Path) -> Image.Image:
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+def write_contact_sheet(opts: GenerateOptions, jobs: list[ImageJob], out: Path) -> Path:
+    """out/grid.png: one row per prompt, the prompt written under its images."""
+    from ldm.core.contact_sheet import contact_sheet
+
+    rows = []
+    for index, prompt in enumerate(opts.prompts):
+        images = [_read_image(out / job.file_name) for job in jobs if job.prompt_index == index]
+        rows.append((f"{index}: {prompt}", images))
+    sheet = contact_sheet(rows)
+    buffer = io.BytesIO()
+    sheet.save(buffer, format="PNG")
+    path = out / GRID_NAME
+    atomic_write_bytes(path, buffer.getvalue())
+    return path

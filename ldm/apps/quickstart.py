@@ -1,0 +1,309 @@
+"""`ldm quickstart [OUT]`: the whole pipeline on synthetic shapes, on a CPU, ending in a report.
+
+    step         what                                              output (in OUT)
+    data         the shapes dataset (`ldm data shapes`)            data/
+    autoencoder  configs/autoencoder/kl_f4_shapes.yaml             vae/
+    clip         configs/clip/clip_shapes.yaml                     text_encoder/, tokenizer/, clip/
+    diffusion    configs/diffusion/ldm_shapes.yaml                 pipeline/
+    samples      images for the held-out prompts (`ldm generate`)  samples/grid.png
+    walk         a looping prompt walk (`ldm animate`)             walk/walk.gif
+    evaluate     `ldm evaluate` of the three                       evaluation.json
+    report       everything above on one page                      report.html
+
+The stages train with the project's own configs, only `run_dir` and the data (and the paths of the
+earlier stages' exports) pointing into OUT; the `tiny` scale also cuts every step count to a few,
+for tests. Each step leaves a record, OUT/done/<step>.json, holding a fingerprint of what the step
+was made from: its settings or resolved stage config, and the fingerprints of the steps it reads.
+A rerun skips every step whose record matches and whose outputs are there; a changed config
+reruns its stage and everything after it. A training stage that was interrupted resumes from its
+last checkpoint when its config is unchanged, and starts over when it changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ldm.core.config import packaged_configs
+from ldm.core.errors import LdmError
+
+STAGE_CONFIGS = {
+    "autoencoder": "autoencoder/kl_f4_shapes.yaml",
+    "clip": "clip/clip_shapes.yaml",
+    "diffusion": "diffusion/ldm_shapes.yaml",
+}
+DONE_DIR = "done"
+HEADLINE = ("prompt_fidelity", "fid", "fid_clip", "psnr", "walk_cv")  # figures shown first, in this order
+IMAGE_SIZE = 32
+DATA_SEED = 0
+SAMPLE_SEED = 0
+GUIDANCE = 4.0
+# A loop through three prompts of combinations that training saw.
+WALK_PROMPTS = ["a red circle in the top left", "a yellow square in the bottom right",
+                "a blue triangle in the top right"]
+
+
+@dataclass(frozen=True)
+class Scale:
+    images: int  # training images of the shapes data
+    test_images: int | None  # held-out images (None: the shapes default, max(64, images / 5))
+    overrides: dict[str, tuple[str, ...]]  # stage -> extra config overrides
+    images_per_prompt: int
+    sampling_steps: int
+    walk_frames: int  # per segment of the walk
+
+
+SCALES = {
+    # The 15-minute budget of a quiet 2-core CPU, install included: data 5 s, autoencoder 1000
+    # steps in about 2.3 min, CLIP 2300 steps in 2.5 min, diffusion 4500 steps of 64 in about 7 min, with
+    # loading, caching and exporting; samples + walk + evaluation + report under a minute. Step
+    # counts, not time limits, end each stage, so that its learning-rate schedule runs to its end
+    # (an autoencoder cut mid-cosine reconstructs ~1 dB worse); `train.max_minutes` is only a
+    # guard for a slower machine.
+    "toy": Scale(images=10000, test_images=None,
+                 overrides={"autoencoder": ("train.max_steps=1000", "train.max_minutes=3"),
+                            "clip": ("train.max_minutes=3",),
+                            "diffusion": ("train.max_steps=4500", "train.max_minutes=8")},
+                 images_per_prompt=16, sampling_steps=20, walk_frames=8),
+    # Seconds per stage, for tests: every number as small as the code accepts.
+    "tiny": Scale(images=48, test_images=16,
+                  overrides={"autoencoder": ("train.max_steps=2", "data.batch_size=16", "latent_scale.samples=16",
+                                             "train.log_every_n_steps=1"),
+                             "clip": ("train.max_steps=2", "data.batch_size=16", "train.log_every_n_steps=1"),
+                             "diffusion": ("train.max_steps=2", "data.batch_size=16", "samples.prompts=[]",
+                                           "train.log_every_n_steps=1")},
+                  images_per_prompt=1, sampling_steps=2, walk_frames=2),
+}
+
+
+@dataclass
+class StepResult:
+    name: str
+    status: str  # "done" (ran now) or "skipped"
+    seconds: float
+    output: str
+
+
+@dataclass
+class Quickstart:
+    out: Path
+    scale: Scale
+    results: list[StepResult] = field(default_factory=list)
+    fingerprints: dict[str, str] = field(default_factory=dict)
+
+    # ---- bookkeeping ---------------------------------------------------------------------------
+
+    def path(self, *parts: str) -> Path:
+        return self.out.joinpath(*parts)
+
+    def step(self, name: str, settings, reads: list[str], outputs: list[Path], what: str,
+             work: Callable[[], None]) -> bool:
+        """Run `work` unless OUT/done/<name>.json records the same fingerprint; True if it ran."""
+        number = len(self.results) + 1
+        fingerprint = _fingerprint([name, settings, [self.fingerprints[r] for r in reads]])
+        self.fingerprints[name] = fingerprint
+        record = self.path(DONE_DIR, f"{name}.json")
+        output = ", ".join(str(p) for p in outputs)
+        done = _recorded(record)
+        if done.get("fingerprint") == fingerprint and all(p.exists() for p in outputs):
+            print(f"[{number}] {name}: already done, skipped ({output})")
+            took = f", took {_duration(done['seconds'])}" if "seconds" in done else ""
+            self.results.append(StepResult(name, f"done earlier{took}; skipped", 0.0, output))
+            return False
+        print(f"[{number}] {name}: {what}")
+        start = time.perf_counter()
+        work()
+        seconds = time.perf_counter() - start
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps({"fingerprint": fingerprint, "seconds": round(seconds, 1)}) + "\n")
+        print(f"[{number}] {name}: done in {_duration(seconds)} -> {output}")
+        self.results.append(StepResult(name, f"ran in {_duration(seconds)}", seconds, output))
+        return True
+
+    # ---- the steps -----------------------------------------------------------------------------
+
+    def data(self) -> None:
+        from ldm.data.shapes.generator import make_shapes_dataset
+
+        s = self.scale
+        folder = self.path("data")
+
+        def work():
+            shutil.rmtree(folder, ignore_errors=True)  # a smaller dataset must not keep extra files
+            make_shapes_dataset(folder, n=s.images, size=IMAGE_SIZE, seed=DATA_SEED, n_test=s.test_images)
+
+        settings = {"n": s.images, "n_test": s.test_images, "size": IMAGE_SIZE, "seed": DATA_SEED}
+        self.step("data", settings, [], [folder / "train" / "metadata.jsonl", folder / "test" / "metadata.jsonl"],
+                  f"writing {s.images} training images of coloured shapes and the held-out combinations", work)
+
+    def stage(self, name: str, reads: list[str], outputs: list[str], what: str) -> None:
+        from ldm.core.config import to_dict
+        from ldm.stages.registry import load_config, stage_module
+
+        config_path = packaged_configs() / STAGE_CONFIGS[name]
+        cfg = load_config(config_path, self.stage_overrides(name))
+        settings = _comparable(to_dict(cfg))
+
+        def work():
+            _prepare_stage_dir(cfg, settings)
+            stage_module(cfg.stage).train(cfg)
+
+        self.step(name, settings, reads, [self.path(o) for o in outputs],
+                  f"{what} with {config_path} (logs in {cfg.stage_dir})", work)
+
+    def stage_overrides(self, name: str) -> list[str]:
+        out = self.out.resolve()
+        common = [f"run_dir={out}", f"data.source={out / 'data'}"]
+        if name == "diffusion":
+            common += [f"vae={out / 'vae'}", f"text_encoder={out}"]
+        return common + list(self.scale.overrides.get(name, ()))
+
+    def samples(self) -> None:
+        from ldm.apps.evaluate import generate_samples, held_out_requests
+
+        prompts, _ = held_out_requests()
+        folder = self.path("samples")
+        s = self.scale
+        settings = {"n": s.images_per_prompt, "steps": s.sampling_steps, "guidance": GUIDANCE, "seed": SAMPLE_SEED}
+
+        def work():
+            shutil.rmtree(folder, ignore_errors=True)
+            generate_samples(str(self.path("pipeline")), prompts, folder, s.images_per_prompt, SAMPLE_SEED,
+                             s.sampling_steps, GUIDANCE)
+
+        self.step("samples", settings, ["diffusion"], [folder / "grid.png"],
+                  f"generating {s.images_per_prompt} images for each of the {len(prompts)} held-out prompts", work)
+
+    def walk(self) -> None:
+        from ldm.apps.animate.render import WalkSettings, animate
+
+        folder = self.path("walk")
+        s = self.scale
+        walk = WalkSettings(pipeline=str(self.path("pipeline")), out=str(folder), kind="prompt",
+                            prompts=WALK_PROMPTS, frames=s.walk_frames, loop=True, steps=s.sampling_steps,
+                            guidance=GUIDANCE, fps=8.0, video_scale=4)
+
+        def work():
+            shutil.rmtree(folder, ignore_errors=True)  # frames of an older pipeline must not be reused
+            animate(walk)
+
+        self.step("walk", {"prompts": WALK_PROMPTS, "frames": s.walk_frames, "steps": s.sampling_steps},
+                  ["diffusion"], [folder / "walk.gif"], "rendering a looping walk through three prompts", work)
+
+    def evaluate(self) -> list:
+        from ldm.apps import evaluate
+        from ldm.metrics.results import format_table, read_json, write_json
+
+        path = self.path("evaluation.json")
+        s = self.scale
+
+        def work():
+            results = [
+                evaluate.evaluate_autoencoder(str(self.path("vae")), str(self.path("data")),
+                                              grid=self.path("reconstructions.png")),
+                evaluate.evaluate_diffusion(str(self.path("pipeline")), str(self.path("data")),
+                                            clip=str(self.path("clip")), n=s.images_per_prompt,
+                                            seed=SAMPLE_SEED, steps=s.sampling_steps, guidance=GUIDANCE,
+                                            samples=self.path("samples"), generate=False),
+                evaluate.evaluate_walk(self.path("walk")),
+            ]
+            write_json(results, path)
+
+        self.step("evaluate", {}, ["autoencoder", "diffusion", "samples", "walk"],
+                  [path, self.path("reconstructions.png")],
+                  "measuring reconstructions, prompt fidelity, CLIP score, FID/KID and walk smoothness", work)
+        results = read_json(path)
+        print(format_table(results))
+        return results
+
+    def report(self, evaluations: list) -> Path:
+        from ldm.apps.report import ReportContent, find_loss_curves, write_report
+        from ldm.metrics.results import format_value
+
+        figures = {m.key: (e.kind, m.name, format_value(m)) for e in evaluations for m in e.metrics}
+        content = ReportContent(
+            title="ldm quickstart",
+            intro=(f"Synthetic shapes ({self.scale.images} training images, {IMAGE_SIZE} px): a KL f=4 "
+                   "autoencoder, a small CLIP and a text-conditioned latent diffusion UNet, trained on "
+                   "this machine's CPU, then asked for colour, shape and position combinations that "
+                   "training never showed."),
+            headline=[figures[key] for key in HEADLINE if key in figures],
+            samples=self.path("samples", "grid.png"),
+            samples_caption="held-out prompts: colour, shape and position combinations never shown in "
+                            f"training; {self.scale.images_per_prompt} seeds each",
+            reconstructions=self.path("reconstructions.png"),
+            animation=self.path("walk", "walk.gif"),
+            animation_caption="a looping walk: " + " -> ".join(WALK_PROMPTS),
+            loss_curves=find_loss_curves(self.out),
+            evaluations=evaluations,
+            steps=[(r.name, r.status, r.output) for r in self.results])
+        return write_report(content, self.path("report.html"))
+
+
+# ---- helpers -------------------------------------------------------------------------------------
+
+def _fingerprint(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _recorded(record: Path) -> dict:
+    """What OUT/done/<step>.json says ({} when there is none or it is unreadable)."""
+    try:
+        done = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return {}
+    return done if isinstance(done, dict) else {}
+
+
+def _comparable(config: dict) -> dict:
+    """A resolved stage config without what does not change the result (where to resume from)."""
+    config = json.loads(json.dumps(config))
+    config["train"].pop("ckpt_path", None)
+    return config
+
+
+def _prepare_stage_dir(cfg, settings: dict) -> None:
+    """Resume an interrupted run of the same config; clear the checkpoints of another config."""
+    import yaml
+
+    from ldm.stages.trainer import LAST
+
+    if not (cfg.checkpoint_dir / f"{LAST}.ckpt").exists():
+        return
+    saved = cfg.stage_dir / "config.yaml"
+    if saved.is_file() and _comparable(yaml.safe_load(saved.read_text())) == settings:
+        print(f"  resuming the interrupted run in {cfg.stage_dir}")
+        cfg.train.ckpt_path = LAST
+    else:
+        print(f"  the config changed since {cfg.stage_dir} was trained: starting over")
+        shutil.rmtree(cfg.checkpoint_dir)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds // 60:.0f} min {seconds % 60:02.0f} s"
+
+
+def quickstart(out: str | Path = "quickstart", scale: str = "toy") -> Path:
+    """Run every step not yet done; returns the report's path."""
+    if scale not in SCALES:
+        raise LdmError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
+    run = Quickstart(Path(out), SCALES[scale])
+    start = time.perf_counter()
+    run.data()
+    run.stage("autoencoder", ["data"], ["vae/config.json"], "training the KL f=4 autoencoder")
+    run.stage("clip", ["data"], ["clip/config.json", "text_encoder/config.json", "tokenizer"],
+              "training a small CLIP and its tokenizer on the captions")
+    run.stage("diffusion", ["data", "autoencoder", "clip"], ["pipeline/model_index.json"],
+              "training the text-conditioned latent diffusion UNet")
+    run.samples()
+    run.walk()
+    evaluations = run.evaluate()
+    report = run.report(evaluations)
+    print(f"[{len(run.results) + 1}] report: {report} (open it in a browser); "
+          f"quickstart took {_duration(time.perf_counter() - start)}")
+    return report

@@ -1,0 +1,173 @@
+"""The text side of the pipeline: a CLIP tokenizer and text encoder, and prompts as embeddings.
+
+Every later stage conditions on CLIP text embeddings made the same way, here:
+
+    tokenizer, text_encoder = load_text_encoder("runs/shapes")      # RUN, pipeline, or CLIP folder
+    embeddings = encode_prompts(tokenizer, text_encoder, ["a red circle", ""])   # (2, 77, hidden)
+
+`train_tokenizer` builds a CLIP-style tokenizer from the user's own captions, for the CLIP that
+stage 1b trains when no pretrained one is available.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer
+from tokenizers.models import BPE
+from tokenizers.pre_tokenizers import ByteLevel
+from tokenizers.trainers import BpeTrainer
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from ldm.core.errors import LdmError
+from ldm.data.sources import HUB_NAME
+
+BOS = "<|startoftext|>"
+EOS = "<|endoftext|>"  # also CLIP's padding and unknown token
+END_OF_WORD = "</w>"
+MAX_LENGTH = 77  # CLIP's context length, and what Stable Diffusion pads every prompt to
+TEXT_ENCODER = "text_encoder"
+TOKENIZER = "tokenizer"
+PROMPT_IN_WARNING = 60  # characters of a truncated prompt quoted in the warning
+
+
+def train_tokenizer(captions: Iterable[str], vocab_size: int,
+                    model_max_length: int = MAX_LENGTH) -> CLIPTokenizer:
+    """A CLIP-style byte-level BPE learned from `captions`, as a transformers `CLIPTokenizer`.
+
+    The vocabulary is laid out as OpenAI's CLIP lays out its own: the 256 byte symbols, the same
+    with the end-of-word suffix `</w>`, the merged tokens in the order they were learned, then
+    `<|startoftext|>` and `<|endoftext|>`. Because every byte is in the vocabulary (at a word's end
+    or not), any text encodes, even words never seen in the captions. `vocab_size` is an upper
+    bound: a small caption set may run out of pairs worth merging first.
+    """
+    # Lowercasing, whitespace folding and CLIP's word-splitting regex: taken from transformers'
+    # own CLIPTokenizer, so that training splits words exactly as the saved tokenizer will.
+    template = CLIPTokenizer().backend_tokenizer
+    alphabet = ByteLevel.alphabet()
+    base = sorted(alphabet) + [symbol + END_OF_WORD for symbol in sorted(alphabet)]
+    if vocab_size < len(base) + 2:
+        raise LdmError(f"tokenizer vocab_size={vocab_size} is too small: a byte-level BPE needs at "
+                       f"least {len(base) + 2} tokens (the bytes, with and without {END_OF_WORD}, "
+                       "and the two special tokens)")
+    bpe = Tokenizer(BPE(unk_token=EOS, end_of_word_suffix=END_OF_WORD))
+    bpe.normalizer = template.normalizer
+    bpe.pre_tokenizer = template.pre_tokenizer
+    trainer = BpeTrainer(vocab_size=vocab_size, initial_alphabet=alphabet, special_tokens=[],
+                         end_of_word_suffix=END_OF_WORD, show_progress=False)
+    bpe.train_from_iterator(captions, trainer)
+
+    vocab = {token: index for index, token in enumerate(base)}
+    merges = []
+    for left, right in _learned_merges(bpe):
+        if len(vocab) >= vocab_size - 2:
+            break
+        merges.append((left, right))
+        vocab.setdefault(left + right, len(vocab))
+    for special in (BOS, EOS):
+        vocab[special] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+
+
+def _learned_merges(bpe: Tokenizer) -> list[tuple[str, str]]:
+    """The trained BPE's merges, in the order learned (the model's JSON lists them so)."""
+    import json
+
+    merges = json.loads(bpe.to_str())["model"]["merges"]
+    return [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in merges]
+
+
+def load_text_encoder(path_or_hub_id: str | Path, dtype: torch.dtype | None = None
+                      ) -> tuple[CLIPTokenizer, CLIPTextModel]:
+    """(tokenizer, text encoder), the encoder frozen and in eval mode.
+
+    Accepts a folder with `text_encoder/` and `tokenizer/` subfolders (a run folder or a pipeline
+    folder), a plain CLIP folder (CLIPTextModel or full CLIPModel weights with the tokenizer files
+    beside them), or a hub id such as `openai/clip-vit-large-patch14` (needs the network).
+    """
+    path = Path(path_or_hub_id).expanduser()
+    if path.is_dir():
+        encoder_dir, tokenizer_dir = _local_folders(path)
+        try:
+            tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
+            text_encoder = CLIPTextModel.from_pretrained(encoder_dir, dtype=dtype, use_safetensors=True)
+        except (OSError, ValueError) as err:
+            raise LdmError(f"cannot load the CLIP text encoder from {path}: {_first_line(err)}") from None
+    elif HUB_NAME.match(str(path_or_hub_id)) and not str(path_or_hub_id).startswith("."):
+        tokenizer, text_encoder = _load_from_hub(str(path_or_hub_id), dtype)
+    else:
+        raise LdmError(f"text encoder folder not found: {path_or_hub_id}")
+    positions = text_encoder.config.max_position_embeddings
+    if tokenizer.model_max_length > positions:
+        raise LdmError(f"{path_or_hub_id}: the tokenizer pads prompts to {tokenizer.model_max_length} "
+                       f"tokens but the text encoder has only {positions} positions")
+    text_encoder.requires_grad_(False)
+    return tokenizer, text_encoder.eval()
+
+
+def _local_folders(path: Path) -> tuple[Path, Path]:
+    """Where the encoder and the tokenizer are in a local folder, or an error naming what is missing."""
+    if (path / TEXT_ENCODER).is_dir() or (path / TOKENIZER).is_dir():
+        for sub in (TEXT_ENCODER, TOKENIZER):
+            if not (path / sub).is_dir():
+                raise LdmError(f"{path} has no {sub}/ folder: a run or pipeline folder needs both "
+                               f"{TEXT_ENCODER}/ and {TOKENIZER}/ (train stage 1b first)")
+        return path / TEXT_ENCODER, path / TOKENIZER
+    if not (path / "config.json").is_file():
+        raise LdmError(f"no text encoder in {path}: expected {TEXT_ENCODER}/ and {TOKENIZER}/ folders "
+                       "(a run or pipeline folder) or a CLIP model folder with config.json")
+    if not any((path / name).is_file() for name in ("tokenizer.json", "vocab.json")):
+        raise LdmError(f"{path} holds a model but no tokenizer (tokenizer.json or vocab.json + merges.txt)")
+    return path, path
+
+
+def _load_from_hub(hub_id: str, dtype) -> tuple[CLIPTokenizer, CLIPTextModel]:
+    """A CLIP repository, or a diffusers pipeline repository with text_encoder/ and tokenizer/."""
+    errors = []
+    for encoder_sub, tokenizer_sub in (("", ""), (TEXT_ENCODER, TOKENIZER)):
+        try:
+            tokenizer = CLIPTokenizer.from_pretrained(hub_id, subfolder=tokenizer_sub)
+            return tokenizer, CLIPTextModel.from_pretrained(hub_id, subfolder=encoder_sub, dtype=dtype)
+        except Exception as err:  # the hub raises many types: offline, not found, gated
+            errors.append(f"{type(err).__name__}: {_first_line(err)}")
+    raise LdmError(f"'{hub_id}' is not a local folder, and loading it from the hub failed: {errors[0]}")
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def tokenize_prompts(tokenizer: CLIPTokenizer, prompts: list[str]) -> torch.Tensor:
+    """Token ids (B, max_length), padded with the end token; long prompts truncated with a warning."""
+    max_length = tokenizer.model_max_length
+    # One token more than fits tells which prompts lose words, without transformers' own warning.
+    lengths = [len(ids) for ids in tokenizer(list(prompts), truncation=True, max_length=max_length + 1)
+               ["input_ids"]]
+    too_long = [prompt for prompt, n in zip(prompts, lengths) if n > max_length]
+    if too_long:
+        first = too_long[0]
+        quoted = first if len(first) <= PROMPT_IN_WARNING else first[:PROMPT_IN_WARNING] + "..."
+        others = f" (and {len(too_long) - 1} more)" if len(too_long) > 1 else ""
+        warnings.warn(f"prompt '{quoted}'{others} is longer than the text encoder's {max_length} "
+                      "tokens: the end is cut off", stacklevel=3)
+    return tokenizer(list(prompts), padding="max_length", truncation=True, max_length=max_length,
+                     return_tensors="pt")["input_ids"]
+
+
+@torch.no_grad()
+def encode_prompts(tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel,
+                   prompts: list[str]) -> torch.Tensor:
+    """Prompts as the diffusion model's conditioning: CLIP's last hidden state (B, max_length, hidden).
+
+    As in Stable Diffusion, every prompt is padded to the tokenizer's max length and no attention
+    mask is passed (CLIP's causal mask already keeps padding from changing the prompt's tokens).
+    The empty prompt "" gives the unconditional embedding used for classifier-free guidance.
+    """
+    if isinstance(prompts, str):
+        raise TypeError("encode_prompts takes a list of prompts, not one string")
+    ids = tokenize_prompts(tokenizer, prompts).to(text_encoder.device)
+    return text_encoder(input_ids=ids).last_hidden_state

@@ -1,0 +1,1 @@
+"""The synthetic shapes data: its vocabulary, the generator, and the checker that reads attributes back."""

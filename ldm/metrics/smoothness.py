@@ -1,0 +1,96 @@
+"""How smoothly a walk moves: the distance between adjacent frames, and its summary.
+
+The distance is a multi-scale pixel distance: the RMS difference of two frames averaged over an
+image pyramid (full size, 1/2, 1/4, 1/8 by 2x2 box averaging). Why this one:
+
+- it needs no weights: LPIPS and CLIP image features would need a download (or a vision tower
+  that RUN/pipeline does not hold), and the walk must be measurable offline for any pipeline;
+- the coarse levels measure what a viewer reads as motion (shapes moving, colours changing) and
+  are blind to the pixel-level flicker that dominates a plain full-size RMS on diffusion samples;
+  the full-size level still counts texture changes;
+- it is cheap, deterministic and symmetric, so even-motion re-spacing can call it on every pair
+  of probe frames, and the same number is what the smoothness report states.
+
+With a CLIP folder (RUN/clip, or a local pretrained CLIP), `clip_distance` measures instead the
+chord distance between unit-length CLIP image embeddings: closer to what the picture shows than
+to its pixels, at the price of loading a vision model.
+
+The coefficient of variation (std / mean) of adjacent-frame distances is the report's headline:
+0 means every frame moves as much as the next; a walk that crawls and then jumps scores high.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+PYRAMID_LEVELS = 4
+DISTANCE_NAME = f"multi-scale RMS pixel distance ({PYRAMID_LEVELS}-level 2x2 pyramid, pixels in [0, 1])"
+
+
+def _pyramid(frame: np.ndarray) -> list[np.ndarray]:
+    image = frame.astype(np.float64) / 255.0
+    levels = [image]
+    for _ in range(PYRAMID_LEVELS - 1):
+        h, w = image.shape[0] // 2 * 2, image.shape[1] // 2 * 2
+        if h < 2 or w < 2:
+            break
+        image = image[:h, :w].reshape(h // 2, 2, w // 2, 2, -1).mean(axis=(1, 3))
+        levels.append(image)
+    return levels
+
+
+def frame_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Multi-scale RMS distance between two uint8 frames (H, W, 3); 0 for identical frames."""
+    if a.shape != b.shape:
+        raise ValueError(f"frames differ in shape: {a.shape} and {b.shape}")
+    return float(np.mean([np.sqrt(np.mean((x - y) ** 2)) for x, y in zip(_pyramid(a), _pyramid(b))]))
+
+
+@dataclass(frozen=True)
+class FrameDistance:
+    """A way to measure motion: its name (for reports) and the distances along a frame sequence."""
+
+    name: str
+    consecutive: Callable[[Sequence[np.ndarray]], list[float]]  # frames -> len(frames) - 1 distances
+
+
+def _pixel_consecutive(frames: Sequence[np.ndarray]) -> list[float]:
+    return [frame_distance(a, b) for a, b in zip(frames[:-1], frames[1:])]
+
+
+PIXEL_DISTANCE = FrameDistance(DISTANCE_NAME, _pixel_consecutive)
+
+
+@lru_cache(maxsize=2)
+def clip_distance(clip_folder: str) -> FrameDistance:
+    """Chord distance |f(a) - f(b)| between unit CLIP image embeddings (0 to 2), model loaded once."""
+    import torch
+
+    from ldm.components.clip import clip_image_features, load_clip
+
+    clip, processor = load_clip(clip_folder)
+
+    def consecutive(frames: Sequence[np.ndarray]) -> list[float]:
+        pixels = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        features = torch.cat([clip_image_features(clip, chunk, processor) for chunk in pixels.split(32)])
+        return (features[1:] - features[:-1]).norm(dim=-1).tolist()
+
+    return FrameDistance(f"CLIP image-feature chord distance ({clip_folder})", consecutive)
+
+
+def adjacent_distances(frames: Sequence[np.ndarray], loop: bool,
+                       distance: FrameDistance = PIXEL_DISTANCE) -> list[float]:
+    """Distances between consecutive frames; a loop adds the closing last -> first step."""
+    return distance.consecutive(list(frames) + ([frames[0]] if loop else []))
+
+
+def summarize(distances: Sequence[float]) -> dict[str, float]:
+    """Mean, max and coefficient of variation (std / mean) of adjacent-frame distances."""
+    d = np.asarray(distances, dtype=np.float64)
+    mean = float(d.mean())
+    return {"steps": len(d), "mean": mean, "max": float(d.max()), "min": float(d.min()),
+            "cv": float(d.std() / mean) if mean > 0 else 0.0}

@@ -1,0 +1,222 @@
+"""The project's diffusers pipeline: prompts in, images out, with a KL or a VQ autoencoder.
+
+    pipe = load_pipeline("runs/shapes/pipeline")
+    images = pipe(["a red circle"], num_inference_steps=20, guidance_scale=5.0,
+                  generator=[torch.Generator().manual_seed(0)]).images
+
+`LatentDiffusionPipeline.__call__` follows `diffusers.StableDiffusionPipeline` step for step (the
+same latent initialisation, model-input scaling, guidance formula and decoding), so a KL pipeline
+gives the same image as Stable Diffusion's for the same seed and scheduler. What Stable Diffusion's
+class lacks and this one adds: a VQ autoencoder (decoded through `ldm.components.autoencoder`), image-to-image in the
+same call (`image=`, `strength=`, as `StableDiffusionImg2ImgPipeline` does it), and prompts that
+repeat in a batch encoded once each, and the text's cross-attention keys and values computed once
+per call instead of once per step (`ldm.sampling.attention_cache`).
+
+Export and loading live in `ldm.sampling.pipeline_io`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+import PIL.Image
+import torch
+from diffusers import DiffusionPipeline, ImagePipelineOutput, UNet2DConditionModel
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.schedulers import SchedulerMixin
+from diffusers.utils.torch_utils import randn_tensor
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from ldm.components import autoencoder as vae_lib
+from ldm.components.text_encoder import encode_prompts
+from ldm.sampling.attention_cache import text_keys_values_cached
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+Generators = torch.Generator | list[torch.Generator] | None
+
+
+class LatentDiffusionPipeline(DiffusionPipeline):
+    """Text-to-image (and image-to-image) with a CLIP text encoder, a UNet and a KL or VQ autoencoder."""
+
+    model_cpu_offload_seq = "text_encoder->unet->vae"
+
+    def __init__(self, vae: vae_lib.Autoencoder, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
+                 unet: UNet2DConditionModel, scheduler: SchedulerMixin):
+        super().__init__()
+        self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                              scheduler=scheduler)
+        self.vae_scale_factor = vae_lib.downsampling_factor(vae)
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+
+    # ---- conditioning ---------------------------------------------------------------------------
+
+    def encode_prompt(self, prompts: list[str], negative_prompts: list[str] | None,
+                      num_images_per_prompt: int, guidance: bool
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(prompt embeddings, negative embeddings), one row per image.
+
+        Every distinct text is encoded once: a batch of 16 images of 4 prompts with the empty
+        negative needs 5 text-encoder rows, where Stable Diffusion's pipeline encodes 32.
+        """
+        texts = list(prompts) + (list(negative_prompts) if guidance else [])
+        unique = list(dict.fromkeys(texts))
+        table = encode_prompts(self.tokenizer, self.text_encoder, unique).to(self.unet.dtype)
+        rows = torch.tensor([unique.index(text) for text in texts], device=table.device)
+        embeds = table[rows].repeat_interleave(num_images_per_prompt, dim=0)
+        if not guidance:
+            return embeds, None
+        return embeds.chunk(2)
+
+    def conditioning(self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
+                     num_images_per_prompt: int, guidance: bool) -> torch.Tensor:
+        """The UNet's encoder states, one row per image; with guidance, negative rows first."""
+        if prompt_embeds is None:
+            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+            positive, negative = self.encode_prompt(prompts, _as_list(negative_prompt, len(prompts)),
+                                                    num_images_per_prompt, guidance)
+        else:
+            positive = prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)
+            negative = negative_prompt_embeds
+            if guidance and negative is None:
+                negatives = _as_list(negative_prompt, prompt_embeds.shape[0])
+                negative = self.encode_prompt(negatives, None, 1, guidance=False)[0]
+            if guidance:
+                negative = negative.to(positive).repeat_interleave(num_images_per_prompt, dim=0)
+        return torch.cat([negative, positive]) if guidance else positive
+
+    # ---- latents ----------------------------------------------------------------------------------
+
+    def prepare_latents(self, shape: tuple[int, ...], generator: Generators,
+                        latents: torch.Tensor | None) -> torch.Tensor:
+        """Pure noise, scaled as the scheduler expects (Stable Diffusion's own initialisation)."""
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=self._execution_device,
+                                   dtype=self.unet.dtype)
+        return latents.to(self._execution_device) * self.scheduler.init_noise_sigma
+
+    def prepare_image_latents(self, image, batch: int, timestep: torch.Tensor,
+                              generator: Generators) -> torch.Tensor:
+        """An init image encoded and noised to `timestep` (as `StableDiffusionImg2ImgPipeline` does).
+
+        With one generator per image, each image's posterior sample and noise come from its own
+        generator, so an image does not depend on the others in its batch.
+        """
+        pixels = self.image_processor.preprocess(image).to(self._execution_device, self.vae.dtype)
+        if pixels.shape[0] != batch:
+            pixels = pixels.repeat(batch // pixels.shape[0], 1, 1, 1)
+        if isinstance(generator, list):
+            init = torch.cat([vae_lib.encode(self.vae, pixels[i:i + 1], sample=True, generator=g)
+                              for i, g in enumerate(generator)])
+        else:
+            init = vae_lib.encode(self.vae, pixels, sample=True, generator=generator)
+        noise = randn_tensor(init.shape, generator=generator, device=init.device, dtype=init.dtype)
+        return self.scheduler.add_noise(init, noise, timestep.repeat(batch))
+
+    def img2img_timesteps(self, num_inference_steps: int, strength: float) -> torch.Tensor:
+        """The last `strength` share of the schedule: the init image stands in for the steps skipped."""
+        keep = min(int(num_inference_steps * strength), num_inference_steps)
+        start = max(num_inference_steps - keep, 0) * self.scheduler.order
+        if hasattr(self.scheduler, "set_begin_index"):
+            self.scheduler.set_begin_index(start)
+        return self.scheduler.timesteps[start:]
+
+    def step_kwargs(self, generator: Generators, eta: float) -> dict:
+        """eta (DDIM) and generator (stochastic samplers) for the schedulers whose `step` takes them."""
+        accepted = inspect.signature(self.scheduler.step).parameters
+        return {name: value for name, value in (("eta", eta), ("generator", generator))
+                if name in accepted}
+
+    # ---- the call ---------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 7.5,
+        negative_prompt: str | list[str] | None = None,
+        num_images_per_prompt: int = 1,
+        eta: float = 0.0,
+        generator: Generators = None,
+        latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        image: PIL.Image.Image | list[PIL.Image.Image] | torch.Tensor | None = None,
+        strength: float = 0.8,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable | None = None,
+    ):
+        """Generate images; the arguments mean what they mean in `StableDiffusionPipeline`.
+
+        `image` and `strength` turn it into image-to-image: the image is encoded, noised to the
+        `strength` share of the schedule, and only that share is denoised. `callback_on_step_end`
+        is called as `callback(pipe, step, timestep, {"latents": latents})` and may return new
+        latents in its dict.
+        """
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        height = height or self.unet.config.sample_size * self.vae_scale_factor
+        width = width or self.unet.config.sample_size * self.vae_scale_factor
+        if height % self.vae_scale_factor or width % self.vae_scale_factor:
+            raise ValueError(f"height and width must be multiples of {self.vae_scale_factor}, "
+                             f"got {height}x{width}")
+        guidance = guidance_scale > 1.0
+
+        # 1. Conditioning: [negative; positive] rows, so one UNet call does both passes.
+        embeds = self.conditioning(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
+                                   num_images_per_prompt, guidance)
+        batch = embeds.shape[0] // 2 if guidance else embeds.shape[0]
+        if isinstance(generator, list) and len(generator) != batch:
+            raise ValueError(f"got {len(generator)} generators for {batch} images")
+
+        # 2. Timesteps and starting latents.
+        self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
+        timesteps = self.scheduler.timesteps
+        if image is None:
+            shape = (batch, self.unet.config.in_channels,
+                     height // self.vae_scale_factor, width // self.vae_scale_factor)
+            latents = self.prepare_latents(shape, generator, latents)
+        else:
+            timesteps = self.img2img_timesteps(num_inference_steps, strength)
+            latents = self.prepare_image_latents(image, batch, timesteps[:1], generator)
+        extra = self.step_kwargs(generator, eta)
+
+        # 3. Denoise.
+        steps = len(timesteps) // self.scheduler.order
+        with self.progress_bar(total=steps) as bar, text_keys_values_cached(self.unet):
+            for i, t in enumerate(timesteps):
+                model_input = torch.cat([latents] * 2) if guidance else latents
+                model_input = self.scheduler.scale_model_input(model_input, t)
+                noise = self.unet(model_input, t, encoder_hidden_states=embeds, return_dict=False)[0]
+                if guidance:
+                    uncond, cond = noise.chunk(2)
+                    noise = uncond + guidance_scale * (cond - uncond)
+                latents = self.scheduler.step(noise, t, latents, **extra, return_dict=False)[0]
+                if callback_on_step_end is not None:
+                    latents = callback_on_step_end(self, i, t, {"latents": latents}).get("latents", latents)
+                if i == len(timesteps) - 1 or (i + 1) % self.scheduler.order == 0:
+                    bar.update()
+
+        # 4. Decode.
+        if output_type == "latent":
+            images = latents
+        else:
+            decoded = vae_lib.decode(self.vae, latents.to(self.vae.dtype))
+            images = self.image_processor.postprocess(decoded, output_type=output_type)
+        self.maybe_free_model_hooks()
+        return ImagePipelineOutput(images=images) if return_dict else (images,)
+
+
+def _as_list(negative: str | list[str] | None, n: int) -> list[str]:
+    """The negative prompt for each of `n` prompts; none is the empty prompt."""
+    if negative is None:
+        return [""] * n
+    if isinstance(negative, str):
+        return [negative] * n
+    if len(negative) != n:
+        raise ValueError(f"got {len(negative)} negative prompts for {n} prompts")
+    return list(negative)

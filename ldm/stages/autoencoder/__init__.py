@@ -1,0 +1,1 @@
+"""Stage 1: a KL or VQ autoencoder (diffusers' AutoencoderKL / VQModel), trained the taming way."""

@@ -1,0 +1,1 @@
+"""Stage 2: a text-conditioned latent diffusion UNet, composed of separate parts."""
