@@ -25,7 +25,7 @@ from ldm.components.autoencoder import load_vae
 from ldm.data.datamodule import collate, load_splits
 from ldm.metrics.image_quality import psnr, ssim
 from ldm.stages.autoencoder.codebook import perplexity, usage
-from ldm.stages.registry import load_config, stage_module
+from ldm.stages.registry import load_config, train_stage
 
 TARGETS = {"kl": {"psnr": 31.0}, "vq": {"psnr": 27.0, "codebook_usage": 0.60}}
 
@@ -56,7 +56,7 @@ def run(kind: str, minutes: float, overrides: list[str], run_root: Path) -> dict
     run_dir = run_root / kind
     cfg = load_config(config, [f"run_dir={run_dir}", f"train.max_minutes={minutes}", *overrides])
     start = time.perf_counter()
-    vae_path = stage_module(cfg.stage).train(cfg)
+    vae_path = train_stage(cfg).export
     seconds = time.perf_counter() - start
     state = torch.load(cfg.checkpoint_dir / "last.ckpt", map_location="cpu", weights_only=True)
     steps = state["loops"]["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"]

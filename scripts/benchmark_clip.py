@@ -18,15 +18,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from ldm.components.clip import (
-    batched_retrieval_top1,
-    load_clip,
-    load_labelled_images,
-    shapes_zero_shot,
-)
+from ldm.components.clip import load_clip
 from ldm.data.config import DataConfig
+from ldm.data.labelled import load_labelled_images
 from ldm.data.shapes.generator import make_shapes_dataset
-from ldm.stages.registry import load_config, stage_module
+from ldm.metrics.clip_accuracy import batched_retrieval_top1, shapes_zero_shot
+from ldm.stages.registry import load_config, train_stage
 
 ATTRIBUTES = ["colour", "shape", "position"]
 
@@ -49,7 +46,7 @@ def train(args, run: Path) -> None:
     cfg = load_config(args.config, [f"run_dir={run}", f"data.source={args.data}",
                                     f"train.max_minutes={args.minutes}", *args.overrides])
     start = time.time()
-    stage_module(cfg.stage).train(cfg)
+    train_stage(cfg)
     seconds = time.time() - start
     metrics = pd.read_csv(cfg.stage_dir / "csv" / "metrics.csv")
     steps = int(metrics["step"].max()) + 1

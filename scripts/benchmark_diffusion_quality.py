@@ -62,7 +62,7 @@ def main() -> None:
     cfg = load_config(args.config, overrides)
     if not args.no_train:
         start = time.perf_counter()
-        trainer = train(args.config, overrides)
+        trainer = train(args.config, overrides).trainer
         minutes = (time.perf_counter() - start) / 60
         print(f"trained {trainer.global_step} steps in {minutes:.1f} min (cache and export included); "
               f"{trainer.global_step / (minutes * 60):.2f} steps/s")

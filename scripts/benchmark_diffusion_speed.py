@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from ldm.components.autoencoder import encode
 from ldm.data.datamodule import ImageCaptionDataModule
 from ldm.stages.diffusion.parts import build_ema
-from ldm.stages.diffusion.stage import build_datamodule, build_module
+from ldm.stages.diffusion.train import build_datamodule, build_module
 from ldm.stages.registry import load_config
 from ldm.stages.trainer import resolve_precision
 

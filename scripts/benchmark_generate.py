@@ -31,10 +31,10 @@ from diffusers import (
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from ldm.apps.generate import DTYPES
-from ldm.components.text_encoder import train_tokenizer
 from ldm.data.shapes.generator import make_example
 from ldm.sampling.pipeline_io import export_pipeline, load_pipeline
 from ldm.sampling.samplers import make_sampler
+from ldm.stages.clip.tokenizer import train_tokenizer
 
 PROMPTS = ["a red circle in the top left", "a large blue square on a white background",
            "a small green triangle in the center", "two shapes on black: a yellow circle and a purple square"]

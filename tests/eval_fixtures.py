@@ -11,7 +11,7 @@ from tiny import IMAGE_SIZE, make_tiny_pipeline, tiny_tokenizer
 from transformers import CLIPConfig, CLIPModel
 
 from ldm.data.shapes.generator import make_shapes_dataset
-from ldm.stages.clip.stage import export as export_clip
+from ldm.stages.clip.export import export as export_clip
 
 CLIP_WIDTH = 32
 PROJECTION = 16

@@ -14,6 +14,7 @@ from ldm.apps.animate import settings as walk_settings
 from ldm.apps.animate.render import WalkSettings, animate
 from ldm.cli import main
 from ldm.core.errors import LdmError
+from ldm.core.images import unit_to_uint8
 from ldm.data.shapes.generator import make_example
 from ldm.metrics import smoothness
 from ldm.sampling.pipeline_io import export_pipeline
@@ -88,7 +89,7 @@ def test_keyframe_matches_the_pipeline_sampled_with_its_seed(prompt_walk, kl_pip
     image = pipe([PROMPTS[1]], num_inference_steps=FAST["steps"], guidance_scale=walk_settings.DEFAULT_GUIDANCE,
                  generator=[torch.Generator().manual_seed(2)], output_type="np").images
     last = video.read_frames(result.out / "frames", 16)[-1].astype(int)
-    assert np.abs(renderers.to_uint8(image)[0].astype(int) - last).max() <= 1
+    assert np.abs(unit_to_uint8(image)[0].astype(int) - last).max() <= 1
 
 
 def test_interrupted_render_resumes_with_only_the_missing_frames(prompt_walk, tmp_path, monkeypatch):
@@ -144,7 +145,7 @@ def test_even_motion_can_measure_motion_in_clip_features(kl_pipeline_path, tmp_p
     from tiny import tiny_tokenizer
     from transformers import CLIPConfig, CLIPModel
 
-    from ldm.stages.clip.stage import export
+    from ldm.stages.clip.export import export
 
     tokenizer = tiny_tokenizer()
     torch.manual_seed(0)
@@ -182,7 +183,7 @@ def autoencoded(pipeline_path, paths) -> np.ndarray:
     pixels = torch.cat([renderers.load_image_tensor(p, IMAGE_SIZE) for p in paths])
     with torch.no_grad():
         decoded = vae_lib.decode(vae, vae_lib.encode(vae, pixels))
-    return renderers.to_uint8((decoded.permute(0, 2, 3, 1).numpy() + 1) / 2)
+    return unit_to_uint8((decoded.permute(0, 2, 3, 1).numpy() + 1) / 2)
 
 
 def test_image_walk_passes_through_the_users_images(smooth_pipeline_path, images, tmp_path):

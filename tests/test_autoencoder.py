@@ -19,7 +19,7 @@ from ldm.stages.autoencoder.losses import (
     adaptive_weight,
     hinge_discriminator_loss,
 )
-from ldm.stages.autoencoder.stage import AutoencoderModule
+from ldm.stages.autoencoder.module import AutoencoderModule
 from ldm.stages.registry import load_config, train
 
 SIZE = 16
@@ -76,7 +76,7 @@ def assert_export_reconstructs_like_the_module(module, out, cls):
 def test_kl_with_gan_trains_exports_and_measures_the_latent_scale(shapes, tmp_path):
     config = write_config(tmp_path / "ae.yaml", shapes, tmp_path / "run", "kl",
                           latent_scale={"samples": 24, "shift": True})
-    out = train(config)
+    out = train(config).export
 
     run = tmp_path / "run"
     assert out == run / "vae" and (out / "diffusion_pytorch_model.safetensors").is_file()
@@ -101,7 +101,7 @@ def test_kl_with_gan_trains_exports_and_measures_the_latent_scale(shapes, tmp_pa
 
 def test_vq_without_gan_trains_exports_and_tracks_the_codebook(shapes, tmp_path):
     config = write_config(tmp_path / "ae.yaml", shapes, tmp_path / "run", "vq", loss={"disc": 0.0})
-    out = train(config)
+    out = train(config).export
 
     run = tmp_path / "run"
     metrics = (run / "autoencoder" / "csv" / "metrics.csv").read_text().splitlines()[0]

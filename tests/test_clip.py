@@ -6,20 +6,16 @@ import torch
 from PIL import Image
 from transformers import CLIPTokenizer, VisionTextDualEncoderModel
 
-from ldm.components.clip import (
-    clip_image_features,
-    clip_text_features,
-    load_clip,
-    retrieval_top1,
-    zero_shot_attributes,
-)
+from ldm.components.clip import clip_image_features, clip_text_features, load_clip
 from ldm.components.text_encoder import encode_prompts, load_text_encoder
 from ldm.core.config import build
 from ldm.core.errors import LdmError
+from ldm.core.images import to_tensor
 from ldm.data.shapes.generator import make_shapes_dataset
-from ldm.data.transforms import to_tensor
+from ldm.metrics.clip_accuracy import retrieval_top1, zero_shot_attributes
+from ldm.stages.clip.config import Config, VisionTowerConfig
 from ldm.stages.clip.losses import WordSwapper, contrastive_loss
-from ldm.stages.clip.stage import Config, VisionTowerConfig, train
+from ldm.stages.clip.train import train
 
 SIZE = 16
 
@@ -115,7 +111,7 @@ def test_resnet_image_tower_trains_exports_and_reloads(shapes, tmp_path):
     cfg = tiny_config(shapes, str(tmp_path))
     cfg.model.vision = build(VisionTowerConfig, {"kind": "resnet", "embedding_size": 8,
                                                  "hidden_sizes": [8, 16], "depths": [1, 1]})
-    trained = train(cfg)
+    trained = train(cfg).module.clip
     assert isinstance(trained, VisionTextDualEncoderModel)
     clip, processor = load_clip(tmp_path / "clip")
     assert isinstance(clip, VisionTextDualEncoderModel) and clip.config.vision_config.image_size == SIZE

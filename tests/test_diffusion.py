@@ -10,17 +10,17 @@ from safetensors.torch import load_file
 
 from ldm.components.conditioner import TextConditioner
 from ldm.core.config import build
+from ldm.stages.diffusion.config import Config
 from ldm.stages.diffusion.losses import DiffusionLoss
 from ldm.stages.diffusion.parts import NoiseConfig, build_noise_scheduler
-from ldm.stages.diffusion.stage import Config, train
+from ldm.stages.diffusion.train import train
 from ldm.stages.registry import load_config
 
 
 def test_a_few_steps_then_export_loads_in_stable_diffusion(tmp_path):
     run = make_stage1_run(tmp_path)
     cfg = build(Config, diffusion_config(tmp_path, run))
-    trainer = train(cfg)
-    module = trainer.lightning_module
+    module = train(cfg).module
 
     # EMA: followed every optimizer step, differs from the raw weights, and went into the export.
     assert module.ema.optimization_step == 4
@@ -42,7 +42,7 @@ def test_a_few_steps_then_export_loads_in_stable_diffusion(tmp_path):
     # Resume: the EMA comes back from the checkpoint and goes on counting.
     cfg = build(Config, diffusion_config(tmp_path, run, train={**diffusion_config(tmp_path, run)["train"],
                                                               "max_steps": 6, "ckpt_path": "last"}))
-    resumed = train(cfg).lightning_module
+    resumed = train(cfg).module
     assert resumed.ema.optimization_step == 6
 
 
@@ -58,7 +58,7 @@ def test_mixed_precision_with_gradient_clipping(tmp_path):
     run = make_stage1_run(tmp_path)
     config = diffusion_config(tmp_path, run, samples={"prompts": []})
     config["train"] = {**config["train"], "precision": "bf16-mixed", "gradient_clip": 1.0, "max_steps": 2}
-    trainer = train(build(Config, config))
+    trainer = train(build(Config, config)).trainer
     assert trainer.global_step == 2 and (run / "pipeline" / "model_index.json").is_file()
 
 

@@ -18,9 +18,9 @@ from ldm.apps.generate import (
     generate,
     image_metadata,
     plan,
-    read_metadata,
 )
 from ldm.cli import main
+from ldm.core.images import read_png_metadata
 
 PROMPTS = ["a red circle in the center", "a large blue square on a white background"]
 FAST = dict(steps=3, guidance=4.0)
@@ -39,7 +39,7 @@ def test_files_metadata_and_grid(kl_pipeline_path, tmp_path):
     options, written = run_generate(kl_pipeline_path, tmp_path, n=2, seed=3, negative="green")
     assert sorted(p.name for p in written) == ["0000-seed3.png", "0000-seed4.png",
                                                "0001-seed3.png", "0001-seed4.png"]
-    meta = read_metadata(tmp_path / "0001-seed4.png")
+    meta = read_png_metadata(tmp_path / "0001-seed4.png")
     assert meta == image_metadata(options, plan(options)[3])
     assert meta["prompt"] == PROMPTS[1] and meta["negative_prompt"] == "green"
     assert (meta["seed"], meta["steps"], meta["guidance"], meta["sampler"]) == ("4", "3", "4.0", "dpmsolver++")
@@ -76,7 +76,7 @@ def test_image_to_image_from_the_command_line(kl_pipeline_path, tmp_path):
     Image.new("RGB", (20, 20), (200, 30, 30)).save(init)
     main(["generate", str(kl_pipeline_path), PROMPTS[0], "--init-image", str(init), "--strength", "0.5",
           "--steps", "4", "--out", str(tmp_path / "out")])
-    meta = read_metadata(tmp_path / "out" / "0000-seed0.png")
+    meta = read_png_metadata(tmp_path / "out" / "0000-seed0.png")
     assert meta["strength"] == "0.5" and meta["init_image"] == str(init.resolve())
     assert Image.open(tmp_path / "out" / "0000-seed0.png").size == (16, 16)
 

@@ -21,7 +21,7 @@ from ldm.metrics.samples import (
     feature_label,
     fid_kid,
 )
-from ldm.stages.clip.stage import image_processor
+from ldm.stages.clip.module import image_processor
 
 
 def images(n=4, size=32, seed=0):

@@ -6,12 +6,9 @@ import pytest
 import torch
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from ldm.components.text_encoder import (
-    encode_prompts,
-    load_text_encoder,
-    train_tokenizer,
-)
+from ldm.components.text_encoder import encode_prompts, load_text_encoder
 from ldm.core.errors import LdmError
+from ldm.stages.clip.tokenizer import train_tokenizer
 
 CAPTIONS = [
     "a red circle in the top left on a black background",

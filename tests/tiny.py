@@ -17,9 +17,9 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel, VQModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from ldm.components.text_encoder import train_tokenizer
 from ldm.data.shapes.generator import make_example
 from ldm.sampling.pipeline_io import export_pipeline
+from ldm.stages.clip.tokenizer import train_tokenizer
 
 IMAGE_SIZE = 16
 LATENT_CHANNELS = 4

@@ -43,8 +43,8 @@ GRID_UPSCALE = 4  # 32 px images are too small to judge at their own size
 def load_images(data: str, split: str, resolution: int, max_images: int | None,
                 columns: list[str] = ()) -> tuple[torch.Tensor, dict[str, list[str]]]:
     """[-1, 1] images of a split (centre-cropped to `resolution`) and the values of `columns`."""
-    from ldm.components.clip import load_labelled_images
     from ldm.data.config import DataConfig
+    from ldm.data.labelled import load_labelled_images
 
     if not Path(data).exists():
         raise LdmError(f"data folder not found: {data}")
@@ -76,7 +76,7 @@ def evaluate_autoencoder(vae_path: str, data: str, split: str = DEFAULT_SPLIT,
                          grid: str | Path | None = None) -> Evaluation:
     """PSNR and SSIM of reconstructions (and codebook usage for VQ); `grid`: originals over them."""
     from ldm.components.autoencoder import load_vae
-    from ldm.core.images import save_grid
+    from ldm.core.images import image_grid, write_png
     from ldm.metrics.image_quality import psnr, ssim
     from ldm.stages.autoencoder.codebook import perplexity, usage
 
@@ -94,7 +94,8 @@ def evaluate_autoencoder(vae_path: str, data: str, split: str = DEFAULT_SPLIT,
             codes = vae.config.num_vq_embeddings
             counts = torch.bincount(indices, minlength=codes) + (0 if counts is None else counts)
     if grid is not None:
-        save_grid([pixels[:GRID_COLUMNS], shown], grid, upscale=GRID_UPSCALE)
+        write_png(grid, image_grid([pixels[:GRID_COLUMNS], shown], upscale=GRID_UPSCALE),
+                  {"rows": "originals, reconstructions", "autoencoder": str(vae_path)})
     metrics = [
         Metric("psnr", "PSNR", torch.cat(psnrs).mean(), "dB", "higher",
                "mean over images of 10 log10(1 / MSE), pixels in [0, 1]"),
@@ -224,8 +225,8 @@ class RealImages:
 
 def load_real(data: str, split: str, resolution: int) -> RealImages:
     """The split's images, described by their shapes attributes when it has them, else by their captions."""
-    from ldm.components.clip import load_labelled_images
     from ldm.data.config import DataConfig
+    from ldm.data.labelled import load_labelled_images
     from ldm.data.latent_cache import captions_of
     from ldm.data.sources import load_source
 
@@ -264,7 +265,7 @@ def evaluate_diffusion(pipeline: str, data: str, clip: str | None = None, incept
     captions (see the module's docstring). `generate=False` scores the images already in
     `samples` (as written by `generate_samples`).
     """
-    from ldm.data.transforms import to_tensor
+    from ldm.core.images import to_pil, to_tensor
     from ldm.sampling.pipeline_io import vae_factor
 
     start = time.perf_counter()
@@ -291,8 +292,7 @@ def evaluate_diffusion(pipeline: str, data: str, clip: str | None = None, incept
 
     metrics = []
     if wanted is not None:
-        real_pil = [Image.fromarray(((x.permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy())
-                    for x in real.pixels]
+        real_pil = [to_pil(x) for x in real.pixels]
         metrics += fidelity_metrics(images, [w for w in wanted for _ in range(n)], real_pil, real.attributes)
     if clip_path is not None:
         pixels = torch.stack([to_tensor(image) for image in images])

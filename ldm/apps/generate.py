@@ -3,7 +3,7 @@
 Every image has its own seed: image i of a prompt uses `seed + i`, drawn from its own generator,
 so any one image can be made again alone (`--seed 10 --n 1` remakes image 3 of `--seed 7 --n 4`).
 Files are named by prompt index and seed (`0002-seed10.png`) and carry prompt, negative prompt,
-seed, steps, guidance, sampler and model path as PNG text chunks (`read_metadata`).
+seed, steps, guidance, sampler and model path in the PNG (`ldm.core.images.read_png_metadata`).
 
 Under `accelerate launch`, the prompts are shared out among the processes; each writes only its own
 images, and the main process writes the contact sheet once all have finished.
@@ -11,16 +11,15 @@ images, and the main process writes the contact sheet once all have finished.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image, PngImagePlugin, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from ldm.apps.processes import inference_processes
-from ldm.core.atomic import atomic_write_bytes
 from ldm.core.errors import LdmError
+from ldm.core.images import contact_sheet, read_rgb, write_png
 from ldm.sampling.pipeline_io import check_pipeline_folder, vae_factor
 from ldm.sampling.samplers import DEFAULT_SAMPLER, check_sampler
 
@@ -136,21 +135,6 @@ def image_metadata(opts: GenerateOptions, job: ImageJob) -> dict[str, str]:
     return {key: str(value) for key, value in meta.items()}
 
 
-def png_bytes(image: Image.Image, metadata: dict[str, str]) -> bytes:
-    info = PngImagePlugin.PngInfo()
-    for key, value in metadata.items():
-        info.add_itxt(key, value)  # iTXt: UTF-8, so any prompt survives
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", pnginfo=info)
-    return buffer.getvalue()
-
-
-def read_metadata(path: str | Path) -> dict[str, str]:
-    """The settings a generated PNG was made with."""
-    with Image.open(path) as image:
-        return dict(image.text)
-
-
 # ---- generating ----------------------------------------------------------------------------------
 
 def generate(opts: GenerateOptions) -> list[Path]:
@@ -208,29 +192,15 @@ def _generate_jobs(opts: GenerateOptions, jobs: list[ImageJob], out: Path, devic
                 image=init, strength=opts.strength,
             ).images
             for job, image in zip(batch, images):
-                path = out / job.file_name
-                atomic_write_bytes(path, png_bytes(image, image_metadata(opts, job)))
-                written.append(path)
+                written.append(write_png(out / job.file_name, image, image_metadata(opts, job)))
             bar.update(len(batch))
     return written
 
 
-def _read_image(path: Path) -> Image.Image:
-    with Image.open(path) as image:
-        return image.convert("RGB")
-
-
 def write_contact_sheet(opts: GenerateOptions, jobs: list[ImageJob], out: Path) -> Path:
     """out/grid.png: one row per prompt, the prompt written under its images."""
-    from ldm.core.contact_sheet import contact_sheet
-
     rows = []
     for index, prompt in enumerate(opts.prompts):
-        images = [_read_image(out / job.file_name) for job in jobs if job.prompt_index == index]
+        images = [read_rgb(out / job.file_name) for job in jobs if job.prompt_index == index]
         rows.append((f"{index}: {prompt}", images))
-    sheet = contact_sheet(rows)
-    buffer = io.BytesIO()
-    sheet.save(buffer, format="PNG")
-    path = out / GRID_NAME
-    atomic_write_bytes(path, buffer.getvalue())
-    return path
+    return write_png(out / GRID_NAME, contact_sheet(rows))

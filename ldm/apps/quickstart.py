@@ -143,7 +143,7 @@ class Quickstart:
 
     def stage(self, name: str, reads: list[str], outputs: list[str], what: str) -> None:
         from ldm.core.config import to_dict
-        from ldm.stages.registry import load_config, stage_module
+        from ldm.stages.registry import load_config, train_stage
 
         config_path = packaged_configs() / STAGE_CONFIGS[name]
         cfg = load_config(config_path, self.stage_overrides(name))
@@ -151,7 +151,7 @@ class Quickstart:
 
         def work():
             _prepare_stage_dir(cfg, settings)
-            stage_module(cfg.stage).train(cfg)
+            train_stage(cfg)
 
         self.step(name, settings, reads, [self.path(o) for o in outputs],
                   f"{what} with {config_path} (logs in {cfg.stage_dir})", work)

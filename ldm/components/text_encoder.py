@@ -12,72 +12,16 @@ stage 1b trains when no pretrained one is available.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer
-from tokenizers.models import BPE
-from tokenizers.pre_tokenizers import ByteLevel
-from tokenizers.trainers import BpeTrainer
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from ldm.core.errors import LdmError
-from ldm.data.sources import HUB_NAME
+from ldm.core.layout import TEXT_ENCODER, TOKENIZER, looks_like_hub_id
 
-BOS = "<|startoftext|>"
-EOS = "<|endoftext|>"  # also CLIP's padding and unknown token
-END_OF_WORD = "</w>"
 MAX_LENGTH = 77  # CLIP's context length, and what Stable Diffusion pads every prompt to
-TEXT_ENCODER = "text_encoder"
-TOKENIZER = "tokenizer"
 PROMPT_IN_WARNING = 60  # characters of a truncated prompt quoted in the warning
-
-
-def train_tokenizer(captions: Iterable[str], vocab_size: int,
-                    model_max_length: int = MAX_LENGTH) -> CLIPTokenizer:
-    """A CLIP-style byte-level BPE learned from `captions`, as a transformers `CLIPTokenizer`.
-
-    The vocabulary is laid out as OpenAI's CLIP lays out its own: the 256 byte symbols, the same
-    with the end-of-word suffix `</w>`, the merged tokens in the order they were learned, then
-    `<|startoftext|>` and `<|endoftext|>`. Because every byte is in the vocabulary (at a word's end
-    or not), any text encodes, even words never seen in the captions. `vocab_size` is an upper
-    bound: a small caption set may run out of pairs worth merging first.
-    """
-    # Lowercasing, whitespace folding and CLIP's word-splitting regex: taken from transformers'
-    # own CLIPTokenizer, so that training splits words exactly as the saved tokenizer will.
-    template = CLIPTokenizer().backend_tokenizer
-    alphabet = ByteLevel.alphabet()
-    base = sorted(alphabet) + [symbol + END_OF_WORD for symbol in sorted(alphabet)]
-    if vocab_size < len(base) + 2:
-        raise LdmError(f"tokenizer vocab_size={vocab_size} is too small: a byte-level BPE needs at "
-                       f"least {len(base) + 2} tokens (the bytes, with and without {END_OF_WORD}, "
-                       "and the two special tokens)")
-    bpe = Tokenizer(BPE(unk_token=EOS, end_of_word_suffix=END_OF_WORD))
-    bpe.normalizer = template.normalizer
-    bpe.pre_tokenizer = template.pre_tokenizer
-    trainer = BpeTrainer(vocab_size=vocab_size, initial_alphabet=alphabet, special_tokens=[],
-                         end_of_word_suffix=END_OF_WORD, show_progress=False)
-    bpe.train_from_iterator(captions, trainer)
-
-    vocab = {token: index for index, token in enumerate(base)}
-    merges = []
-    for left, right in _learned_merges(bpe):
-        if len(vocab) >= vocab_size - 2:
-            break
-        merges.append((left, right))
-        vocab.setdefault(left + right, len(vocab))
-    for special in (BOS, EOS):
-        vocab[special] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
-
-
-def _learned_merges(bpe: Tokenizer) -> list[tuple[str, str]]:
-    """The trained BPE's merges, in the order learned (the model's JSON lists them so)."""
-    import json
-
-    merges = json.loads(bpe.to_str())["model"]["merges"]
-    return [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in merges]
 
 
 def load_text_encoder(path_or_hub_id: str | Path, dtype: torch.dtype | None = None
@@ -96,7 +40,7 @@ def load_text_encoder(path_or_hub_id: str | Path, dtype: torch.dtype | None = No
             text_encoder = CLIPTextModel.from_pretrained(encoder_dir, dtype=dtype, use_safetensors=True)
         except (OSError, ValueError) as err:
             raise LdmError(f"cannot load the CLIP text encoder from {path}: {_first_line(err)}") from None
-    elif HUB_NAME.match(str(path_or_hub_id)) and not str(path_or_hub_id).startswith("."):
+    elif looks_like_hub_id(str(path_or_hub_id)):
         tokenizer, text_encoder = _load_from_hub(str(path_or_hub_id), dtype)
     else:
         raise LdmError(f"text encoder folder not found: {path_or_hub_id}")

@@ -26,6 +26,19 @@ def packaged_configs() -> Path:
     return Path(str(importlib.resources.files("ldm.configs")))
 
 
+def find_config(path: str | Path) -> Path:
+    """A config file: `path` itself, or else the config of that name that ships with ldm
+    (`ldm train diffusion/ldm_shapes.yaml` works from any folder, installed or not)."""
+    path = Path(path)
+    if not path.exists() and not path.is_absolute():
+        shipped = packaged_configs() / path
+        if shipped.is_file():
+            return shipped
+        if path.parts and path.parts[0] == "configs" and (packaged_configs() / Path(*path.parts[1:])).is_file():
+            return packaged_configs() / Path(*path.parts[1:])
+    return path
+
+
 def read_yaml(path: str | Path) -> dict:
     """Read a YAML mapping, with clear errors for a missing or malformed file."""
     path = Path(path)
@@ -94,6 +107,11 @@ def require_divides(divisor: int, values: list[int], divisor_key: str, values_ke
     bad = [value for value in values if value % divisor]
     if bad:
         raise ValueError(f"{divisor_key}={divisor} must divide every entry of {values_key}, not {bad[0]}")
+
+
+def recheck(cfg) -> None:
+    """Validate a config object again: code may have changed it since it was loaded."""
+    build(type(cfg), to_dict(cfg), where="config")
 
 
 def to_dict(obj) -> dict:

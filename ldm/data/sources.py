@@ -13,7 +13,6 @@ once up front (the scan is cached by `datasets`), skipped and counted in a singl
 from __future__ import annotations
 
 import io
-import re
 import warnings
 from pathlib import Path
 
@@ -21,11 +20,11 @@ import datasets
 from PIL import Image
 
 from ldm.core.errors import LdmError
+from ldm.core.layout import looks_like_hub_id
 from ldm.data.config import DataConfig
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 READABLE = "_ldm_readable"
-HUB_NAME = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 WARN_PATHS = 3  # how many unreadable files a warning names
 
 
@@ -53,7 +52,7 @@ def load_source(cfg: DataConfig) -> datasets.Dataset | datasets.IterableDataset:
     path = Path(cfg.source).expanduser()
     if path.exists():
         ds = _load_local(path, cfg)
-    elif HUB_NAME.match(cfg.source) and not cfg.source.startswith("."):
+    elif looks_like_hub_id(cfg.source):
         ds = _load_hub(cfg)
     else:
         raise LdmError(f"data folder not found: {cfg.source}")

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import random
 
-import numpy as np
 import torch
 from PIL import Image
+
+from ldm.core.images import to_tensor
 
 
 def resize_and_crop(image: Image.Image, resolution: int, center_crop: bool,
@@ -27,18 +28,6 @@ def resize_and_crop(image: Image.Image, resolution: int, center_crop: bool,
     else:
         left, top = rng.randint(0, w - resolution), rng.randint(0, h - resolution)
     return image.crop((left, top, left + resolution, top + resolution))
-
-
-def to_tensor(image: Image.Image) -> torch.Tensor:
-    """An RGB PIL image as a (3, H, W) float tensor in [-1, 1]."""
-    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
-    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
-
-
-def to_pil(tensor: torch.Tensor) -> Image.Image:
-    """A (3, H, W) tensor in [-1, 1] as an RGB PIL image."""
-    array = ((tensor.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return Image.fromarray(array.permute(1, 2, 0).cpu().numpy())
 
 
 def preprocess(image: Image.Image, resolution: int, center_crop: bool, random_flip: bool,

@@ -12,10 +12,7 @@ from torchmetrics.functional.image import (
     structural_similarity_index_measure,
 )
 
-
-def to_unit_range(images: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] -> [0, 1] in float32, clamped (a decoder may overshoot)."""
-    return ((images.float() + 1) / 2).clamp(0, 1)
+from ldm.core.images import to_unit_range
 
 
 def psnr(reconstructions: torch.Tensor, originals: torch.Tensor) -> torch.Tensor:

@@ -27,6 +27,7 @@ from torchmetrics.image.kid import KernelInceptionDistance
 
 from ldm.components.clip import clip_image_features, clip_text_features
 from ldm.core.errors import LdmError
+from ldm.core.images import to_uint8
 
 INCEPTION_FEATURES = 2048  # the pool3 layer, as standard FID uses
 KID_SUBSETS = 50  # random subsets KID averages over (torchmetrics' default of 100 is slow on CPU)
@@ -75,8 +76,7 @@ class InceptionFeatures(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        uint8 = ((images.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-        return self.inception(uint8)
+        return self.inception(to_uint8(images))
 
 
 def check_inception(weights_path: str | Path) -> None:

@@ -71,11 +71,12 @@ def clip_distance(clip_folder: str) -> FrameDistance:
     import torch
 
     from ldm.components.clip import clip_image_features, load_clip
+    from ldm.core.images import frames_to_tensor
 
     clip, processor = load_clip(clip_folder)
 
     def consecutive(frames: Sequence[np.ndarray]) -> list[float]:
-        pixels = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        pixels = frames_to_tensor(np.stack(frames))
         features = torch.cat([clip_image_features(clip, chunk, processor) for chunk in pixels.split(32)])
         return (features[1:] - features[:-1]).norm(dim=-1).tolist()
 

@@ -37,6 +37,15 @@ LAST = "last"
 
 
 @dataclass
+class TrainedStage:
+    """What every stage's `train(cfg)` returns, on every process."""
+
+    export: Path  # the folder the next stage or the apps read (written by global rank 0)
+    module: L.LightningModule  # as training left it (the EMA is not swapped in)
+    trainer: L.Trainer
+
+
+@dataclass
 class TrainConfig:
     max_steps: int = 1000
     max_minutes: float | None = None  # stop after this much wall time, whatever max_steps says

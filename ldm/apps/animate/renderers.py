@@ -26,14 +26,10 @@ from PIL import Image
 from ldm.apps.animate import path as walks
 from ldm.components import autoencoder as vae_lib
 from ldm.components.text_encoder import encode_prompts
-from ldm.data.transforms import resize_and_crop, to_tensor
+from ldm.core.images import to_tensor, to_uint8, unit_to_uint8
+from ldm.data.transforms import resize_and_crop
 from ldm.sampling.inversion import ddim_invert
 from ldm.sampling.pipeline import LatentDiffusionPipeline
-
-
-def to_uint8(images_unit: np.ndarray) -> np.ndarray:
-    """(B, H, W, 3) floats in [0, 1] -> uint8, rounded as diffusers' numpy_to_pil rounds."""
-    return (np.clip(images_unit, 0.0, 1.0) * 255).round().astype(np.uint8)
 
 
 def load_image_tensor(path: str | Path, size: int) -> torch.Tensor:
@@ -62,7 +58,7 @@ class DiffusionWalk:
         negative = self.negative.expand(len(times), -1, -1)
         images = self.pipe(prompt_embeds=embeddings, negative_prompt_embeds=negative, latents=noises, num_inference_steps=self.steps, guidance_scale=self.guidance,
                            output_type="np").images
-        return to_uint8(images)
+        return unit_to_uint8(images)
 
 
 @dataclass
@@ -78,7 +74,7 @@ class AutoencoderWalk:
     def render(self, times: list[float]) -> np.ndarray:
         latents = walks.interpolate(self.latents, times, self.loop, "lerp")
         pixels = vae_lib.decode(self.vae, latents.to(self.vae.device, self.vae.dtype))
-        return to_uint8((pixels.float().cpu().permute(0, 2, 3, 1).numpy() + 1) / 2)
+        return to_uint8(pixels).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def seed_noise(pipe: LatentDiffusionPipeline, seeds: list[int], height: int, width: int) -> torch.Tensor:

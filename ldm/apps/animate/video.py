@@ -11,7 +11,6 @@ fps on playback); the MP4 keeps the exact rate.
 
 from __future__ import annotations
 
-import io
 import os
 import re
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from ldm.core.atomic import atomic_write_bytes
+from ldm.core.images import read_rgb, write_png
 
 FRAME_NAME = "frame_{:05d}.png"
 FRAME_PATTERN = re.compile(r"frame_(\d{5})\.png")
@@ -35,16 +35,7 @@ def frame_path(folder: str | Path, index: int) -> Path:
 
 def save_frame(folder: str | Path, index: int, frame: np.ndarray, metadata: dict[str, str]) -> Path:
     """Write one uint8 (H, W, 3) frame as a PNG with text metadata (prompt, seed, ...)."""
-    from PIL.PngImagePlugin import PngInfo
-
-    info = PngInfo()
-    for key, value in metadata.items():
-        info.add_text(key, value)
-    buffer = io.BytesIO()
-    Image.fromarray(frame).save(buffer, format="PNG", pnginfo=info)
-    path = frame_path(folder, index)
-    atomic_write_bytes(path, buffer.getvalue())
-    return path
+    return write_png(frame_path(folder, index), Image.fromarray(frame), metadata)
 
 
 def existing_frames(folder: str | Path) -> set[int]:
@@ -64,8 +55,7 @@ def remove_temporaries(folder: str | Path) -> int:
 
 
 def read_frame(path: str | Path) -> np.ndarray:
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
+    return np.asarray(read_rgb(path))
 
 
 def read_frames(folder: str | Path, count: int) -> list[np.ndarray]:

@@ -9,63 +9,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
-
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.training_utils import EMAModel
 
 from ldm.components.conditioner import TextConditioner
 from ldm.components.frozen_autoencoder import FrozenAutoencoder
-from ldm.core.config import require_divides
 from ldm.core.errors import LdmError
+from ldm.stages.diffusion.config import EmaConfig, LossConfig, NoiseConfig, UNetConfig
 from ldm.stages.diffusion.losses import DiffusionLoss
-
-
-@dataclass
-class UNetConfig:
-    block_out_channels: list[int] = field(default_factory=lambda: [320, 640, 1280, 1280])
-    down_block_types: list[str] = field(default_factory=lambda: [
-        "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"])
-    up_block_types: list[str] = field(default_factory=lambda: [
-        "UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"])
-    layers_per_block: int = 2
-    # Named as diffusers names it; UNet2DConditionModel uses it as the number of attention heads.
-    attention_head_dim: int = 8
-    transformer_layers_per_block: int = 1
-    norm_num_groups: int = 32
-
-    def __post_init__(self):
-        if not len(self.block_out_channels) == len(self.down_block_types) == len(self.up_block_types):
-            raise ValueError("unet.block_out_channels, unet.down_block_types and unet.up_block_types "
-                             f"must have the same length, got {len(self.block_out_channels)}, "
-                             f"{len(self.down_block_types)} and {len(self.up_block_types)}")
-        require_divides(self.norm_num_groups, self.block_out_channels, "unet.norm_num_groups",
-                        "unet.block_out_channels")
-
-
-@dataclass
-class NoiseConfig:
-    num_train_timesteps: int = 1000
-    # "squaredcos_cap_v2" is the cosine schedule of Nichol & Dhariwal (beta_start/end unused).
-    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "scaled_linear"
-    beta_start: float = 0.00085
-    beta_end: float = 0.012
-    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
-
-
-@dataclass
-class LossConfig:
-    snr_gamma: float | None = 5.0  # min-SNR weighting; null trains on the plain MSE
-    noise_offset: float = 0.0
-
-
-@dataclass
-class EmaConfig:
-    enabled: bool = True
-    decay: float = 0.9999  # the ceiling; with warmup the decay grows towards it as 1 - (1 + step)^-power
-    warmup: bool = True
-    power: float = 2 / 3
 
 
 def build_unet(cfg: UNetConfig, autoencoder: FrozenAutoencoder, conditioner: TextConditioner,

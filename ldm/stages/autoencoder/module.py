@@ -1,139 +1,30 @@
-"""Stage 1: a KL or VQ autoencoder (diffusers' AutoencoderKL / VQModel), trained the taming way.
+"""The autoencoder LightningModule: one module trains both kinds (`model.kind: kl | vq`).
 
-    ldm train configs/autoencoder/kl_f4_shapes.yaml [section.key=value ...] [--resume]
-
-One LightningModule trains both kinds (`model.kind: kl | vq`). Each batch takes two optimizer
-steps under manual optimization: the autoencoder on the losses of `autoencoder_losses.py`, then
-the PatchGAN discriminator on its hinge loss (from `loss.disc_start` on). For VQ, `codebook.py`
-counts code usage and revives dead codes.
+Each batch takes two optimizer steps under manual optimization: the autoencoder on the losses of
+`losses.py`, then the PatchGAN discriminator on its hinge loss (from `loss.disc_start` on). For VQ,
+`codebook.py` counts code usage and revives dead codes.
 
 Validation logs PSNR and SSIM (and codebook usage and perplexity for VQ) on the held-out split
-and writes a grid of originals over reconstructions to RUN/autoencoder/reconstructions/.
-
-Export, on global rank 0 after training (RUN = run_dir):
-    RUN/vae/    save_pretrained in safetensors, with `scaling_factor` (and `shift_factor`, for KL
-                with `latent_scale.shift`) measured on the data: 1 / std of the latents, as latent
-                diffusion's `scale_by_std` does, so the diffusion stage sees unit-variance latents.
-It loads with AutoencoderKL / VQModel.from_pretrained and with `ldm.components.autoencoder.load_vae`.
-"""
+and writes a grid of originals over reconstructions to RUN/autoencoder/reconstructions/."""
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import ClassVar, Literal
-
 import lightning as L
+import numpy as np
 import torch
 from diffusers import AutoencoderKL, VQModel
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from ldm.components import autoencoder as vae_lib
-from ldm.core.atomic import atomic_folder
-from ldm.core.config import require_divides
-from ldm.core.errors import LdmError
-from ldm.core.images import save_grid
-from ldm.data.datamodule import ImageCaptionDataModule, require_divisible
+from ldm.core.images import image_grid, write_png
 from ldm.metrics.image_quality import psnr, ssim
 from ldm.stages.autoencoder.codebook import CodebookCare, perplexity, usage
+from ldm.stages.autoencoder.config import Config, ModelConfig
 from ldm.stages.autoencoder.losses import AutoencoderLoss
-from ldm.stages.trainer import RunConfig, fit, lr_scheduler
+from ldm.stages.trainer import lr_scheduler
 
-VAE = "vae"  # RUN/vae: the export the later stages read
 GRID_IMAGES = 8  # columns of the validation grid
 GRID_UPSCALE = 4  # 32 px images are too small to judge at their own size
-
-
-@dataclass
-class ModelConfig:
-    kind: Literal["kl", "vq"] = "kl"
-    # f: each latent cell covers f x f pixels. One encoder level per entry of `channels`, each but
-    # the last halving the resolution, so len(channels) must be log2(f) + 1.
-    downsampling_factor: int = 4
-    channels: list[int] = field(default_factory=lambda: [64, 128, 128])
-    layers_per_block: int = 1
-    latent_channels: int = 4  # for VQ, also the codebook vectors' size
-    norm_num_groups: int = 32  # must divide every entry of `channels`
-    mid_block_attention: bool = False  # self-attention at the lowest resolution (slow on CPU)
-    num_codes: int = 512  # VQ codebook size
-
-    def __post_init__(self):
-        f = self.downsampling_factor
-        if f < 1 or f & (f - 1):
-            raise ValueError(f"model.downsampling_factor must be a power of 2, got {f}")
-        if len(self.channels) != int(math.log2(f)) + 1:
-            raise ValueError(f"model.channels must have log2(f) + 1 = {int(math.log2(f)) + 1} entries for "
-                             f"downsampling_factor={f}, got {len(self.channels)}: {self.channels}")
-        require_divides(self.norm_num_groups, self.channels, "model.norm_num_groups", "model.channels")
-
-
-@dataclass
-class LossConfig:
-    """Each term's weight; 0 turns it off."""
-
-    l1: float = 1.0
-    l2: float = 0.0
-    # Perceptual loss: LPIPS (VGG16) when `lpips_weights` names a local file (see
-    # scripts/make_lpips_weights.py), otherwise 1 - SSIM, which needs no pretrained weights.
-    perceptual: float = 0.0
-    lpips_weights: str | None = None
-    # KL term per pixel (the KL summed over a latent, divided by the image's pixel count), so
-    # 1e-6 weighs it against the reconstruction as latent-diffusion's kl_weight does.
-    kl: float = 1e-6
-    codebook: float = 1.0  # pulls the chosen codes towards the encoder outputs (VQ)
-    commitment: float = 0.25  # pulls the encoder outputs towards their codes (VQ's beta)
-    disc: float = 0.5  # GAN term, times taming's adaptive weight; 0: no discriminator at all
-    disc_start: int = 50001  # step from which the discriminator trains and the GAN term counts
-    disc_layers: int = 3
-    disc_channels: int = 64
-    disc_lr: float | None = None  # null: train.lr
-    # Adam's betas for both optimizers; taming's GAN setting (0.5, 0.9) by default.
-    betas: list[float] = field(default_factory=lambda: [0.5, 0.9])
-
-    def __post_init__(self):
-        weights = {k: getattr(self, k) for k in ("l1", "l2", "perceptual", "kl", "codebook", "commitment", "disc")}
-        negative = [k for k, v in weights.items() if v < 0]
-        if negative:
-            raise ValueError(f"loss.{negative[0]} must not be negative")
-        if self.l1 == self.l2 == self.perceptual == 0:
-            raise ValueError("loss: at least one of l1, l2, perceptual must be positive")
-        if len(self.betas) != 2:
-            raise ValueError(f"loss.betas must be two numbers, got {self.betas}")
-        if self.lpips_weights and not Path(self.lpips_weights).is_file():
-            raise ValueError(f"loss.lpips_weights: file not found: {self.lpips_weights} (make it with "
-                             "scripts/make_lpips_weights.py, or leave it unset for the SSIM loss)")
-
-
-@dataclass
-class CodebookConfig:
-    """VQ only: how dead codes are revived (see ldm/stages/autoencoder/codebook.py)."""
-
-    revive_every: int = 100  # steps between checks; 0 never revives
-    recent_vectors: int = 4096  # encoder outputs kept to draw new codes from
-
-
-@dataclass
-class LatentScaleConfig:
-    samples: int = 512  # training images encoded to measure the latents' std
-    shift: bool = False  # KL only: also centre the latents (shift_factor = their mean)
-
-
-@dataclass
-class Config(RunConfig):
-    STAGE: ClassVar[str] = "autoencoder"
-
-    model: ModelConfig = field(default_factory=ModelConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    codebook: CodebookConfig = field(default_factory=CodebookConfig)
-    latent_scale: LatentScaleConfig = field(default_factory=LatentScaleConfig)
-
-    def __post_init__(self):
-        super().__post_init__()
-        require_divisible(self.data.resolution, self.model.downsampling_factor, "model.downsampling_factor")
-        if self.latent_scale.shift and self.model.kind == "vq":
-            raise ValueError("latent_scale.shift is for KL only: VQModel's config has no shift_factor")
-
 
 def build_autoencoder(model: ModelConfig, resolution: int) -> vae_lib.Autoencoder:
     levels = len(model.channels)
@@ -318,57 +209,11 @@ class AutoencoderModule(L.LightningModule):
     def write_grid(self) -> None:
         """Originals over reconstructions, as a PNG and in TensorBoard."""
         path = self.cfg.stage_dir / "reconstructions" / f"step{self.step:08d}.png"
-        grid = save_grid(self.val_grid, path, upscale=GRID_UPSCALE)
+        grid = image_grid(self.val_grid, upscale=GRID_UPSCALE)
+        write_png(path, grid, {"rows": "originals, reconstructions", "training_step": str(self.step)})
         for logger in self.loggers:
             if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image("val/reconstructions", grid, self.step, dataformats="HWC")
+                logger.experiment.add_image("val/reconstructions", np.asarray(grid), self.step, dataformats="HWC")
 
 
 # ---- after training: latent scale and export ---------------------------------------------------
-@torch.no_grad()
-def measure_latent_scale(vae: vae_lib.Autoencoder, loader, samples: int, shift: bool) -> tuple[float, float]:
-    """(scaling_factor, shift_factor) so that (z - shift) * scale has unit std over the data."""
-    latents, seen = [], 0
-    for batch in loader:
-        pixels = batch["pixel_values"][: samples - seen].to(vae.device, vae.dtype)
-        latents.append(vae_lib.encode_unscaled(vae, pixels).float().cpu())
-        seen += len(pixels)
-        if seen >= samples:
-            break
-    if not latents:
-        raise LdmError("no training images to measure the latent scale on")
-    z = torch.cat(latents)
-    mean = z.mean().item() if shift else 0.0
-    return 1.0 / (z - mean).std().item(), mean
-
-
-def export_vae(vae: vae_lib.Autoencoder, out_dir: str | Path, scaling_factor: float,
-               shift_factor: float | None) -> Path:
-    """Write RUN/vae with save_pretrained (safetensors), whole or not at all."""
-    vae.register_to_config(scaling_factor=scaling_factor)
-    if isinstance(vae, AutoencoderKL):
-        vae.register_to_config(shift_factor=shift_factor)
-    with atomic_folder(out_dir) as tmp:
-        vae.save_pretrained(tmp, safe_serialization=True)
-    return Path(out_dir)
-
-
-def finish(module: AutoencoderModule, datamodule: ImageCaptionDataModule) -> Path:
-    """Measure the latent scale on training images and export RUN/vae."""
-    cfg = module.cfg
-    vae = module.vae.eval()
-    scale, mean = measure_latent_scale(vae, datamodule.train_dataloader(), cfg.latent_scale.samples,
-                                       cfg.latent_scale.shift)
-    out = export_vae(vae, Path(cfg.run_dir) / VAE, scale, mean if cfg.latent_scale.shift else None)
-    print(f"autoencoder: scaling_factor={scale:.4f}" + (f" shift_factor={mean:.4f}" if cfg.latent_scale.shift else "")
-          + f", exported to {out}")
-    return out
-
-
-def train(cfg: Config) -> Path | None:
-    module = AutoencoderModule(cfg)
-    datamodule = ImageCaptionDataModule(cfg.data)
-    trainer = fit(cfg, module, datamodule)
-    if not trainer.is_global_zero:
-        return None
-    return finish(module, datamodule)

@@ -1,7 +1,5 @@
-"""Stage 2: a text-conditioned latent diffusion UNet, trained with Lightning.
-
-The module is an engine that receives its parts, each built from its own config section
-(`ldm.stages.diffusion.parts`), as Stability AI's generative-models composes its diffusion engine:
+"""The diffusion engine, a LightningModule that receives its parts, each built from its own config
+section (`parts.py`), as Stability AI's generative-models composes its diffusion engine:
 
     network       UNet2DConditionModel                (trained; `unet:`)
     noise         DDPMScheduler                       (`noise:`)
@@ -12,18 +10,11 @@ The module is an engine that receives its parts, each built from its own config 
 
 Data arrive either from the latent cache (`cache: true`, the default: latent moments and caption
 embeddings computed once, see `ldm.data.latent_cache`) or as images and captions, encoded at every
-step (`cache: false`, for streamed data). At the end, rank 0 exports RUN/pipeline with the EMA
-weights and a DPM-Solver++ scheduler on the training schedule.
-
-    ldm train configs/diffusion/ldm_shapes.yaml
-"""
+step (`cache: false`, for streamed data)."""
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import ClassVar
 
 import lightning as L
 import numpy as np
@@ -34,52 +25,19 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from ldm.components.conditioner import TextConditioner
 from ldm.components.frozen_autoencoder import FrozenAutoencoder
-from ldm.data.datamodule import ImageCaptionDataModule, require_divisible
-from ldm.data.latent_datamodule import LatentCacheDataModule, check_cacheable
-from ldm.sampling.pipeline_io import export_pipeline
 from ldm.stages.diffusion.losses import DiffusionLoss
-from ldm.stages.diffusion.parts import (
-    EmaConfig,
-    LossConfig,
-    NoiseConfig,
-    UNetConfig,
-    build_ema,
-    build_loss,
-    build_noise_scheduler,
-    build_unet,
-)
 from ldm.stages.diffusion.samples import (
     SamplesConfig,
     inference_scheduler,
     sample_grid,
     save_grid,
 )
-from ldm.stages.trainer import RunConfig, TrainConfig, fit, lr_scheduler
+from ldm.stages.trainer import TrainConfig, lr_scheduler
 
 PIPELINE = "pipeline"
+
+
 EMA_KEY = "ema"  # where the EMA weights live in a Lightning checkpoint
-
-
-@dataclass(kw_only=True)
-class Config(RunConfig):
-    STAGE: ClassVar[str] = "diffusion"
-
-    stage: str = "diffusion"
-    vae: str  # RUN/vae of stage 1 (or any folder an AutoencoderKL / VQModel loads from)
-    text_encoder: str  # RUN of stage 1b (text_encoder/ + tokenizer/), a pipeline or a CLIP folder
-    cache: bool = True  # false: encode images and captions at every step (streamed data)
-    caption_dropout: float = 0.1  # share of captions replaced by "" to learn unconditional denoising
-    unet: UNetConfig = field(default_factory=UNetConfig)
-    noise: NoiseConfig = field(default_factory=NoiseConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    ema: EmaConfig = field(default_factory=EmaConfig)
-    samples: SamplesConfig = field(default_factory=SamplesConfig)
-
-    def __post_init__(self):
-        super().__post_init__()
-        if not 0.0 <= self.caption_dropout < 1.0:
-            raise ValueError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
-
 
 class LatentDiffusion(L.LightningModule):
     def __init__(self, unet: UNet2DConditionModel, noise_scheduler: DDPMScheduler, loss: DiffusionLoss,
@@ -209,39 +167,3 @@ class LatentDiffusion(L.LightningModule):
                 logger.experiment.add_image("samples", np.asarray(grid), step, dataformats="HWC")
 
 
-def build_module(cfg: Config) -> LatentDiffusion:
-    """The engine and its parts, from the config (stage 1 and 1b are read from their folders)."""
-    autoencoder = FrozenAutoencoder.load(cfg.vae)
-    require_divisible(cfg.data.resolution, autoencoder.factor, "the autoencoder's downsampling factor")
-    conditioner = TextConditioner.load(cfg.text_encoder, cfg.caption_dropout)
-    unet = build_unet(cfg.unet, autoencoder, conditioner, cfg.data.resolution)
-    scheduler = build_noise_scheduler(cfg.noise)
-    return LatentDiffusion(unet, scheduler, build_loss(cfg.loss, scheduler), autoencoder, conditioner,
-                           cfg.train, ema=build_ema(cfg.ema, unet), samples=cfg.samples,
-                           samples_dir=cfg.stage_dir / "samples")
-
-
-def build_datamodule(cfg: Config, module: LatentDiffusion) -> L.LightningDataModule:
-    if not cfg.cache:
-        return ImageCaptionDataModule(cfg.data)
-    return LatentCacheDataModule(cfg.data, cfg.stage_dir / "cache", module.autoencoder, module.conditioner)
-
-
-def export(module: LatentDiffusion, out_dir) -> None:
-    """RUN/pipeline with the EMA weights (the training weights when EMA is off)."""
-    with module.ema_weights():
-        unet = module.unet.to("cpu")
-        export_pipeline(out_dir, vae=module.autoencoder.vae.to("cpu"),
-                        text_encoder=module.conditioner.text_encoder.to("cpu"),
-                        tokenizer=module.conditioner.tokenizer, unet=unet,
-                        scheduler=inference_scheduler(module.noise_scheduler))
-
-
-def train(cfg: Config) -> L.Trainer:
-    if cfg.cache:
-        check_cacheable(cfg.data)  # before loading any model
-    module = build_module(cfg)
-    trainer = fit(cfg, module, build_datamodule(cfg, module))
-    if trainer.is_global_zero:
-        export(module, Path(cfg.run_dir) / PIPELINE)
-    return trainer

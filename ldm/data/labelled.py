@@ -1,0 +1,28 @@
+"""A split's images with some of its columns: what evaluation and zero-shot validation read."""
+
+from __future__ import annotations
+
+import torch
+
+from ldm.core.errors import LdmError
+from ldm.data.config import DataConfig
+from ldm.data.datamodule import make_sample
+from ldm.data.sources import load_source
+
+
+def load_labelled_images(data: DataConfig, columns: list[str], max_images: int | None = None,
+                         ds=None) -> tuple[torch.Tensor, dict[str, list[str]]]:
+    """Images of `data.split` as [-1, 1] tensors, with the values of `columns` (e.g. colour, shape).
+
+    `ds` is the split when the caller has loaded it already (`load_source(data)`), to pick columns.
+    """
+    ds = load_source(data) if ds is None else ds
+    missing = [c for c in columns if c not in ds.column_names]
+    if missing:
+        raise LdmError(f"split '{data.split}' of {data.source} has no '{missing[0]}' column, which "
+                       "zero-shot evaluation needs (the shapes data has colour, shape and position)")
+    if max_images is not None:
+        ds = ds.select(range(min(max_images, len(ds))))
+    rows = list(ds)
+    pixels = torch.stack([make_sample(row, data, train=False)["pixel_values"] for row in rows])
+    return pixels, {c: [row[c] for row in rows] for c in columns}

@@ -1,0 +1,105 @@
+"""The autoencoder stage's config: the model's shape, each loss term's weight, codebook care (VQ)
+and how the latent scale is measured."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from ldm.core.config import require_divides
+from ldm.data.datamodule import require_divisible
+from ldm.stages.trainer import RunConfig
+
+
+@dataclass
+class ModelConfig:
+    kind: Literal["kl", "vq"] = "kl"
+    # f: each latent cell covers f x f pixels. One encoder level per entry of `channels`, each but
+    # the last halving the resolution, so len(channels) must be log2(f) + 1.
+    downsampling_factor: int = 4
+    channels: list[int] = field(default_factory=lambda: [64, 128, 128])
+    layers_per_block: int = 1
+    latent_channels: int = 4  # for VQ, also the codebook vectors' size
+    norm_num_groups: int = 32  # must divide every entry of `channels`
+    mid_block_attention: bool = False  # self-attention at the lowest resolution (slow on CPU)
+    num_codes: int = 512  # VQ codebook size
+
+    def __post_init__(self):
+        f = self.downsampling_factor
+        if f < 1 or f & (f - 1):
+            raise ValueError(f"model.downsampling_factor must be a power of 2, got {f}")
+        if len(self.channels) != int(math.log2(f)) + 1:
+            raise ValueError(f"model.channels must have log2(f) + 1 = {int(math.log2(f)) + 1} entries for "
+                             f"downsampling_factor={f}, got {len(self.channels)}: {self.channels}")
+        require_divides(self.norm_num_groups, self.channels, "model.norm_num_groups", "model.channels")
+
+
+@dataclass
+class LossConfig:
+    """Each term's weight; 0 turns it off."""
+
+    l1: float = 1.0
+    l2: float = 0.0
+    # Perceptual loss: LPIPS (VGG16) when `lpips_weights` names a local file (see
+    # scripts/make_lpips_weights.py), otherwise 1 - SSIM, which needs no pretrained weights.
+    perceptual: float = 0.0
+    lpips_weights: str | None = None
+    # KL term per pixel (the KL summed over a latent, divided by the image's pixel count), so
+    # 1e-6 weighs it against the reconstruction as latent-diffusion's kl_weight does.
+    kl: float = 1e-6
+    codebook: float = 1.0  # pulls the chosen codes towards the encoder outputs (VQ)
+    commitment: float = 0.25  # pulls the encoder outputs towards their codes (VQ's beta)
+    disc: float = 0.5  # GAN term, times taming's adaptive weight; 0: no discriminator at all
+    disc_start: int = 50001  # step from which the discriminator trains and the GAN term counts
+    disc_layers: int = 3
+    disc_channels: int = 64
+    disc_lr: float | None = None  # null: train.lr
+    # Adam's betas for both optimizers; taming's GAN setting (0.5, 0.9) by default.
+    betas: list[float] = field(default_factory=lambda: [0.5, 0.9])
+
+    def __post_init__(self):
+        weights = {k: getattr(self, k) for k in ("l1", "l2", "perceptual", "kl", "codebook", "commitment", "disc")}
+        negative = [k for k, v in weights.items() if v < 0]
+        if negative:
+            raise ValueError(f"loss.{negative[0]} must not be negative")
+        if self.l1 == self.l2 == self.perceptual == 0:
+            raise ValueError("loss: at least one of l1, l2, perceptual must be positive")
+        if len(self.betas) != 2:
+            raise ValueError(f"loss.betas must be two numbers, got {self.betas}")
+        if self.lpips_weights and not Path(self.lpips_weights).is_file():
+            raise ValueError(f"loss.lpips_weights: file not found: {self.lpips_weights} (make it with "
+                             "scripts/make_lpips_weights.py, or leave it unset for the SSIM loss)")
+
+
+@dataclass
+class CodebookConfig:
+    """VQ only: how dead codes are revived (see ldm/stages/autoencoder/codebook.py)."""
+
+    revive_every: int = 100  # steps between checks; 0 never revives
+    recent_vectors: int = 4096  # encoder outputs kept to draw new codes from
+
+
+@dataclass
+class LatentScaleConfig:
+    samples: int = 512  # training images encoded to measure the latents' std
+    shift: bool = False  # KL only: also centre the latents (shift_factor = their mean)
+
+
+@dataclass
+class Config(RunConfig):
+    STAGE: ClassVar[str] = "autoencoder"
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    codebook: CodebookConfig = field(default_factory=CodebookConfig)
+    latent_scale: LatentScaleConfig = field(default_factory=LatentScaleConfig)
+
+    def __post_init__(self):
+        super().__post_init__()
+        require_divisible(self.data.resolution, self.model.downsampling_factor, "model.downsampling_factor")
+        if self.latent_scale.shift and self.model.kind == "vq":
+            raise ValueError("latent_scale.shift is for KL only: VQModel's config has no shift_factor")
+
+

@@ -1,0 +1,119 @@
+"""The CLIP stage's config: the two towers' sizes, the tokenizer, zero-shot validation and hard negatives."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+from ldm.components.text_encoder import MAX_LENGTH
+from ldm.core import layout
+from ldm.data.datamodule import require_divisible
+from ldm.stages.trainer import RunConfig
+
+# Image towers (model.vision.kind). VIT is CLIPModel's own; RESNET, see ldm/components/conv_vision.py.
+VIT, RESNET = "vit", "resnet"
+VISION_KINDS = (VIT, RESNET)
+
+
+@dataclass
+class TowerConfig:
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+
+    def __post_init__(self):
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size={self.hidden_size} is not divisible by "
+                             f"num_heads={self.num_heads}")
+
+
+@dataclass
+class VisionTowerConfig(TowerConfig):
+    kind: str = VIT
+    # ViT sizes (kind: vit)
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 512
+    patch_size: int = 4
+    # ResNet sizes (kind: resnet): stem width, then one width and block count per stage; every
+    # stage after the first halves the resolution, as does the stem (twice).
+    embedding_size: int = 32
+    hidden_sizes: list[int] = field(default_factory=lambda: [32, 64, 128])
+    depths: list[int] = field(default_factory=lambda: [1, 1, 1])
+
+    def __post_init__(self):
+        if self.kind not in VISION_KINDS:
+            raise ValueError(f"kind={self.kind!r} is not one of {', '.join(VISION_KINDS)}")
+        if self.kind == VIT:
+            super().__post_init__()
+        elif len(self.hidden_sizes) != len(self.depths) or not self.depths:
+            raise ValueError(f"hidden_sizes {self.hidden_sizes} and depths {self.depths} must name the "
+                             "same number of stages, at least one")
+
+
+@dataclass
+class TextTowerConfig(TowerConfig):
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    intermediate_size: int = 512
+
+
+@dataclass
+class ClipModelConfig:
+    vision: VisionTowerConfig = field(default_factory=VisionTowerConfig)
+    text: TextTowerConfig = field(default_factory=TextTowerConfig)
+    projection_dim: int = 128
+    # ln(1/0.07), CLIP's initial temperature; learned from there, capped at max_logit_scale.
+    logit_scale_init: float = 2.6592
+    max_logit_scale: float = 100.0  # CLIP clips exp(logit_scale) at 100 to keep training stable
+
+
+@dataclass
+class TokenizerConfig:
+    vocab_size: int = 1000
+    max_length: int = MAX_LENGTH  # prompts are padded / cut to this many tokens
+
+
+@dataclass
+class ValidationConfig:
+    # A split of data.source with attribute columns (colour, shape, position), e.g. the shapes
+    # data's held-out "test" split; null skips zero-shot evaluation.
+    zero_shot_split: str | None = None
+    zero_shot_images: int = 256
+
+
+@dataclass
+class HardNegativesConfig:
+    # Groups of interchangeable words or phrases, e.g. [[circle, square, triangle], [red, green]]:
+    # each caption gets one negative per group it mentions, with that word swapped. Empty: none.
+    words: list[list[str]] = field(default_factory=list)
+
+
+@dataclass
+class Config(RunConfig):
+    STAGE: ClassVar[str] = "clip"
+
+    model: ClipModelConfig = field(default_factory=ClipModelConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    hard_negatives: HardNegativesConfig = field(default_factory=HardNegativesConfig)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.model.vision.kind == VIT:
+            require_divisible(self.data.resolution, self.model.vision.patch_size, "model.vision.patch_size")
+        split = self.validation.zero_shot_split
+        if split is not None and self.data.split == split:
+            raise ValueError(f"validation.zero_shot_split={split!r} is the training split: zero-shot "
+                             "accuracy must be measured on images the model never saw")
+
+    @property
+    def stage_dir(self) -> Path:
+        """RUN/clip_training: checkpoints and logs, kept apart from the RUN/clip export."""
+        return Path(self.run_dir) / layout.CLIP_TRAINING
+
+

@@ -1,0 +1,28 @@
+"""Stage 1b, start to end: `ldm train configs/clip/clip_shapes.yaml [key=value ...] [--resume]`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ldm.core.config import recheck
+from ldm.data.datamodule import ImageCaptionDataModule
+from ldm.stages.clip.config import Config
+from ldm.stages.clip.export import export
+from ldm.stages.clip.module import ClipModule
+from ldm.stages.clip.tokenizer import prepare_tokenizer
+from ldm.stages.trainer import TrainedStage, fit, resolve_checkpoint
+
+
+def train(cfg: Config) -> TrainedStage:
+    """Learn the tokenizer, train the CLIP, export RUN/text_encoder, RUN/tokenizer and RUN/clip.
+
+    The export's path is RUN itself: what the diffusion stage's `text_encoder:` key takes.
+    """
+    recheck(cfg)
+    resolve_checkpoint(cfg)  # fails now, not after the tokenizer, when the run_dir holds a run
+    tokenizer = prepare_tokenizer(cfg)
+    module = ClipModule(cfg, tokenizer)
+    trainer = fit(cfg, module, ImageCaptionDataModule(cfg.data))
+    if trainer.is_global_zero:
+        export(module.clip, tokenizer, cfg.run_dir, cfg.data.resolution)
+    return TrainedStage(Path(cfg.run_dir), module, trainer)
