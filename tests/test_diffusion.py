@@ -8,7 +8,7 @@ from diffusers import StableDiffusionPipeline
 from diffusion_fixtures import diffusion_config, make_stage1_run
 from safetensors.torch import load_file
 
-from ldm.components.conditioner import TextConditioner
+from ldm.components.text_encoder import TextConditioner
 from ldm.core.config import build
 from ldm.stages.diffusion.config import Config
 from ldm.stages.diffusion.losses import DiffusionLoss

@@ -9,8 +9,8 @@ import torch
 from diffusion_fixtures import make_stage1_run
 from PIL import Image
 
-from ldm.components.conditioner import TextConditioner
-from ldm.components.frozen_autoencoder import FrozenAutoencoder
+from ldm.components.autoencoder import FrozenAutoencoder
+from ldm.components.text_encoder import TextConditioner
 from ldm.core.errors import LdmError
 from ldm.data.config import DataConfig
 from ldm.data.latent_cache import LatentCacheDataset, load_cache

@@ -8,6 +8,15 @@ of moving between pixels and the diffusion model's latent space:
 
 For VQ, z is the encoder's output before quantization (as CompVis' latent diffusion does);
 decoding quantizes it to the codebook first.
+
+`FrozenAutoencoder` is the autoencoder as the diffusion stage trains on it: an image is described by
+the distribution its latent is drawn from:
+- KL: the encoder's posterior, a Gaussian with `mean` and `std` per latent cell, so each epoch
+  sees a fresh sample z = mean + std * eps (as Stable Diffusion trains),
+- VQ: the encoder's output before quantization (`encode_unscaled`), a point (`std` None).
+The latent cache stores exactly these moments, so cached and on-the-fly training draw latents the
+same way. Like the text conditioner, it is a plain class: the autoencoder stays out of the
+LightningModule's children, its optimizer and its checkpoints.
 """
 
 from __future__ import annotations
@@ -73,3 +82,50 @@ def encode(vae: Autoencoder, pixels: torch.Tensor, sample: bool = False,
 def decode(vae: Autoencoder, latents: torch.Tensor) -> torch.Tensor:
     """Scaled latents -> images in [-1, 1] (not clamped)."""
     return vae.decode(unscale(vae, latents)).sample
+
+
+class FrozenAutoencoder:
+    def __init__(self, vae: Autoencoder):
+        self.vae = vae.requires_grad_(False).eval()
+
+    @classmethod
+    def load(cls, path: str) -> "FrozenAutoencoder":
+        return cls(load_vae(path))
+
+    @property
+    def is_kl(self) -> bool:
+        return isinstance(self.vae, AutoencoderKL)
+
+    @property
+    def factor(self) -> int:
+        return downsampling_factor(self.vae)
+
+    @property
+    def latent_channels(self) -> int:
+        return self.vae.config.latent_channels
+
+    @property
+    def device(self) -> torch.device:
+        return self.vae.device
+
+    def to(self, device: torch.device | str) -> "FrozenAutoencoder":
+        self.vae.to(device)
+        return self
+
+    @torch.no_grad()
+    def moments(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(mean, std) of the unscaled latent for images in [-1, 1]; std is None for VQ."""
+        pixels = pixels.to(self.device, self.vae.dtype)
+        if not self.is_kl:
+            return encode_unscaled(self.vae, pixels), None
+        posterior = self.vae.encode(pixels).latent_dist
+        return posterior.mean, posterior.std
+
+    def sample_latents(self, mean: torch.Tensor, std: torch.Tensor | None,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+        """Scaled latents: a draw from the posterior (KL) or the point itself (VQ)."""
+        z = mean
+        if std is not None:
+            z = mean + std * torch.randn(mean.shape, generator=generator, device=mean.device,
+                                         dtype=mean.dtype)
+        return scale(self.vae, z)

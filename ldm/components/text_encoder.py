@@ -5,8 +5,8 @@ Every later stage conditions on CLIP text embeddings made the same way, here:
     tokenizer, text_encoder = load_text_encoder("runs/shapes")      # RUN, pipeline, or CLIP folder
     embeddings = encode_prompts(tokenizer, text_encoder, ["a red circle", ""])   # (2, 77, hidden)
 
-`train_tokenizer` builds a CLIP-style tokenizer from the user's own captions, for the CLIP that
-stage 1b trains when no pretrained one is available.
+`TextConditioner` is the encoder as the diffusion stage trains on it (frozen, with caption dropout).
+The tokenizer itself is learned by stage 1b (`ldm.stages.clip.tokenizer`) or comes with a pretrained CLIP.
 """
 
 from __future__ import annotations
@@ -115,3 +115,73 @@ def encode_prompts(tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel,
         raise TypeError("encode_prompts takes a list of prompts, not one string")
     ids = tokenize_prompts(tokenizer, prompts).to(text_encoder.device)
     return text_encoder(input_ids=ids).last_hidden_state
+
+
+def encode_each_once(tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, prompts: list[str]) -> torch.Tensor:
+    """`encode_prompts`, with each distinct text through the encoder once: a batch of 16 images of
+    4 prompts and the empty negative prompt needs 5 encoder rows, not 32."""
+    distinct = list(dict.fromkeys(prompts))
+    table = encode_prompts(tokenizer, text_encoder, distinct)
+    return table[[distinct.index(prompt) for prompt in prompts]]
+
+
+EMPTY_PROMPT = ""
+
+
+class TextConditioner:
+    """The frozen CLIP text encoder of stage 1b, and caption dropout.
+
+    Classifier-free guidance needs a model that also denoises without a prompt. Training teaches it
+    by replacing a share of the captions (`dropout`, 10% by default) with the empty prompt's
+    embedding, the same embedding the pipeline uses as the negative prompt at sampling time.
+
+    The encoder is held outside the LightningModule's children (this class is not an `nn.Module`),
+    so Lightning never switches it to train mode, never gives it to the optimizer, and never writes
+    its weights into checkpoints; the module moves it to its device itself.
+    """
+
+    def __init__(self, tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, dropout: float = 0.1):
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"caption dropout must be in [0, 1), got {dropout}")
+        self.tokenizer = tokenizer
+        self.text_encoder = text_encoder.requires_grad_(False).eval()
+        self.dropout = dropout
+        self._empty = None  # the empty prompt's embedding, made on first use on the right device
+
+    @classmethod
+    def load(cls, path: str, dropout: float = 0.1) -> "TextConditioner":
+        """From a run folder (RUN/text_encoder + RUN/tokenizer), a pipeline or a CLIP folder."""
+        tokenizer, text_encoder = load_text_encoder(path)
+        return cls(tokenizer, text_encoder, dropout)
+
+    @property
+    def hidden_size(self) -> int:
+        """The embedding width: the UNet's cross-attention width must match it."""
+        return self.text_encoder.config.hidden_size
+
+    @property
+    def device(self) -> torch.device:
+        return self.text_encoder.device
+
+    def to(self, device: torch.device | str) -> "TextConditioner":
+        self.text_encoder.to(device)
+        self._empty = None
+        return self
+
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        """(B, max_length, hidden_size) embeddings, as the pipeline makes them."""
+        return encode_prompts(self.tokenizer, self.text_encoder, list(prompts))
+
+    def empty_embedding(self) -> torch.Tensor:
+        """(1, max_length, hidden_size): the unconditional embedding used for guidance."""
+        if self._empty is None:
+            self._empty = self.encode([EMPTY_PROMPT])
+        return self._empty
+
+    def drop_captions(self, embeddings: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Each row replaced by the empty prompt's embedding with probability `dropout`."""
+        if self.dropout == 0.0:
+            return embeddings
+        drop = torch.rand(embeddings.shape[0], generator=generator, device=embeddings.device) < self.dropout
+        empty = self.empty_embedding().to(embeddings)
+        return torch.where(drop[:, None, None], empty, embeddings)

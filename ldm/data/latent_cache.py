@@ -29,8 +29,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from ldm.components.conditioner import TextConditioner
-from ldm.components.frozen_autoencoder import FrozenAutoencoder
+from ldm.components.autoencoder import FrozenAutoencoder
+from ldm.components.text_encoder import TextConditioner
 from ldm.core.atomic import atomic_folder
 from ldm.core.errors import LdmError
 from ldm.data.config import DataConfig

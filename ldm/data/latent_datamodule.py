@@ -18,8 +18,8 @@ import datasets
 import lightning as L
 from torch.utils.data import DataLoader
 
-from ldm.components.conditioner import TextConditioner
-from ldm.components.frozen_autoencoder import FrozenAutoencoder
+from ldm.components.autoencoder import FrozenAutoencoder
+from ldm.components.text_encoder import TextConditioner
 from ldm.core.errors import LdmError
 from ldm.data.config import DataConfig
 from ldm.data.datamodule import make_loader, validation_rows

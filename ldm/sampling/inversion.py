@@ -14,6 +14,8 @@ import torch
 from diffusers import DDIMInverseScheduler, UNet2DConditionModel
 from diffusers.schedulers import SchedulerMixin
 
+from ldm.sampling.guidance import GuidedDenoiser
+
 
 @torch.no_grad()
 def ddim_invert(unet: UNet2DConditionModel, scheduler: SchedulerMixin, latents: torch.Tensor,
@@ -29,10 +31,8 @@ def ddim_invert(unet: UNet2DConditionModel, scheduler: SchedulerMixin, latents: 
     known = inspect.signature(DDIMInverseScheduler.__init__).parameters
     inverse = DDIMInverseScheduler.from_config({k: v for k, v in scheduler.config.items() if k in known})
     inverse.set_timesteps(num_inference_steps, device=latents.device)
-    embeddings = text_embeddings.to(device=latents.device, dtype=unet.dtype)
+    denoiser = GuidedDenoiser(unet, text_embeddings.to(device=latents.device, dtype=unet.dtype))
     x = latents.to(unet.dtype)
     for t in inverse.timesteps:
-        noise = unet(inverse.scale_model_input(x, t), t, encoder_hidden_states=embeddings,
-                     return_dict=False)[0]
-        x = inverse.step(noise, t, x, return_dict=False)[0]
+        x = inverse.step(denoiser(inverse.scale_model_input(x, t), t), t, x, return_dict=False)[0]
     return x

@@ -29,8 +29,9 @@ from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from ldm.components import autoencoder as vae_lib
-from ldm.components.text_encoder import encode_prompts
+from ldm.components.text_encoder import encode_each_once
 from ldm.sampling.attention_cache import text_keys_values_cached
+from ldm.sampling.guidance import GuidedDenoiser
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 Generators = torch.Generator | list[torch.Generator] | None
@@ -54,23 +55,18 @@ class LatentDiffusionPipeline(DiffusionPipeline):
     def encode_prompt(self, prompts: list[str], negative_prompts: list[str] | None,
                       num_images_per_prompt: int, guidance: bool
                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(prompt embeddings, negative embeddings), one row per image.
-
-        Every distinct text is encoded once: a batch of 16 images of 4 prompts with the empty
-        negative needs 5 text-encoder rows, where Stable Diffusion's pipeline encodes 32.
-        """
+        """(prompt embeddings, negative embeddings), one row per image; every distinct text is
+        encoded once (Stable Diffusion's pipeline encodes each row of the batch)."""
         texts = list(prompts) + (list(negative_prompts) if guidance else [])
-        unique = list(dict.fromkeys(texts))
-        table = encode_prompts(self.tokenizer, self.text_encoder, unique).to(self.unet.dtype)
-        rows = torch.tensor([unique.index(text) for text in texts], device=table.device)
-        embeds = table[rows].repeat_interleave(num_images_per_prompt, dim=0)
+        embeds = encode_each_once(self.tokenizer, self.text_encoder, texts).to(self.unet.dtype)
+        embeds = embeds.repeat_interleave(num_images_per_prompt, dim=0)
         if not guidance:
             return embeds, None
         return embeds.chunk(2)
 
     def conditioning(self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
-                     num_images_per_prompt: int, guidance: bool) -> torch.Tensor:
-        """The UNet's encoder states, one row per image; with guidance, negative rows first."""
+                     num_images_per_prompt: int, guidance: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(prompt embeddings, negative embeddings or None without guidance), one row per image."""
         if prompt_embeds is None:
             prompts = [prompt] if isinstance(prompt, str) else list(prompt)
             positive, negative = self.encode_prompt(prompts, _as_list(negative_prompt, len(prompts)),
@@ -83,7 +79,7 @@ class LatentDiffusionPipeline(DiffusionPipeline):
                 negative = self.encode_prompt(negatives, None, 1, guidance=False)[0]
             if guidance:
                 negative = negative.to(positive).repeat_interleave(num_images_per_prompt, dim=0)
-        return torch.cat([negative, positive]) if guidance else positive
+        return positive, (negative if guidance else None)
 
     # ---- latents ----------------------------------------------------------------------------------
 
@@ -166,10 +162,11 @@ class LatentDiffusionPipeline(DiffusionPipeline):
                              f"got {height}x{width}")
         guidance = guidance_scale > 1.0
 
-        # 1. Conditioning: [negative; positive] rows, so one UNet call does both passes.
-        embeds = self.conditioning(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
-                                   num_images_per_prompt, guidance)
-        batch = embeds.shape[0] // 2 if guidance else embeds.shape[0]
+        # 1. Conditioning, and the UNet wrapped with guidance.
+        positive, negative = self.conditioning(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
+                                               num_images_per_prompt, guidance)
+        denoiser = GuidedDenoiser(self.unet, positive, negative, guidance_scale)
+        batch = positive.shape[0]
         if isinstance(generator, list) and len(generator) != batch:
             raise ValueError(f"got {len(generator)} generators for {batch} images")
 
@@ -189,12 +186,7 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         steps = len(timesteps) // self.scheduler.order
         with self.progress_bar(total=steps) as bar, text_keys_values_cached(self.unet):
             for i, t in enumerate(timesteps):
-                model_input = torch.cat([latents] * 2) if guidance else latents
-                model_input = self.scheduler.scale_model_input(model_input, t)
-                noise = self.unet(model_input, t, encoder_hidden_states=embeds, return_dict=False)[0]
-                if guidance:
-                    uncond, cond = noise.chunk(2)
-                    noise = uncond + guidance_scale * (cond - uncond)
+                noise = denoiser(self.scheduler.scale_model_input(latents, t), t)
                 latents = self.scheduler.step(noise, t, latents, **extra, return_dict=False)[0]
                 if callback_on_step_end is not None:
                     latents = callback_on_step_end(self, i, t, {"latents": latents}).get("latents", latents)

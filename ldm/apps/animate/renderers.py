@@ -25,7 +25,7 @@ from PIL import Image
 
 from ldm.apps.animate import path as walks
 from ldm.components import autoencoder as vae_lib
-from ldm.components.text_encoder import encode_prompts
+from ldm.components.text_encoder import encode_each_once
 from ldm.core.images import to_tensor, to_uint8, unit_to_uint8
 from ldm.data.transforms import resize_and_crop
 from ldm.sampling.inversion import ddim_invert
@@ -90,10 +90,8 @@ def prompt_walk(pipe: LatentDiffusionPipeline, prompts: list[str], seeds: list[i
                 loop: bool, steps: int, guidance: float) -> DiffusionWalk:
     """Keyframe k is prompts[k] with seeds[k] (a seed walk repeats one prompt)."""
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    order = list(dict.fromkeys(prompts + [negative_prompt]))  # each distinct text encoded once
-    table = encode_prompts(pipe.tokenizer, pipe.text_encoder, order)
-    embeddings = table[[order.index(p) for p in prompts]]
-    negative = table[[order.index(negative_prompt)]]
+    embeddings = encode_each_once(pipe.tokenizer, pipe.text_encoder, prompts + [negative_prompt])
+    embeddings, negative = embeddings[:-1], embeddings[-1:]
     return DiffusionWalk(pipe, embeddings, seed_noise(pipe, seeds, size, size), negative, loop, steps, guidance)
 
 
@@ -102,8 +100,8 @@ def image_walk(pipe: LatentDiffusionPipeline, images: list[str], captions: list[
     """Keyframe k is images[k] inverted to noise by DDIM under its caption; the pipeline's
     scheduler must already be DDIM with the same step count for the walk to pass through them."""
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    embeddings = encode_prompts(pipe.tokenizer, pipe.text_encoder, captions)
-    negative = encode_prompts(pipe.tokenizer, pipe.text_encoder, [negative_prompt])
+    embeddings = encode_each_once(pipe.tokenizer, pipe.text_encoder, captions + [negative_prompt])
+    embeddings, negative = embeddings[:-1], embeddings[-1:]
     pixels = torch.cat([load_image_tensor(path, size) for path in images]).to(pipe.device, pipe.vae.dtype)
     latents = vae_lib.encode(pipe.vae, pixels)
     noises = ddim_invert(pipe.unet, pipe.scheduler, latents, embeddings, steps)

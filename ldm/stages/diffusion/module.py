@@ -23,8 +23,8 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.training_utils import EMAModel
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from ldm.components.conditioner import TextConditioner
-from ldm.components.frozen_autoencoder import FrozenAutoencoder
+from ldm.components.autoencoder import FrozenAutoencoder
+from ldm.components.text_encoder import TextConditioner
 from ldm.stages.diffusion.losses import DiffusionLoss
 from ldm.stages.diffusion.samples import (
     SamplesConfig,

@@ -12,8 +12,8 @@ from __future__ import annotations
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.training_utils import EMAModel
 
-from ldm.components.conditioner import TextConditioner
-from ldm.components.frozen_autoencoder import FrozenAutoencoder
+from ldm.components.autoencoder import FrozenAutoencoder
+from ldm.components.text_encoder import TextConditioner
 from ldm.core.errors import LdmError
 from ldm.stages.diffusion.config import EmaConfig, LossConfig, NoiseConfig, UNetConfig
 from ldm.stages.diffusion.losses import DiffusionLoss

@@ -14,8 +14,8 @@ import torch
 from diffusers import DPMSolverMultistepScheduler, UNet2DConditionModel
 from PIL import Image
 
-from ldm.components.conditioner import TextConditioner
-from ldm.components.frozen_autoencoder import FrozenAutoencoder
+from ldm.components.autoencoder import FrozenAutoencoder
+from ldm.components.text_encoder import TextConditioner
 from ldm.core.images import image_grid, write_png
 from ldm.sampling.pipeline import LatentDiffusionPipeline
 from ldm.stages.diffusion.config import SamplesConfig

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import lightning as L
 
-from ldm.components.conditioner import TextConditioner
-from ldm.components.frozen_autoencoder import FrozenAutoencoder
+from ldm.components.autoencoder import FrozenAutoencoder
+from ldm.components.text_encoder import TextConditioner
 from ldm.core import layout
 from ldm.core.config import recheck
 from ldm.data.datamodule import ImageCaptionDataModule, require_divisible

@@ -1,0 +1,41 @@
+"""Classifier-free guidance, wrapped around the network once (the k-diffusion and sgm idea).
+
+    denoiser = GuidedDenoiser(unet, text, negative, scale=5.0)
+    for t in timesteps:
+        noise = denoiser(scheduler.scale_model_input(latents, t), t)
+        latents = scheduler.step(noise, t, latents).prev_sample
+
+Every sampling loop of the project (the pipeline's, which every walk goes through, and DDIM
+inversion) calls a denoiser with this one signature, so how guidance combines the two predictions
+is decided here and nowhere else:
+
+    noise = uncond + scale * (cond - uncond)        (Ho & Salimans; Stable Diffusion's formula)
+
+With guidance, the negative and the positive rows go through the UNet as one batch, as diffusers'
+pipelines do. The text tensor is built once and passed as the same object at every step, which is
+what lets `ldm.sampling.attention_cache` keep its keys and values.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import UNet2DConditionModel
+
+
+class GuidedDenoiser:
+    """(latents, timestep) -> the noise prediction, guided when a negative is given and scale > 1."""
+
+    def __init__(self, unet: UNet2DConditionModel, text: torch.Tensor, negative: torch.Tensor | None = None,
+                 scale: float = 1.0):
+        self.unet, self.scale = unet, scale
+        self.guided = negative is not None and scale > 1.0
+        # [negative; positive] rows: one UNet call makes both predictions.
+        self.text = torch.cat([negative.to(text), text]) if self.guided else text
+
+    def __call__(self, latents: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        model_input = torch.cat([latents] * 2) if self.guided else latents
+        noise = self.unet(model_input, timestep, encoder_hidden_states=self.text, return_dict=False)[0]
+        if not self.guided:
+            return noise
+        uncond, cond = noise.chunk(2)
+        return uncond + self.scale * (cond - uncond)
