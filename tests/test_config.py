@@ -1,19 +1,20 @@
-from dataclasses import dataclass, field
+from dataclasses import field
 
 import pytest
+from pydantic.dataclasses import dataclass
 
-from ldm.core.config import apply_overrides, build
+from ldm.core.config import SECTION, apply_overrides, build
 from ldm.core.errors import LdmError
 from ldm.data.config import DataConfig
 
 
-@dataclass
+@dataclass(config=SECTION)
 class Inner:
     lr: float = 1e-4
     steps: int = 10
 
 
-@dataclass
+@dataclass(config=SECTION)
 class Outer:
     name: str
     inner: Inner = field(default_factory=Inner)

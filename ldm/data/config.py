@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from pydantic.dataclasses import dataclass
+
+from ldm.core.config import SECTION
 
 
-@dataclass
+@dataclass(config=SECTION)
 class DataConfig:
     # A local imagefolder (metadata.jsonl, or a caption .txt beside each image), a folder written by
     # `Dataset.save_to_disk`, or a hub dataset name (needs the network).

@@ -12,17 +12,19 @@ Each stage (autoencoder, clip, diffusion) builds its LightningModule and calls `
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import ClassVar, Literal
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from pydantic.dataclasses import dataclass
 
-from ldm.core.config import to_dict
+from ldm.core.config import SECTION, to_dict
 from ldm.core.errors import LdmError
 from ldm.data.config import DataConfig
 from ldm.stages.plots import plot_losses
@@ -36,7 +38,7 @@ PRECISION_ALIASES = {"32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed",
 LAST = "last"
 
 
-@dataclass
+@dataclasses.dataclass
 class TrainedStage:
     """What every stage's `train(cfg)` returns, on every process."""
 
@@ -45,7 +47,7 @@ class TrainedStage:
     trainer: L.Trainer
 
 
-@dataclass
+@dataclass(config=SECTION)
 class TrainConfig:
     max_steps: int = 1000
     max_minutes: float | None = None  # stop after this much wall time, whatever max_steps says
@@ -80,7 +82,7 @@ class TrainConfig:
                              f"got {self.precision!r}")
 
 
-@dataclass
+@dataclass(config=SECTION)
 class RunConfig:
     """The sections every stage's config has; each stage adds its own (model, loss, ...)."""
 

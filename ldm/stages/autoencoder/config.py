@@ -4,16 +4,18 @@ and how the latent scale is measured."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from ldm.core.config import require_divides
+from pydantic.dataclasses import dataclass
+
+from ldm.core.config import SECTION, require_divides
 from ldm.data.datamodule import require_divisible
 from ldm.stages.trainer import RunConfig
 
 
-@dataclass
+@dataclass(config=SECTION)
 class ModelConfig:
     kind: Literal["kl", "vq"] = "kl"
     # f: each latent cell covers f x f pixels. One encoder level per entry of `channels`, each but
@@ -36,7 +38,7 @@ class ModelConfig:
         require_divides(self.norm_num_groups, self.channels, "model.norm_num_groups", "model.channels")
 
 
-@dataclass
+@dataclass(config=SECTION)
 class LossConfig:
     """Each term's weight; 0 turns it off."""
 
@@ -73,7 +75,7 @@ class LossConfig:
                              "scripts/make_lpips_weights.py, or leave it unset for the SSIM loss)")
 
 
-@dataclass
+@dataclass(config=SECTION)
 class CodebookConfig:
     """VQ only: how dead codes are revived (see ldm/stages/autoencoder/codebook.py)."""
 
@@ -81,13 +83,13 @@ class CodebookConfig:
     recent_vectors: int = 4096  # encoder outputs kept to draw new codes from
 
 
-@dataclass
+@dataclass(config=SECTION)
 class LatentScaleConfig:
     samples: int = 512  # training images encoded to measure the latents' std
     shift: bool = False  # KL only: also centre the latents (shift_factor = their mean)
 
 
-@dataclass
+@dataclass(config=SECTION)
 class Config(RunConfig):
     STAGE: ClassVar[str] = "autoencoder"
 

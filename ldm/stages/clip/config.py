@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import ClassVar
 
+from pydantic.dataclasses import dataclass
+
 from ldm.components.text_encoder import MAX_LENGTH
 from ldm.core import layout
+from ldm.core.config import SECTION
 from ldm.data.datamodule import require_divisible
 from ldm.stages.trainer import RunConfig
 
@@ -16,7 +19,7 @@ VIT, RESNET = "vit", "resnet"
 VISION_KINDS = (VIT, RESNET)
 
 
-@dataclass
+@dataclass(config=SECTION)
 class TowerConfig:
     hidden_size: int
     num_layers: int
@@ -29,7 +32,7 @@ class TowerConfig:
                              f"num_heads={self.num_heads}")
 
 
-@dataclass
+@dataclass(config=SECTION)
 class VisionTowerConfig(TowerConfig):
     kind: str = VIT
     # ViT sizes (kind: vit)
@@ -54,7 +57,7 @@ class VisionTowerConfig(TowerConfig):
                              "same number of stages, at least one")
 
 
-@dataclass
+@dataclass(config=SECTION)
 class TextTowerConfig(TowerConfig):
     hidden_size: int = 128
     num_layers: int = 2
@@ -62,7 +65,7 @@ class TextTowerConfig(TowerConfig):
     intermediate_size: int = 512
 
 
-@dataclass
+@dataclass(config=SECTION)
 class ClipModelConfig:
     vision: VisionTowerConfig = field(default_factory=VisionTowerConfig)
     text: TextTowerConfig = field(default_factory=TextTowerConfig)
@@ -72,13 +75,13 @@ class ClipModelConfig:
     max_logit_scale: float = 100.0  # CLIP clips exp(logit_scale) at 100 to keep training stable
 
 
-@dataclass
+@dataclass(config=SECTION)
 class TokenizerConfig:
     vocab_size: int = 1000
     max_length: int = MAX_LENGTH  # prompts are padded / cut to this many tokens
 
 
-@dataclass
+@dataclass(config=SECTION)
 class ValidationConfig:
     # A split of data.source with attribute columns (colour, shape, position), e.g. the shapes
     # data's held-out "test" split; null skips zero-shot evaluation.
@@ -86,14 +89,14 @@ class ValidationConfig:
     zero_shot_images: int = 256
 
 
-@dataclass
+@dataclass(config=SECTION)
 class HardNegativesConfig:
     # Groups of interchangeable words or phrases, e.g. [[circle, square, triangle], [red, green]]:
     # each caption gets one negative per group it mentions, with that word swapped. Empty: none.
     words: list[list[str]] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(config=SECTION)
 class Config(RunConfig):
     STAGE: ClassVar[str] = "clip"
 

@@ -3,14 +3,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import ClassVar, Literal
 
-from ldm.core.config import require_divides
+from pydantic.dataclasses import dataclass
+
+from ldm.core.config import SECTION, require_divides
 from ldm.stages.trainer import RunConfig
 
 
-@dataclass
+@dataclass(config=SECTION)
 class UNetConfig:
     block_out_channels: list[int] = field(default_factory=lambda: [320, 640, 1280, 1280])
     down_block_types: list[str] = field(default_factory=lambda: [
@@ -32,7 +34,7 @@ class UNetConfig:
                         "unet.block_out_channels")
 
 
-@dataclass
+@dataclass(config=SECTION)
 class NoiseConfig:
     num_train_timesteps: int = 1000
     # "squaredcos_cap_v2" is the cosine schedule of Nichol & Dhariwal (beta_start/end unused).
@@ -42,13 +44,13 @@ class NoiseConfig:
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
 
 
-@dataclass
+@dataclass(config=SECTION)
 class LossConfig:
     snr_gamma: float | None = 5.0  # min-SNR weighting; null trains on the plain MSE
     noise_offset: float = 0.0
 
 
-@dataclass
+@dataclass(config=SECTION)
 class EmaConfig:
     enabled: bool = True
     decay: float = 0.9999  # the ceiling; with warmup the decay grows towards it as 1 - (1 + step)^-power
@@ -56,7 +58,7 @@ class EmaConfig:
     power: float = 2 / 3
 
 
-@dataclass
+@dataclass(config=SECTION)
 class SamplesConfig:
     prompts: list[str] = field(default_factory=list)  # none: no sample grids
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
@@ -70,7 +72,7 @@ class SamplesConfig:
             raise ValueError("samples.seeds must name at least one seed")
 
 
-@dataclass(kw_only=True)
+@dataclass(config=SECTION, kw_only=True)
 class Config(RunConfig):
     STAGE: ClassVar[str] = "diffusion"
 
