@@ -6,8 +6,9 @@
 Trains `configs/diffusion/ldm_shapes.yaml` for at most --minutes of training (the latent cache is
 built before the clock starts), reading stage 1 and 1b from runs/shapes (the config's `vae` and
 `text_encoder`; a fresh `run_dir` keeps an earlier stage-2 run out of the way), then generates
-images for the held-out colour/shape/position combinations of `ldm.data.shapes.generator` (combinations never
-seen in training), --seeds images each, and reads their colour and shape with `ldm.data.shapes.checker`. Prints the share right and writes a grid PNG beside the run.
+images for the held-out colour/shape/position combinations of the shapes data (combinations never
+seen in training), --seeds images each, and reads their colour and shape with
+`ldm.data.shapes.checker`. Prints the share right and writes a grid PNG beside the run.
 """
 
 from __future__ import annotations

@@ -158,9 +158,9 @@ def test_even_motion_can_measure_motion_in_clip_features(kl_pipeline_path, tmp_p
                            image_size=IMAGE_SIZE, patch_size=4),
         projection_dim=16)
     export(CLIPModel(config), tokenizer, tmp_path / "run", IMAGE_SIZE)
-    result = animate(WalkSettings(pipeline=str(kl_pipeline_path), out=str(tmp_path / "clip_walk"), prompts=PROMPTS,
-                                  seeds=[1, 2], frames=8, even_motion=True, distance_model=str(tmp_path / "run" / "clip"),
-                                  **FAST))
+    result = animate(WalkSettings(pipeline=str(kl_pipeline_path), out=str(tmp_path / "clip_walk"),
+                                  prompts=PROMPTS, seeds=[1, 2], frames=8, even_motion=True,
+                                  distance_model=str(tmp_path / "run" / "clip"), **FAST))
     assert result.report["distance"].startswith("CLIP image-feature")
     assert result.report["walk"]["cv"] <= 0.5 * result.report["linear"]["cv"]
 

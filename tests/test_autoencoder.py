@@ -172,7 +172,8 @@ def test_codebook_revives_dead_codes_from_recent_encoder_outputs():
     vectors = torch.randn(10, 2)
     care.observe(vectors, torch.tensor([0, 0, 1, 1, 1, 1, 1, 1, 1, 1]))
     assert usage(care.counts) == pytest.approx(2 / 8)
-    assert perplexity(care.counts) == pytest.approx(torch.exp(-(0.2 * torch.log(torch.tensor(0.2)) + 0.8 * torch.log(torch.tensor(0.8)))).item())
+    entropy = -(0.2 * torch.log(torch.tensor(0.2)) + 0.8 * torch.log(torch.tensor(0.8)))
+    assert perplexity(care.counts) == pytest.approx(torch.exp(entropy).item())
     dead = care.dead_codes(care.counts)
     assert dead.tolist() == [2, 3, 4, 5, 6, 7]
     new = care.replacements(len(dead))

@@ -25,9 +25,9 @@ import hashlib
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from ldm.core.config import packaged_configs
 from ldm.core.errors import LdmError

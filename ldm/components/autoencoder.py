@@ -89,7 +89,7 @@ class FrozenAutoencoder:
         self.vae = vae.requires_grad_(False).eval()
 
     @classmethod
-    def load(cls, path: str) -> "FrozenAutoencoder":
+    def load(cls, path: str) -> FrozenAutoencoder:
         return cls(load_vae(path))
 
     @property
@@ -108,7 +108,7 @@ class FrozenAutoencoder:
     def device(self) -> torch.device:
         return self.vae.device
 
-    def to(self, device: torch.device | str) -> "FrozenAutoencoder":
+    def to(self, device: torch.device | str) -> FrozenAutoencoder:
         self.vae.to(device)
         return self
 

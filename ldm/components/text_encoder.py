@@ -149,7 +149,7 @@ class TextConditioner:
         self._empty = None  # the empty prompt's embedding, made on first use on the right device
 
     @classmethod
-    def load(cls, path: str, dropout: float = 0.1) -> "TextConditioner":
+    def load(cls, path: str, dropout: float = 0.1) -> TextConditioner:
         """From a run folder (RUN/text_encoder + RUN/tokenizer), a pipeline or a CLIP folder."""
         tokenizer, text_encoder = load_text_encoder(path)
         return cls(tokenizer, text_encoder, dropout)
@@ -163,7 +163,7 @@ class TextConditioner:
     def device(self) -> torch.device:
         return self.text_encoder.device
 
-    def to(self, device: torch.device | str) -> "TextConditioner":
+    def to(self, device: torch.device | str) -> TextConditioner:
         self.text_encoder.to(device)
         self._empty = None
         return self

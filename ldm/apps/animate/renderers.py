@@ -56,8 +56,8 @@ class DiffusionWalk:
         embeddings = walks.interpolate(self.embeddings, times, self.loop, "lerp")
         noises = walks.interpolate(self.noises, times, self.loop, "slerp")
         negative = self.negative.expand(len(times), -1, -1)
-        images = self.pipe(prompt_embeds=embeddings, negative_prompt_embeds=negative, latents=noises, num_inference_steps=self.steps, guidance_scale=self.guidance,
-                           output_type="np").images
+        images = self.pipe(prompt_embeds=embeddings, negative_prompt_embeds=negative, latents=noises,
+                           num_inference_steps=self.steps, guidance_scale=self.guidance, output_type="np").images
         return unit_to_uint8(images)
 
 
