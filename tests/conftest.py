@@ -1,9 +1,13 @@
-"""Shared pytest fixtures: tiny pipelines exported once per test session (see tests/tiny.py)."""
+"""Shared pytest fixtures: tiny pipelines exported once per test session (see tests/tiny.py), and the
+tiny stage-1 run that the diffusion tests train on, built once per session."""
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
+from diffusion_fixtures import build_stage1_run
 from tiny import make_tiny_pipeline
 
 
@@ -23,3 +27,22 @@ def kl_pipeline_path(tmp_path_factory):
 def vq_pipeline_path(tmp_path_factory):
     """A tiny VQ pipeline folder (16 px, f=2), read-only for the tests that share it."""
     return make_tiny_pipeline(tmp_path_factory.mktemp("vq"), kind="vq")
+
+
+@pytest.fixture(scope="session")
+def make_stage1_run(tmp_path_factory):
+    """make_stage1_run(root, kind="kl", n_images=24) -> root/run (vae/, text_encoder/, tokenizer/), with
+    root/shapes beside it. Each kind and size is built once per session, then copied for each test,
+    which writes its own outputs into the run."""
+    built = {}
+
+    def make(root, kind: str = "kl", n_images: int = 24):
+        key = (kind, n_images)
+        if key not in built:
+            built[key] = build_stage1_run(tmp_path_factory.mktemp(f"stage1-{kind}-{n_images}"), kind, n_images)
+        template = built[key].parent
+        for part in ("run", "shapes"):
+            shutil.copytree(template / part, root / part)
+        return root / "run"
+
+    return make

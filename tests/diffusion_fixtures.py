@@ -14,8 +14,9 @@ TINY_UNET = {"block_out_channels": [16, 32], "down_block_types": ["CrossAttnDown
              "norm_num_groups": 8}
 
 
-def make_stage1_run(root: Path, kind: str = "kl", n_images: int = 24) -> Path:
-    """root/run with vae/, text_encoder/, tokenizer/, and root/shapes (16 px)."""
+def build_stage1_run(root: Path, kind: str = "kl", n_images: int = 24) -> Path:
+    """root/run with vae/, text_encoder/, tokenizer/, and root/shapes (16 px). Tests take the
+    session-scoped `make_stage1_run` fixture (conftest.py), which builds each kind once and copies it."""
     parts = tiny_components(kind)
     run = root / "run"
     parts["vae"].save_pretrained(run / "vae")

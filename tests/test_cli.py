@@ -15,7 +15,7 @@ def test_help_lists_every_shipped_command(capsys):
         main(["--help"])
     assert exit_.value.code == 0
     shipped = build_parser()._subparsers._group_actions[0].choices
-    assert {"data", "train"} <= set(shipped) <= set(COMMANDS)
+    assert set(shipped) == set(COMMANDS)
     out = capsys.readouterr().out
     for name in shipped:
         assert name in out
@@ -36,6 +36,11 @@ def test_unknown_stage_and_misspelled_key(tmp_path):
     config.write_text("stage: painting\nrun_dir: r\n")
     result = run_ldm("train", str(config))
     assert result.returncode == 2 and "unknown stage 'painting'" in result.stderr
+    config.write_text("stage: autoencoder\nrun_dir: r\ndata: {source: d, resolutoin: 32}\n")
+    result = run_ldm("train", str(config))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "unknown config key 'data.resolutoin'; did you mean 'resolution'?" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_data_shapes_command_writes_dataset(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import yaml
 from diffusers import StableDiffusionPipeline
-from diffusion_fixtures import diffusion_config, make_stage1_run
+from diffusion_fixtures import diffusion_config
 from safetensors.torch import load_file
 
 from ldm.components.text_encoder import TextConditioner
@@ -17,7 +17,7 @@ from ldm.stages.diffusion.train import train
 from ldm.stages.registry import load_config
 
 
-def test_a_few_steps_then_export_loads_in_stable_diffusion(tmp_path):
+def test_a_few_steps_then_export_loads_in_stable_diffusion(tmp_path, make_stage1_run):
     run = make_stage1_run(tmp_path)
     cfg = build(Config, diffusion_config(tmp_path, run))
     module = train(cfg).module
@@ -46,7 +46,7 @@ def test_a_few_steps_then_export_loads_in_stable_diffusion(tmp_path):
     assert resumed.ema.optimization_step == 6
 
 
-def test_without_cache_encodes_on_the_fly(tmp_path):
+def test_without_cache_encodes_on_the_fly(tmp_path, make_stage1_run):
     run = make_stage1_run(tmp_path)
     cfg = build(Config, diffusion_config(tmp_path, run, cache=False, samples={"prompts": []}))
     train(cfg)
@@ -54,7 +54,7 @@ def test_without_cache_encodes_on_the_fly(tmp_path):
     assert (run / "pipeline" / "model_index.json").is_file()
 
 
-def test_mixed_precision_with_gradient_clipping(tmp_path):
+def test_mixed_precision_with_gradient_clipping(tmp_path, make_stage1_run):
     run = make_stage1_run(tmp_path)
     config = diffusion_config(tmp_path, run, samples={"prompts": []})
     config["train"] = {**config["train"], "precision": "bf16-mixed", "gradient_clip": 1.0, "max_steps": 2}
@@ -62,7 +62,7 @@ def test_mixed_precision_with_gradient_clipping(tmp_path):
     assert trainer.global_step == 2 and (run / "pipeline" / "model_index.json").is_file()
 
 
-def test_caption_dropout_rate(tmp_path):
+def test_caption_dropout_rate(tmp_path, make_stage1_run):
     run = make_stage1_run(tmp_path, n_images=1)
     conditioner = TextConditioner.load(str(run), dropout=0.25)
     embeddings = conditioner.encode(["a red circle"]).expand(4000, -1, -1)

@@ -121,6 +121,7 @@ def test_incomplete_pipeline_folder_names_the_missing_part(tmp_path, capsys):
     assert "vae/config.json is missing" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_two_processes_split_the_prompts_and_match_one_process(kl_pipeline_path, tmp_path):
     prompts = ["a red circle", "a blue square", "a green triangle"]
     prompts_file = tmp_path / "prompts.txt"

@@ -6,7 +6,6 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from diffusion_fixtures import make_stage1_run
 from PIL import Image
 
 from ldm.components.autoencoder import FrozenAutoencoder
@@ -31,7 +30,7 @@ def _prepared(tmp_path, run, **kwargs) -> LatentCacheDataModule:
     return dm
 
 
-def test_cache_is_reused_and_rebuilt_when_an_input_changes(tmp_path):
+def test_cache_is_reused_and_rebuilt_when_an_input_changes(tmp_path, make_stage1_run):
     run = make_stage1_run(tmp_path)
     first = _prepared(tmp_path, run)
     assert first.reused is False
@@ -55,7 +54,7 @@ def test_cache_is_reused_and_rebuilt_when_an_input_changes(tmp_path):
     assert edited.reused is False and edited.folder != changed.folder
 
 
-def test_cache_holds_the_posterior_and_batches_read_from_it(tmp_path):
+def test_cache_holds_the_posterior_and_batches_read_from_it(tmp_path, make_stage1_run):
     run = make_stage1_run(tmp_path)
     dm = _prepared(tmp_path, run, val_fraction=0.25)
     assert len(dm.train_set) == 18 and len(dm.val_set) == 6
@@ -73,7 +72,7 @@ def test_cache_holds_the_posterior_and_batches_read_from_it(tmp_path):
     assert cache[0]["captions"] == [source[0]["text"]]
 
 
-def test_every_caption_of_an_image_is_cached_and_one_drawn_per_sample(tmp_path):
+def test_every_caption_of_an_image_is_cached_and_one_drawn_per_sample(tmp_path, make_stage1_run):
     run = make_stage1_run(tmp_path)
     source = datasets.load_dataset("imagefolder", data_dir=str(tmp_path / "shapes"), split="train")
     source = source.map(lambda row: {"text": [row["text"], "a plain caption", "another one"]})
@@ -85,14 +84,14 @@ def test_every_caption_of_an_image_is_cached_and_one_drawn_per_sample(tmp_path):
     assert len(drawn) == 3
 
 
-def test_vq_cache_stores_points_not_distributions(tmp_path):
+def test_vq_cache_stores_points_not_distributions(tmp_path, make_stage1_run):
     run = make_stage1_run(tmp_path, kind="vq")
     dm = _prepared(tmp_path, run)
     batch = next(iter(dm.train_dataloader()))
     assert "std" not in batch and batch["mean"].shape == (8, 4, 8, 8)
 
 
-def test_cache_refuses_what_it_cannot_hold(tmp_path):
+def test_cache_refuses_what_it_cannot_hold(tmp_path, make_stage1_run):
     run = make_stage1_run(tmp_path, n_images=2)
     for setting in ({"random_flip": True}, {"streaming": True}, {"center_crop": False}):
         with pytest.raises(LdmError, match="cache: false"):
@@ -135,7 +134,7 @@ def test_batches_gather_the_right_rows_across_record_batches(tmp_path):
     assert torch.equal(again["embeddings"], batch["embeddings"])
 
 
-def test_a_pickled_dataset_reopens_the_cache_instead_of_copying_it(tmp_path):
+def test_a_pickled_dataset_reopens_the_cache_instead_of_copying_it(tmp_path, make_stage1_run):
     """What a spawned DataLoader worker receives: the cache's file names, not its contents."""
     import pickle
 

@@ -13,6 +13,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 @pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate's launcher is not on PATH")
+@pytest.mark.slow
 def test_autoencoder_trains_in_two_processes_and_exports_once(tmp_path):
     data = make_shapes_dataset(tmp_path / "data", n=48, size=16, seed=0)
     run = tmp_path / "run"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from eval_fixtures import check_schema
 
 from ldm.apps.quickstart import DONE_DIR
@@ -13,6 +14,7 @@ from ldm.cli import main
 STEPS = ["data", "autoencoder", "clip", "diffusion", "samples", "walk", "evaluate"]
 
 
+@pytest.mark.slow
 def test_tiny_quickstart_runs_every_step_then_skips_them(tmp_path, capsys):
     out = tmp_path / "qs"
     main(["quickstart", str(out), "--tiny"])

@@ -3,6 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -16,6 +17,7 @@ def run_toy(run_dir, data, *extra):
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_sigkilled_run_resumes_to_the_same_weights(tmp_path):
     data = make_shapes_dataset(tmp_path / "data", n=30, size=16, seed=0)  # 24 train: 6 batches/epoch
     whole = run_toy(tmp_path / "whole", data)

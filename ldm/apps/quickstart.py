@@ -59,12 +59,10 @@ class Scale:
 
 
 SCALES = {
-    # The 15-minute budget of a quiet 2-core CPU, install included: data 5 s, autoencoder 1000
-    # steps in about 2.3 min, CLIP 2300 steps in 2.5 min, diffusion 4500 steps of 64 in about 7 min, with
-    # loading, caching and exporting; samples + walk + evaluation + report under a minute. Step
-    # counts, not time limits, end each stage, so that its learning-rate schedule runs to its end
-    # (an autoencoder cut mid-cosine reconstructs ~1 dB worse); `train.max_minutes` is only a
-    # guard for a slower machine.
+    # Sized for a 15-minute budget on a quiet 2-core CPU, install included (the time each step
+    # takes is in docs/benchmarks.md). Step counts, not time limits, end each stage, so that its
+    # learning-rate schedule runs to its end (an autoencoder cut mid-cosine reconstructs worse);
+    # `train.max_minutes` is only a guard for a slower machine.
     "toy": Scale(images=10000, test_images=None,
                  overrides={"autoencoder": ("train.max_steps=1000", "train.max_minutes=3"),
                             "clip": ("train.max_minutes=3",),

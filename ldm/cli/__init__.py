@@ -12,14 +12,14 @@ import sys
 
 from ldm.core.errors import LdmError
 
-# subcommand -> (module in ldm.cli, one-line help)
+# subcommand -> its one-line help; each is the module ldm.cli.<subcommand>
 COMMANDS = {
-    "data": ("data", "make or inspect datasets (e.g. synthetic shapes)"),
-    "train": ("train", "train a stage from a YAML config (autoencoder, clip, diffusion)"),
-    "generate": ("generate", "generate images from prompts with a trained pipeline"),
-    "animate": ("animate", "render latent-walk animations as GIF and MP4"),
-    "evaluate": ("evaluate", "measure an autoencoder, a diffusion pipeline or a walk"),
-    "quickstart": ("quickstart", "run the whole pipeline at toy scale and write a report"),
+    "data": "make or inspect datasets (e.g. synthetic shapes)",
+    "train": "train a stage from a YAML config (autoencoder, clip, diffusion)",
+    "generate": "generate images from prompts with a trained pipeline",
+    "animate": "render latent-walk animations as GIF and MP4",
+    "evaluate": "measure an autoencoder, a diffusion pipeline or a walk",
+    "quickstart": "run the whole pipeline at toy scale and write a report",
 }
 
 
@@ -28,13 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ldm", description="Latent diffusion: train on your own images, generate, animate."
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, (module_name, help_text) in COMMANDS.items():
-        try:
-            module = importlib.import_module(f"ldm.cli.{module_name}")
-        except ModuleNotFoundError as err:
-            if err.name != f"ldm.cli.{module_name}":
-                raise
-            continue  # a command that this version does not ship yet
+    for name, help_text in COMMANDS.items():
+        module = importlib.import_module(f"ldm.cli.{name}")
         command = sub.add_parser(name, help=help_text, description=help_text)
         module.add_arguments(command)
         command.set_defaults(run=module.run)

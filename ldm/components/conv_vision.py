@@ -1,9 +1,9 @@
 """A convolutional image tower for CLIP, as in CLIP's own ResNet variants.
 
 Why this file exists: transformers' CLIPModel only has a ViT image tower, and on small images a
-small ViT learns shape very slowly. Measured on the 32 px shapes data, one core, 2000 images,
-training on shape labels directly: a 4-layer ViT with 8 px patches reached 71% held-out shape
-accuracy in 90 s, a 3-stage ResNet 98% in 60 s (and 5x the steps a second).
+small ViT learns shape very slowly: on the 32 px shapes data a 3-stage ResNet learned shape in less
+time than a 4-layer ViT took to stall far below it, at several times the steps a second
+(figures in docs/benchmarks.md).
 
 The network is transformers' ResNetModel; the dual-encoder is transformers'
 VisionTextDualEncoderModel (image tower + CLIPTextModel + projections + learned temperature, the

@@ -148,8 +148,8 @@ class LatentCacheDataset(torch.utils.data.Dataset):
 
     Each column is viewed once, here, as numpy arrays over the Arrow buffers (`CachedColumn`, no
     copy: the file stays memory-mapped), so a batch is one fancy index per column. `datasets`' own
-    row access rebuilds the columns' extension types on every call: 3.9 ms a batch of 32, more
-    than the optimizer and EMA together for the shapes UNet. (`__getitems__` returns the whole
+    row access rebuilds the columns' extension types on every call, which costs more than the
+    optimizer and EMA together for the shapes UNet (docs/benchmarks.md). (`__getitems__` returns the whole
     batch: the DataLoader needs no collate, use `already_batched`.)
     """
 

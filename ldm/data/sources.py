@@ -84,8 +84,8 @@ def _load_local(path: Path, cfg: DataConfig):
         raise LdmError(f"no images found in data folder {path}")
     if any(path.rglob("metadata.jsonl")) or any(path.rglob("metadata.csv")):
         # With a subfolder named after the split, name its files: left to infer the splits itself,
-        # `datasets` globs the whole tree once per split pattern it tries (5 s against 0.9 s for
-        # 10000 images), and every stage loads the data again.
+        # `datasets` globs the whole tree once per split pattern it tries (several times slower,
+        # docs/benchmarks.md), and every stage loads the data again.
         split_files = {cfg.split: f"{cfg.split}/**"} if (path / cfg.split).is_dir() else None
         try:
             return datasets.load_dataset("imagefolder", data_dir=str(path), data_files=split_files,

@@ -30,7 +30,6 @@ from pathlib import Path
 from ldm.core.atomic import atomic_write_bytes
 
 SCHEMA_VERSION = 1
-KINDS = ("autoencoder", "diffusion", "walk")
 BETTER = ("higher", "lower", "")
 
 
@@ -97,12 +96,9 @@ def format_value(metric: Metric) -> str:
     return f"{text} {metric.unit}".strip()
 
 
-BETTER_SHOWN = {"higher": "higher", "lower": "lower", "": ""}
-
-
 def table_rows(evaluations: list[Evaluation]) -> list[tuple[str, str, str, str, str]]:
     """(evaluated, figure, value, better, how) for each metric: what the table and the report show."""
-    return [(e.kind, m.name, format_value(m), BETTER_SHOWN[m.better], m.note)
+    return [(e.kind, m.name, format_value(m), m.better, m.note)
             for e in evaluations for m in e.metrics]
 
 

@@ -89,8 +89,8 @@ def load_pipeline(path: str | Path, dtype: torch.dtype | None = None,
     if device is not None:
         pipe.to(device)
     # Convolutions run faster on channels-last tensors on GPUs (tensor cores) and on CPUs in fp32
-    # (oneDNN); the results are the same up to float rounding. Not for bf16/fp16 on a CPU, where
-    # measured slower (the shapes UNet in bf16: 13.6 against 10.6 ms a call on 2 cores).
+    # (oneDNN); the results are the same up to float rounding. Not for bf16/fp16 on a CPU, where it
+    # measured slower (docs/benchmarks.md).
     if pipe.device.type != "cpu" or pipe.unet.dtype == torch.float32:
         for model in (pipe.vae, pipe.unet):
             model.to(memory_format=torch.channels_last)

@@ -87,8 +87,9 @@ class LatentDiffusion(L.LightningModule):
     # ---- optimizer --------------------------------------------------------------------------------
 
     def configure_optimizers(self):
-        # The fused kernel updates every parameter in one call: measured 1.4 ms against 5.4 ms a step
-        # for the shapes UNet on 2 CPU cores. PyTorch has it for CPU and CUDA tensors. Full precision
+        # The fused kernel updates every parameter in one call, several times faster than the
+        # per-parameter loop for a small UNet (docs/benchmarks.md). PyTorch has it for CPU and CUDA
+        # tensors. Full precision
         # only: Lightning's mixed-precision plugin refuses to clip a fused optimizer's gradients (it
         # takes the optimizer to unscale them itself).
         full_precision = "mixed" not in str(self.trainer.precision)

@@ -53,7 +53,7 @@ def build_loss(cfg: LossConfig, scheduler: DDPMScheduler) -> DiffusionLoss:
 def build_ema(cfg: EmaConfig, unet: UNet2DConditionModel) -> EMAModel | None:
     if not cfg.enabled:
         return None
-    # foreach: one multi-tensor update instead of a Python loop over the parameters (2x faster
-    # for the shapes UNet on a CPU, where the loop's overhead is a visible share of a step).
+    # foreach: one multi-tensor update instead of a Python loop over the parameters, whose overhead
+    # is a visible share of a small UNet's step on a CPU (docs/benchmarks.md).
     return EMAModel(unet.parameters(), decay=cfg.decay, use_ema_warmup=cfg.warmup, power=cfg.power,
                     foreach=True)
