@@ -4,32 +4,55 @@ Sampling that noise with DDIM (eta 0) and the same prompt, steps and guidance 1 
 back (approximately: each inverse step uses the noise prediction at the next level, as diffusers'
 `DDIMInverseScheduler` and its DiffEdit pipeline do). The image walk slerps between such inverted
 noises, so it passes through the user's own images.
+
+The inverse scheduler and the DDIM sampler that undoes it are built together from the pipeline's
+noise schedule (betas, prediction type), not copied from its scheduler config: a pipeline's sampler
+settings (DPM-Solver's "linspace" timestep spacing, as every ldm export has) are not what
+`DDIMInverseScheduler` accepts, and the two directions must step through the same timesteps.
 """
 
 from __future__ import annotations
 
-import inspect
-
 import torch
-from diffusers import DDIMInverseScheduler, UNet2DConditionModel
-from diffusers.schedulers import SchedulerMixin
+from diffusers import DDIMInverseScheduler, DDIMScheduler, UNet2DConditionModel
 
 from ldm.sampling.guidance import GuidedDenoiser
 
+# What defines the noising process the model learned to reverse; everything else in a scheduler
+# config says how a sampler steps through it.
+NOISE_SCHEDULE_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+                       "prediction_type", "rescale_betas_zero_snr")
+# "trailing" (one of the two spacings DDIMInverseScheduler takes) ends the inversion at the last
+# training timestep, so inverted latents sit at the noise level of the sampler's starting noise,
+# which is what the walk's slerp between keyframe noises assumes.
+INVERSION_SPACING = "trailing"
+
+
+def _ddim_settings(scheduler_config) -> dict:
+    schedule = {key: scheduler_config[key] for key in NOISE_SCHEDULE_KEYS if key in scheduler_config}
+    # alpha = 1 beyond the schedule's ends: the sampler's last step lands on the clean latents and the
+    # inversion's first step starts from them, so the two directions mirror each other.
+    return {**schedule, "clip_sample": False, "set_alpha_to_one": True, "steps_offset": 0,
+            "timestep_spacing": INVERSION_SPACING}
+
+
+def inversion_sampler(scheduler_config) -> DDIMScheduler:
+    """The DDIM sampler whose steps `ddim_invert` runs backwards (same noise schedule, same timesteps)."""
+    return DDIMScheduler(**_ddim_settings(scheduler_config))
+
 
 @torch.no_grad()
-def ddim_invert(unet: UNet2DConditionModel, scheduler: SchedulerMixin, latents: torch.Tensor,
+def ddim_invert(unet: UNet2DConditionModel, scheduler_config, latents: torch.Tensor,
                 text_embeddings: torch.Tensor, num_inference_steps: int) -> torch.Tensor:
-    """Noise (B, C, h, w) that DDIM with `num_inference_steps` steps turns back into `latents`.
+    """Noise (B, C, h, w) that `inversion_sampler(scheduler_config)` with `num_inference_steps`
+    steps turns back into `latents`.
 
-    `latents` are scaled autoencoder latents (ldm.components.autoencoder.encode), `text_embeddings` one row per
-    image (its caption). Inversion is conditional only: classifier-free guidance amplifies the
-    small per-step errors of inversion, so the walk renders inverted keyframes best at guidance 1.
+    `latents` are scaled autoencoder latents (ldm.components.autoencoder.encode), `text_embeddings`
+    one row per image (its caption). Inversion is conditional only: classifier-free guidance
+    amplifies the small per-step errors of inversion, so the walk renders inverted keyframes best at
+    guidance 1.
     """
-    # The sampler's config, less the keys DDIM has no use for (e.g. DDPM's variance_type), which
-    # from_config would warn about.
-    known = inspect.signature(DDIMInverseScheduler.__init__).parameters
-    inverse = DDIMInverseScheduler.from_config({k: v for k, v in scheduler.config.items() if k in known})
+    inverse = DDIMInverseScheduler(**_ddim_settings(scheduler_config))
     inverse.set_timesteps(num_inference_steps, device=latents.device)
     denoiser = GuidedDenoiser(unet, text_embeddings.to(device=latents.device, dtype=unet.dtype))
     x = latents.to(unet.dtype)

@@ -28,7 +28,7 @@ from ldm.components import autoencoder as vae_lib
 from ldm.components.text_encoder import encode_each_once
 from ldm.core.images import to_tensor, to_uint8, unit_to_uint8
 from ldm.data.transforms import resize_and_crop
-from ldm.sampling.inversion import ddim_invert
+from ldm.sampling.inversion import ddim_invert, inversion_sampler
 from ldm.sampling.pipeline import LatentDiffusionPipeline
 
 
@@ -97,14 +97,15 @@ def prompt_walk(pipe: LatentDiffusionPipeline, prompts: list[str], seeds: list[i
 
 def image_walk(pipe: LatentDiffusionPipeline, images: list[str], captions: list[str], negative_prompt: str,
                loop: bool, steps: int, guidance: float) -> DiffusionWalk:
-    """Keyframe k is images[k] inverted to noise by DDIM under its caption; the pipeline's
-    scheduler must already be DDIM with the same step count for the walk to pass through them."""
+    """Keyframe k is images[k] inverted to noise by DDIM under its caption; the pipeline samples with
+    the DDIM sampler that mirrors the inversion, so the walk passes through the images."""
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
     embeddings = encode_each_once(pipe.tokenizer, pipe.text_encoder, captions + [negative_prompt])
     embeddings, negative = embeddings[:-1], embeddings[-1:]
     pixels = torch.cat([load_image_tensor(path, size) for path in images]).to(pipe.device, pipe.vae.dtype)
     latents = vae_lib.encode(pipe.vae, pixels)
-    noises = ddim_invert(pipe.unet, pipe.scheduler, latents, embeddings, steps)
+    noises = ddim_invert(pipe.unet, pipe.scheduler.config, latents, embeddings, steps)
+    pipe.scheduler = inversion_sampler(pipe.scheduler.config)
     return DiffusionWalk(pipe, embeddings, noises, negative, loop, steps, guidance)
 
 
