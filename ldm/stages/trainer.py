@@ -24,7 +24,7 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelChec
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from pydantic.dataclasses import dataclass
 
-from ldm.core.config import SECTION, to_dict
+from ldm.core.config import SECTION, recheck, to_dict
 from ldm.core.errors import LdmError
 from ldm.data.config import DataConfig
 from ldm.stages.plots import plot_losses
@@ -69,6 +69,9 @@ class TrainConfig:
     keep_checkpoints: int = 2
     log_every_n_steps: int = 10
     seed: int = 0
+    # Lightning's deterministic=True: deterministic kernels only (some CUDA ones are not; on a CPU
+    # runs are reproducible without it). Slower on GPUs; "warn" only warns where a kernel is not.
+    deterministic: bool | Literal["warn"] = False
     # "last" resumes from the run's last checkpoint; a path resumes from that file.
     ckpt_path: str | None = None
 
@@ -226,6 +229,7 @@ def build_trainer(cfg: RunConfig, module: L.LightningModule, callbacks: list | N
         accumulate_grad_batches=1 if manual else train.accumulate_grad_batches,
         gradient_clip_val=None if manual else train.gradient_clip,
         log_every_n_steps=train.log_every_n_steps,
+        deterministic=train.deterministic,
         logger=loggers,
         callbacks=callbacks,
         default_root_dir=str(stage_dir),
@@ -244,10 +248,18 @@ def describe_batch(cfg: RunConfig, trainer: L.Trainer) -> dict:
             "global_batch": per_process * trainer.world_size * accumulation, "lr": cfg.train.lr}
 
 
+def begin(cfg: RunConfig) -> None:
+    """What every stage's `train` does first, before anything random happens (building the model,
+    learning a tokenizer, splitting the data): check the config again (code may have changed it since
+    it was loaded) and seed every generator from `train.seed`. The same config on the same machine and
+    thread count then gives the same weights, and every process starts from the same initial weights."""
+    recheck(cfg)
+    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
+
+
 def fit(cfg: RunConfig, module: L.LightningModule, datamodule: L.LightningDataModule,
         callbacks: list | None = None) -> L.Trainer:
     """Train `module` on `datamodule` as `cfg.train` says, resuming when asked."""
-    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     ckpt_path = resolve_checkpoint(cfg)
     trainer = build_trainer(cfg, module, callbacks)
     batch = describe_batch(cfg, trainer)

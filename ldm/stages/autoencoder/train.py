@@ -5,17 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from ldm.core import layout
-from ldm.core.config import recheck
 from ldm.data.datamodule import ImageCaptionDataModule
 from ldm.stages.autoencoder.config import Config
 from ldm.stages.autoencoder.export import export
 from ldm.stages.autoencoder.module import AutoencoderModule
-from ldm.stages.trainer import TrainedStage, fit
+from ldm.stages.trainer import TrainedStage, begin, fit
 
 
 def train(cfg: Config) -> TrainedStage:
     """Train the autoencoder, then measure its latent scale and export RUN/vae."""
-    recheck(cfg)
+    begin(cfg)
     module = AutoencoderModule(cfg)
     datamodule = ImageCaptionDataModule(cfg.data)
     trainer = fit(cfg, module, datamodule)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ldm.core.config import recheck
 from ldm.data.datamodule import ImageCaptionDataModule
 from ldm.stages.clip.config import Config
 from ldm.stages.clip.export import export
 from ldm.stages.clip.module import ClipModule
 from ldm.stages.clip.tokenizer import prepare_tokenizer
-from ldm.stages.trainer import TrainedStage, fit, resolve_checkpoint
+from ldm.stages.trainer import TrainedStage, begin, fit, resolve_checkpoint
 
 
 def train(cfg: Config) -> TrainedStage:
@@ -18,7 +17,7 @@ def train(cfg: Config) -> TrainedStage:
 
     The export's path is RUN itself: what the diffusion stage's `text_encoder:` key takes.
     """
-    recheck(cfg)
+    begin(cfg)
     resolve_checkpoint(cfg)  # fails now, not after the tokenizer, when the run_dir holds a run
     tokenizer = prepare_tokenizer(cfg)
     module = ClipModule(cfg, tokenizer)

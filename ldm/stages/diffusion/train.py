@@ -9,7 +9,6 @@ import lightning as L
 from ldm.components.autoencoder import FrozenAutoencoder
 from ldm.components.text_encoder import TextConditioner
 from ldm.core import layout
-from ldm.core.config import recheck
 from ldm.data.datamodule import ImageCaptionDataModule, require_divisible
 from ldm.data.latent_datamodule import LatentCacheDataModule, check_cacheable
 from ldm.stages.diffusion.config import Config
@@ -21,7 +20,7 @@ from ldm.stages.diffusion.parts import (
     build_noise_scheduler,
     build_unet,
 )
-from ldm.stages.trainer import TrainedStage, fit
+from ldm.stages.trainer import TrainedStage, begin, fit
 
 
 def build_module(cfg: Config) -> LatentDiffusion:
@@ -44,7 +43,7 @@ def build_datamodule(cfg: Config, module: LatentDiffusion) -> L.LightningDataMod
 
 def train(cfg: Config) -> TrainedStage:
     """Train the UNet on the frozen stage-1 and stage-1b models, then export RUN/pipeline."""
-    recheck(cfg)
+    begin(cfg)
     if cfg.cache:
         check_cacheable(cfg.data)  # before loading any model
     module = build_module(cfg)
