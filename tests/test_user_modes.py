@@ -1,0 +1,142 @@
+"""Every user-facing mode of `ldm generate`, `ldm animate` and `ldm evaluate`, through the CLI as a user
+calls it, against pipelines that the project itself exports: the tiny quickstart's KL pipeline and a
+tiny VQ pipeline trained with `ldm train` on the shipped configs. (Hand-built fixture pipelines serve
+the unit tests; these are what a user has after training.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from ldm.cli import main
+from ldm.sampling.samplers import SAMPLERS
+
+TINY_STAGE = ["train.max_steps=2", "data.batch_size=16", "train.log_every_n_steps=1"]
+
+
+@pytest.fixture(scope="module")
+def kl(tmp_path_factory) -> Path:
+    """The tiny quickstart's folder: data/, vae/, clip/, text_encoder/, tokenizer/, pipeline/."""
+    out = tmp_path_factory.mktemp("quickstart") / "q"
+    main(["quickstart", str(out), "--tiny"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def vq(kl, tmp_path_factory) -> Path:
+    """A VQ run: the shipped VQ autoencoder config, then stage 2 on it with the quickstart's CLIP."""
+    run = tmp_path_factory.mktemp("vq")
+    data = f"data.source={kl / 'data'}"
+    main(["train", "autoencoder/vq_f4_shapes.yaml", f"run_dir={run}", data, *TINY_STAGE, "latent_scale.samples=16"])
+    main(["train", "diffusion/ldm_shapes.yaml", f"run_dir={run}", data, f"vae={run / 'vae'}",
+          f"text_encoder={kl}", "samples.prompts=[]", *TINY_STAGE])
+    return run
+
+
+def images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("*.png") if p.name != "grid.png")
+
+
+# ---- generate ----------------------------------------------------------------------------------------
+
+GENERATE_MODES = {
+    **{f"sampler-{name}": ["--sampler", name] for name in SAMPLERS},
+    "img2img": ["--init-image", "{data}/test/000000.png", "--strength", "0.6"],
+    "negative-prompt": ["--negative", "a green square"],
+    "other-size": ["--height", "48", "--width", "32"],
+    "bfloat16": ["--dtype", "bfloat16"],
+}
+
+
+@pytest.mark.parametrize("mode", list(GENERATE_MODES))
+def test_generate(mode, kl, tmp_path):
+    args = [arg.format(data=kl / "data") for arg in GENERATE_MODES[mode]]
+    out = tmp_path / "out"
+    main(["generate", str(kl / "pipeline"), "a red circle", "a blue square", "--n", "2", "--steps", "2",
+          "--out", str(out), *args])
+    written = images_in(out)
+    assert len(written) == 4 and (out / "grid.png").is_file()
+    if mode == "other-size":
+        assert Image.open(written[0]).size == (32, 48)
+
+
+def test_generate_from_a_prompts_file_and_on_vq(kl, vq, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\n\na yellow triangle in the top left\n")
+    main(["generate", str(kl / "pipeline"), "--prompts-file", str(prompts), "--steps", "2", "--out",
+          str(tmp_path / "file")])
+    assert len(images_in(tmp_path / "file")) == 2
+    main(["generate", str(vq / "pipeline"), "a red circle", "--steps", "2", "--init-image",
+          str(kl / "data" / "test" / "000001.png"), "--out", str(tmp_path / "vq")])
+    assert len(images_in(tmp_path / "vq")) == 1
+
+
+# ---- animate -----------------------------------------------------------------------------------------
+
+ANIMATE_MODES = {
+    "prompt": ["--prompts", "a red circle", "a blue square", "--seeds", "1", "2"],
+    "prompt-loop-even": ["--prompts", "a red circle", "a blue square", "--loop", "--even-motion"],
+    "seed-loop": ["--seed-walk", "--prompt", "a red circle", "--seeds", "1", "2", "3", "--loop"],
+    "image": ["--images", "{data}/test/000000.png", "{data}/test/000001.png", "--captions", "a shape", "a shape"],
+    "autoencoder": ["--autoencoder", "--images", "{data}/test/000000.png", "{data}/test/000001.png"],
+}
+
+
+def animate(pipeline: Path, out: Path, args: list[str]) -> None:
+    main(["animate", str(pipeline), "--out", str(out), "--frames", "3", "--steps", "2", "--fps", "4", *args])
+
+
+@pytest.mark.parametrize("mode", list(ANIMATE_MODES))
+def test_animate(mode, kl, tmp_path):
+    args = [arg.format(data=kl / "data") for arg in ANIMATE_MODES[mode]]
+    out = tmp_path / "walk"
+    animate(kl / "pipeline", out, args)
+    for name in ("walk.gif", "walk.mp4", "smoothness.json", "settings.json"):
+        assert (out / name).is_file(), name
+    frames = sorted((out / "frames").glob("frame_*.png"))
+    assert json.loads((out / "smoothness.json").read_text())["frames"] == len(frames) >= 3
+
+
+def test_a_finished_render_reruns_without_rendering_and_vq_walks(kl, vq, tmp_path, capsys):
+    args = [arg.format(data=kl / "data") for arg in ANIMATE_MODES["prompt"]]
+    animate(kl / "pipeline", tmp_path / "walk", args)
+    capsys.readouterr()
+    animate(kl / "pipeline", tmp_path / "walk", args)
+    assert "this run rendered 0" in capsys.readouterr().out
+    for mode in ("prompt", "image"):
+        args = [arg.format(data=kl / "data") for arg in ANIMATE_MODES[mode]]
+        animate(vq / "pipeline", tmp_path / f"vq-{mode}", args)
+        assert (tmp_path / f"vq-{mode}" / "walk.mp4").is_file()
+
+
+@pytest.mark.slow
+def test_two_processes_render_one_walk(kl, tmp_path):
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "-m", "ldm", "animate", str(kl / "pipeline"), "--out", str(tmp_path / "walk"),
+               "--prompts", "a red circle", "a blue square", "--frames", "4", "--steps", "2"]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "walk" / "walk.mp4").is_file()
+    assert len(list((tmp_path / "walk" / "frames").glob("frame_*.png"))) >= 4
+
+
+# ---- evaluate ----------------------------------------------------------------------------------------
+
+def test_evaluate_each_kind(kl, vq, tmp_path):
+    main(["evaluate", "autoencoder", str(kl / "vae"), "--data", str(kl / "data"), "--out", str(tmp_path / "a.json")])
+    main(["evaluate", "autoencoder", str(vq / "vae"), "--data", str(kl / "data"), "--out", str(tmp_path / "v.json")])
+    main(["evaluate", "diffusion", str(kl / "pipeline"), "--data", str(kl / "data"), "--n", "1", "--steps", "2",
+          "--out", str(tmp_path / "d.json")])
+    main(["evaluate", "walk", str(kl / "walk"), "--out", str(tmp_path / "w.json")])
+    keys = {name: {m["key"] for m in json.loads((tmp_path / f"{name}.json").read_text())["metrics"]}
+            for name in ("a", "v", "d", "w")}
+    assert {"psnr", "ssim"} <= keys["a"] and "codebook_usage" in keys["v"]
+    assert {"prompt_fidelity", "clip_score", "fid_clip"} <= keys["d"] and "walk_cv" in keys["w"]
