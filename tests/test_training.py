@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from ldm.core.errors import LdmError
 from ldm.data.config import DataConfig
@@ -40,7 +41,7 @@ def test_fresh_run_refuses_to_overwrite_and_resume_finds_last(tmp_path):
     cfg = RunConfig(stage="autoencoder", run_dir=str(tmp_path), data=DataConfig(source="x"))
     assert resolve_checkpoint(cfg) is None
     cfg.checkpoint_dir.mkdir(parents=True)
-    (cfg.checkpoint_dir / "last.ckpt").write_bytes(b"x")
+    torch.save({"global_step": 0}, cfg.checkpoint_dir / "last.ckpt")  # a readable checkpoint
     with pytest.raises(LdmError, match="pass --resume"):
         resolve_checkpoint(cfg)
     cfg.train.ckpt_path = "last"

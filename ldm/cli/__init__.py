@@ -41,8 +41,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         args.run(args)
     except LdmError as err:
-        print(f"ldm {args.command}: error: {err}", file=sys.stderr)
-        sys.exit(2)
+        stopped = getattr(err, "exit_code", None)  # a run stopped by a signal, its state saved
+        print(f"ldm {args.command}: {'' if stopped else 'error: '}{err}", file=sys.stderr)
+        sys.exit(stopped or 2)
     except KeyboardInterrupt:
         print(f"ldm {args.command}: interrupted", file=sys.stderr)
         sys.exit(130)

@@ -26,6 +26,18 @@ def read_metrics(csv_path: str | Path) -> dict[str, list[tuple[int, float]]]:
     return series
 
 
+def read_metric_rows(csv_path: str | Path, up_to_step: int) -> list[tuple[int, dict[str, float]]]:
+    """(step, {metric: value}) for each row of a CSV log up to `up_to_step`, empty cells left out."""
+    rows = []
+    with open(csv_path, newline="") as f:
+        for row in csv.DictReader(f):
+            if not row.get("step") or int(float(row["step"])) > up_to_step:
+                continue
+            values = {k: float(v) for k, v in row.items() if k != "step" and v not in (None, "")}
+            rows.append((int(float(row["step"])), values))
+    return rows
+
+
 def plot_losses(csv_path: str | Path, out_png: str | Path, title: str) -> Path | None:
     """Plot every logged series whose name contains 'loss' (training and validation)."""
     series = {k: v for k, v in read_metrics(csv_path).items() if "loss" in k}

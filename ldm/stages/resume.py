@@ -3,9 +3,11 @@
 Lightning restores weights, optimizers, schedulers and loop counters, but not where the data was
 within the epoch, nor the random number generators. This callback adds both to each checkpoint:
   - how many batches of the current epoch were done, so ResumableShuffleSampler skips them;
-  - the RNG states (torch, CUDA, numpy, python) as of the checkpoint, restored before the next step.
-Validation runs with the RNG saved and restored around it, so sampling validation images never
-changes what training draws next: a run validated at step N and resumed from step N agree.
+  - the RNG states (torch, CUDA, numpy, python) of every process as of the checkpoint, each process's
+    own restored before its next step (they differ: each process draws its own noise).
+Every training batch starts from the RNG states that the previous one ended with, so nothing that
+runs between batches (validation and its sample images, its data loader drawing a base seed, logging)
+changes what training draws next: a run validated at step N and one resumed from step N agree.
 """
 
 from __future__ import annotations
@@ -45,12 +47,27 @@ def _sampler(trainer):
     return getattr(loader, "sampler", None)
 
 
+def gather(value, trainer) -> list:
+    """`value` from every process, in rank order (a collective call under several processes)."""
+    import torch.distributed as dist
+
+    if trainer is None or trainer.world_size == 1 or not dist.is_initialized():
+        return [value]
+    values = [None] * trainer.world_size
+    dist.all_gather_object(values, value)
+    return values
+
+
 class ExactResume(Callback):
     def __init__(self):
         self.epoch = 0
         self.batches_done = 0  # in self.epoch
         self.restored: dict | None = None
-        self.before_validation: dict | None = None
+        self.between_batches: dict | None = None  # RNG states as the last training batch left them
+        self.trainer = None
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self.trainer = trainer
 
     def on_train_start(self, trainer, pl_module):
         # Runs after the checkpoint is loaded and before the epoch's data iterator is created.
@@ -64,25 +81,24 @@ class ExactResume(Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if self.restored is not None:
-            set_rng_states(self.restored["rng"])
+            saved = self.restored["rng"]
+            # one state per process; a checkpoint from before that held one state for all
+            set_rng_states(saved[trainer.global_rank] if isinstance(saved, list) else saved)
             self.restored = None
+        elif self.between_batches is not None:
+            set_rng_states(self.between_batches)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if trainer.current_epoch != self.epoch:
             self.epoch, self.batches_done = trainer.current_epoch, 0
         self.batches_done += 1
-
-    def on_validation_start(self, trainer, pl_module):
-        if trainer.training:
-            self.before_validation = rng_states()
-
-    def on_validation_end(self, trainer, pl_module):
-        if self.before_validation is not None:
-            set_rng_states(self.before_validation)
-            self.before_validation = None
+        self.between_batches = rng_states()
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "batches_done": self.batches_done, "rng": rng_states()}
+        # Lightning builds a checkpoint on every process (and rank 0 writes it), so gathering here
+        # is a collective call that every process makes.
+        states = self.between_batches or rng_states()
+        return {"epoch": self.epoch, "batches_done": self.batches_done, "rng": gather(states, self.trainer)}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.restored = state_dict

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import warnings
+from contextlib import contextmanager, nullcontext
 from dataclasses import field
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -26,8 +27,21 @@ from pydantic.dataclasses import dataclass
 
 from ldm.core.config import SECTION, recheck, to_dict
 from ldm.core.errors import LdmError
+from ldm.core.layout import METRICS_CSV
 from ldm.data.config import DataConfig
-from ldm.stages.plots import plot_losses
+from ldm.stages.checkpoints import (
+    RECORD_KEY,
+    ApplyAcceptedChanges,
+    AtomicCheckpointIO,
+    RunRecord,
+    check_resume,
+    clean_stale_files,
+    data_fingerprint,
+    read_checkpoint,
+    resume_checkpoint,
+)
+from ldm.stages.faults import NonFiniteGuard, RunLock, StopOnSignal, main_process
+from ldm.stages.plots import plot_losses, read_metric_rows
 from ldm.stages.resume import ExactResume
 
 # accelerate's --mixed_precision values, as Lightning precision settings.
@@ -69,6 +83,11 @@ class TrainConfig:
     keep_checkpoints: int = 2
     log_every_n_steps: int = 10
     seed: int = 0
+    # Steps with a non-finite loss or gradients are skipped (and counted); this many in a row stop the run.
+    max_bad_steps: int = 10
+    # With --resume: config keys whose changes to apply from the resumed step on (see
+    # ldm.stages.checkpoints.ACCEPTABLE_CHANGES); any other change is refused.
+    accept_changes: list[str] = field(default_factory=list)
     # Lightning's deterministic=True: deterministic kernels only (some CUDA ones are not; on a CPU
     # runs are reproducible without it). Slower on GPUs; "warn" only warns where a kernel is not.
     deterministic: bool | Literal["warn"] = False
@@ -163,8 +182,12 @@ def resolve_checkpoint(cfg: RunConfig) -> str | None:
     last = cfg.checkpoint_dir / f"{LAST}.ckpt"
     wanted = cfg.train.ckpt_path
     if wanted == LAST:
-        if last.exists():
-            return str(last)
+        readable = resume_checkpoint(cfg.checkpoint_dir, last)
+        if readable is not None:
+            return str(readable)
+        if last.exists() or list(cfg.checkpoint_dir.glob("step*.ckpt")):
+            raise LdmError(f"no checkpoint in {cfg.checkpoint_dir} can be read (truncated or corrupt files): "
+                           "nothing to resume from; start a new run_dir")
         warnings.warn(f"nothing to resume in {cfg.checkpoint_dir}: starting a fresh run", stacklevel=2)
         return None
     if wanted is not None:
@@ -193,6 +216,9 @@ class LossPlot(Callback):
 
 
 def build_trainer(cfg: RunConfig, module: L.LightningModule, callbacks: list | None = None) -> L.Trainer:
+    """The Trainer for `cfg`, with the callbacks every stage has: checkpoints (written whole), exact
+    resume, the non-finite guard, learning-rate logging, the loss plot, and the signal stop last (it
+    saves once every other callback has done its work for the step)."""
     train = cfg.train
     stage_dir = cfg.stage_dir
     stage_dir.mkdir(parents=True, exist_ok=True)
@@ -212,9 +238,11 @@ def build_trainer(cfg: RunConfig, module: L.LightningModule, callbacks: list | N
         mode="max",
         save_last=True,
     )
-    callbacks = [checkpoints, ExactResume(), LearningRateMonitor(logging_interval="step"),
+    callbacks = [checkpoints, ExactResume(), NonFiniteGuard(train.max_bad_steps),
+                 LearningRateMonitor(logging_interval="step"),
                  LossPlot(csv_logger, stage_dir / "loss.png", f"{cfg.stage} losses"),
-                 *(callbacks or [])]
+                 RunRecord(comparable_config(cfg), data_fingerprint(cfg.data.source)),
+                 *(callbacks or []), StopOnSignal(cfg.checkpoint_dir / f"{LAST}.ckpt")]
     manual = not module.automatic_optimization  # manual optimization clips in the module itself
     return L.Trainer(
         accelerator=train.accelerator,
@@ -236,6 +264,7 @@ def build_trainer(cfg: RunConfig, module: L.LightningModule, callbacks: list | N
         enable_model_summary=False,
         # the datamodule shards training data itself (ResumableShuffleSampler) and validation data
         use_distributed_sampler=False,
+        plugins=[AtomicCheckpointIO()],
     )
 
 
@@ -248,20 +277,65 @@ def describe_batch(cfg: RunConfig, trainer: L.Trainer) -> dict:
             "global_batch": per_process * trainer.world_size * accumulation, "lr": cfg.train.lr}
 
 
-def begin(cfg: RunConfig) -> None:
-    """What every stage's `train` does first, before anything random happens (building the model,
-    learning a tokenizer, splitting the data): check the config again (code may have changed it since
-    it was loaded) and seed every generator from `train.seed`. The same config on the same machine and
-    thread count then gives the same weights, and every process starts from the same initial weights."""
+@contextmanager
+def begin(cfg: RunConfig):
+    """The frame of every stage's `train`, entered before anything random happens (building the model,
+    learning a tokenizer, splitting the data):
+
+    - the config is checked again (code may have changed it since it was loaded);
+    - the main process takes the stage folder's lock (one run at a time there) and removes what
+      killed runs left half-written;
+    - every generator is seeded from `train.seed`: the same config on the same machine and thread
+      count gives the same weights, and every process starts from the same initial weights.
+    The lock is held until the export is written, and released however the block ends.
+    """
     recheck(cfg)
-    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
+    with RunLock(cfg.stage_dir) if main_process() else nullcontext():
+        if main_process():
+            clean_stale_files(cfg.checkpoint_dir, Path(cfg.run_dir))
+        L.seed_everything(cfg.train.seed, workers=True, verbose=False)
+        yield
+
+
+def comparable_config(cfg: RunConfig) -> dict:
+    """The resolved config as checkpoints record it (where to resume from is not part of the run)."""
+    config = to_dict(cfg)
+    config["train"].pop("ckpt_path", None)
+    config["train"].pop("accept_changes", None)
+    return config
+
+
+def keep_metrics_history(trainer: L.Trainer, csv_path: Path, up_to_step: int) -> None:
+    """A resumed run's CSV log starts with the rows the run logged up to its checkpoint (Lightning's
+    CSV logger empties metrics.csv when it starts in a folder that has one), so the loss plot and
+    the report show the whole run. Rows logged after the checkpoint, which the resumed run logs
+    again, are dropped."""
+    if not csv_path.is_file() or not trainer.is_global_zero:
+        return
+    rows = read_metric_rows(csv_path, up_to_step)
+    csv_logger = next(logger for logger in trainer.loggers if isinstance(logger, CSVLogger))
+    for step, values in rows:
+        csv_logger.log_metrics(values, step)
 
 
 def fit(cfg: RunConfig, module: L.LightningModule, datamodule: L.LightningDataModule,
         callbacks: list | None = None) -> L.Trainer:
-    """Train `module` on `datamodule` as `cfg.train` says, resuming when asked."""
+    """Train `module` on `datamodule` as `cfg.train` says, resuming when asked.
+
+    Each process draws its own training noise from the seed and its rank (still reproducible); a
+    resumed run is checked against the run its checkpoint holds first.
+    """
     ckpt_path = resolve_checkpoint(cfg)
+    accepted = {}
     trainer = build_trainer(cfg, module, callbacks)
+    if ckpt_path is not None:
+        record = read_checkpoint(Path(ckpt_path)) or {}
+        accepted = check_resume(record.get(RECORD_KEY), comparable_config(cfg), data_fingerprint(cfg.data.source),
+                                trainer.world_size, tuple(cfg.train.accept_changes))
+        if accepted:
+            trainer.callbacks.append(ApplyAcceptedChanges(accepted))
+        keep_metrics_history(trainer, cfg.stage_dir / METRICS_CSV, record.get("global_step", 0))
+    L.seed_everything(cfg.train.seed + trainer.global_rank, workers=True, verbose=False)
     batch = describe_batch(cfg, trainer)
     if trainer.is_global_zero:
         import yaml

@@ -8,6 +8,7 @@ It loads with AutoencoderKL / VQModel.from_pretrained and with `ldm.components.a
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -34,7 +35,12 @@ def measure_latent_scale(vae: vae_lib.Autoencoder, loader, samples: int, shift: 
         raise LdmError("no training images to measure the latent scale on")
     z = torch.cat(latents)
     mean = z.mean().item() if shift else 0.0
-    return 1.0 / (z - mean).std().item(), mean
+    std = (z - mean).std().item()
+    if not math.isfinite(std) or std <= 0:
+        raise LdmError(f"the latents' standard deviation over {len(z)} training images is {std}: the autoencoder "
+                       "encodes every image alike (or to NaN), so no scaling factor can make them unit-variance; "
+                       "it has not learned, and is not exported")
+    return 1.0 / std, mean
 
 
 def save_vae(vae: vae_lib.Autoencoder, out_dir: str | Path, scaling_factor: float,

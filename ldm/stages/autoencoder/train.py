@@ -14,11 +14,11 @@ from ldm.stages.trainer import TrainedStage, begin, fit
 
 def train(cfg: Config) -> TrainedStage:
     """Train the autoencoder, then measure its latent scale and export RUN/vae."""
-    begin(cfg)
-    module = AutoencoderModule(cfg)
-    datamodule = ImageCaptionDataModule(cfg.data)
-    trainer = fit(cfg, module, datamodule)
-    out = Path(cfg.run_dir) / layout.VAE
-    if trainer.is_global_zero:
-        export(module, datamodule, out)
+    with begin(cfg):
+        module = AutoencoderModule(cfg)
+        datamodule = ImageCaptionDataModule(cfg.data)
+        trainer = fit(cfg, module, datamodule)
+        out = Path(cfg.run_dir) / layout.VAE
+        if trainer.is_global_zero:
+            export(module, datamodule, out)
     return TrainedStage(out, module, trainer)

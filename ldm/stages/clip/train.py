@@ -17,11 +17,11 @@ def train(cfg: Config) -> TrainedStage:
 
     The export's path is RUN itself: what the diffusion stage's `text_encoder:` key takes.
     """
-    begin(cfg)
-    resolve_checkpoint(cfg)  # fails now, not after the tokenizer, when the run_dir holds a run
-    tokenizer = prepare_tokenizer(cfg)
-    module = ClipModule(cfg, tokenizer)
-    trainer = fit(cfg, module, ImageCaptionDataModule(cfg.data))
-    if trainer.is_global_zero:
-        export(module.clip, tokenizer, cfg.run_dir, cfg.data.resolution)
+    with begin(cfg):
+        resolve_checkpoint(cfg)  # fails now, not after the tokenizer, when the run_dir holds a run
+        tokenizer = prepare_tokenizer(cfg)
+        module = ClipModule(cfg, tokenizer)
+        trainer = fit(cfg, module, ImageCaptionDataModule(cfg.data))
+        if trainer.is_global_zero:
+            export(module.clip, tokenizer, cfg.run_dir, cfg.data.resolution)
     return TrainedStage(Path(cfg.run_dir), module, trainer)

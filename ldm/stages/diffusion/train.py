@@ -43,12 +43,12 @@ def build_datamodule(cfg: Config, module: LatentDiffusion) -> L.LightningDataMod
 
 def train(cfg: Config) -> TrainedStage:
     """Train the UNet on the frozen stage-1 and stage-1b models, then export RUN/pipeline."""
-    begin(cfg)
-    if cfg.cache:
-        check_cacheable(cfg.data)  # before loading any model
-    module = build_module(cfg)
-    trainer = fit(cfg, module, build_datamodule(cfg, module))
-    out = Path(cfg.run_dir) / layout.PIPELINE
-    if trainer.is_global_zero:
-        export(module, out)
+    with begin(cfg):
+        if cfg.cache:
+            check_cacheable(cfg.data)  # before loading any model
+        module = build_module(cfg)
+        trainer = fit(cfg, module, build_datamodule(cfg, module))
+        out = Path(cfg.run_dir) / layout.PIPELINE
+        if trainer.is_global_zero:
+            export(module, out)
     return TrainedStage(out, module, trainer)
