@@ -169,7 +169,8 @@ def test_even_motion_can_measure_motion_in_clip_features(kl_pipeline_path, tmp_p
 
 def test_looped_seed_walk_closes_without_a_jump(kl_pipeline_path, tmp_path):
     result = animate(WalkSettings(pipeline=str(kl_pipeline_path), out=str(tmp_path / "loop"), kind="seed",
-                                  prompts=[PROMPTS[0]], seeds=[1, 2, 3], frames=3, loop=True, **LINEAR, **FAST))
+                                  prompts=[PROMPTS[0]], seeds=[1, 2, 3], frames=3, loop=True, **LINEAR,
+                                  **FAST))
     assert result.frames == 6  # 3 segments of 2 steps; the first frame is not repeated at the end
     distances = smoothness.adjacent_distances(video.read_frames(result.out / "frames", 6), loop=True)
     assert result.report["walk"]["closing"] == pytest.approx(distances[-1])

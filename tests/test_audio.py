@@ -6,9 +6,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from ldm.apps.animate import audio
+from ldm.apps.animate import audio, timeline
 from ldm.apps.animate import path as walks
-from ldm.apps.animate import timeline
 from ldm.apps.animate.settings import WalkSettings, resolve
 from ldm.core.errors import LdmError
 from ldm.metrics import smoothness
@@ -20,7 +19,8 @@ def click_at(seconds: float, length: float) -> np.ndarray:
     """Silence with one short noise burst starting at `seconds`."""
     signal = np.zeros(int(length * RATE), dtype=np.float32)
     start = int(seconds * RATE)
-    burst = np.random.default_rng(1).uniform(-1, 1, int(0.02 * RATE)) * np.exp(-np.arange(int(0.02 * RATE)) / 100)
+    length = int(0.02 * RATE)
+    burst = np.random.default_rng(1).uniform(-1, 1, length) * np.exp(-np.arange(length) / 100)
     signal[start: start + len(burst)] = burst
     return signal
 
@@ -135,7 +135,8 @@ def test_timeline_file_lists_keyframes(tmp_path):
     assert keyframes.prompts == ["a red circle", "a blue square"] and keyframes.seeds == [1, 2]
     assert keyframes.guidances == [None, 6]
     images = tmp_path / "images.yaml"
-    images.write_text("- {time: 0, image: a.png, caption: a red circle}\n- {time: 2, image: b.png, caption: x}\n")
+    images.write_text("- {time: 0, image: a.png, caption: a red circle}\n"
+                      "- {time: 2, image: b.png, caption: x}\n")
     assert timeline.read_timeline(images).images == [str(tmp_path / "a.png"), str(tmp_path / "b.png")]
 
 
@@ -163,7 +164,8 @@ def test_the_clock_sets_the_frame_count(tmp_path):
     """fps x seconds: from the times, or from the audio, with the keyframes spread over it."""
     base = dict(pipeline="p", out="o", prompts=["a", "b", "c"], fps=10.0)
     plain = timeline.plan_walk(resolve(WalkSettings(**base, times=[0, 1.5, 4])))
-    assert plain.frames == 41 and plain.keyframe_frames == [0, 15, 40] and plain.fixed and plain.target is None
+    assert plain.frames == 41 and plain.keyframe_frames == [0, 15, 40]
+    assert plain.fixed and plain.target is None
     loop = timeline.plan_walk(resolve(WalkSettings(**base, times=[0, 1, 2, 3], loop=True)))
     assert loop.frames == 30 and loop.keyframe_frames == [0, 10, 20, 30]
     wav = audio.write_wav(tmp_path / "beats.wav", audio.beat_track(1.0, 2.0))

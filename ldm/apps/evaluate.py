@@ -341,8 +341,8 @@ def evaluate_walk(folder: str | Path) -> Evaluation:
                    "uneven by design: the motion follows the audio"),
         ]
     else:
-        metrics = [Metric("walk_cv", "Motion unevenness (CV of frame-to-frame distance)", walk["cv"], "", "lower",
-                          f"std / mean of the {distance}")]
+        metrics = [Metric("walk_cv", "Motion unevenness (CV of frame-to-frame distance)", walk["cv"], "",
+                          "lower", f"std / mean of the {distance}")]
     metrics += [
         Metric("walk_mean_step", "Mean frame-to-frame distance", walk["mean"], "", ""),
         Metric("walk_max_step", "Largest frame-to-frame distance", walk["max"], "", "lower"),
@@ -355,6 +355,6 @@ def evaluate_walk(folder: str | Path) -> Evaluation:
         metrics += [Metric("walk_linear_cv", "Motion unevenness with linear spacing", report["linear"]["cv"],
                            "", "lower", "the same walk with frames evenly spaced in latent space"),
                     Metric("walk_cv_ratio", "Re-spaced CV / linear CV", report["cv_ratio"], "", "lower")]
-    settings = {"kind": s.kind, "frames": report["frames"], "fps": plan.fps, "loop": s.loop, "motion": s.motion,
-                "audio": s.audio, "distance": report["distance"]}
+    settings = {"kind": s.kind, "frames": report["frames"], "fps": plan.fps, "loop": s.loop,
+                "motion": s.motion, "audio": s.audio, "distance": report["distance"]}
     return Evaluation("walk", str(folder), settings, metrics, time.perf_counter() - start)

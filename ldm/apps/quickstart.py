@@ -38,7 +38,8 @@ STAGE_CONFIGS = {
     "diffusion": "diffusion/ldm_shapes.yaml",
 }
 DONE_DIR = "done"
-HEADLINE = ("prompt_fidelity", "fid", "fid_clip", "psnr", "walk_cv", "walk_audio_correlation")  # figures shown first, in this order
+# figures shown first, in this order
+HEADLINE = ("prompt_fidelity", "fid", "fid_clip", "psnr", "walk_cv", "walk_audio_correlation")
 IMAGE_SIZE = 32
 DATA_SEED = 0
 SAMPLE_SEED = 0
@@ -203,8 +204,8 @@ class Quickstart:
         settings = {"prompts": WALK_PROMPTS, "audio": [silence, beats, WALK_BPM], "fps": WALK_FPS,
                     "steps": s.sampling_steps}
         self.step("walk", settings, ["diffusion"], [folder / "walk.gif", folder / MOTION_PLOT],
-                  f"rendering a looping walk through three prompts to {silence:g} s of silence and {beats:g} s "
-                  f"of beats at {WALK_BPM:g} bpm", work)
+                  f"rendering a looping walk through three prompts to {silence:g} s of silence and "
+                  f"{beats:g} s of beats at {WALK_BPM:g} bpm", work)
 
     def evaluate(self) -> list:
         from ldm.apps import evaluate

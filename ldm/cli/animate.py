@@ -4,8 +4,8 @@
     ldm animate RUN/pipeline --seed-walk --prompt "a red circle" --seeds 1 2 3 --loop --out walks/seeds
     ldm animate RUN/pipeline --images a.png b.png --captions "a red circle" "a blue square" --out walks/mine
     ldm animate RUN/pipeline --autoencoder --images a.png b.png --out walks/ae
-    ldm animate RUN/pipeline --prompts "a red circle" "a blue square" "a green triangle" --times 0 4.5 9 --out walks/t
-    ldm animate RUN/pipeline --timeline walk.yaml --audio song.mp3 --audio-start 30 --on-beats --out walks/song
+    ldm animate RUN/pipeline --prompts "a red circle" "a blue square" --times 0 4.5 --out walks/timed
+    ldm animate RUN/pipeline --timeline walk.yaml --audio song.mp3 --audio-start 30 --out walks/song
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 
 from ldm.apps.animate.audio import FEATURES
-from ldm.apps.animate.settings import DEFAULT_AUDIO_SMOOTH
+from ldm.apps.animate.settings import DEFAULT_AUDIO_SMOOTH, DEFAULT_FRAMES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,9 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     kinds.add_argument("--autoencoder", action="store_true",
                        help="walk --images in the autoencoder's latent space, decoded with no diffusion")
     kinds.add_argument("--timeline", metavar="YAML",
-                       help="keyframes with times, instead of --prompts/--seeds/--images/--times: a YAML list "
-                            "of {time, prompt | image | seed, guidance?} (an image takes a caption; a loop's "
-                            "last entry may be {time} alone, when it is back at the first keyframe)")
+                       help="keyframes with times, instead of --prompts/--seeds/--images/--times: a YAML "
+                            "list of {time, prompt | image | seed, guidance?} (an image takes a caption; a "
+                            "loop's last entry may be {time} alone, when it is back at the first keyframe)")
 
     frames = parser.add_argument_group("frames and video")
     frames.add_argument("--times", nargs="+", type=float, default=[], metavar="SECONDS",
@@ -47,8 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "at the first); the frame count is then fps x seconds")
     frames.add_argument("--frames", type=int, default=None,
                         help="frames per segment, both keyframes included, for walks without --times or "
-                             "--audio (default 16; with even motion the same total, shared out by each "
-                             "segment's length)")
+                             f"--audio (default {DEFAULT_FRAMES}; even motion shares the same total out "
+                             "by each segment's length)")
     frames.add_argument("--fps", type=float, default=12.0, help="frames per second of the videos (default 12)")
     frames.add_argument("--loop", action="store_true",
                         help="walk back from the last keyframe to the first, so the video repeats seamlessly")
@@ -58,8 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                               "motion, or with --audio motion that follows it: a linear probe render, then "
                               "the walk re-spaced, about twice the render time)")
     spacing.add_argument("--even-motion", action="store_true",
-                         help="frames that differ by about the same amount: the default without --audio; with "
-                              "it, ignore the audio's loudness (the report compares with linear spacing)")
+                         help="frames that differ by about the same amount: the default without --audio; "
+                              "with it, ignore the audio's loudness (the report compares with linear "
+                              "spacing)")
     frames.add_argument("--even-passes", type=int, default=1,
                         help="re-spacing passes after the linear probe; each renders the walk once "
                              "more (default 1; 2 evens out a little further)")
@@ -73,15 +74,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     sound = parser.add_argument_group("audio (a walk to music)")
     sound.add_argument("--audio", metavar="FILE",
-                       help="WAV, FLAC, OGG, MP3 (anything ffmpeg reads): the walk lasts as long as the audio "
-                            "(or its --times), moves further per frame where the audio is louder or busier, "
-                            "and walk.mp4 carries it (the GIF stays silent)")
+                       help="WAV, FLAC, OGG, MP3 (anything ffmpeg reads): the walk lasts as long as the "
+                            "audio (or its --times), moves further per frame where the audio is louder or "
+                            "busier, and walk.mp4 carries it (the GIF stays silent)")
     sound.add_argument("--audio-start", type=float, default=0.0, metavar="SECONDS",
                        help="where in the audio the walk starts (default 0)")
     sound.add_argument("--audio-end", type=float, default=None, metavar="SECONDS",
                        help="where in the audio the walk ends (default: the end of the file, or of --times)")
     sound.add_argument("--on-beats", action="store_true",
-                       help="move each keyframe but the first and last to the nearest onset (beat) of the audio")
+                       help="move each keyframe but the first and last to the nearest onset (beat) of the "
+                            "audio")
     sound.add_argument("--audio-smooth", type=float, default=DEFAULT_AUDIO_SMOOTH, metavar="SECONDS",
                        help=f"Gaussian smoothing of the audio target, so motion does not jitter (default "
                             f"{DEFAULT_AUDIO_SMOOTH:g})")
@@ -124,9 +126,9 @@ def _timeline_kind(args: argparse.Namespace, timeline) -> str:
     """The walk kind of --timeline keyframes; LdmError when flags also give keyframes."""
     from ldm.core.errors import LdmError
 
-    given = [flag for flag, value in (("--prompts", args.prompts), ("--seeds", args.seeds), ("--images", args.images),
-                                      ("--captions", args.captions), ("--times", args.times),
-                                      ("--seed-walk", args.seed_walk)) if value]
+    flags = (("--prompts", args.prompts), ("--seeds", args.seeds), ("--images", args.images),
+             ("--captions", args.captions), ("--times", args.times), ("--seed-walk", args.seed_walk))
+    given = [flag for flag, value in flags if value]
     if given:
         raise LdmError(f"--timeline lists the keyframes and their times: drop {', '.join(given)}")
     if timeline.kind == "seed":
@@ -170,7 +172,8 @@ def run(args: argparse.Namespace) -> None:
                        "count is fps x seconds")
     settings = WalkSettings(
         pipeline=args.pipeline, out=args.out, kind=kind, **_keyframes(args, kind, timeline),
-        negative_prompt=args.negative_prompt, frames=args.frames or 16, loop=args.loop,
+        negative_prompt=args.negative_prompt, frames=DEFAULT_FRAMES if args.frames is None else args.frames,
+        loop=args.loop,
         motion=_motion(args), even_passes=args.even_passes, distance_model=args.distance_model,
         steps=args.steps, guidance=args.guidance, sampler=args.sampler, fps=args.fps,
         batch_size=args.batch_size, video_scale=args.video_scale,

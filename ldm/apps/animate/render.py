@@ -95,7 +95,8 @@ def build_renderer(s: WalkSettings, device):
     pipe.scheduler = make_sampler(s.sampler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)  # the bar that counts is the one over frames
     if s.kind == "image":
-        return renderers.image_walk(pipe, s.images, s.captions, s.negative_prompt, s.loop, s.steps, s.guidances)
+        return renderers.image_walk(pipe, s.images, s.captions, s.negative_prompt, s.loop, s.steps,
+                                    s.guidances)
     prompts = s.prompts if s.kind == "prompt" else s.prompts * len(s.seeds)
     return renderers.prompt_walk(pipe, prompts, s.seeds, s.negative_prompt, s.loop, s.steps, s.guidances)
 
@@ -302,7 +303,8 @@ def format_report(report: dict) -> str:
     if "linear" in report:
         linear = report["linear"]
         lines.append(f"  linear spacing:  mean {linear['mean']:.4f}, max {linear['max']:.4f}, "
-                     f"CV {linear['cv']:.3f}   ({report['motion']}-motion CV / linear CV = {report['cv_ratio']:.2f})")
+                     f"CV {linear['cv']:.3f}   ({report['motion']}-motion CV / linear CV = "
+                     f"{report['cv_ratio']:.2f})")
     if "audio" in report:
         audio = report["audio"]
         linear = (f" (linear spacing: {audio['linear_correlation']:.2f})" if "linear_correlation" in audio

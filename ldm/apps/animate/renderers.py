@@ -56,11 +56,13 @@ class DiffusionWalk:
     def render(self, times: list[float]) -> np.ndarray:
         embeddings = walks.interpolate(self.embeddings, times, self.loop, "lerp")
         noises = walks.interpolate(self.noises, times, self.loop, "slerp")
-        scales = walks.interpolate(torch.tensor(self.guidances, dtype=torch.float64), times, self.loop, "lerp")
-        images = [None] * len(times)
-        for scale in scales.unique().tolist():
-            rows = [i for i, s in enumerate(scales.tolist()) if s == scale]
-            out = self.pipe(prompt_embeds=embeddings[rows], negative_prompt_embeds=self.negative.expand(len(rows), -1, -1),
+        scales = walks.interpolate(torch.tensor(self.guidances, dtype=torch.float64), times, self.loop,
+                                   "lerp").tolist()
+        images: list[np.ndarray | None] = [None] * len(times)
+        for scale in sorted(set(scales)):
+            rows = [i for i, s in enumerate(scales) if s == scale]
+            negative = self.negative.expand(len(rows), -1, -1)
+            out = self.pipe(prompt_embeds=embeddings[rows], negative_prompt_embeds=negative,
                             latents=noises[rows], num_inference_steps=self.steps, guidance_scale=scale,
                             output_type="np").images
             for i, image in zip(rows, out):
@@ -99,7 +101,8 @@ def prompt_walk(pipe: LatentDiffusionPipeline, prompts: list[str], seeds: list[i
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
     embeddings = encode_each_once(pipe.tokenizer, pipe.text_encoder, prompts + [negative_prompt])
     embeddings, negative = embeddings[:-1], embeddings[-1:]
-    return DiffusionWalk(pipe, embeddings, seed_noise(pipe, seeds, size, size), negative, loop, steps, guidances)
+    noises = seed_noise(pipe, seeds, size, size)
+    return DiffusionWalk(pipe, embeddings, noises, negative, loop, steps, guidances)
 
 
 def image_walk(pipe: LatentDiffusionPipeline, images: list[str], captions: list[str], negative_prompt: str,

@@ -35,6 +35,7 @@ from ldm.core.errors import LdmError
 
 WALK_KINDS = ("prompt", "seed", "image", "autoencoder")
 DEFAULT_GUIDANCE = 4.0
+DEFAULT_FRAMES = 16  # per segment, for walks with neither times nor audio
 # Inverted noise reproduces its image only without guidance (see ldm.sampling.inversion).
 IMAGE_WALK_GUIDANCE = 1.0
 IMAGE_WALK_SAMPLER = "ddim"  # the sampler that DDIM inversion inverts
@@ -58,7 +59,7 @@ class WalkSettings:
     images: list[str] = field(default_factory=list)  # image and autoencoder walks
     captions: list[str] = field(default_factory=list)  # image walk: one per image
     negative_prompt: str = ""
-    frames: int = 16  # per segment, both keyframes included (walks with neither times nor audio)
+    frames: int = DEFAULT_FRAMES  # per segment, both keyframes included (walks with neither times nor audio)
     loop: bool = False
     motion: str | None = None  # one of MOTIONS; None: "audio" with audio, else "even"
     even_passes: int = 1  # re-spacing passes after the linear probe (motion "even" and "audio")
@@ -126,6 +127,8 @@ def resolve(settings: WalkSettings) -> WalkSettings:
 
 
 def _check_numbers(s: WalkSettings) -> None:
+    if s.motion not in MOTIONS:
+        raise LdmError(f"unknown motion {s.motion!r}; choose one of {', '.join(MOTIONS)}")
     if s.frames < 2:
         raise LdmError(f"--frames must be at least 2 (a segment's two keyframes), got {s.frames}")
     if not s.fps > 0:
@@ -153,8 +156,8 @@ def _check_keyframes(s: WalkSettings) -> None:
     if s.distance_model is not None and not (Path(s.distance_model) / "config.json").is_file():
         raise LdmError(f"--distance-model {s.distance_model}: no CLIP model there (config.json is missing)")
     if s.guidances and len(s.guidances) != s.num_keyframes:
-        raise LdmError(f"got {len(s.guidances)} guidance values for {s.num_keyframes} keyframes: give one per "
-                       "keyframe (or none)")
+        raise LdmError(f"got {len(s.guidances)} guidance values for {s.num_keyframes} keyframes: give one "
+                       "per keyframe (or none)")
 
 
 def _keyframe_guidances(s: WalkSettings) -> list[float]:
@@ -163,8 +166,6 @@ def _keyframe_guidances(s: WalkSettings) -> list[float]:
 
 def _check_times(s: WalkSettings) -> None:
     """Keyframe times: one per keyframe (a loop: one more), from 0, increasing."""
-    if s.motion not in MOTIONS:
-        raise LdmError(f"unknown motion {s.motion!r}; choose one of {', '.join(MOTIONS)}")
     if not s.times:
         return
     wanted = s.num_keyframes + (1 if s.loop else 0)
@@ -268,7 +269,8 @@ def saved_walk_settings(folder: str | Path) -> WalkSettings:
     folder = Path(folder)
     path = folder / SETTINGS_FILE
     if not path.is_file():
-        raise LdmError(f"{folder} is not a walk folder: {SETTINGS_FILE} is missing (render one with ldm animate)")
+        raise LdmError(f"{folder} is not a walk folder: {SETTINGS_FILE} is missing (render one with "
+                       "ldm animate)")
     saved = json.loads(path.read_text())
     known = {f for f in WalkSettings.__dataclass_fields__} - {"out", "images", "audio"}
     settings = WalkSettings(out=str(folder), **{k: v for k, v in saved.items() if k in known})

@@ -75,7 +75,8 @@ def read_timeline(path: str | Path) -> TimelineKeyframes:
     except yaml.YAMLError as err:
         raise LdmError(f"cannot read timeline {path}: {str(err).splitlines()[0]}") from None
     if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
-        raise LdmError(f"timeline {path} must be a YAML list of keyframes like {{time: 0, prompt: a red circle}}")
+        raise LdmError(f"timeline {path} must be a YAML list of keyframes like "
+                       "{time: 0, prompt: a red circle}")
     closing = entries[-1].get("time") if set(entries[-1]) == {"time"} else None
     keyframes = entries[:-1] if closing is not None else entries
     kinds = {_entry_kind(path, number, entry) for number, entry in enumerate(keyframes, 1)}
@@ -140,7 +141,8 @@ def plan_walk(s: WalkSettings) -> WalkPlan:
     """The plan of resolved settings; decodes the audio, if any. Raises LdmError for what only the
     audio can tell (a start past its end, a segment too short for the timeline, no onsets)."""
     if not s.timed:
-        keyframe_frames = [k * (s.frames - 1) for k in range(walks.segment_count(s.num_keyframes, s.loop) + 1)]
+        segments = walks.segment_count(s.num_keyframes, s.loop)
+        keyframe_frames = [k * (s.frames - 1) for k in range(segments + 1)]
         frames = keyframe_frames[-1] + (0 if s.loop else 1)
         return WalkPlan(s.fps, frames, keyframe_frames, fixed=False, target=None, audio_start=None)
     samples = _audio_segment(s) if s.audio is not None else None
@@ -162,8 +164,9 @@ def _clock(s: WalkSettings, samples: np.ndarray | None) -> tuple[list[float], in
         frames = round(s.times[-1] * s.fps) + (0 if s.loop else 1)
         if samples is not None and _seconds(samples) < (frames - 0.5) / s.fps:
             until = f" to --audio-end {s.audio_end:g} s" if s.audio_end is not None else ""
-            raise LdmError(f"the timeline lasts {frames / s.fps:g} s, longer than the {_seconds(samples):.2f} s "
-                           f"of audio from --audio-start {s.audio_start:g} s{until}")
+            raise LdmError(f"the timeline lasts {frames / s.fps:g} s, longer than the "
+                           f"{_seconds(samples):.2f} s of audio from --audio-start {s.audio_start:g} s"
+                           f"{until}")
         return s.times, frames
     frames = round(_seconds(samples) * s.fps)
     segments = walks.segment_count(s.num_keyframes, s.loop)

@@ -94,7 +94,8 @@ class Soundtrack:
     start: float
 
 
-def write_mp4(frames: list[np.ndarray], path: str | Path, fps: float, soundtrack: Soundtrack | None = None) -> Path:
+def write_mp4(frames: list[np.ndarray], path: str | Path, fps: float,
+              soundtrack: Soundtrack | None = None) -> Path:
     """H.264 in yuv420p, the format every player accepts; frame sides must be even. With a
     soundtrack, its audio from `start` for len(frames) / fps seconds goes in as AAC."""
     path = Path(path)
