@@ -188,7 +188,7 @@ def test_audio_settings_that_cannot_work_are_one_line(tmp_path):
         (dict(audio=str(wav), audio_start=5.0), "past the end"),
         (dict(audio=str(wav), audio_end=1.0, audio_start=2.0), "must come after"),
         (dict(audio=str(wav), times=[0, 5]), "the timeline lasts 5.1 s, longer than the 3.00 s of audio"),
-        (dict(on_beats=True), "--on-beats need --audio"),
+        (dict(on_beats=True), "--on-beats needs --audio"),
         (dict(motion="audio"), "needs --audio"),
         (dict(audio=str(wav), prompts=["a", "b", "c", "d"], on_beats=True, audio_end=1.6),
          "no onsets|same onset"),

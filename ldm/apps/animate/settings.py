@@ -190,7 +190,7 @@ def _check_audio(s: WalkSettings) -> None:
                                                    ("--audio-end", s.audio_end, None),
                                                    ("--on-beats", s.on_beats, False)) if value != default]
         if given:
-            raise LdmError(f"{', '.join(given)} need --audio")
+            raise LdmError(f"{', '.join(given)} {'needs' if len(given) == 1 else 'need'} --audio")
         return
     if not Path(s.audio).is_file():
         raise LdmError(f"audio file not found: {s.audio}")

@@ -130,11 +130,8 @@ class WalkPlan:
 
     @property
     def steps(self) -> int:
+        """Steps between consecutive frames (a loop's last one closes it)."""
         return self.keyframe_frames[-1]
-
-    @property
-    def seconds(self) -> float:
-        return self.frames / self.fps
 
 
 def plan_walk(s: WalkSettings) -> WalkPlan:
