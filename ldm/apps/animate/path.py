@@ -11,7 +11,12 @@ first, and stops one frame short of it, so that playing the video on repeat neve
     noise = interpolate(keyframe_noise, times, loop=False, kind="slerp")
 
 With `frames` per segment, keyframes shared by two segments are one frame, rendered once:
-(K - 1) * (frames - 1) + 1 frames for a plain walk, K * (frames - 1) for a loop.
+(K - 1) * (frames - 1) + 1 frames for a plain walk, K * (frames - 1) for a loop. (A walk on a clock,
+`ldm.apps.animate.timeline`, puts its keyframes on the frames its times say.)
+
+Positions need not be evenly spaced: `even_times` and `paced_times` re-space them from a probe
+render's measured distances, so that each step moves equally far, or as far as a weight (the
+audio target) says.
 
 None of this is in diffusers (its community walk pipelines each carry a private slerp), so it is
 written here once, for every walk kind.
