@@ -42,7 +42,7 @@ def main() -> None:
         settings = WalkSettings(pipeline=args.pipeline, out=str(out), prompts=args.prompts,
                                 seeds=args.seeds or [], frames=args.frames, steps=args.steps,
                                 guidance=args.guidance, sampler=args.sampler, loop=args.loop,
-                                even_motion=True, even_passes=args.even_passes, batch_size=args.batch_size)
+                                motion="even", even_passes=args.even_passes, batch_size=args.batch_size)
         start = time.perf_counter()
         result = animate(settings)
         seconds = time.perf_counter() - start

@@ -21,6 +21,7 @@ from ldm.sampling.pipeline_io import export_pipeline
 
 PROMPTS = ["a red circle", "a blue square"]
 FAST = dict(steps=2, batch_size=4, fps=10.0)
+LINEAR = dict(motion="linear")  # one render pass, frames at evenly spaced positions
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +51,11 @@ def smooth_pipeline_path(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def prompt_walk(kl_pipeline_path, tmp_path_factory):
-    """A 2-prompt walk with 16 frames, rendered once and shared (read-only) by several tests."""
+    """A 2-prompt walk with 16 linearly spaced frames, rendered once and shared (read-only) by
+    several tests."""
     out = tmp_path_factory.mktemp("walk") / "demo"
     settings = WalkSettings(pipeline=str(kl_pipeline_path), out=str(out), prompts=PROMPTS, seeds=[1, 2],
-                            frames=16, **FAST)
+                            frames=16, **LINEAR, **FAST)
     return settings, animate(settings)
 
 
@@ -130,11 +132,11 @@ def test_resume_with_other_settings_is_an_error(prompt_walk, tmp_path):
     assert result.rendered == 0 and video.video_info(result.mp4) == {"frames": 16, "fps": 5.0}
 
 
-def test_even_motion_halves_the_motion_unevenness_of_linear_spacing(kl_pipeline_path, tmp_path):
+def test_even_motion_is_the_default_and_halves_the_unevenness_of_linear_spacing(kl_pipeline_path, tmp_path):
     result = animate(WalkSettings(pipeline=str(kl_pipeline_path), out=str(tmp_path / "even"), prompts=PROMPTS,
-                                  seeds=[1, 2], frames=8, even_motion=True, **FAST))
+                                  seeds=[1, 2], frames=8, **FAST))
     report = result.report
-    assert report["walk"]["cv"] <= 0.5 * report["linear"]["cv"]
+    assert report["motion"] == "even" and report["walk"]["cv"] <= 0.5 * report["linear"]["cv"]
     assert (tmp_path / "even" / "even-motion" / "pass-0").is_dir()
     times = json.loads((tmp_path / "even" / "frames" / "times.json").read_text())
     assert len(times) == 8 and times[0] == 0 and times[-1] == 1 and np.all(np.diff(times) > 0)
@@ -159,7 +161,7 @@ def test_even_motion_can_measure_motion_in_clip_features(kl_pipeline_path, tmp_p
         projection_dim=16)
     export(CLIPModel(config), tokenizer, tmp_path / "run", IMAGE_SIZE)
     result = animate(WalkSettings(pipeline=str(kl_pipeline_path), out=str(tmp_path / "clip_walk"),
-                                  prompts=PROMPTS, seeds=[1, 2], frames=8, even_motion=True,
+                                  prompts=PROMPTS, seeds=[1, 2], frames=8,
                                   distance_model=str(tmp_path / "run" / "clip"), **FAST))
     assert result.report["distance"].startswith("CLIP image-feature")
     assert result.report["walk"]["cv"] <= 0.5 * result.report["linear"]["cv"]
@@ -167,7 +169,8 @@ def test_even_motion_can_measure_motion_in_clip_features(kl_pipeline_path, tmp_p
 
 def test_looped_seed_walk_closes_without_a_jump(kl_pipeline_path, tmp_path):
     result = animate(WalkSettings(pipeline=str(kl_pipeline_path), out=str(tmp_path / "loop"), kind="seed",
-                                  prompts=[PROMPTS[0]], seeds=[1, 2, 3], frames=3, loop=True, **FAST))
+                                  prompts=[PROMPTS[0]], seeds=[1, 2, 3], frames=3, loop=True, **LINEAR,
+                                  **FAST))
     assert result.frames == 6  # 3 segments of 2 steps; the first frame is not repeated at the end
     distances = smoothness.adjacent_distances(video.read_frames(result.out / "frames", 6), loop=True)
     assert result.report["walk"]["closing"] == pytest.approx(distances[-1])
@@ -189,7 +192,7 @@ def autoencoded(pipeline_path, paths) -> np.ndarray:
 def test_image_walk_passes_through_the_users_images(smooth_pipeline_path, images, tmp_path):
     paths, captions = images
     result = animate(WalkSettings(pipeline=str(smooth_pipeline_path), out=str(tmp_path / "mine"), kind="image",
-                                  images=paths, captions=captions, frames=3, steps=5, fps=10.0))
+                                  images=paths, captions=captions, frames=3, steps=5, fps=10.0, **LINEAR))
     frames = [f.astype(int) for f in video.read_frames(result.out / "frames", 3)]
     own = autoencoded(smooth_pipeline_path, paths).astype(int)
     # each end frame is its own image, inverted and sampled back: far closer to it than to the other
@@ -201,7 +204,7 @@ def test_image_walk_passes_through_the_users_images(smooth_pipeline_path, images
 def test_autoencoder_walk_decodes_the_encoded_images(kl_pipeline_path, images, tmp_path):
     paths, _ = images
     result = animate(WalkSettings(pipeline=str(kl_pipeline_path), out=str(tmp_path / "ae"), kind="autoencoder",
-                                  images=paths, frames=5, fps=10.0))
+                                  images=paths, frames=5, fps=10.0, **LINEAR))
     expected = autoencoded(kl_pipeline_path, paths)
     frames = video.read_frames(result.out / "frames", 5)
     assert np.array_equal(frames[0], expected[0]) and np.array_equal(frames[-1], expected[1])
@@ -216,7 +219,7 @@ BAD_INPUT = [
     (dict(prompts=PROMPTS, fps=0.0), "--fps must be positive"),
     (dict(prompts=PROMPTS, sampler="euler-ancestral"), "deterministic sampler"),
     (dict(kind="image", images=["missing.png", "missing.png"], captions=["a", "b"]), "image not found"),
-    (dict(prompts=PROMPTS, even_motion=True, distance_model="no/such/clip"), "no CLIP model there"),
+    (dict(prompts=PROMPTS, distance_model="no/such/clip"), "no CLIP model there"),
 ]
 
 

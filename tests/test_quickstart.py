@@ -30,7 +30,7 @@ def test_tiny_quickstart_runs_every_step_then_skips_them(tmp_path, capsys):
     for item in items:
         check_schema(item)
     page = (out / "report.html").read_text()
-    for picture in ("samples.png", "reconstructions.png", "walk.gif", "loss-autoencoder.png",
+    for picture in ("samples.png", "reconstructions.png", "walk.gif", "motion.png", "loss-autoencoder.png",
                     "loss-clip_training.png", "loss-diffusion.png"):
         assert f"report_files/{picture}" in page, picture
         assert (out / "report_files" / picture).is_file(), picture

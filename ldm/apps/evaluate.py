@@ -310,42 +310,40 @@ def evaluate_diffusion(pipeline: str, data: str, clip: str | None = None, incept
 
 # ---- walks -----------------------------------------------------------------------------------
 
-def walk_settings(folder: Path):
-    """The WalkSettings a walk folder was rendered with, as far as its smoothness depends on them."""
-    from ldm.apps.animate.settings import SETTINGS_FILE, WalkSettings
-
-    path = folder / SETTINGS_FILE
-    if not path.is_file():
-        raise LdmError(f"{folder} is not a walk folder: {SETTINGS_FILE} is missing (render one with ldm animate)")
-    saved = json.loads(path.read_text())
-    return WalkSettings(pipeline=saved["pipeline"], out=str(folder), kind=saved["kind"],
-                        prompts=saved.get("prompts", []), seeds=saved.get("seeds", []),
-                        images=[image["path"] for image in saved.get("images", [])],
-                        frames=saved["frames"], loop=saved["loop"], even_motion=saved["even_motion"],
-                        distance_model=saved.get("distance_model"))
-
-
 def evaluate_walk(folder: str | Path) -> Evaluation:
-    """Smoothness of a rendered walk: `ldm.apps.animate.render`'s report, recomputed from the frames on disk."""
-    from ldm.apps.animate import path as walks
+    """Smoothness of a rendered walk: `ldm.apps.animate.render`'s report, recomputed from the frames
+    on disk. With audio, unevenness is measured against the audio target (the motion is meant to
+    follow it, not to be constant), beside the correlation of distance and target."""
     from ldm.apps.animate import render as animate
     from ldm.apps.animate import video
+    from ldm.apps.animate.settings import saved_walk_settings
 
     start = time.perf_counter()
     folder = Path(folder)
-    s = walk_settings(folder)
-    count = len(walks.linear_times(s.num_keyframes, s.frames, s.loop))
+    s = saved_walk_settings(folder)
+    plan = animate.saved_plan(s, folder)
+    count = plan.frames
     frames_dir = folder / animate.FRAMES_DIR
     missing = set(range(count)) - video.existing_frames(frames_dir)
     if missing:
         raise LdmError(f"{frames_dir} lacks {len(missing)} of its {count} frames: finish the render first "
                        "(rerun the same ldm animate command)")
-    report = animate.smoothness_report(s, folder, video.read_frames(frames_dir, count))
+    report = animate.smoothness_report(s, plan, folder, video.read_frames(frames_dir, count))
     walk = report["walk"]
     distance = f"adjacent-frame {report['distance']}"
-    metrics = [
-        Metric("walk_cv", "Motion unevenness (CV of frame-to-frame distance)", walk["cv"], "", "lower",
-               f"std / mean of the {distance}"),
+    if "audio" in report:
+        metrics = [
+            Metric("walk_cv", "Motion unevenness against the audio (CV of distance / audio target)",
+                   report["audio"]["cv"], "", "lower", f"std / mean of the {distance} over the audio target"),
+            Metric("walk_audio_correlation", "Correlation of frame-to-frame distance and audio target",
+                   report["audio"]["correlation"], "", "higher", "Pearson, over the walk's steps"),
+            Metric("walk_distance_cv", "CV of frame-to-frame distance", walk["cv"], "", "",
+                   "uneven by design: the motion follows the audio"),
+        ]
+    else:
+        metrics = [Metric("walk_cv", "Motion unevenness (CV of frame-to-frame distance)", walk["cv"], "",
+                          "lower", f"std / mean of the {distance}")]
+    metrics += [
         Metric("walk_mean_step", "Mean frame-to-frame distance", walk["mean"], "", ""),
         Metric("walk_max_step", "Largest frame-to-frame distance", walk["max"], "", "lower"),
         Metric("walk_frames", "Frames", report["frames"], "", ""),
@@ -356,7 +354,7 @@ def evaluate_walk(folder: str | Path) -> Evaluation:
     if "linear" in report:
         metrics += [Metric("walk_linear_cv", "Motion unevenness with linear spacing", report["linear"]["cv"],
                            "", "lower", "the same walk with frames evenly spaced in latent space"),
-                    Metric("walk_cv_ratio", "Even-motion CV / linear CV", report["cv_ratio"], "", "lower")]
-    settings = {"kind": s.kind, "frames": report["frames"], "loop": s.loop, "even_motion": s.even_motion,
-                "distance": report["distance"]}
+                    Metric("walk_cv_ratio", "Re-spaced CV / linear CV", report["cv_ratio"], "", "lower")]
+    settings = {"kind": s.kind, "frames": report["frames"], "fps": plan.fps, "loop": s.loop,
+                "motion": s.motion, "audio": s.audio, "distance": report["distance"]}
     return Evaluation("walk", str(folder), settings, metrics, time.perf_counter() - start)

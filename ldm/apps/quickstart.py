@@ -6,7 +6,7 @@
     clip         configs/clip/clip_shapes.yaml                     text_encoder/, tokenizer/, clip/
     diffusion    configs/diffusion/ldm_shapes.yaml                 pipeline/
     samples      images for the held-out prompts (`ldm generate`)  samples/grid.png
-    walk         a looping prompt walk (`ldm animate`)             walk/walk.gif
+    walk         a looping walk to a beat track (`ldm animate`)    beats.wav, walk/ (GIF, MP4, motion.png)
     evaluate     `ldm evaluate` of the three                       evaluation.json
     report       everything above on one page                      report.html
 
@@ -38,7 +38,8 @@ STAGE_CONFIGS = {
     "diffusion": "diffusion/ldm_shapes.yaml",
 }
 DONE_DIR = "done"
-HEADLINE = ("prompt_fidelity", "fid", "fid_clip", "psnr", "walk_cv")  # figures shown first, in this order
+# figures shown first, in this order
+HEADLINE = ("prompt_fidelity", "fid", "fid_clip", "psnr", "walk_cv", "walk_audio_correlation")
 IMAGE_SIZE = 32
 DATA_SEED = 0
 SAMPLE_SEED = 0
@@ -46,6 +47,9 @@ GUIDANCE = 4.0
 # A loop through three prompts of combinations that training saw.
 WALK_PROMPTS = ["a red circle in the top left", "a yellow square in the bottom right",
                 "a blue triangle in the top right"]
+WALK_FPS = 8.0
+WALK_BPM = 120.0
+WALK_AUDIO = "beats.wav"  # in OUT: the synthetic track the walk moves to
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,7 @@ class Scale:
     overrides: dict[str, tuple[str, ...]]  # stage -> extra config overrides
     images_per_prompt: int
     sampling_steps: int
-    walk_frames: int  # per segment of the walk
+    walk_audio: tuple[float, float]  # seconds of silence, then of beats: the walk's synthetic track
 
 
 SCALES = {
@@ -67,7 +71,7 @@ SCALES = {
                  overrides={"autoencoder": ("train.max_steps=1000", "train.max_minutes=3"),
                             "clip": ("train.max_minutes=3",),
                             "diffusion": ("train.max_steps=4500", "train.max_minutes=8")},
-                 images_per_prompt=16, sampling_steps=20, walk_frames=8),
+                 images_per_prompt=16, sampling_steps=20, walk_audio=(1.0, 3.0)),
     # Seconds per stage, for tests: every number as small as the code accepts.
     "tiny": Scale(images=48, test_images=16,
                   overrides={"autoencoder": ("train.max_steps=2", "data.batch_size=16", "latent_scale.samples=16",
@@ -75,7 +79,7 @@ SCALES = {
                              "clip": ("train.max_steps=2", "data.batch_size=16", "train.log_every_n_steps=1"),
                              "diffusion": ("train.max_steps=2", "data.batch_size=16", "samples.prompts=[]",
                                            "train.log_every_n_steps=1")},
-                  images_per_prompt=1, sampling_steps=2, walk_frames=2),
+                  images_per_prompt=1, sampling_steps=2, walk_audio=(0.5, 0.5)),
 }
 
 
@@ -178,20 +182,28 @@ class Quickstart:
                   f"generating {s.images_per_prompt} images for each of the {len(prompts)} held-out prompts", work)
 
     def walk(self) -> None:
-        from ldm.apps.animate.render import WalkSettings, animate
+        """A looping walk to the project's own beat track: it moves little in the silence, on the
+        beats after it, and walk.mp4 carries the track (the defaults: audio-driven motion)."""
+        from ldm.apps.animate import audio
+        from ldm.apps.animate.render import MOTION_PLOT, WalkSettings, animate
 
-        folder = self.path("walk")
+        folder, track = self.path("walk"), self.path(WALK_AUDIO)
         s = self.scale
+        silence, beats = s.walk_audio
         walk = WalkSettings(pipeline=str(self.path("pipeline")), out=str(folder), kind="prompt",
-                            prompts=WALK_PROMPTS, frames=s.walk_frames, loop=True, steps=s.sampling_steps,
-                            guidance=GUIDANCE, fps=8.0, video_scale=4)
+                            prompts=WALK_PROMPTS, loop=True, steps=s.sampling_steps, guidance=GUIDANCE,
+                            fps=WALK_FPS, video_scale=4, audio=str(track))
 
         def work():
             shutil.rmtree(folder, ignore_errors=True)  # frames of an older pipeline must not be reused
+            audio.write_wav(track, audio.beat_track(silence, beats, WALK_BPM))
             animate(walk)
 
-        self.step("walk", {"prompts": WALK_PROMPTS, "frames": s.walk_frames, "steps": s.sampling_steps},
-                  ["diffusion"], [folder / "walk.gif"], "rendering a looping walk through three prompts", work)
+        settings = {"prompts": WALK_PROMPTS, "audio": [silence, beats, WALK_BPM], "fps": WALK_FPS,
+                    "steps": s.sampling_steps}
+        self.step("walk", settings, ["diffusion"], [folder / "walk.gif", folder / MOTION_PLOT],
+                  f"rendering a looping walk through three prompts to {silence:g} s of silence and "
+                  f"{beats:g} s of beats at {WALK_BPM:g} bpm", work)
 
     def evaluate(self) -> list:
         from ldm.apps import evaluate
@@ -220,6 +232,7 @@ class Quickstart:
         return results
 
     def report(self, evaluations: list) -> Path:
+        from ldm.apps.animate.render import MOTION_PLOT
         from ldm.apps.report import ReportContent, find_loss_curves, write_report
         from ldm.metrics.results import format_value
 
@@ -236,7 +249,9 @@ class Quickstart:
                             f"training; {self.scale.images_per_prompt} seeds each",
             reconstructions=self.path("reconstructions.png"),
             animation=self.path("walk", "walk.gif"),
-            animation_caption="a looping walk: " + " -> ".join(WALK_PROMPTS),
+            animation_caption="a looping walk: " + " -> ".join(WALK_PROMPTS) + " (silent here; walk/walk.mp4 "
+                              "carries the beat track it moves to)",
+            motion_plot=self.path("walk", MOTION_PLOT),
             loss_curves=find_loss_curves(self.out),
             evaluations=evaluations,
             steps=[(r.name, r.status, r.output) for r in self.results])

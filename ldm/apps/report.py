@@ -45,6 +45,7 @@ class ReportContent:
     reconstructions: Path | None = None  # originals over reconstructions
     animation: Path | None = None  # the walk's GIF
     animation_caption: str = ""
+    motion_plot: Path | None = None  # a walk to music: its frame distance against the audio target
     loss_curves: dict[str, Path] = field(default_factory=dict)  # stage -> PNG
     headline: list[tuple[str, str, str]] = field(default_factory=list)  # (evaluated, figure, value) shown first
     evaluations: list[Evaluation] = field(default_factory=list)
@@ -119,6 +120,9 @@ def render_html(content: ReportContent, assets: _Assets) -> str:
                       "top row: real images the autoencoder never trained on; bottom row: their reconstructions"),
               "<h2>Animation</h2>",
               _figure(assets, content.animation, "walk", "walk animation", content.animation_caption),
+              _figure(assets, content.motion_plot, "motion", "motion against the audio",
+                      "how far each frame moved (frame-to-frame distance) against how far the audio said it "
+                      "should: louder, busier passages move further") if content.motion_plot else "",
               "<h2>Loss curves</h2>", '<div class="curves">']
     parts += [_figure(assets, png, f"loss-{stage}", f"{stage} loss curves", stage)
               for stage, png in content.loss_curves.items()] or ['<p class="missing">no training logs found.</p>']

@@ -4,11 +4,16 @@
     ldm animate RUN/pipeline --seed-walk --prompt "a red circle" --seeds 1 2 3 --loop --out walks/seeds
     ldm animate RUN/pipeline --images a.png b.png --captions "a red circle" "a blue square" --out walks/mine
     ldm animate RUN/pipeline --autoencoder --images a.png b.png --out walks/ae
+    ldm animate RUN/pipeline --prompts "a red circle" "a blue square" --times 0 4.5 --out walks/timed
+    ldm animate RUN/pipeline --timeline walk.yaml --audio song.mp3 --audio-start 30 --out walks/song
 """
 
 from __future__ import annotations
 
 import argparse
+
+from ldm.apps.animate.audio import FEATURES
+from ldm.apps.animate.settings import DEFAULT_AUDIO_SMOOTH, DEFAULT_FRAMES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,17 +36,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="one caption per image: the prompt its inversion and frames use")
     kinds.add_argument("--autoencoder", action="store_true",
                        help="walk --images in the autoencoder's latent space, decoded with no diffusion")
+    kinds.add_argument("--timeline", metavar="YAML",
+                       help="keyframes with times, instead of --prompts/--seeds/--images/--times: a YAML "
+                            "list of {time, prompt | image | seed, guidance?} (an image takes a caption; a "
+                            "loop's last entry may be {time} alone, when it is back at the first keyframe)")
 
     frames = parser.add_argument_group("frames and video")
-    frames.add_argument("--frames", type=int, default=16,
-                        help="frames per segment, both keyframes included (default 16; with --even-motion "
-                             "the same total, shared out by each segment's length)")
+    frames.add_argument("--times", nargs="+", type=float, default=[], metavar="SECONDS",
+                        help="when the walk reaches each keyframe, from 0 (a --loop adds the time it is back "
+                             "at the first); the frame count is then fps x seconds")
+    frames.add_argument("--frames", type=int, default=None,
+                        help="frames per segment, both keyframes included, for walks without --times or "
+                             f"--audio (default {DEFAULT_FRAMES}; even motion shares the same total out "
+                             "by each segment's length)")
     frames.add_argument("--fps", type=float, default=12.0, help="frames per second of the videos (default 12)")
     frames.add_argument("--loop", action="store_true",
                         help="walk back from the last keyframe to the first, so the video repeats seamlessly")
-    frames.add_argument("--even-motion", action="store_true",
-                        help="re-space frames so consecutive frames differ by about the same amount "
-                             "(renders probe passes first; the report compares with linear spacing)")
+    spacing = frames.add_mutually_exclusive_group()
+    spacing.add_argument("--linear", action="store_true",
+                         help="space frames evenly in the interpolation, in one render pass (default: even "
+                              "motion, or with --audio motion that follows it: a linear probe render, then "
+                              "the walk re-spaced, about twice the render time)")
+    spacing.add_argument("--even-motion", action="store_true",
+                         help="frames that differ by about the same amount: the default without --audio; "
+                              "with it, ignore the audio's loudness (the report compares with linear "
+                              "spacing)")
     frames.add_argument("--even-passes", type=int, default=1,
                         help="re-spacing passes after the linear probe; each renders the walk once "
                              "more (default 1; 2 evens out a little further)")
@@ -53,6 +72,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     frames.add_argument("--video-scale", type=int, default=1,
                         help="enlarge the GIF and MP4 by this factor, nearest-neighbour (default 1)")
 
+    sound = parser.add_argument_group("audio (a walk to music)")
+    sound.add_argument("--audio", metavar="FILE",
+                       help="WAV, FLAC, OGG, MP3 (anything ffmpeg reads): the walk lasts as long as the "
+                            "audio (or its --times), moves further per frame where the audio is louder or "
+                            "busier, and walk.mp4 carries it (the GIF stays silent)")
+    sound.add_argument("--audio-start", type=float, default=0.0, metavar="SECONDS",
+                       help="where in the audio the walk starts (default 0)")
+    sound.add_argument("--audio-end", type=float, default=None, metavar="SECONDS",
+                       help="where in the audio the walk ends (default: the end of the file, or of --times)")
+    sound.add_argument("--on-beats", action="store_true",
+                       help="move each keyframe but the first and last to the nearest onset (beat) of the "
+                            "audio")
+    sound.add_argument("--audio-smooth", type=float, default=DEFAULT_AUDIO_SMOOTH, metavar="SECONDS",
+                       help=f"Gaussian smoothing of the audio target, so motion does not jitter (default "
+                            f"{DEFAULT_AUDIO_SMOOTH:g})")
+    sound.add_argument("--audio-feature", choices=FEATURES, default="onsets",
+                       help="what motion follows: onset strength (spectral flux: hits, notes) or RMS energy "
+                            "(loudness) (default onsets)")
+
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument("--steps", type=int, default=20, help="sampler steps (default 20)")
     sampling.add_argument("--guidance", type=float, default=None,
@@ -62,9 +100,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sampling.add_argument("--negative-prompt", default="", help="negative prompt (default empty)")
 
 
-def walk_kind(args: argparse.Namespace) -> str:
+def walk_kind(args: argparse.Namespace, timeline=None) -> str:
     from ldm.core.errors import LdmError
 
+    if timeline is not None:
+        return _timeline_kind(args, timeline)
     if args.autoencoder:
         if args.prompts or args.prompt or args.captions:
             raise LdmError("an --autoencoder walk takes --images only, no prompts or captions")
@@ -82,24 +122,68 @@ def walk_kind(args: argparse.Namespace) -> str:
     return "prompt"
 
 
+def _timeline_kind(args: argparse.Namespace, timeline) -> str:
+    """The walk kind of --timeline keyframes; LdmError when flags also give keyframes."""
+    from ldm.core.errors import LdmError
+
+    flags = (("--prompts", args.prompts), ("--seeds", args.seeds), ("--images", args.images),
+             ("--captions", args.captions), ("--times", args.times), ("--seed-walk", args.seed_walk))
+    given = [flag for flag, value in flags if value]
+    if given:
+        raise LdmError(f"--timeline lists the keyframes and their times: drop {', '.join(given)}")
+    if timeline.kind == "seed":
+        if not args.prompt:
+            raise LdmError("a --timeline of seeds alone is a seed walk: give its --prompt")
+        return "seed"
+    if args.prompt:
+        raise LdmError("--prompt is for a --timeline of seeds alone; this one has its own prompts or images")
+    if args.autoencoder:
+        if timeline.kind != "image" or timeline.captions:
+            raise LdmError("an --autoencoder walk takes images only: a --timeline of {time, image}")
+        return "autoencoder"
+    return timeline.kind
+
+
+def _keyframes(args: argparse.Namespace, kind: str, timeline) -> dict:
+    """WalkSettings' keyframe fields, from the flags or from --timeline."""
+    if timeline is None:
+        return dict(prompts=[args.prompt] if kind == "seed" else args.prompts, seeds=args.seeds,
+                    images=args.images, captions=args.captions, times=args.times)
+    return dict(prompts=[args.prompt] if kind == "seed" else timeline.prompts, seeds=timeline.seeds,
+                images=timeline.images, captions=timeline.captions, times=timeline.times,
+                guidances=timeline.guidances if any(g is not None for g in timeline.guidances) else [])
+
+
+def _motion(args: argparse.Namespace) -> str | None:
+    return "linear" if args.linear else ("even" if args.even_motion else None)
+
+
 def run(args: argparse.Namespace) -> None:
     from ldm.apps.animate.render import WalkSettings, animate, format_report
+    from ldm.apps.animate.timeline import read_timeline
     from ldm.apps.animate.video import video_info
+    from ldm.core.errors import LdmError
 
-    kind = walk_kind(args)
+    timeline = read_timeline(args.timeline) if args.timeline else None
+    kind = walk_kind(args, timeline)
+    clock = args.times or args.timeline or args.audio
+    if args.frames is not None and clock:
+        raise LdmError("--frames is for walks without a clock: with --times, --timeline or --audio the frame "
+                       "count is fps x seconds")
     settings = WalkSettings(
-        pipeline=args.pipeline, out=args.out, kind=kind,
-        prompts=[args.prompt] if kind == "seed" else args.prompts, seeds=args.seeds,
-        images=args.images, captions=args.captions, negative_prompt=args.negative_prompt,
-        frames=args.frames, loop=args.loop, even_motion=args.even_motion, even_passes=args.even_passes,
-        distance_model=args.distance_model,
+        pipeline=args.pipeline, out=args.out, kind=kind, **_keyframes(args, kind, timeline),
+        negative_prompt=args.negative_prompt, frames=DEFAULT_FRAMES if args.frames is None else args.frames,
+        loop=args.loop,
+        motion=_motion(args), even_passes=args.even_passes, distance_model=args.distance_model,
         steps=args.steps, guidance=args.guidance, sampler=args.sampler, fps=args.fps,
         batch_size=args.batch_size, video_scale=args.video_scale,
+        audio=args.audio, audio_start=args.audio_start, audio_end=args.audio_end, on_beats=args.on_beats,
+        audio_smooth=args.audio_smooth, audio_feature=args.audio_feature,
     )
     result = animate(settings)
     if result.gif is None:
         return  # not the main process: it rendered its share; the main one reports
-    probes = " (probe passes included)" if args.even_motion else ""
+    probes = "" if args.linear else " (the probe pass included)"
     print(f"{result.frames} frames in {result.out / 'frames'}; this run rendered {result.rendered}{probes}")
     print(f"wrote {result.gif} and {result.mp4} at {args.fps:g} fps")
     gif_fps = video_info(result.gif)["fps"]

@@ -17,6 +17,9 @@ to its pixels, at the price of loading a vision model.
 
 The coefficient of variation (std / mean) of adjacent-frame distances is the report's headline:
 0 means every frame moves as much as the next; a walk that crawls and then jumps scores high.
+A walk to music is meant to move unevenly, as much as its audio target says at each step:
+`against_target` measures how closely it did (the correlation of distance and target, and the CV
+of their ratio, which is 0 when every step moved in exact proportion to its target).
 """
 
 from __future__ import annotations
@@ -95,3 +98,14 @@ def summarize(distances: Sequence[float]) -> dict[str, float]:
     mean = float(d.mean())
     return {"steps": len(d), "mean": mean, "max": float(d.max()), "min": float(d.min()),
             "cv": float(d.std() / mean) if mean > 0 else 0.0}
+
+
+def against_target(distances: Sequence[float], target: Sequence[float]) -> dict[str, float]:
+    """How closely adjacent-frame distances followed a target (one value per step): Pearson
+    correlation (1: in step; 0 when either is constant) and the CV of distance / target."""
+    d, t = np.asarray(distances, dtype=np.float64), np.asarray(target, dtype=np.float64)
+    if d.shape != t.shape:
+        raise ValueError(f"{len(d)} distances but {len(t)} target values")
+    correlation = float(np.corrcoef(d, t)[0, 1]) if d.std() > 0 and t.std() > 0 else 0.0
+    ratio = d / t
+    return {"correlation": correlation, "cv": float(ratio.std() / ratio.mean()) if ratio.mean() > 0 else 0.0}

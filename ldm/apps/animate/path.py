@@ -11,7 +11,12 @@ first, and stops one frame short of it, so that playing the video on repeat neve
     noise = interpolate(keyframe_noise, times, loop=False, kind="slerp")
 
 With `frames` per segment, keyframes shared by two segments are one frame, rendered once:
-(K - 1) * (frames - 1) + 1 frames for a plain walk, K * (frames - 1) for a loop.
+(K - 1) * (frames - 1) + 1 frames for a plain walk, K * (frames - 1) for a loop. (A walk on a clock,
+`ldm.apps.animate.timeline`, puts its keyframes on the frames its times say.)
+
+Positions need not be evenly spaced: `even_times` and `paced_times` re-space them from a probe
+render's measured distances, so that each step moves equally far, or as far as a weight (the
+audio target) says.
 
 None of this is in diffusers (its community walk pipelines each carry a private slerp), so it is
 written here once, for every walk kind.
@@ -100,28 +105,80 @@ def even_times(sample_times: Sequence[float], gaps: Sequence[float], num_keyfram
     bigger steps than a short one), and its frames divide its arc length equally (the arc length
     inverted piecewise linearly). Keyframes stay at the integers: each is still exactly one frame.
     """
+    steps = segment_count(num_keyframes, loop) * (frames - 1)
+    return paced_times(sample_times, gaps, num_keyframes, loop, steps)
+
+
+def paced_times(sample_times: Sequence[float], gaps: Sequence[float], num_keyframes: int, loop: bool,
+                steps: int, intervals: Sequence[int] | None = None,
+                weights: Sequence[float] | None = None) -> list[float]:
+    """Frame positions whose steps along the path's arc length follow `weights` (one per step
+    between consecutive frames, `steps` in all; None: equal steps, which is `even_times`).
+
+    `sample_times` and `gaps` measure the arc length as in `even_times`. `intervals` fixes how
+    many steps each segment has (a timeline's keyframes sit on given frames); None shares the
+    steps out so that the pace (arc length per unit of weight) is the same in every segment.
+    Within a segment, the arc length covered by each step is proportional to its weight; the
+    segment's ends stay on its keyframes, so the path is the same, only the pace changes.
+    """
+    pieces = segment_arcs(sample_times, gaps, num_keyframes, loop)
+    lengths = [arc[-1] - arc[0] for _, arc in pieces]
+    if weights is None:
+        weights = np.ones(steps)
+        intervals = share_intervals(lengths, steps) if intervals is None else intervals
+    weights = np.asarray(weights, dtype=np.float64)
+    if len(weights) != steps or np.any(weights <= 0):
+        raise ValueError(f"need {steps} positive step weights, got {len(weights)}")
+    if intervals is None:
+        intervals = share_by_weights(lengths, weights)
+    if sum(intervals) != steps or min(intervals) < 1:
+        raise ValueError(f"segment intervals {list(intervals)} must each be >= 1 and sum to {steps}")
+    times: list[float] = []
+    first = 0
+    for segment, ((seg_s, seg_arc), n) in enumerate(zip(pieces, intervals)):
+        covered = np.concatenate([[0.0], np.cumsum(weights[first: first + n])])
+        targets = seg_arc[0] + covered / covered[-1] * (seg_arc[-1] - seg_arc[0])
+        positions = np.interp(targets, seg_arc, seg_s)
+        positions[0] = segment  # exact keyframe, free of rounding
+        times.extend(float(p) for p in positions[:-1])
+        first += n
+    if not loop:
+        times.append(float(len(pieces)))
+    return times
+
+
+def segment_arcs(sample_times: Sequence[float], gaps: Sequence[float], num_keyframes: int,
+                 loop: bool) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(positions, arc length at them) of the samples in each segment, both ends included."""
     s = np.asarray(sample_times, dtype=np.float64)
     if len(gaps) != len(s) - 1:
         raise ValueError(f"{len(s)} sample times need {len(s) - 1} gaps, got {len(gaps)}")
     # A floor on each gap keeps the arc length strictly increasing, so inverting it is defined
     # even where two samples render identically.
     arc = np.concatenate([[0.0], np.cumsum(np.maximum(np.asarray(gaps, dtype=np.float64), 1e-9))])
-    segments = segment_count(num_keyframes, loop)
     pieces = []
-    for segment in range(segments):
+    for segment in range(segment_count(num_keyframes, loop)):
         inside = (s >= segment - 1e-12) & (s <= segment + 1 + 1e-12)
-        if s[inside][0] > segment + 1e-9 or s[inside][-1] < segment + 1 - 1e-9:
+        if not inside.any() or s[inside][0] > segment + 1e-9 or s[inside][-1] < segment + 1 - 1e-9:
             raise ValueError(f"samples do not cover segment {segment} of the walk")
         pieces.append((s[inside], arc[inside]))
-    intervals = share_intervals([a[-1] - a[0] for _, a in pieces], segments * (frames - 1))
-    times: list[float] = []
-    for segment, ((seg_s, seg_arc), n) in enumerate(zip(pieces, intervals)):
-        positions = np.interp(np.linspace(seg_arc[0], seg_arc[-1], n + 1), seg_arc, seg_s)
-        positions[0] = segment  # exact keyframe, free of rounding
-        times.extend(float(p) for p in positions[:-1])
-    if not loop:
-        times.append(float(segments))
-    return times
+    return pieces
+
+
+def share_by_weights(lengths: Sequence[float], weights: Sequence[float]) -> list[int]:
+    """Steps per segment such that the path moves at one pace in proportion to `weights` (one per
+    step): keyframe k lands on the step where the running sum of weights reaches the share of
+    the arc length before it. At least one step per segment."""
+    arc = np.concatenate([[0.0], np.cumsum(lengths)])
+    covered = np.concatenate([[0.0], np.cumsum(weights)])
+    steps, segments = len(weights), len(lengths)
+    ends = [0]
+    for k in range(1, segments):
+        wanted = arc[k] / arc[-1] * covered[-1]
+        nearest = int(np.argmin(np.abs(covered - wanted)))
+        ends.append(min(max(nearest, ends[-1] + 1), steps - (segments - k)))
+    ends.append(steps)
+    return [int(b - a) for a, b in zip(ends[:-1], ends[1:])]
 
 
 def share_intervals(lengths: Sequence[float], total: int) -> list[int]:

@@ -2,23 +2,30 @@
 
     result = animate(WalkSettings(pipeline="runs/shapes/pipeline", out="walks/demo",
                                   prompts=["a red circle", "a blue square"], seeds=[1, 2]))
+    result = animate(WalkSettings(..., audio="song.mp3", audio_start=30, audio_end=60))
 
 The output folder holds everything a render needs to resume:
 
     OUT/settings.json          what the frames depend on; a rerun with other settings is an error
+    OUT/timeline.json          frame count, fps, the keyframes' frames, the audio target per step
     OUT/frames/frame_00000.png the walk's frames (plus times.json: each frame's timeline position)
-    OUT/even-motion/pass-N/    with --even-motion: the probe renders that placed the frames
-    OUT/walk.gif, walk.mp4     assembled from frames/ at the end of every run
-    OUT/smoothness.json        adjacent-frame distance: mean, max, coefficient of variation
+    OUT/even-motion/pass-N/    even or audio motion: the probe renders that placed the frames
+    OUT/walk.gif, walk.mp4     assembled from frames/ at the end of every run (the MP4 with the audio)
+    OUT/smoothness.json        adjacent-frame distance: mean, max, coefficient of variation; with
+                               audio, how closely it followed the audio target
+    OUT/motion.png             with audio: frame-to-frame distance against the audio target
 
 A rerun renders only the frames missing on disk (each PNG is written whole or not at all). Under
 `accelerate launch`, every process renders its share of the missing frames and the main process
 assembles the videos once all are done.
 
-Even motion: the walk is first rendered at evenly spaced positions (pass 0, which is also the
-"linear" baseline in the report); the distances between its frames give the path's arc length,
-and the next pass places frames at equal arc length (`ldm.apps.animate.path.even_times`). Each later pass
-refines the estimate with every frame rendered so far; the last pass is the walk itself.
+Even motion (the default without audio) and audio motion (the default with it): the walk is first
+rendered at linear positions (pass 0, which is also the "linear" baseline in the report); the
+distances between its frames give the path's arc length, and the next pass places frames so that
+each step covers an equal share of it, or a share in proportion to the audio target
+(`ldm.apps.animate.path.paced_times`). Each later pass refines the estimate with every frame
+rendered so far; the last pass is the walk itself. Each pass renders the walk once more (less the
+keyframes, which are copied): one pass doubles the cost of a linear render.
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from ldm.apps.animate import path as walks
 from ldm.apps.animate import video
@@ -36,6 +45,14 @@ from ldm.apps.animate.settings import (
     render_settings,
     resolve,
 )
+from ldm.apps.animate.timeline import (
+    TIMELINE_FILE,
+    WalkPlan,
+    linear_positions,
+    plan_walk,
+    read_plan,
+    write_plan,
+)
 from ldm.apps.processes import inference_processes
 from ldm.core.atomic import atomic_write_bytes
 from ldm.core.errors import LdmError
@@ -45,6 +62,7 @@ TIMES_FILE = "times.json"
 REPORT_FILE = "smoothness.json"
 FRAMES_DIR = "frames"
 PASSES_DIR = "even-motion"
+MOTION_PLOT = "motion.png"
 
 
 @dataclass
@@ -77,9 +95,10 @@ def build_renderer(s: WalkSettings, device):
     pipe.scheduler = make_sampler(s.sampler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)  # the bar that counts is the one over frames
     if s.kind == "image":
-        return renderers.image_walk(pipe, s.images, s.captions, s.negative_prompt, s.loop, s.steps, s.guidance)
+        return renderers.image_walk(pipe, s.images, s.captions, s.negative_prompt, s.loop, s.steps,
+                                    s.guidances)
     prompts = s.prompts if s.kind == "prompt" else s.prompts * len(s.seeds)
-    return renderers.prompt_walk(pipe, prompts, s.seeds, s.negative_prompt, s.loop, s.steps, s.guidance)
+    return renderers.prompt_walk(pipe, prompts, s.seeds, s.negative_prompt, s.loop, s.steps, s.guidances)
 
 
 def _autoencoder_folder(path: str) -> Path:
@@ -111,7 +130,8 @@ def frame_metadata(s: WalkSettings, position: float) -> dict[str, str]:
         meta["prompt"] = prompts[i] if u == 0 else f"{prompts[i]} -> {prompts[j]}"
         if s.seeds:
             meta["seed"] = str(s.seeds[i]) if u == 0 else f"{s.seeds[i]} -> {s.seeds[j]}"
-        meta.update(negative_prompt=s.negative_prompt, steps=str(s.steps), guidance=f"{s.guidance:g}",
+        guidance = s.guidances[i] + (s.guidances[j] - s.guidances[i]) * u
+        meta.update(negative_prompt=s.negative_prompt, steps=str(s.steps), guidance=f"{guidance:g}",
                     sampler=s.sampler)
     if s.images:
         meta["image"] = s.images[i] if u == 0 else f"{s.images[i]} -> {s.images[j]}"
@@ -173,15 +193,17 @@ def frame_distance(s: WalkSettings) -> smoothness.FrameDistance:
     return smoothness.clip_distance(str(Path(s.distance_model).resolve()))
 
 
-def next_times(s: WalkSettings, rendered: dict[float, Path]) -> list[float]:
-    """Even-motion positions from every frame rendered so far (position -> PNG)."""
+def next_times(s: WalkSettings, plan: WalkPlan, rendered: dict[float, Path]) -> list[float]:
+    """Even- or audio-motion positions from every frame rendered so far (position -> PNG)."""
     positions = sorted(rendered)
     frames = [video.read_frame(rendered[p]) for p in positions]
     if s.loop:  # the closing segment ends where the walk began
         positions.append(float(walks.segment_count(s.num_keyframes, s.loop)))
         frames.append(frames[0])
     gaps = frame_distance(s).consecutive(frames)
-    return walks.even_times(positions, gaps, s.num_keyframes, s.frames, s.loop)
+    intervals = np.diff(plan.keyframe_frames).tolist() if plan.fixed else None
+    weights = plan.target if s.motion == "audio" else None
+    return walks.paced_times(positions, gaps, s.num_keyframes, s.loop, plan.steps, intervals, weights)
 
 
 # ---- the whole render ----------------------------------------------------------------------------
@@ -195,6 +217,7 @@ def animate(settings: WalkSettings) -> AnimationResult:
         check_pipeline_folder(s.pipeline)
     else:
         _autoencoder_folder(s.pipeline)
+    plan = plan_walk(s)  # decodes the audio: its mistakes are found before anything is written
     current = render_settings(s)
     state = inference_processes()
     check_saved_settings(out, current)
@@ -202,11 +225,12 @@ def animate(settings: WalkSettings) -> AnimationResult:
     if state.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         _write_json(out / SETTINGS_FILE, current)
+        write_plan(plan, out / TIMELINE_FILE)
     state.wait_for_everyone()
 
     renderer = build_renderer(s, state.device)
-    times = walks.linear_times(s.num_keyframes, s.frames, s.loop)
-    passes = s.even_passes if s.even_motion else 0
+    times = linear_positions(plan.keyframe_frames, s.loop)
+    passes = s.even_passes if s.respaced else 0
     rendered_total, rendered_frames = 0, {}
     for p in range(passes + 1):
         last = p == passes
@@ -215,39 +239,58 @@ def animate(settings: WalkSettings) -> AnimationResult:
         rendered_total += render_pass(s, renderer, times, folder, state, rendered_frames, desc)
         rendered_frames.update({t: video.frame_path(folder, i) for i, t in enumerate(times)})
         if not last:
-            times = next_times(s, rendered_frames)
+            times = next_times(s, plan, rendered_frames)
 
     result = AnimationResult(out, len(times), rendered_total, None, None, {})
     if state.is_main_process:
-        result = _finish(s, out, len(times), rendered_total)
+        result = _finish(s, plan, out, rendered_total)
     state.wait_for_everyone()
     return result
 
 
-def _finish(s: WalkSettings, out: Path, count: int, rendered: int) -> AnimationResult:
-    """Videos and the smoothness report, from the frames on disk."""
-    frames = video.read_frames(out / FRAMES_DIR, count)
+def _finish(s: WalkSettings, plan: WalkPlan, out: Path, rendered: int) -> AnimationResult:
+    """Videos, the smoothness report and (with audio) the motion plot, from the frames on disk."""
+    from ldm.apps.animate.plot import plot_motion
+
+    frames = video.read_frames(out / FRAMES_DIR, plan.frames)
     shown = video.enlarge(frames, s.video_scale)
     gif = video.write_gif(shown, out / video.GIF_NAME, s.fps)
-    mp4 = video.write_mp4(shown, out / video.MP4_NAME, s.fps)
-    report = smoothness_report(s, out, frames)
+    soundtrack = video.Soundtrack(s.audio, plan.audio_start) if s.audio is not None else None
+    mp4 = video.write_mp4(shown, out / video.MP4_NAME, s.fps, soundtrack)
+    report = smoothness_report(s, plan, out, frames)
     _write_json(out / REPORT_FILE, report)
-    return AnimationResult(out, count, rendered, gif, mp4, report)
+    if plan.target is not None:
+        plot_motion(report["distances"], plan, report["audio"]["correlation"], out / MOTION_PLOT)
+    return AnimationResult(out, plan.frames, rendered, gif, mp4, report)
 
 
-def smoothness_report(s: WalkSettings, out: Path, frames) -> dict:
+def saved_plan(s: WalkSettings, out: Path) -> WalkPlan:
+    """The plan a walk folder was rendered with (a folder from before timelines: planned anew)."""
+    path = out / TIMELINE_FILE
+    return read_plan(path) if path.is_file() else plan_walk(resolve(s))
+
+
+def smoothness_report(s: WalkSettings, plan: WalkPlan, out: Path, frames) -> dict:
+    """Adjacent-frame distances of the walk and their summary; with a probe pass, the same for
+    linear spacing; with audio, how closely the distances followed the audio target."""
     distance = frame_distance(s)
     distances = smoothness.adjacent_distances(frames, s.loop, distance)
-    report = {"distance": distance.name, "frames": len(frames), "loop": s.loop,
-              "even_motion": s.even_motion, "walk": smoothness.summarize(distances)}
+    report = {"distance": distance.name, "frames": len(frames), "fps": plan.fps, "loop": s.loop,
+              "motion": s.motion, "walk": smoothness.summarize(distances)}
     if s.loop:
         report["walk"]["closing"] = distances[-1]  # last frame -> first, as the video repeats
-    if s.even_motion:
-        linear = out / PASSES_DIR / "pass-0"
-        count = len(walks.linear_times(s.num_keyframes, s.frames, s.loop))
-        linear_frames = video.read_frames(linear, count)
-        report["linear"] = smoothness.summarize(smoothness.adjacent_distances(linear_frames, s.loop, distance))
+    linear_distances = None
+    if s.respaced:
+        linear_frames = video.read_frames(out / PASSES_DIR / "pass-0", plan.frames)
+        linear_distances = smoothness.adjacent_distances(linear_frames, s.loop, distance)
+        report["linear"] = smoothness.summarize(linear_distances)
         report["cv_ratio"] = report["walk"]["cv"] / max(report["linear"]["cv"], 1e-12)
+    if plan.target is not None:
+        report["audio"] = smoothness.against_target(distances, plan.target)
+        if linear_distances is not None:
+            report["audio"]["linear_correlation"] = smoothness.against_target(linear_distances,
+                                                                              plan.target)["correlation"]
+    report["distances"] = distances  # one per step, in order (a loop's last: the closing step)
     return report
 
 
@@ -260,5 +303,12 @@ def format_report(report: dict) -> str:
     if "linear" in report:
         linear = report["linear"]
         lines.append(f"  linear spacing:  mean {linear['mean']:.4f}, max {linear['max']:.4f}, "
-                     f"CV {linear['cv']:.3f}   (even-motion CV / linear CV = {report['cv_ratio']:.2f})")
+                     f"CV {linear['cv']:.3f}   ({report['motion']}-motion CV / linear CV = "
+                     f"{report['cv_ratio']:.2f})")
+    if "audio" in report:
+        audio = report["audio"]
+        linear = (f" (linear spacing: {audio['linear_correlation']:.2f})" if "linear_correlation" in audio
+                  else "")
+        lines.append(f"  against the audio target: correlation {audio['correlation']:.2f}{linear}, "
+                     f"CV of distance / target {audio['cv']:.3f}")
     return "\n".join(lines)

@@ -2,10 +2,11 @@
 
     renderer.render([0.0, 0.25, 0.5])  ->  three uint8 frames (H, W, 3)
 
-- `DiffusionWalk` (prompt, seed and image walks): text embeddings are lerped between keyframes,
-  starting noise is slerped, and each batch of frames goes through the pipeline in one call
-  (one UNet batch per sampler step). Keyframes come from prompts and seeds, or from the user's
-  images by DDIM inversion.
+- `DiffusionWalk` (prompt, seed and image walks): text embeddings and guidance scales are lerped
+  between keyframes, starting noise is slerped, and each batch of frames goes through the pipeline
+  in one call (one UNet batch per sampler step; frames whose guidance differs, between keyframes
+  of different guidance, take one call each, as the pipeline takes one scale per call). Keyframes
+  come from prompts and seeds, or from the user's images by DDIM inversion.
 - `AutoencoderWalk`: encoded images lerped in the stage-1 latent space and decoded, no diffusion.
 
 Frames depend only on their position, never on which batch they were rendered in (the samplers
@@ -49,16 +50,24 @@ class DiffusionWalk:
     negative: torch.Tensor  # (1, tokens, width): the negative prompt's embedding
     loop: bool
     steps: int
-    guidance: float
+    guidances: list[float]  # classifier-free guidance scale of each keyframe
 
     @torch.no_grad()
     def render(self, times: list[float]) -> np.ndarray:
         embeddings = walks.interpolate(self.embeddings, times, self.loop, "lerp")
         noises = walks.interpolate(self.noises, times, self.loop, "slerp")
-        negative = self.negative.expand(len(times), -1, -1)
-        images = self.pipe(prompt_embeds=embeddings, negative_prompt_embeds=negative, latents=noises,
-                           num_inference_steps=self.steps, guidance_scale=self.guidance, output_type="np").images
-        return unit_to_uint8(images)
+        scales = walks.interpolate(torch.tensor(self.guidances, dtype=torch.float64), times, self.loop,
+                                   "lerp").tolist()
+        images: list[np.ndarray | None] = [None] * len(times)
+        for scale in sorted(set(scales)):
+            rows = [i for i, s in enumerate(scales) if s == scale]
+            negative = self.negative.expand(len(rows), -1, -1)
+            out = self.pipe(prompt_embeds=embeddings[rows], negative_prompt_embeds=negative,
+                            latents=noises[rows], num_inference_steps=self.steps, guidance_scale=scale,
+                            output_type="np").images
+            for i, image in zip(rows, out):
+                images[i] = image
+        return unit_to_uint8(np.stack(images))
 
 
 @dataclass
@@ -87,16 +96,17 @@ def seed_noise(pipe: LatentDiffusionPipeline, seeds: list[int], height: int, wid
 
 
 def prompt_walk(pipe: LatentDiffusionPipeline, prompts: list[str], seeds: list[int], negative_prompt: str,
-                loop: bool, steps: int, guidance: float) -> DiffusionWalk:
+                loop: bool, steps: int, guidances: list[float]) -> DiffusionWalk:
     """Keyframe k is prompts[k] with seeds[k] (a seed walk repeats one prompt)."""
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
     embeddings = encode_each_once(pipe.tokenizer, pipe.text_encoder, prompts + [negative_prompt])
     embeddings, negative = embeddings[:-1], embeddings[-1:]
-    return DiffusionWalk(pipe, embeddings, seed_noise(pipe, seeds, size, size), negative, loop, steps, guidance)
+    noises = seed_noise(pipe, seeds, size, size)
+    return DiffusionWalk(pipe, embeddings, noises, negative, loop, steps, guidances)
 
 
 def image_walk(pipe: LatentDiffusionPipeline, images: list[str], captions: list[str], negative_prompt: str,
-               loop: bool, steps: int, guidance: float) -> DiffusionWalk:
+               loop: bool, steps: int, guidances: list[float]) -> DiffusionWalk:
     """Keyframe k is images[k] inverted to noise by DDIM under its caption; the pipeline samples with
     the DDIM sampler that mirrors the inversion, so the walk passes through the images."""
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
@@ -106,7 +116,7 @@ def image_walk(pipe: LatentDiffusionPipeline, images: list[str], captions: list[
     latents = vae_lib.encode(pipe.vae, pixels)
     noises = ddim_invert(pipe.unet, pipe.scheduler.config, latents, embeddings, steps)
     pipe.scheduler = inversion_sampler(pipe.scheduler.config)
-    return DiffusionWalk(pipe, embeddings, noises, negative, loop, steps, guidance)
+    return DiffusionWalk(pipe, embeddings, noises, negative, loop, steps, guidances)
 
 
 def autoencoder_walk(vae: vae_lib.Autoencoder, images: list[str], size: int, loop: bool) -> AutoencoderWalk:

@@ -2,11 +2,26 @@
 
 `resolve` fills the defaults that depend on the walk kind and raises LdmError for every mistake
 that can be known from the request alone (too few keyframes, mismatched counts, an unreadable
-image, a frame count below 2, an fps of 0, a sampler that is not deterministic).
+image, a frame count below 2, an fps of 0, a sampler that is not deterministic, keyframe times
+that do not increase, a missing audio file). What needs the audio decoded (its length, its
+onsets) is checked by `ldm.apps.animate.timeline.plan_walk`, still before any model loads.
+
+How long a walk is, and so how many frames it has:
+- with `times` (seconds, one per keyframe; a loop adds the time it is back at the first), the
+  frame count follows from them and `fps`;
+- with `audio` and no times, the walk lasts as long as the audio segment, keyframes evenly spread;
+- with neither, `frames` per segment, as before timelines existed (`fps` only sets the playback).
+
+`motion` is how frames are spaced between keyframes: "even" (the default without audio: equal
+steps of the frame distance, measured on a linear probe render, which costs one more render of
+the walk per `even_passes`), "audio" (the default with audio: steps in proportion to the audio's
+onset strength or energy, re-spaced the same way) or "linear" (equal steps of the interpolation
+weight: one render, uneven motion).
 
 `render_settings` is what OUT/settings.json holds: everything the frames depend on (the pipeline's
-weights included, by size and modification time). A rerun into the same folder must match it, so a
-resumed render never mixes frames of two walks; `DELIVERY_SETTINGS` may change freely.
+weights and the audio file included, by size and modification time or by hash). A rerun into the
+same folder must match it, so a resumed render never mixes frames of two walks;
+`DELIVERY_SETTINGS` may change freely.
 """
 
 from __future__ import annotations
@@ -15,16 +30,23 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from ldm.apps.animate.audio import FEATURES
 from ldm.core.errors import LdmError
 
 WALK_KINDS = ("prompt", "seed", "image", "autoencoder")
 DEFAULT_GUIDANCE = 4.0
+DEFAULT_FRAMES = 16  # per segment, for walks with neither times nor audio
 # Inverted noise reproduces its image only without guidance (see ldm.sampling.inversion).
 IMAGE_WALK_GUIDANCE = 1.0
 IMAGE_WALK_SAMPLER = "ddim"  # the sampler that DDIM inversion inverts
 SETTINGS_FILE = "settings.json"
 # Settings that change how the result is delivered, not its frames: free to change on resume.
+# (`fps` only while the walk has no clock: with times or audio it sets the frame count.)
 DELIVERY_SETTINGS = ("out", "fps", "batch_size", "video_scale")
+MOTIONS = ("even", "audio", "linear")  # how frames are spaced between keyframes (module docstring)
+DEFAULT_AUDIO_SMOOTH = 0.1  # seconds: the Gaussian that keeps audio-driven motion from jittering
+# Settings that only mean something with audio: dropped from settings.json without it.
+AUDIO_SETTINGS = ("audio_start", "audio_end", "on_beats", "audio_smooth", "audio_feature")
 
 
 @dataclass
@@ -37,17 +59,25 @@ class WalkSettings:
     images: list[str] = field(default_factory=list)  # image and autoencoder walks
     captions: list[str] = field(default_factory=list)  # image walk: one per image
     negative_prompt: str = ""
-    frames: int = 16  # per segment, both keyframes included
+    frames: int = DEFAULT_FRAMES  # per segment, both keyframes included (walks with neither times nor audio)
     loop: bool = False
-    even_motion: bool = False
-    even_passes: int = 1
+    motion: str | None = None  # one of MOTIONS; None: "audio" with audio, else "even"
+    even_passes: int = 1  # re-spacing passes after the linear probe (motion "even" and "audio")
     distance_model: str | None = None  # a CLIP folder: measure motion in its image features
     steps: int = 20
     guidance: float | None = None  # None: DEFAULT_GUIDANCE, or IMAGE_WALK_GUIDANCE for image walks
     sampler: str | None = None  # None: the default sampler, or DDIM for image walks
+    guidances: list[float | None] = field(default_factory=list)  # per keyframe; None/empty: `guidance`
     fps: float = 12.0
     batch_size: int = 4
     video_scale: int = 1  # nearest-neighbour enlargement of the GIF and MP4
+    times: list[float] = field(default_factory=list)  # seconds from the walk's start (see the docstring)
+    audio: str | None = None  # an audio file (anything ffmpeg reads): sets the length, muxed into the MP4
+    audio_start: float = 0.0  # seconds into the audio file where the walk starts
+    audio_end: float | None = None  # None: the end of the file (or of the timeline, with times)
+    on_beats: bool = False  # snap keyframes (but the walk's ends) to the nearest onset in the audio
+    audio_smooth: float = DEFAULT_AUDIO_SMOOTH  # seconds of Gaussian smoothing of the audio target
+    audio_feature: str = "onsets"  # what motion follows: onset strength or RMS "energy"
 
     @property
     def num_keyframes(self) -> int:
@@ -56,6 +86,16 @@ class WalkSettings:
     @property
     def uses_diffusion(self) -> bool:
         return self.kind != "autoencoder"
+
+    @property
+    def timed(self) -> bool:
+        """True when the walk runs on a clock (times or audio) rather than `frames` per segment."""
+        return bool(self.times) or self.audio is not None
+
+    @property
+    def respaced(self) -> bool:
+        """True when a linear probe render places the frames (even or audio motion)."""
+        return self.motion != "linear"
 
 
 
@@ -73,15 +113,22 @@ def resolve(settings: WalkSettings) -> WalkSettings:
         guidance=settings.guidance if settings.guidance is not None
         else (IMAGE_WALK_GUIDANCE if image_walk else DEFAULT_GUIDANCE),
         sampler=settings.sampler or (IMAGE_WALK_SAMPLER if image_walk else DEFAULT_SAMPLER),
+        motion=settings.motion or ("audio" if settings.audio is not None else "even"),
+        times=[float(t) for t in settings.times],
     )
     _check_numbers(settings)
     _check_keyframes(settings)
+    _check_times(settings)
+    _check_audio(settings)
+    settings = replace(settings, guidances=_keyframe_guidances(settings))
     if settings.uses_diffusion:
         _check_sampler(settings)
     return settings
 
 
 def _check_numbers(s: WalkSettings) -> None:
+    if s.motion not in MOTIONS:
+        raise LdmError(f"unknown motion {s.motion!r}; choose one of {', '.join(MOTIONS)}")
     if s.frames < 2:
         raise LdmError(f"--frames must be at least 2 (a segment's two keyframes), got {s.frames}")
     if not s.fps > 0:
@@ -108,6 +155,53 @@ def _check_keyframes(s: WalkSettings) -> None:
         _check_image(path)
     if s.distance_model is not None and not (Path(s.distance_model) / "config.json").is_file():
         raise LdmError(f"--distance-model {s.distance_model}: no CLIP model there (config.json is missing)")
+    if s.guidances and len(s.guidances) != s.num_keyframes:
+        raise LdmError(f"got {len(s.guidances)} guidance values for {s.num_keyframes} keyframes: give one "
+                       "per keyframe (or none)")
+
+
+def _keyframe_guidances(s: WalkSettings) -> list[float]:
+    return [s.guidance if g is None else float(g) for g in (s.guidances or [None] * s.num_keyframes)]
+
+
+def _check_times(s: WalkSettings) -> None:
+    """Keyframe times: one per keyframe (a loop: one more), from 0, increasing."""
+    if not s.times:
+        return
+    wanted = s.num_keyframes + (1 if s.loop else 0)
+    if len(s.times) != wanted:
+        closing = " (the last one: when it is back at the first keyframe)" if s.loop else ""
+        raise LdmError(f"a {'looping ' if s.loop else ''}walk through {s.num_keyframes} keyframes takes "
+                       f"{wanted} times{closing}, got {len(s.times)}")
+    if s.times[0] != 0:
+        raise LdmError(f"keyframe times must start at 0, the walk's start, got {s.times[0]:g} "
+                       "(with audio, --audio-start says where in the audio the walk starts)")
+    for before, after in zip(s.times[:-1], s.times[1:]):
+        if not after > before:
+            raise LdmError(f"keyframe times must increase: {before:g} s is followed by {after:g} s")
+
+
+def _check_audio(s: WalkSettings) -> None:
+    """What can be told about the audio without decoding it."""
+    if s.audio is None:
+        if s.motion == "audio":
+            raise LdmError("motion that follows the audio needs --audio")
+        given = [name for name, value, default in (("--audio-start", s.audio_start, 0.0),
+                                                   ("--audio-end", s.audio_end, None),
+                                                   ("--on-beats", s.on_beats, False)) if value != default]
+        if given:
+            raise LdmError(f"{', '.join(given)} {'needs' if len(given) == 1 else 'need'} --audio")
+        return
+    if not Path(s.audio).is_file():
+        raise LdmError(f"audio file not found: {s.audio}")
+    if s.audio_start < 0:
+        raise LdmError(f"--audio-start must be 0 or more seconds, got {s.audio_start:g}")
+    if s.audio_end is not None and not s.audio_end > s.audio_start:
+        raise LdmError(f"--audio-end ({s.audio_end:g} s) must come after --audio-start ({s.audio_start:g} s)")
+    if s.audio_smooth < 0:
+        raise LdmError(f"--audio-smooth must be 0 or more seconds, got {s.audio_smooth:g}")
+    if s.audio_feature not in FEATURES:
+        raise LdmError(f"unknown audio feature {s.audio_feature!r}; choose one of {', '.join(FEATURES)}")
 
 
 def _check_image(path: str) -> None:
@@ -136,15 +230,24 @@ def _check_sampler(s: WalkSettings) -> None:
 
 def render_settings(s: WalkSettings) -> dict:
     """Everything the frames depend on, as saved in OUT/settings.json."""
-    saved = {k: v for k, v in asdict(s).items() if k not in DELIVERY_SETTINGS}
-    if not s.even_motion:  # then neither changes a frame
+    delivery = [k for k in DELIVERY_SETTINGS if not (k == "fps" and s.timed)]
+    saved = {k: v for k, v in asdict(s).items() if k not in delivery}
+    if s.timed:  # the clock, not frames per segment, sets the frame count
+        saved.pop("frames")
+    if not s.respaced:  # then neither changes a frame
         saved.pop("even_passes")
         saved.pop("distance_model")
     elif s.distance_model is not None:
         saved["distance_model"] = str(Path(s.distance_model).resolve())
     if not s.uses_diffusion:
-        for key in ("steps", "guidance", "sampler", "negative_prompt", "prompts", "seeds", "captions"):
+        for key in ("steps", "guidance", "guidances", "sampler", "negative_prompt", "prompts", "seeds",
+                    "captions"):
             saved.pop(key)
+    if s.audio is None:
+        for key in AUDIO_SETTINGS:
+            saved.pop(key)
+    else:
+        saved["audio"] = {"path": str(Path(s.audio).resolve()), "sha256": _sha256(s.audio)}
     pipeline = Path(s.pipeline).resolve()
     saved["pipeline"] = str(pipeline)
     # A re-exported pipeline has new weights: their sizes and modification times tell.
@@ -158,6 +261,24 @@ def _sha256(path: str) -> str:
     import hashlib
 
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def saved_walk_settings(folder: str | Path) -> WalkSettings:
+    """The settings a walk folder was rendered with, read back from its settings.json (what the
+    frames do not depend on, like the batch size, comes back at its default)."""
+    folder = Path(folder)
+    path = folder / SETTINGS_FILE
+    if not path.is_file():
+        raise LdmError(f"{folder} is not a walk folder: {SETTINGS_FILE} is missing (render one with "
+                       "ldm animate)")
+    saved = json.loads(path.read_text())
+    known = {f for f in WalkSettings.__dataclass_fields__} - {"out", "images", "audio"}
+    settings = WalkSettings(out=str(folder), **{k: v for k, v in saved.items() if k in known})
+    settings.images = [image["path"] for image in saved.get("images", [])]
+    settings.audio = saved["audio"]["path"] if saved.get("audio") else None
+    if "even_motion" in saved:  # a walk rendered before `motion` existed
+        settings.motion = "even" if saved["even_motion"] else "linear"
+    return settings
 
 
 def check_saved_settings(out: Path, current: dict) -> bool:

@@ -7,12 +7,19 @@ take for a finished frame.
 
 GIF stores frame durations in hundredths of a second: 12 fps is written as 80 ms frames (12.5
 fps on playback); the MP4 keeps the exact rate.
+
+A walk to music carries its audio in the MP4 (AAC, cut to the walk's span of the audio file and
+padded with silence should it end early, so both streams last frames / fps); the GIF stays
+silent. The muxing runs in the same ffmpeg call as the video encoding, with ffmpeg's bitexact
+flags and no metadata, so the same frames and audio give a byte-identical MP4 (a resumed render
+matches one that was never interrupted).
 """
 
 from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import imageio.v2 as imageio_v2
@@ -24,6 +31,9 @@ from ldm.core.atomic import atomic_write_bytes
 from ldm.core.images import read_rgb, write_png
 
 FRAME_NAME = "frame_{:05d}.png"
+AUDIO_CODEC = "aac"  # ffmpeg's own AAC encoder: in every ffmpeg build, plays everywhere
+# No encoder version strings, creation times or copied tags: the same input, the same bytes.
+BITEXACT = ["-fflags", "+bitexact", "-flags", "+bitexact", "-map_metadata", "-1"]
 FRAME_PATTERN = re.compile(r"frame_(\d{5})\.png")
 GIF_NAME = "walk.gif"
 MP4_NAME = "walk.mp4"
@@ -76,14 +86,33 @@ def write_gif(frames: list[np.ndarray], path: str | Path, fps: float) -> Path:
     return Path(path)
 
 
-def write_mp4(frames: list[np.ndarray], path: str | Path, fps: float) -> Path:
-    """H.264 in yuv420p, the format every player accepts; frame sides must be even."""
+@dataclass(frozen=True)
+class Soundtrack:
+    """The audio of a walk: a file (anything ffmpeg reads), from `start` seconds into it."""
+
+    path: str
+    start: float
+
+
+def write_mp4(frames: list[np.ndarray], path: str | Path, fps: float,
+              soundtrack: Soundtrack | None = None) -> Path:
+    """H.264 in yuv420p, the format every player accepts; frame sides must be even. With a
+    soundtrack, its audio from `start` for len(frames) / fps seconds goes in as AAC."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.mp4")
+    audio, output_params = {}, list(BITEXACT)
+    if soundtrack is not None:
+        seconds = len(frames) / fps
+        # Cut by a filter, not by -ss/-t: imageio-ffmpeg places the audio input itself, and
+        # apad's whole_dur makes the stream exactly as long as the video even if the file is not.
+        cut = (f"atrim=start={soundtrack.start:.6f}:duration={seconds:.6f},asetpts=PTS-STARTPTS,"
+               f"apad=whole_dur={seconds:.6f}")
+        audio = dict(audio_path=str(soundtrack.path), audio_codec=AUDIO_CODEC)
+        output_params += ["-af", cut]
     # macro_block_size=2: keep the frame size (yuv420p needs even sides) instead of imageio's
     # default of resizing to a multiple of 16, which would rescale small walks.
     writer = imageio_v2.get_writer(tmp, fps=fps, codec="libx264", quality=8, macro_block_size=2,
-                                   ffmpeg_log_level="error")
+                                   ffmpeg_log_level="error", output_params=output_params, **audio)
     try:
         for frame in frames:
             writer.append_data(frame)
