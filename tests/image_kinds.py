@@ -12,12 +12,13 @@ background, 16-bit values / 257), and `bad`, {file name: the reason it must be s
 from __future__ import annotations
 
 import io
+import json
 import struct
 import zlib
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageDraw, ImageOps
 
 SIZE = (24, 16)  # width, height: not square, so a rotation shows
 EXIF_ORIENTATION = 0x0112
@@ -106,3 +107,26 @@ def write_image_kinds(folder: Path, background: tuple[int, int, int] = (255, 255
     (folder / "notes.png").write_text("not a picture")
     bad = {"huge.png": "too many pixels", "truncated.png": "truncated", "notes.png": "not an image"}
     return good, bad
+
+
+# Portrait, landscape and square sizes, as a folder of people's images has them.
+MIXED_SIZES = [(32, 32), (48, 24), (24, 48), (40, 30), (30, 40), (64, 32), (20, 20), (36, 24)]
+COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 80, 220)}
+
+
+def write_mixed_aspect_folder(folder: Path, n: int, seed: int = 0) -> Path:
+    """An imagefolder of `n` PNGs of MIXED_SIZES: a coloured disc on gray, captioned by its colour."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        width, height = MIXED_SIZES[i % len(MIXED_SIZES)]
+        colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
+        image = Image.new("RGB", (width, height), (128, 128, 128))
+        radius = min(width, height) // 3
+        cx, cy = int(rng.integers(radius, width - radius + 1)), int(rng.integers(radius, height - radius + 1))
+        ImageDraw.Draw(image).ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=COLOURS[colour])
+        image.save(folder / f"{i:03d}.png")
+        rows.append({"file_name": f"{i:03d}.png", "text": f"a {colour} disc"})
+    (folder / "metadata.jsonl").write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    return folder
