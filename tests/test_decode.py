@@ -15,7 +15,12 @@ from ldm.core.errors import LdmError
 from ldm.core.images import to_tensor
 from ldm.data.config import DataConfig
 from ldm.data.datamodule import load_splits
-from ldm.data.decode import UndecodableImage, decode_image, inspect_image, read_image_file
+from ldm.data.decode import (
+    UndecodableImage,
+    decode_image,
+    inspect_image,
+    read_image_file,
+)
 
 BLUE = (51, 102, 204)
 

@@ -5,9 +5,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from image_kinds import write_mixed_aspect_folder
+from safetensors.torch import load_file
 
 from ldm.data.shapes.generator import make_shapes_dataset
 
