@@ -41,6 +41,8 @@ TOO_MANY_PIXELS = "too many pixels"
 UNREADABLE = "unreadable"
 REASONS = (MISSING, NOT_AN_IMAGE, TRUNCATED, TOO_MANY_PIXELS, UNREADABLE)
 
+NO_PATH = "<image bytes>"  # what messages call an image that has no file name
+
 DEFAULT_BACKGROUND = "white"
 DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS  # PIL's decompression-bomb limit (about 89 Mpx)
 # PIL itself refuses to open anything above twice its limit (DecompressionBombError), whatever we
@@ -129,7 +131,7 @@ def describe(value) -> str:
         return str(value)
     if isinstance(value, dict) and value.get("path"):
         return str(value["path"])
-    return "<image bytes>"
+    return NO_PATH
 
 
 # ---- the steps ----------------------------------------------------------------------------------
