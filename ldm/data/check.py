@@ -198,8 +198,8 @@ def _preview_stem(value, row: int, taken: set[str]) -> str:
 # ---- the report as text -------------------------------------------------------------------------
 
 def format_report(report: DataReport) -> str:
-    lines = [f"{report.source} (split '{report.split}'): {report.total} images, {report.usable} usable, "
-             f"{len(report.skipped)} skipped"]
+    lines = [(f"{report.source} (split '{report.split}'): {report.total} images, {report.usable} usable, "
+              f"{len(report.skipped)} skipped")]
     if report.usable:
         lines += ["", "formats: " + _counts(report.formats), "modes:   " + _counts(report.modes)]
     if report.skipped:
@@ -231,8 +231,9 @@ def _histogram(title: str, values: list[float], bins: list[tuple[float, str]]) -
 
 def _size_lines(report: DataReport) -> list[str]:
     widths, heights = report.widths, report.heights
-    lines = ["", f"sizes: width {min(widths)} to {max(widths)} (median {statistics.median(widths):g}), "
-                 f"height {min(heights)} to {max(heights)} (median {statistics.median(heights):g})"]
+    sizes = (f"sizes: width {min(widths)} to {max(widths)} (median {statistics.median(widths):g}), "
+             f"height {min(heights)} to {max(heights)} (median {statistics.median(heights):g})")
+    lines = ["", sizes]
     short = [min(w, h) / report.target_side for w, h in zip(widths, heights)]
     lines += _histogram(f"short side against the target side {report.target_side}:", short, SIDE_BINS)
     return lines + _histogram("aspect ratio (width:height):", [w / h for w, h in zip(widths, heights)], ASPECT_BINS)
