@@ -14,6 +14,7 @@ import torch
 import yaml
 from diffusion_fixtures import diffusion_config, make_stage1_run
 from image_kinds import write_mixed_aspect_folder
+from PIL import Image
 
 from ldm.components.autoencoder import FrozenAutoencoder
 from ldm.components.text_encoder import TextConditioner
@@ -180,3 +181,13 @@ def test_the_diffusion_stage_trains_on_buckets_from_the_cache(mixed, tmp_path, m
     assert all(math.prod(shape) <= (16 // 2) ** 2 for shape in seen)  # latents of 16x16-area buckets
     assert (run / "pipeline" / "model_index.json").is_file()
     assert torch.load(run / "diffusion" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
+
+
+def test_generate_makes_images_at_a_bucket_size(kl_pipeline_path, tmp_path):
+    from ldm.cli import main
+
+    main(["generate", str(kl_pipeline_path), "a red circle", "--width", "24", "--height", "16", "--steps", "2",
+          "--n", "1", "--out", str(tmp_path / "out")])
+    (image,) = [path for path in (tmp_path / "out").glob("*.png") if path.name != "grid.png"]
+    with Image.open(image) as png:
+        assert png.size == (24, 16)
