@@ -191,3 +191,27 @@ def test_generate_makes_images_at_a_bucket_size(kl_pipeline_path, tmp_path):
     (image,) = [path for path in (tmp_path / "out").glob("*.png") if path.name != "grid.png"]
     with Image.open(image) as png:
         assert png.size == (24, 16)
+
+
+def test_a_resnet_clip_trains_on_buckets_and_a_vit_refuses_them(mixed, tmp_path, monkeypatch):
+    from ldm.stages.clip.config import Config as ClipConfig
+    from ldm.stages.clip.module import ClipModule
+    from ldm.stages.clip.train import train as train_clip
+
+    seen = record_shapes(monkeypatch, ClipModule)
+    text = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}
+    config = {
+        "stage": "clip", "run_dir": str(tmp_path / "run"),
+        "data": {"source": str(mixed), "resolution": 32, "batch_size": 4, "val_fraction": 0.2, "buckets": {}},
+        "model": {"vision": {"kind": "resnet", "embedding_size": 8, "hidden_sizes": [8, 16], "depths": [1, 1]},
+                  "text": text, "projection_dim": 16},
+        "tokenizer": {"vocab_size": 600, "max_length": 16},
+        "train": {"max_steps": 6, "val_every_n_steps": 6, "checkpoint_every_n_steps": 6, "log_every_n_steps": 1},
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train_clip(build(ClipConfig, config))
+    assert len(seen) == 6 and len(set(seen)) >= 2
+    config["model"]["vision"] = {"kind": "vit", **text, "patch_size": 8}
+    with pytest.raises(LdmError, match="data.buckets needs model.vision.kind: resnet"):
+        build(ClipConfig, config)
