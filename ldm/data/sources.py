@@ -47,6 +47,10 @@ FORMAT, MODE = "_ldm_format", "_ldm_mode"
 CAPTIONED = "_ldm_captioned"  # whether the row has at least one usable caption
 SCAN_COLUMNS = (SKIP, WIDTH, HEIGHT, FORMAT, MODE, CAPTIONED)
 
+# A JSON caption's type, in the words of an error message.
+JSON_KINDS = {str: "a string", int: "a number", float: "a number", bool: "true or false", list: "a list"}
+
+
 def load_source(cfg: DataConfig) -> datasets.Dataset | datasets.IterableDataset:
     """The split `cfg.split` of `cfg.source`, with its image column undecoded."""
     path = Path(cfg.source).expanduser()
@@ -156,9 +160,6 @@ def check_metadata(file: Path, root: Path, caption_column: str) -> None:
         elif kind != caption_kind:
             raise LdmError(f"{where}: the caption ('{caption_column}') is {kind}, where earlier lines have "
                            f"{caption_kind}: write every caption as a string (or every one as a list)")
-
-
-JSON_KINDS = {str: "a string", int: "a number", float: "a number", bool: "true or false", list: "a list"}
 
 
 def _metadata_rows(file: Path):
