@@ -42,9 +42,10 @@ def test_corrupt_images_are_skipped_and_counted_in_one_warning(tmp_path):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         train, val = load_splits(cfg)
-    ours = [w for w in caught if "unreadable" in str(w.message)]
+    ours = [w for w in caught if "skipped" in str(w.message)]
     assert len(ours) == 1
-    assert "skipped 3 unreadable image(s) of 50" in str(ours[0].message)
+    assert "skipped 3 image(s) of 50" in str(ours[0].message)
+    assert "3 not an image (" in str(ours[0].message)
     assert "img003.png" in str(ours[0].message)
     assert len(train) == 47 and val is None
     for i in range(len(train)):  # every remaining sample decodes
@@ -63,7 +64,7 @@ def test_all_corrupt_is_an_empty_dataset_error(tmp_path):
     folder = write_folder(tmp_path / "bad", 4, corrupt={0, 1, 2, 3})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with pytest.raises(LdmError, match="no readable images"):
+        with pytest.raises(LdmError, match="no usable images"):
             load_splits(DataConfig(source=str(folder)))
 
 

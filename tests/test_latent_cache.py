@@ -63,7 +63,7 @@ def test_cache_holds_the_posterior_and_batches_read_from_it(tmp_path, make_stage
     assert batch["embeddings"].shape == (8, 77, 32)
 
     # Row 0 of the cache is the autoencoder's posterior of image 0, preprocessed as training does.
-    cache = datasets.load_from_disk(str(dm.folder)).with_format("torch")
+    cache = load_cache(dm.folder)[0].with_format("torch")  # one part: no buckets
     source = datasets.load_dataset("imagefolder", data_dir=str(tmp_path / "shapes"), split="train")
     pixels = preprocess(source[0]["image"], 16, True, False, None)[None]
     mean, std = dm.autoencoder.moments(pixels)
@@ -78,7 +78,7 @@ def test_every_caption_of_an_image_is_cached_and_one_drawn_per_sample(tmp_path, 
     source = source.map(lambda row: {"text": [row["text"], "a plain caption", "another one"]})
     source.save_to_disk(str(tmp_path / "multi"))
     dm = _prepared(tmp_path, run, source=tmp_path / "multi", val_fraction=0.0)
-    row = datasets.load_from_disk(str(dm.folder)).with_format("numpy")[0]
+    row = load_cache(dm.folder)[0].with_format("numpy")[0]
     assert row["embeddings"].shape == (3, 77, 32)
     drawn = {tuple(dm.train_set[(0, seed)]["embeddings"][0, -1, :3].tolist()) for seed in range(20)}
     assert len(drawn) == 3
@@ -117,10 +117,10 @@ def test_batches_gather_the_right_rows_across_record_batches(tmp_path):
 
     datasets.concatenate_datasets([part(0, 5), part(5, 7), part(12, 4)]).save_to_disk(
         str(tmp_path / "cache"), max_shard_size="1KB")  # several shards, so several record batches
-    cache = load_cache(tmp_path / "cache")
+    cache = datasets.load_from_disk(str(tmp_path / "cache"))
     assert cache.data.table.column("mean").num_chunks > 1
     rows = np.array([15, 0, 7, 4, 11, 5, 9])
-    dataset = LatentCacheDataset(cache, rows, train=True)
+    dataset = LatentCacheDataset([cache], rows, train=True)
     reference = cache.with_format("numpy")
     batch = dataset.__getitems__([(i, 100 + i) for i in range(len(rows))])
     for i, row in enumerate(rows):

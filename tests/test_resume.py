@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from image_kinds import write_mixed_aspect_folder
 from safetensors.torch import load_file
 
 from ldm.data.shapes.generator import make_shapes_dataset
@@ -18,19 +19,24 @@ def run_toy(run_dir, data, *extra):
 
 
 @pytest.mark.slow
-def test_sigkilled_run_resumes_to_the_same_weights(tmp_path):
-    data = make_shapes_dataset(tmp_path / "data", n=30, size=16, seed=0)  # 24 train: 6 batches/epoch
-    whole = run_toy(tmp_path / "whole", data)
+@pytest.mark.parametrize("buckets", [False, True], ids=["square", "buckets"])
+def test_sigkilled_run_resumes_to_the_same_weights(tmp_path, buckets):
+    if buckets:  # 24 training images of 3 aspect ratios, random crops: 7 batches of 1-4 an epoch
+        data = write_mixed_aspect_folder(tmp_path / "data", n=30)
+    else:
+        data = make_shapes_dataset(tmp_path / "data", n=30, size=16, seed=0)  # 24 train: 6 batches/epoch
+    flags = ["--buckets"] if buckets else []
+    whole = run_toy(tmp_path / "whole", data, "-", *flags)
     assert whole.returncode == 0, whole.stderr[-2000:]
     assert "global_step 14" in whole.stdout
 
-    killed = run_toy(tmp_path / "crash", data, "9")  # dies mid-epoch, after step 8's checkpoint
+    killed = run_toy(tmp_path / "crash", data, "9", *flags)  # dies mid-epoch, after step 8's checkpoint
     assert killed.returncode == -signal.SIGKILL
     ckpts = tmp_path / "crash" / "toy" / "checkpoints"
     assert (ckpts / "last.ckpt").exists()
     assert not list(ckpts.glob("*.tmp*"))
 
-    resumed = run_toy(tmp_path / "crash", data, "-", "--resume")
+    resumed = run_toy(tmp_path / "crash", data, "-", "--resume", *flags)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "global_step 14" in resumed.stdout
     a = load_file(tmp_path / "whole" / "final.safetensors")

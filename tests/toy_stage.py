@@ -1,8 +1,10 @@
-"""A tiny training run for the crash-and-resume tests: `python tests/toy_stage.py RUN DATA [kill_at]`.
+"""A tiny training run for the crash-and-resume tests:
+`python tests/toy_stage.py RUN DATA [kill_at|-] [--resume] [--buckets]`.
 
 It trains through ldm.stages.trainer.fit on the real datamodule, draws random numbers in training and in
 validation (as the real stages do: noise, dropout, sampling), and can SIGKILL itself after a given
 step's checkpoint, so the test can check that resuming reproduces an uninterrupted run exactly.
+With --buckets it trains on aspect-ratio buckets (batches of different shapes, BucketBatchSampler).
 """
 
 import os
@@ -48,11 +50,12 @@ class Toy(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
-def main(run_dir, data_dir, kill_at=None, resume=False):
+def main(run_dir, data_dir, kill_at=None, resume=False, buckets=False):
     torch.set_num_threads(1)
     cfg = RunConfig(
         stage="toy", run_dir=run_dir,
-        data=DataConfig(source=data_dir, resolution=16, batch_size=4, val_fraction=0.2),
+        data=DataConfig(source=data_dir, resolution=16, batch_size=4, val_fraction=0.2,
+                        buckets={} if buckets else None, center_crop=not buckets),
         train=TrainConfig(max_steps=14, val_every_n_steps=3, checkpoint_every_n_steps=4,
                           keep_checkpoints=2, ckpt_path="last" if resume else None, lr=1e-2),
     )
@@ -66,4 +69,4 @@ def main(run_dir, data_dir, kill_at=None, resume=False):
 
 if __name__ == "__main__":
     kill = int(sys.argv[3]) if len(sys.argv) > 3 and sys.argv[3] != "-" else None
-    main(sys.argv[1], sys.argv[2], kill, resume="--resume" in sys.argv)
+    main(sys.argv[1], sys.argv[2], kill, resume="--resume" in sys.argv, buckets="--buckets" in sys.argv)

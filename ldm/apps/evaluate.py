@@ -225,9 +225,9 @@ class RealImages:
 
 def load_real(data: str, split: str, resolution: int) -> RealImages:
     """The split's images, described by their shapes attributes when it has them, else by their captions."""
+    from ldm.data.captions import captions_of
     from ldm.data.config import DataConfig
     from ldm.data.labelled import load_labelled_images
-    from ldm.data.latent_cache import captions_of
     from ldm.data.sources import load_source
 
     cfg = DataConfig(source=str(data), split=split, resolution=resolution)

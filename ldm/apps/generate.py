@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from ldm.apps.processes import inference_processes
 from ldm.core.errors import LdmError
 from ldm.core.images import contact_sheet, read_rgb, write_png
+from ldm.data.decode import read_image_file
 from ldm.sampling.pipeline_io import check_pipeline_folder, vae_factor
 from ldm.sampling.samplers import DEFAULT_SAMPLER, check_sampler
 
@@ -104,13 +105,7 @@ def check_options(opts: GenerateOptions) -> None:
 
 
 def load_init_image(path: str) -> Image.Image:
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except FileNotFoundError:
-        raise LdmError(f"--init-image not found: {path}") from None
-    except (UnidentifiedImageError, OSError) as err:
-        raise LdmError(f"--init-image {path} is not an image PIL can read ({err})") from None
+    return read_image_file(path, "--init-image")
 
 
 def plan(opts: GenerateOptions) -> list[ImageJob]:

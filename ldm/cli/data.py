@@ -1,8 +1,17 @@
-"""`ldm data shapes OUT`: write the synthetic shapes dataset."""
+"""`ldm data shapes OUT`: write the synthetic shapes dataset.
+`ldm data check SOURCE`: read a dataset as training will and report on it (ldm/data/check.py)."""
 
 from __future__ import annotations
 
 import argparse
+import re
+
+from ldm.core.errors import LdmError
+
+SIZE = re.compile(r"^(\d+)x(\d+)$")  # a bucket size on the command line: WIDTHxHEIGHT
+# `ldm data check` options that set a `data:` key of the same name (dashes for underscores).
+DATA_OPTIONS = ("split", "image_column", "caption_column", "resolution", "background", "max_pixels",
+                "empty_captions", "val_fraction", "max_samples")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,10 +26,102 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="images of held-out combinations (default max(64, n/5))")
     shapes.add_argument("--size", type=int, default=32, help="image side in pixels (default 32)")
     shapes.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    shapes.set_defaults(data_run=run_shapes)
+
+    check = sub.add_parser(
+        "check", help="read a dataset as training will and report what it holds",
+        description="Read SOURCE exactly as training will (decoding, skipped files, buckets, captions) "
+                    "and report images by format and mode, every skipped file and why, sizes and "
+                    "aspect ratios, bucket assignment and the pixels cropped away, empty, repeated "
+                    "and over-long captions. Exits with status 2 where training would fail.")
+    check.add_argument("source", help="the data.source to check (a folder, a saved dataset, a hub name)")
+    check.add_argument("--config", help="take the other data: settings from this stage config")
+    check.add_argument("--split", help="split to read (default train)")
+    check.add_argument("--resolution", type=int, help="target side in pixels (data.resolution; default 32)")
+    check.add_argument("--buckets", nargs="*", metavar="SPEC",
+                       help="aspect-ratio buckets: alone, the default list for --resolution; or sizes "
+                            "(64x64 96x48 ...) or settings (area=4096 min_side=32 max_side=128 step=8)")
+    check.add_argument("--background", help="colour under transparent pixels (default white)")
+    check.add_argument("--max-pixels", type=int, help="skip images with more pixels (default PIL's limit)")
+    check.add_argument("--empty-captions", choices=["skip", "keep"], help="images without a caption (default skip)")
+    check.add_argument("--image-column", help="image column (default image)")
+    check.add_argument("--caption-column", help="caption column (default text)")
+    check.add_argument("--val-fraction", type=float, help="share held out for validation (default 0.1)")
+    check.add_argument("--max-samples", type=int, help="read only the first N images")
+    check.add_argument("--tokenizer", help="a tokenizer folder (RUN/tokenizer, a CLIP model) to count caption "
+                                           "tokens with; without it, they are estimated from words")
+    check.add_argument("--preview", metavar="DIR", help="write each image as training sees it to DIR")
+    check.set_defaults(data_run=run_check)
 
 
 def run(args: argparse.Namespace) -> None:
+    args.data_run(args)
+
+
+def run_shapes(args: argparse.Namespace) -> None:
     from ldm.data.shapes.generator import make_shapes_dataset
 
     out = make_shapes_dataset(args.out, n=args.n, size=args.size, seed=args.seed, n_test=args.n_test)
     print(f"wrote {args.n} training images to {out / 'train'} and held-out combinations to {out / 'test'}")
+
+
+def run_check(args: argparse.Namespace) -> None:
+    from ldm.data.check import CLIP_TOKEN_LIMIT, check_data, format_report
+
+    cfg = check_settings(args)
+    count_tokens, limit = None, CLIP_TOKEN_LIMIT
+    if args.tokenizer:
+        count_tokens, limit = token_counter(args.tokenizer)
+    report = check_data(cfg, count_tokens, limit, args.preview)
+    print(format_report(report))
+    if report.fatal:
+        raise LdmError(report.fatal)
+
+
+def check_settings(args: argparse.Namespace):
+    """The data: settings to check: the config's (if any), then the options given, then SOURCE."""
+    from ldm.core.config import build, find_config, read_yaml
+    from ldm.data.config import DataConfig
+
+    data = dict(read_yaml(find_config(args.config)).get("data") or {}) if args.config else {}
+    data.update({name: getattr(args, name) for name in DATA_OPTIONS if getattr(args, name) is not None})
+    data["source"] = args.source
+    if args.buckets is not None:
+        data["buckets"] = bucket_settings(args.buckets)
+    return build(DataConfig, data, where="data")
+
+
+def bucket_settings(specs: list[str]) -> dict:
+    """--buckets SPEC ...: sizes (WxH) and key=value settings as the `buckets:` section."""
+    section, sizes = {}, []
+    for spec in specs:
+        size = SIZE.match(spec)
+        key, sep, value = spec.partition("=")
+        if size:
+            sizes.append([int(size[1]), int(size[2])])
+        elif sep and key:
+            section[key] = value
+        else:
+            raise LdmError(f"--buckets {spec}: give sizes as WIDTHxHEIGHT (64x48) or settings as key=value "
+                           "(area, min_side, max_side, step)")
+    if sizes:
+        section["sizes"] = sizes
+    return section
+
+
+def token_counter(path: str):
+    """(tokens of a caption, the encoder's limit) from a local tokenizer folder."""
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    folder = Path(path)
+    if (folder / "tokenizer").is_dir():  # a RUN folder or a pipeline: its tokenizer/
+        folder = folder / "tokenizer"
+    if not folder.is_dir():
+        raise LdmError(f"--tokenizer {path}: no such folder")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise LdmError(f"--tokenizer {path}: no tokenizer there ({str(err).splitlines()[0]})") from None
+    return (lambda text: len(tokenizer(text).input_ids)), tokenizer.model_max_length

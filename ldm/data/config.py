@@ -1,10 +1,50 @@
-"""The `data:` section of every stage's config."""
+"""The `data:` section of every stage's config, and its `buckets:` subsection."""
 
 from __future__ import annotations
+
+from typing import Literal
 
 from pydantic.dataclasses import dataclass
 
 from ldm.core.config import SECTION
+from ldm.data.decode import (
+    DEFAULT_BACKGROUND,
+    DEFAULT_MAX_PIXELS,
+    PIL_HARD_LIMIT,
+    background_rgb,
+)
+
+
+@dataclass(config=SECTION)
+class BucketConfig:
+    """Aspect-ratio buckets (ldm/data/buckets.py): each image is resized to cover the bucket whose
+    aspect ratio is closest to its own and cropped to it, instead of to a square. Either `sizes`,
+    or the sizes made from `area`, `min_side`, `max_side` and `step` (as kohya's sd-scripts does)."""
+
+    # Pixels of each bucket (at most); null: data.resolution squared.
+    area: int | None = None
+    # Bounds on either side of a bucket; null: data.resolution / 2 and data.resolution * 2.
+    min_side: int | None = None
+    max_side: int | None = None
+    # Every side is a multiple of this: a multiple of the autoencoder's downsampling factor.
+    step: int = 8
+    # An explicit list of [width, height] sizes instead (area, min_side, max_side, step unused).
+    sizes: list[tuple[int, int]] | None = None
+
+    def __post_init__(self):
+        for name in ("area", "min_side", "max_side", "step"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"data.buckets.{name} must be at least 1, got {value}")
+        if self.min_side and self.max_side and self.min_side > self.max_side:
+            raise ValueError(f"data.buckets.min_side={self.min_side} is above "
+                             f"data.buckets.max_side={self.max_side}")
+        if self.sizes is not None:
+            if not self.sizes:
+                raise ValueError("data.buckets.sizes is empty: give [width, height] pairs, or leave it null")
+            small = [size for size in self.sizes if min(size) < 8]
+            if small:
+                raise ValueError(f"data.buckets.sizes: every side must be at least 8, not {list(small[0])}")
 
 
 @dataclass(config=SECTION)
@@ -29,6 +69,16 @@ class DataConfig:
     batch_size: int = 32
     num_workers: int = 0
     seed: int = 0
+    # What transparent pixels become: a colour name PIL knows (white, black, gray, ...) or #rrggbb.
+    background: str = DEFAULT_BACKGROUND
+    # Images with more pixels are skipped and counted, never decoded (PIL's decompression-bomb limit).
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    # An image whose caption is missing, empty or not a string: skipped and counted, or (keep)
+    # trained with the empty prompt (what classifier-free guidance's caption dropout trains anyway).
+    empty_captions: Literal["skip", "keep"] = "skip"
+    # Aspect-ratio buckets; null (the default): every image resized and cropped to a square of
+    # data.resolution. `buckets: {}` turns them on with the defaults.
+    buckets: BucketConfig | None = None
 
     def __post_init__(self):
         if self.resolution < 8:
@@ -39,3 +89,14 @@ class DataConfig:
             raise ValueError(f"data.batch_size must be at least 1, got {self.batch_size}")
         if self.max_samples is not None and self.max_samples < 1:
             raise ValueError(f"data.max_samples must be at least 1, got {self.max_samples}")
+        try:
+            background_rgb(self.background)
+        except ValueError:
+            raise ValueError(f"data.background={self.background!r} is not a colour: use a name such as "
+                             "white, black or gray, or #rrggbb") from None
+        if not 1 <= self.max_pixels <= PIL_HARD_LIMIT:
+            raise ValueError(f"data.max_pixels must be between 1 and {PIL_HARD_LIMIT} (PIL refuses to open "
+                             f"larger images), got {self.max_pixels}")
+        if self.buckets is not None and self.streaming:
+            raise ValueError("data.buckets needs data.streaming: false (images are sorted into buckets "
+                             "by their sizes, read once before training)")

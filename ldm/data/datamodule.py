@@ -3,11 +3,13 @@
 Each batch is a dict with `pixel_values` (B, 3, H, W) in [-1, 1] and `caption` (a list of B
 strings). Map-style training data is shuffled and sharded across processes by
 ResumableShuffleSampler, validation data by torch's DistributedSampler; streamed data is sharded
-with `datasets.distributed.split_dataset_by_node`.
+with `datasets.distributed.split_dataset_by_node`. With aspect-ratio buckets (`data.buckets`),
+H and W change from batch to batch and BucketBatchSampler does both jobs, one bucket per batch.
 """
 
 from __future__ import annotations
 
+import collections
 import random
 import warnings
 
@@ -16,32 +18,35 @@ import lightning as L
 import numpy as np
 import torch
 from datasets.distributed import split_dataset_by_node
+from PIL import Image
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ldm.core.errors import LdmError
+from ldm.data.buckets import Size, bucket_sizes, row_buckets
+from ldm.data.captions import NO_CAPTION, clean_captions, pick_caption
 from ldm.data.config import DataConfig
-from ldm.data.sampler import ResumableShuffleSampler
-from ldm.data.sources import describe, drop_unreadable, load_source, open_image
+from ldm.data.decode import UndecodableImage, decode_image, describe
+from ldm.data.sampler import BucketBatchSampler, ResumableShuffleSampler
+from ldm.data.sources import drop_unusable, load_source
 from ldm.data.transforms import preprocess
 
 STREAM_VAL_BATCHES = 2  # streamed data has no length: validate on the first few batches
 
 
-def pick_caption(value, rng: random.Random, train: bool) -> str:
-    """One caption from a string or a list of strings (random in training, the first otherwise)."""
-    if isinstance(value, (list, tuple)):
-        if not value:
-            return ""
-        return rng.choice(list(value)) if train else value[0]
-    return "" if value is None else str(value)
+def decode_row(row: dict, cfg: DataConfig, size: Size) -> Image.Image:
+    """A row's image as training sees it before cropping (raises UndecodableImage)."""
+    return decode_image(row[cfg.image_column], cfg.background, cfg.max_pixels, cover=size)
 
 
-def make_sample(row: dict, cfg: DataConfig, train: bool, seed: int | None = None) -> dict:
-    # Training samples get their seed from ResumableShuffleSampler; otherwise draw one from torch's
+def make_sample(row: dict, cfg: DataConfig, train: bool, seed: int | None = None,
+                size: Size | None = None) -> dict:
+    """A row as a training sample, its image resized and cropped to `size` (a bucket's; default
+    data.resolution's square)."""
+    # Training samples get their seed from the sampler; otherwise draw one from torch's
     # generator (seeded by Lightning per worker), so runs stay reproducible either way.
     rng = random.Random(int(torch.randint(0, 2**62, ()).item()) if seed is None else seed)
-    image = open_image(row[cfg.image_column])
-    pixels = preprocess(image, cfg.resolution, cfg.center_crop or not train,
+    size = size or (cfg.resolution, cfg.resolution)
+    pixels = preprocess(decode_row(row, cfg, size), size, cfg.center_crop or not train,
                         cfg.random_flip and train, rng)
     return {"pixel_values": pixels, "caption": pick_caption(row[cfg.caption_column], rng, train)}
 
@@ -54,17 +59,20 @@ def collate(samples: list[dict]) -> dict:
 
 
 class ImageCaptionDataset(torch.utils.data.Dataset):
-    """Map-style: a `datasets.Dataset` whose images were checked readable when it was loaded."""
+    """Map-style: a scanned `datasets.Dataset` (ldm.data.sources.scan) of usable rows, each row's
+    size its bucket's (`sizes[bucket_of[index]]`; one square bucket without data.buckets)."""
 
     def __init__(self, ds: datasets.Dataset, cfg: DataConfig, train: bool):
         self.ds, self.cfg, self.train = ds, cfg, train
+        self.sizes, self.bucket_of = row_buckets(ds, cfg)
 
     def __len__(self) -> int:
         return len(self.ds)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         index, seed = key if isinstance(key, tuple) else (key, None)
-        return make_sample(self.ds[index], self.cfg, self.train, seed)
+        size = self.sizes[self.bucket_of[index]]
+        return make_sample(self.ds[index], self.cfg, self.train, seed, size)
 
 
 class StreamingImageCaptionDataset(torch.utils.data.IterableDataset):
@@ -72,7 +80,7 @@ class StreamingImageCaptionDataset(torch.utils.data.IterableDataset):
 
     def __init__(self, ds: datasets.IterableDataset, cfg: DataConfig, train: bool):
         self.ds, self.cfg, self.train = ds, cfg, train
-        self.skipped = 0
+        self.skipped = collections.Counter()  # reason -> images skipped so far
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -80,13 +88,19 @@ class StreamingImageCaptionDataset(torch.utils.data.IterableDataset):
         if info is not None and info.num_workers > 1:
             shard = split_dataset_by_node(shard, rank=info.id, world_size=info.num_workers)
         for row in shard:
+            if self.cfg.empty_captions == "skip" and not clean_captions(row[self.cfg.caption_column]):
+                self.skip(row, NO_CAPTION)
+                continue
             try:
                 yield make_sample(row, self.cfg, self.train)
-            except Exception:  # a broken image in a stream must not end the epoch
-                self.skipped += 1
-                if self.skipped == 1:
-                    warnings.warn(f"skipping unreadable image {describe(row[self.cfg.image_column])}"
-                                  " (further ones are skipped silently and counted)", stacklevel=2)
+            except UndecodableImage as err:  # a broken image in a stream must not end the epoch
+                self.skip(row, err.reason)
+
+    def skip(self, row: dict, reason: str) -> None:
+        self.skipped[reason] += 1
+        if sum(self.skipped.values()) == 1:
+            warnings.warn(f"skipping image {describe(row[self.cfg.image_column])} ({reason}); further "
+                          "ones are skipped silently and counted in `skipped`", stacklevel=3)
 
 
 def load_splits(cfg: DataConfig, rank: int = 0, world_size: int = 1):
@@ -98,7 +112,7 @@ def load_splits(cfg: DataConfig, rank: int = 0, world_size: int = 1):
         train = split_dataset_by_node(train, rank=rank, world_size=world_size)
         val = StreamingImageCaptionDataset(ds.take(val_count), cfg, False) if val_count else None
         return StreamingImageCaptionDataset(train, cfg, True), val
-    train, val = split_validation(drop_unreadable(ds, cfg), cfg)
+    train, val = split_validation(drop_unusable(ds, cfg), cfg)
     return ImageCaptionDataset(train, cfg, True), (ImageCaptionDataset(val, cfg, False) if val else None)
 
 
@@ -127,12 +141,17 @@ def split_validation(ds: datasets.Dataset, cfg: DataConfig):
 
 def make_loader(ds, cfg: DataConfig, collate_fn, trainer, train: bool) -> DataLoader:
     """The DataLoader of either datamodule: training data shuffled and sharded by
-    ResumableShuffleSampler (map-style only), validation data sharded when there are processes."""
+    ResumableShuffleSampler (map-style only), validation data sharded when there are processes;
+    with data.buckets, both batched by BucketBatchSampler (`ds.bucket_of`: each sample's bucket)."""
     rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+    if cfg.buckets is not None:
+        batches = BucketBatchSampler(ds.bucket_of, cfg.batch_size, cfg.seed, rank, world, shuffle=train)
+        return DataLoader(ds, batch_sampler=batches, num_workers=cfg.num_workers,
+                          persistent_workers=cfg.num_workers > 0, collate_fn=collate_fn)
     sampler = None  # streamed data shards itself (split_dataset_by_node)
     if not isinstance(ds, torch.utils.data.IterableDataset):
         if train:
-            sampler = ResumableShuffleSampler(len(ds), cfg.seed, rank, world)
+            sampler = ResumableShuffleSampler(len(ds), cfg.seed, rank, world, cfg.batch_size)
         elif world > 1:
             sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=False)
     return DataLoader(
@@ -151,6 +170,16 @@ def require_divisible(resolution: int, factor: int, what: str) -> None:
     if resolution % factor:
         raise LdmError(f"data.resolution={resolution} is not divisible by {what}={factor}; "
                        f"use a multiple of {factor}")
+
+
+def require_divisible_sizes(cfg: DataConfig, factor: int, what: str) -> None:
+    """Fail early when the model cannot take data.resolution or one of the bucket sizes."""
+    require_divisible(cfg.resolution, factor, what)
+    if cfg.buckets is not None:
+        for width, height in bucket_sizes(cfg):
+            if width % factor or height % factor:
+                raise LdmError(f"data.buckets: size {width}x{height} is not divisible by {what}={factor}; "
+                               f"make every side a multiple of {factor} (data.buckets.step)")
 
 
 class ImageCaptionDataModule(L.LightningDataModule):

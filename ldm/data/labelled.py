@@ -7,6 +7,7 @@ import torch
 from ldm.core.errors import LdmError
 from ldm.data.config import DataConfig
 from ldm.data.datamodule import make_sample
+from ldm.data.decode import UndecodableImage
 from ldm.data.sources import load_source
 
 
@@ -24,5 +25,8 @@ def load_labelled_images(data: DataConfig, columns: list[str], max_images: int |
     if max_images is not None:
         ds = ds.select(range(min(max_images, len(ds))))
     rows = list(ds)
-    pixels = torch.stack([make_sample(row, data, train=False)["pixel_values"] for row in rows])
+    try:
+        pixels = torch.stack([make_sample(row, data, train=False)["pixel_values"] for row in rows])
+    except UndecodableImage as err:
+        raise LdmError(f"cannot use an image of split '{data.split}' of {data.source}: {err}") from None
     return pixels, {c: [row[c] for row in rows] for c in columns}

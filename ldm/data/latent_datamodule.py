@@ -4,7 +4,8 @@
 node, before any process calls `setup`, with the others waiting at a barrier, so the encoders run
 once and every process then reads the same finished folder (the folder appears whole or not at
 all, through `ldm.core.atomic.atomic_folder`). `setup` opens the cache and holds out
-`data.val_fraction` of it for validation, split by `data.seed`.
+`data.val_fraction` of it for validation, split by `data.seed`. With aspect-ratio buckets the cache
+has one part per bucket and every batch comes from one (BucketBatchSampler).
 
 Batches are dicts of `mean` (and `std` for KL) latent moments and `embeddings`, one caption's
 embedding per image; the diffusion module draws the latent and applies caption dropout.
@@ -31,7 +32,7 @@ from ldm.data.latent_cache import (
     fingerprint,
     load_cache,
 )
-from ldm.data.sources import drop_unreadable, load_source
+from ldm.data.sources import drop_unusable, load_source
 
 
 def check_cacheable(cfg: DataConfig) -> None:
@@ -57,7 +58,7 @@ class LatentCacheDataModule(L.LightningDataModule):
         self.train_set = self.val_set = None
 
     def _source(self) -> datasets.Dataset:
-        return drop_unreadable(load_source(self.cfg), self.cfg)
+        return drop_unusable(load_source(self.cfg), self.cfg)
 
     def cache_folder(self, ds: datasets.Dataset | None = None) -> Path:
         if self.folder is None:
@@ -83,10 +84,10 @@ class LatentCacheDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        cache = load_cache(self.cache_folder())
-        train, val = validation_rows(len(cache), self.cfg)
-        self.train_set = LatentCacheDataset(cache, train, train=True)
-        self.val_set = LatentCacheDataset(cache, val, train=False) if val is not None else None
+        parts = load_cache(self.cache_folder())
+        train, val = validation_rows(sum(len(part) for part in parts), self.cfg)
+        self.train_set = LatentCacheDataset(parts, train, train=True)
+        self.val_set = LatentCacheDataset(parts, val, train=False) if val is not None else None
 
     def train_dataloader(self) -> DataLoader:
         return make_loader(self.train_set, self.cfg, already_batched, self.trainer, train=True)

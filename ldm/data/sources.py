@@ -1,4 +1,4 @@
-"""Where image-caption data comes from, as a Hugging Face `datasets` dataset.
+"""Where image-caption data comes from, as a Hugging Face `datasets` dataset, and which of its rows train.
 
 Four sources, one result (a dataset with an image column and a caption column):
 - a local imagefolder with metadata.jsonl (train/ and test/ subfolders become splits),
@@ -6,45 +6,49 @@ Four sources, one result (a dataset with an image column and a caption column):
 - a folder written by `Dataset.save_to_disk`,
 - a dataset on the hub, by name (needs the network; streaming avoids downloading it whole).
 
-Images are kept undecoded (path or bytes) until a sample is read, and unreadable ones are found
-once up front (the scan is cached by `datasets`), skipped and counted in a single warning.
+Images are kept undecoded (path or bytes) until a sample is read. Before training, one scan reads
+every image once (`scan`: its upright size, format and mode, and whether it decodes at all) and
+every caption (ldm/data/captions.py); `datasets` caches the scan by fingerprint, so it runs once per
+dataset. `drop_unusable` then removes the images that cannot train, counted by reason in a single
+warning: undecodable ones (ldm/data/decode.py) and, unless `data.empty_captions: keep`, those with
+no caption.
+
+A local folder's own mistakes stop the run with a message naming the file: a caption .txt that is
+not UTF-8, a metadata.jsonl line that is not a JSON object with a file_name, a file_name outside
+the data folder.
 """
 
 from __future__ import annotations
 
-import io
+import collections
+import csv
+import json
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
-from PIL import Image
 
 from ldm.core.errors import LdmError
 from ldm.core.layout import looks_like_hub_id
+from ldm.data.captions import NO_CAPTION, clean_captions
 from ldm.data.config import DataConfig
+from ldm.data.decode import UndecodableImage, describe, inspect_image
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-READABLE = "_ldm_readable"
-WARN_PATHS = 3  # how many unreadable files a warning names
+METADATA_FILES = ("metadata.jsonl", "metadata.csv")
+FILE_NAME = "file_name"  # the imagefolder metadata key naming each image's file
+WARN_PATHS = 3  # how many files a warning names for each reason
 
+# The columns the scan adds; they stay with the rows that train (buckets read the sizes).
+SKIP = "_ldm_skip"  # why the image cannot be used ("" when it can)
+WIDTH, HEIGHT = "_ldm_width", "_ldm_height"  # upright size, 0 when undecodable
+FORMAT, MODE = "_ldm_format", "_ldm_mode"
+CAPTIONED = "_ldm_captioned"  # whether the row has at least one usable caption
+SCAN_COLUMNS = (SKIP, WIDTH, HEIGHT, FORMAT, MODE, CAPTIONED)
 
-def open_image(value) -> Image.Image:
-    """Decode an image column value: a PIL image, or the {"path", "bytes"} of an undecoded one."""
-    if isinstance(value, Image.Image):
-        return value
-    if value.get("bytes"):
-        image = Image.open(io.BytesIO(value["bytes"]))
-    else:
-        image = Image.open(value["path"])
-    image.load()
-    return image
-
-
-def describe(value) -> str:
-    """A name for an image in messages: its path when it has one."""
-    if isinstance(value, dict) and value.get("path"):
-        return str(value["path"])
-    return "<image bytes>"
+# A JSON caption's type, in the words of an error message.
+JSON_KINDS = {str: "a string", int: "a number", float: "a number", bool: "true or false", list: "a list"}
 
 
 def load_source(cfg: DataConfig) -> datasets.Dataset | datasets.IterableDataset:
@@ -82,7 +86,10 @@ def _load_local(path: Path, cfg: DataConfig):
     images = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
     if not images:
         raise LdmError(f"no images found in data folder {path}")
-    if any(path.rglob("metadata.jsonl")) or any(path.rglob("metadata.csv")):
+    metadata = [found for name in METADATA_FILES for found in path.rglob(name)]
+    if metadata:
+        for file in metadata:
+            check_metadata(file, path, cfg.caption_column)
         # With a subfolder named after the split, name its files: left to infer the splits itself,
         # `datasets` globs the whole tree once per split pattern it tries (several times slower,
         # docs/benchmarks.md), and every stage loads the data again.
@@ -108,7 +115,7 @@ def _load_caption_files(path: Path, images: list[Path], cfg: DataConfig):
         raise LdmError(f"{len(missing)} images in {path} have no caption .txt, e.g. {missing[0]}")
     ds = datasets.Dataset.from_dict({
         cfg.image_column: [str(image) for image, _ in captioned],
-        cfg.caption_column: [text.read_text().strip() for _, text in captioned],
+        cfg.caption_column: [read_caption_file(text) for _, text in captioned],
     }).cast_column(cfg.image_column, datasets.Image())
     return ds.to_iterable_dataset() if cfg.streaming else ds
 
@@ -123,33 +130,138 @@ def _load_hub(cfg: DataConfig):
         ) from None
 
 
-def drop_unreadable(ds: datasets.Dataset, cfg: DataConfig) -> datasets.Dataset:
-    """Remove images that cannot be decoded, warning once with the count and the first few."""
-    column = cfg.image_column
-
-    def check(batch):
-        return {READABLE: [_readable(value) for value in batch[column]]}
-
-    flagged = ds.map(check, batched=True, batch_size=256, desc="checking images",
-                     num_proc=cfg.num_workers if cfg.num_workers > 1 and len(ds) > 5000 else None)
-    flags = flagged[READABLE]
-    bad = [i for i, ok in enumerate(flags) if not ok]
-    if bad:
-        names = [describe(ds[i][column]) for i in bad[:WARN_PATHS]]
-        warnings.warn(
-            f"skipped {len(bad)} unreadable image(s) of {len(ds)} in {cfg.source}: "
-            + ", ".join(names) + (", ..." if len(bad) > WARN_PATHS else ""),
-            stacklevel=2,
-        )
-        ds = ds.select([i for i, ok in enumerate(flags) if ok])
-    if len(ds) == 0:
-        raise LdmError(f"dataset {cfg.source} (split '{cfg.split}') has no readable images")
-    return ds
-
-
-def _readable(value) -> bool:
+def read_caption_file(path: Path) -> str:
     try:
-        open_image(value)
-        return True
-    except Exception:  # PIL raises OSError, SyntaxError, ValueError... for broken files
-        return False
+        return path.read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError as err:
+        raise LdmError(f"caption file {path} is not UTF-8 text (byte {err.start}: {err.reason}); "
+                       "save it as UTF-8") from None
+
+
+def check_metadata(file: Path, root: Path, caption_column: str) -> None:
+    """Every row of an imagefolder metadata file names a file_name inside `root`; in a jsonl file
+    every line is a JSON object and the captions are of one JSON type (strings, or lists), which
+    `datasets`' JSON reader needs (its own error for a number among strings names no line).
+    Otherwise an LdmError naming the file and the line."""
+    caption_kind = None
+    for line_number, row in _metadata_rows(file):
+        where = f"{file}, line {line_number}"
+        name = row.get(FILE_NAME)
+        if not isinstance(name, str) or not name:
+            raise LdmError(f"{where}: no '{FILE_NAME}' naming the image")
+        if not (file.parent / name).resolve().is_relative_to(root.resolve()):
+            raise LdmError(f"{where}: {FILE_NAME} '{name}' points outside the data folder {root}")
+        caption = row.get(caption_column)
+        if caption is None or file.suffix == ".csv":  # a missing caption is counted later; csv is all text
+            continue
+        kind = JSON_KINDS.get(type(caption), "an object")
+        if caption_kind is None:
+            caption_kind = kind
+        elif kind != caption_kind:
+            raise LdmError(f"{where}: the caption ('{caption_column}') is {kind}, where earlier lines have "
+                           f"{caption_kind}: write every caption as a string (or every one as a list)")
+
+
+def _metadata_rows(file: Path):
+    """(line number, row) of a metadata.jsonl or metadata.csv file."""
+    with file.open(encoding="utf-8", newline="") as handle:
+        if file.suffix == ".csv":
+            yield from enumerate(csv.DictReader(handle), start=2)  # line 1 is the header
+            return
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise LdmError(f"{file}, line {line_number}: not valid JSON ({err.msg}, column {err.colno})") from None
+            if not isinstance(row, dict):
+                raise LdmError(f"{file}, line {line_number}: not a JSON object of file_name and caption")
+            yield line_number, row
+
+
+# ---- the scan: which rows can train --------------------------------------------------------------
+
+def scan(ds: datasets.Dataset, cfg: DataConfig) -> datasets.Dataset:
+    """`ds` with SCAN_COLUMNS added: every image inspected once, every caption read.
+
+    Cached by `datasets` (the map's fingerprint covers the data and data.max_pixels), so later
+    stages and `ldm data check` on the same data do not read the images again.
+    """
+    image_column, caption_column, max_pixels = cfg.image_column, cfg.caption_column, cfg.max_pixels
+
+    def inspect(batch: dict) -> dict:
+        out = {name: [] for name in SCAN_COLUMNS}
+        for value, caption in zip(batch[image_column], batch[caption_column]):
+            try:
+                info = inspect_image(value, max_pixels)
+                values = ("", info.width, info.height, info.format, info.mode)
+            except UndecodableImage as err:
+                values = (err.reason, 0, 0, "", "")
+            for name, item in zip(SCAN_COLUMNS, values):
+                out[name].append(item)
+            out[CAPTIONED].append(bool(clean_captions(caption)))
+        return out
+
+    return ds.map(inspect, batched=True, batch_size=256, desc="checking images and captions",
+                  num_proc=cfg.num_workers if cfg.num_workers > 1 and len(ds) > 5000 else None)
+
+
+@dataclass
+class Skips:
+    """The rows a scan leaves out, by reason, and the rows kept without a caption."""
+
+    total: int
+    by_reason: dict[str, list[int]] = field(default_factory=dict)  # reason -> rows, in order
+    kept_uncaptioned: list[int] = field(default_factory=list)
+
+    @property
+    def skipped(self) -> list[int]:
+        return sorted(row for rows in self.by_reason.values() for row in rows)
+
+
+def find_skips(scanned: datasets.Dataset, cfg: DataConfig) -> Skips:
+    """Which rows of a scanned dataset cannot train, and why (an image's fault comes first)."""
+    skips = Skips(len(scanned), collections.defaultdict(list))
+    for row, (reason, captioned) in enumerate(zip(scanned[SKIP], scanned[CAPTIONED])):
+        if reason:
+            skips.by_reason[reason].append(row)
+        elif not captioned and cfg.empty_captions == "skip":
+            skips.by_reason[NO_CAPTION].append(row)
+        elif not captioned:
+            skips.kept_uncaptioned.append(row)
+    skips.by_reason = dict(skips.by_reason)
+    return skips
+
+
+def drop_unusable(ds: datasets.Dataset, cfg: DataConfig) -> datasets.Dataset:
+    """The rows of `ds` that can train (scanned: their sizes are columns), warning once about the
+    rest with the count and the first few files for each reason."""
+    scanned = scan(ds, cfg)
+    skips = find_skips(scanned, cfg)
+    message = skip_message(skips, scanned, cfg)
+    if message:
+        warnings.warn(message, stacklevel=2)
+    if skips.by_reason:
+        skipped = set(skips.skipped)
+        scanned = scanned.select([row for row in range(len(scanned)) if row not in skipped])
+    if len(scanned) == 0:
+        raise LdmError(f"dataset {cfg.source} (split '{cfg.split}') has no usable images"
+                       + (f" ({message})" if message else ""))
+    return scanned
+
+
+def skip_message(skips: Skips, ds: datasets.Dataset, cfg: DataConfig) -> str:
+    """One line: how many images are left out of how many, for which reasons, naming a few files."""
+    def named(rows: list[int]) -> str:
+        names = [describe(ds[row][cfg.image_column]) for row in rows[:WARN_PATHS]]
+        return ", ".join(names) + (", ..." if len(rows) > WARN_PATHS else "")
+
+    parts = []
+    if skips.by_reason:
+        reasons = "; ".join(f"{len(rows)} {reason} ({named(rows)})" for reason, rows in skips.by_reason.items())
+        parts.append(f"skipped {len(skips.skipped)} image(s) of {skips.total} in {cfg.source}: {reasons}")
+    if skips.kept_uncaptioned:
+        parts.append(f"{len(skips.kept_uncaptioned)} image(s) with no caption train with the empty prompt "
+                     f"(data.empty_captions: keep): {named(skips.kept_uncaptioned)}")
+    return "; ".join(parts)

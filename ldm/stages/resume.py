@@ -2,7 +2,8 @@
 
 Lightning restores weights, optimizers, schedulers and loop counters, but not where the data was
 within the epoch, nor the random number generators. This callback adds both to each checkpoint:
-  - how many batches of the current epoch were done, so ResumableShuffleSampler skips them;
+  - how many batches of the current epoch were done, so the training sampler (ResumableShuffleSampler,
+    or BucketBatchSampler with aspect-ratio buckets) skips them;
   - the RNG states (torch, CUDA, numpy, python) of every process as of the checkpoint, each process's
     own restored before its next step (they differ: each process draws its own noise).
 Every training batch starts from the RNG states that the previous one ended with, so nothing that
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from ldm.data.sampler import ResumableShuffleSampler
+from ldm.data.sampler import resumable_sampler
 
 
 def rng_states() -> dict:
@@ -40,11 +41,6 @@ def set_rng_states(states: dict) -> None:
     np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
     state = states["python"]
     random.setstate((state[0], tuple(state[1]), state[2]))
-
-
-def _sampler(trainer):
-    loader = trainer.train_dataloader
-    return getattr(loader, "sampler", None)
 
 
 def gather(value, trainer) -> list:
@@ -75,9 +71,9 @@ class ExactResume(Callback):
         if self.restored is None or self.restored["epoch"] != trainer.current_epoch:
             return
         self.epoch, self.batches_done = self.restored["epoch"], self.restored["batches_done"]
-        sampler = _sampler(trainer)
-        if isinstance(sampler, ResumableShuffleSampler):
-            sampler.skip_next(self.batches_done * trainer.train_dataloader.batch_size)
+        sampler = resumable_sampler(trainer.train_dataloader)
+        if sampler is not None:
+            sampler.skip_batches(self.batches_done)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if self.restored is not None:

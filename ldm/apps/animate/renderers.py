@@ -22,22 +22,22 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers.utils.torch_utils import randn_tensor
-from PIL import Image
 
 from ldm.apps.animate import path as walks
 from ldm.components import autoencoder as vae_lib
 from ldm.components.text_encoder import encode_each_once
 from ldm.core.images import to_tensor, to_uint8, unit_to_uint8
+from ldm.data.decode import read_image_file
 from ldm.data.transforms import resize_and_crop
 from ldm.sampling.inversion import ddim_invert, inversion_sampler
 from ldm.sampling.pipeline import LatentDiffusionPipeline
 
 
-def load_image_tensor(path: str | Path, size: int) -> torch.Tensor:
-    """An image file as a (1, 3, size, size) tensor in [-1, 1]: short side resized, centre-cropped."""
-    with Image.open(path) as image:
-        square = resize_and_crop(image, size, center_crop=True, rng=random.Random(0))
-    return to_tensor(square).unsqueeze(0)
+def load_image_tensor(path: str | Path, size: int | tuple[int, int]) -> torch.Tensor:
+    """An image file (decoded as training data is) as a (1, 3, H, W) tensor in [-1, 1]: resized to
+    cover `size` (a side, or (width, height)), centre-cropped."""
+    cropped = resize_and_crop(read_image_file(path), size, center_crop=True, rng=random.Random(0))
+    return to_tensor(cropped).unsqueeze(0)
 
 
 @dataclass

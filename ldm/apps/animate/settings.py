@@ -205,15 +205,9 @@ def _check_audio(s: WalkSettings) -> None:
 
 
 def _check_image(path: str) -> None:
-    from PIL import Image, UnidentifiedImageError
+    from ldm.data.decode import read_image_file
 
-    try:
-        with Image.open(path) as image:
-            image.load()
-    except FileNotFoundError:
-        raise LdmError(f"image not found: {path}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise LdmError(f"cannot read image {path}: {err}") from None
+    read_image_file(path)
 
 
 def _check_sampler(s: WalkSettings) -> None:

@@ -11,7 +11,7 @@ from typing import ClassVar, Literal
 from pydantic.dataclasses import dataclass
 
 from ldm.core.config import SECTION, require_divides
-from ldm.data.datamodule import require_divisible
+from ldm.data.datamodule import require_divisible_sizes
 from ldm.stages.trainer import RunConfig
 
 
@@ -100,7 +100,7 @@ class Config(RunConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        require_divisible(self.data.resolution, self.model.downsampling_factor, "model.downsampling_factor")
+        require_divisible_sizes(self.data, self.model.downsampling_factor, "model.downsampling_factor")
         if self.latent_scale.shift and self.model.kind == "vq":
             raise ValueError("latent_scale.shift is for KL only: VQModel's config has no shift_factor")
 

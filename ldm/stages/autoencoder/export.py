@@ -27,7 +27,8 @@ def measure_latent_scale(vae: vae_lib.Autoencoder, loader, samples: int, shift: 
     latents, seen = [], 0
     for batch in loader:
         pixels = batch["pixel_values"][: samples - seen].to(vae.device, vae.dtype)
-        latents.append(vae_lib.encode_unscaled(vae, pixels).float().cpu())
+        # flattened: with aspect-ratio buckets each batch's latents have their own shape
+        latents.append(vae_lib.encode_unscaled(vae, pixels).float().cpu().flatten())
         seen += len(pixels)
         if seen >= samples:
             break

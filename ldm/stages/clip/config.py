@@ -11,7 +11,7 @@ from pydantic.dataclasses import dataclass
 from ldm.components.text_encoder import MAX_LENGTH
 from ldm.core import layout
 from ldm.core.config import SECTION
-from ldm.data.datamodule import require_divisible
+from ldm.data.datamodule import require_divisible_sizes
 from ldm.stages.trainer import RunConfig
 
 # Image towers (model.vision.kind). VIT is CLIPModel's own; RESNET, see ldm/components/conv_vision.py.
@@ -108,7 +108,10 @@ class Config(RunConfig):
     def __post_init__(self):
         super().__post_init__()
         if self.model.vision.kind == VIT:
-            require_divisible(self.data.resolution, self.model.vision.patch_size, "model.vision.patch_size")
+            require_divisible_sizes(self.data, self.model.vision.patch_size, "model.vision.patch_size")
+            if self.data.buckets is not None:
+                raise ValueError("data.buckets needs model.vision.kind: resnet (a ViT's position "
+                                 "embeddings fix the size of its images)")
         split = self.validation.zero_shot_split
         if split is not None and self.data.split == split:
             raise ValueError(f"validation.zero_shot_split={split!r} is the training split: zero-shot "

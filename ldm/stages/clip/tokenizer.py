@@ -17,6 +17,7 @@ from ldm.components.text_encoder import MAX_LENGTH
 from ldm.core import layout
 from ldm.core.atomic import atomic_folder
 from ldm.core.errors import LdmError
+from ldm.data.captions import clean_captions
 from ldm.data.config import DataConfig
 from ldm.data.sources import load_source
 from ldm.stages.clip.config import Config
@@ -32,10 +33,7 @@ def caption_iterator(data: DataConfig):
     for i, row in enumerate(column):
         if i >= TOKENIZER_CAPTIONS:
             return
-        value = row[data.caption_column]
-        for text in value if isinstance(value, (list, tuple)) else [value]:
-            if text:
-                yield str(text)
+        yield from clean_captions(row[data.caption_column])
 
 
 def prepare_tokenizer(cfg: Config) -> CLIPTokenizer:

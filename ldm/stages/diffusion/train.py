@@ -9,7 +9,7 @@ import lightning as L
 from ldm.components.autoencoder import FrozenAutoencoder
 from ldm.components.text_encoder import TextConditioner
 from ldm.core import layout
-from ldm.data.datamodule import ImageCaptionDataModule, require_divisible
+from ldm.data.datamodule import ImageCaptionDataModule, require_divisible_sizes
 from ldm.data.latent_datamodule import LatentCacheDataModule, check_cacheable
 from ldm.stages.diffusion.config import Config
 from ldm.stages.diffusion.export import export
@@ -26,7 +26,7 @@ from ldm.stages.trainer import TrainedStage, begin, fit
 def build_module(cfg: Config) -> LatentDiffusion:
     """The engine and its parts, from the config (stage 1 and 1b are read from their folders)."""
     autoencoder = FrozenAutoencoder.load(cfg.vae)
-    require_divisible(cfg.data.resolution, autoencoder.factor, "the autoencoder's downsampling factor")
+    require_divisible_sizes(cfg.data, autoencoder.factor, "the autoencoder's downsampling factor")
     conditioner = TextConditioner.load(cfg.text_encoder, cfg.caption_dropout)
     unet = build_unet(cfg.unet, autoencoder, conditioner, cfg.data.resolution)
     scheduler = build_noise_scheduler(cfg.noise)
