@@ -4,8 +4,11 @@ Lightning restores weights, optimizers, schedulers and loop counters, but not wh
 within the epoch, nor the random number generators. This callback adds both to each checkpoint:
   - how many batches of the current epoch were done, so ResumableShuffleSampler skips them;
   - the RNG states (torch, CUDA, numpy, python) as of the checkpoint, restored before the next step.
-Validation runs with the RNG saved and restored around it, so sampling validation images never
-changes what training draws next: a run validated at step N and resumed from step N agree.
+Validation leaves the RNG as the last training step left it (restored at its end), so sampling
+validation images never changes what training draws next: a run validated at step N and resumed
+from step N agree. The state is taken at the end of the training batch, not at the start of
+validation: Lightning draws the validation loader's base seed from the global RNG before any
+validation hook runs.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import random
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.trainer.states import TrainerFn
 
 from ldm.data.sampler import ResumableShuffleSampler
 
@@ -50,7 +54,7 @@ class ExactResume(Callback):
         self.epoch = 0
         self.batches_done = 0  # in self.epoch
         self.restored: dict | None = None
-        self.before_validation: dict | None = None
+        self.after_training_batch: dict | None = None  # RNG states as the last training batch left them
 
     def on_train_start(self, trainer, pl_module):
         # Runs after the checkpoint is loaded and before the epoch's data iterator is created.
@@ -71,15 +75,12 @@ class ExactResume(Callback):
         if trainer.current_epoch != self.epoch:
             self.epoch, self.batches_done = trainer.current_epoch, 0
         self.batches_done += 1
-
-    def on_validation_start(self, trainer, pl_module):
-        if trainer.training:
-            self.before_validation = rng_states()
+        self.after_training_batch = rng_states()
 
     def on_validation_end(self, trainer, pl_module):
-        if self.before_validation is not None:
-            set_rng_states(self.before_validation)
-            self.before_validation = None
+        # `trainer.training` is False while validating inside fit; the function tells fit apart.
+        if trainer.state.fn == TrainerFn.FITTING and self.after_training_batch is not None:
+            set_rng_states(self.after_training_batch)
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "batches_done": self.batches_done, "rng": rng_states()}
