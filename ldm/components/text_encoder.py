@@ -102,19 +102,25 @@ def tokenize_prompts(tokenizer: CLIPTokenizer, prompts: list[str]) -> torch.Tens
                      return_tensors="pt")["input_ids"]
 
 
-@torch.no_grad()
-def encode_prompts(tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel,
-                   prompts: list[str]) -> torch.Tensor:
+def embed_prompts(tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, prompts: list[str]) -> torch.Tensor:
     """Prompts as the diffusion model's conditioning: CLIP's last hidden state (B, max_length, hidden).
 
     As in Stable Diffusion, every prompt is padded to the tokenizer's max length and no attention
     mask is passed (CLIP's causal mask already keeps padding from changing the prompt's tokens).
     The empty prompt "" gives the unconditional embedding used for classifier-free guidance.
+    Gradients flow when enabled (a text encoder that trains); `encode_prompts` is the frozen use.
     """
     if isinstance(prompts, str):
         raise TypeError("encode_prompts takes a list of prompts, not one string")
     ids = tokenize_prompts(tokenizer, prompts).to(text_encoder.device)
     return text_encoder(input_ids=ids).last_hidden_state
+
+
+@torch.no_grad()
+def encode_prompts(tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel,
+                   prompts: list[str]) -> torch.Tensor:
+    """`embed_prompts` without gradients: the embeddings of a frozen text encoder."""
+    return embed_prompts(tokenizer, text_encoder, prompts)
 
 
 def encode_each_once(tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, prompts: list[str]) -> torch.Tensor:
@@ -149,7 +155,7 @@ class TextConditioner:
         self._empty = None  # the empty prompt's embedding, made on first use on the right device
 
     @classmethod
-    def load(cls, path: str, dropout: float = 0.1) -> "TextConditioner":
+    def load(cls, path: str, dropout: float = 0.1) -> TextConditioner:
         """From a run folder (RUN/text_encoder + RUN/tokenizer), a pipeline or a CLIP folder."""
         tokenizer, text_encoder = load_text_encoder(path)
         return cls(tokenizer, text_encoder, dropout)
@@ -163,7 +169,7 @@ class TextConditioner:
     def device(self) -> torch.device:
         return self.text_encoder.device
 
-    def to(self, device: torch.device | str) -> "TextConditioner":
+    def to(self, device: torch.device | str) -> TextConditioner:
         self.text_encoder.to(device)
         self._empty = None
         return self
@@ -172,16 +178,32 @@ class TextConditioner:
         """(B, max_length, hidden_size) embeddings, as the pipeline makes them."""
         return encode_prompts(self.tokenizer, self.text_encoder, list(prompts))
 
+    def embed(self, prompts: list[str]) -> torch.Tensor:
+        """`encode` with gradients, for a text encoder whose (LoRA) weights train."""
+        return embed_prompts(self.tokenizer, self.text_encoder, list(prompts))
+
     def empty_embedding(self) -> torch.Tensor:
         """(1, max_length, hidden_size): the unconditional embedding used for guidance."""
         if self._empty is None:
             self._empty = self.encode([EMPTY_PROMPT])
         return self._empty
 
+    def _dropped(self, n: int, device, generator: torch.Generator | None) -> torch.Tensor:
+        """Which of n captions to drop: each with probability `dropout`."""
+        return torch.rand(n, generator=generator, device=device) < self.dropout
+
     def drop_captions(self, embeddings: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Each row replaced by the empty prompt's embedding with probability `dropout`."""
         if self.dropout == 0.0:
             return embeddings
-        drop = torch.rand(embeddings.shape[0], generator=generator, device=embeddings.device) < self.dropout
+        drop = self._dropped(embeddings.shape[0], embeddings.device, generator)
         empty = self.empty_embedding().to(embeddings)
         return torch.where(drop[:, None, None], empty, embeddings)
+
+    def drop_caption_texts(self, captions: list[str], generator: torch.Generator | None = None) -> list[str]:
+        """Each caption replaced by the empty prompt with probability `dropout`: for an encoder that
+        trains, whose empty-prompt embedding changes at every step and so cannot be kept."""
+        if self.dropout == 0.0:
+            return list(captions)
+        drop = self._dropped(len(captions), "cpu", generator).tolist()
+        return [EMPTY_PROMPT if dropped else caption for caption, dropped in zip(captions, drop)]
