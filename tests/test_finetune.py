@@ -222,3 +222,80 @@ def test_lora_resume_is_exact(lora_run, tmp_path):
     assert whole.keys() == split.keys()
     for key in whole:
         torch.testing.assert_close(whole[key], split[key], rtol=0, atol=1e-6)
+
+
+def test_text_encoder_lora_trains_exports_and_loads_in_plain_diffusers(tmp_path, base, shapes):
+    config = finetune_config(tmp_path / "run", base, shapes, cache=False,
+                             lora={"rank": 4, "train_text_encoder": True}, train={"lr": 5e-2})
+    stage = train(build(Config, config))
+    encoder = stage.module.conditioner.text_encoder
+    trained = [name for name, p in encoder.named_parameters() if p.requires_grad]
+    assert trained and all("lora_" in name for name in trained)
+    weights = load_file(stage.export / LORA_WEIGHTS)
+    text_keys = [key for key in weights if key.startswith("text_encoder.")]
+    up = [key for key in text_keys if ".up." in key or "lora_B" in key]  # zero at the start, so trained
+    assert up and any(weights[key].abs().max() > 0 for key in up)
+    theirs = images_of(plain_diffusers(base, lora=stage.export))
+    ours = images_of(load_pipeline(base, loras=[LoraChoice(str(stage.export))]))
+    assert np.abs(ours - theirs).max() < 1e-4
+
+
+def test_lora_config_mistakes_are_named(tmp_path, base, shapes):
+    without_base = finetune_config(tmp_path, base, shapes, pretrained=None, vae=str(base / "vae"),
+                                   text_encoder=str(base), lora={})
+    with pytest.raises(LdmError, match="lora: adapters train on top of pretrained weights"):
+        build(Config, without_base)
+    with pytest.raises(LdmError, match="lora.train_text_encoder needs cache: false"):
+        build(Config, finetune_config(tmp_path, base, shapes, lora={"train_text_encoder": True}))
+    with pytest.raises(LdmError, match="lora.target_modules: .*to_nowhere"):
+        build_module(build(Config, finetune_config(tmp_path, base, shapes,
+                                                   lora={"target_modules": ["to_nowhere"]})))
+
+
+# ---- memory savers -------------------------------------------------------------------------------------
+
+def loss_and_gradients(module, seed: int = 0) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """One training loss on fixed images and captions, and the gradients of what trains."""
+    torch.manual_seed(seed)
+    batch = {"pixel_values": torch.rand(4, 3, IMAGE_SIZE, IMAGE_SIZE) * 2 - 1,
+             "caption": [PROMPT, "a blue square", "", "a green triangle on white"]}
+    module.train()
+    latents, embeddings = module.latents_and_embeddings(batch)
+    loss = module.diffusion_loss(latents, embeddings, torch.Generator().manual_seed(seed))
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in module.trained_parameters()]
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tmp_path, base, shapes):
+    config = finetune_config(tmp_path, base, shapes, cache=False, lora={"train_text_encoder": True})
+    plain = build_module(build(Config, config))
+    saving = build_module(build(Config, finetune_config(tmp_path, base, shapes, cache=False,
+                                                        lora={"train_text_encoder": True},
+                                                        train={"gradient_checkpointing": True})))
+    assert saving.unet.is_gradient_checkpointing and saving.text_encoder.is_gradient_checkpointing
+    assert not plain.unet.is_gradient_checkpointing
+    saving.load_state_dict(plain.state_dict())  # the same LoRA initialisation
+    loss, grads = loss_and_gradients(plain)
+    loss_saving, grads_saving = loss_and_gradients(saving)
+    torch.testing.assert_close(loss_saving, loss)
+    assert len(grads) == len(grads_saving) > 0
+    for a, b in zip(grads, grads_saving):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
+
+
+def test_adafactor_trains_and_a_missing_optimizer_package_is_named(tmp_path, base, shapes):
+    stage = train(build(Config, finetune_config(tmp_path / "run", base, shapes,
+                                                train={"optimizer": "adafactor"})))
+    from transformers.optimization import Adafactor
+
+    assert isinstance(stage.trainer.optimizers[0], Adafactor)
+    before = UNet2DConditionModel.from_pretrained(base / "unet").conv_in.weight
+    assert not torch.equal(stage.module.unet.conv_in.weight.cpu(), before)
+
+    from ldm.stages.optimizers import build_optimizer
+
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        with pytest.raises(LdmError, match="adamw8bit needs the bitsandbytes package"):
+            build_optimizer([torch.nn.Parameter(torch.zeros(2))], "adamw8bit", lr=1e-3, weight_decay=0.0)
