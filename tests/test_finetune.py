@@ -211,6 +211,28 @@ def test_lora_on_another_base_is_refused_naming_both(lora_run, base, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_animate_walks_with_the_lora(lora_run, base, tmp_path):
+    """`ldm animate --lora`: the first keyframe is the LoRA's image for its prompt and seed, the
+    walk's settings record the LoRA, and a walk without it is another walk."""
+    import json
+
+    from ldm.apps.animate import video
+    from ldm.cli import main
+
+    stage, _ = lora_run
+    out = tmp_path / "walk"
+    walk = ["animate", str(base), "--prompts", PROMPT, "a blue square", "--frames", "2", "--steps", str(STEPS),
+            "--guidance", str(GUIDANCE), "--out", str(out)]
+    main([*walk, "--lora", str(stage.export), "--lora-scale", "1"])
+    first = video.read_frames(out / "frames", 2)[0].astype(np.float32) / 255
+    ours = images_of(load_pipeline(base, loras=[LoraChoice(str(stage.export))]))[0]
+    assert np.abs(first - ours).max() <= 1 / 255 + 1e-6
+    saved = json.loads((out / "settings.json").read_text())
+    assert saved["loras"][0]["path"] == str(stage.export.resolve()) and saved["loras"][0]["scale"] == 1.0
+    with pytest.raises(SystemExit):  # the same folder without the LoRA: other settings, refused
+        main(walk)
+
+
 def test_lora_resume_is_exact(lora_run, tmp_path):
     """Resumed from the step-2 checkpoint (as after a kill), the adapters end as the run's own."""
     stage, config = lora_run

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 
+from ldm.cli.lora_args import add_lora_arguments, lora_choices_of
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("pipeline", help="RUN/pipeline folder (an --autoencoder walk also takes RUN/vae)")
@@ -60,6 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sampling.add_argument("--sampler", default=None,
                           help="deterministic sampler: dpmsolver++ (default), ddim (image walks: ddim only), ...")
     sampling.add_argument("--negative-prompt", default="", help="negative prompt (default empty)")
+    add_lora_arguments(sampling)
 
 
 def walk_kind(args: argparse.Namespace) -> str:
@@ -94,7 +97,7 @@ def run(args: argparse.Namespace) -> None:
         frames=args.frames, loop=args.loop, even_motion=args.even_motion, even_passes=args.even_passes,
         distance_model=args.distance_model,
         steps=args.steps, guidance=args.guidance, sampler=args.sampler, fps=args.fps,
-        batch_size=args.batch_size, video_scale=args.video_scale,
+        batch_size=args.batch_size, video_scale=args.video_scale, loras=lora_choices_of(args),
     )
     result = animate(settings)
     if result.gif is None:

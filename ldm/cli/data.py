@@ -17,10 +17,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="images of held-out combinations (default max(64, n/5))")
     shapes.add_argument("--size", type=int, default=32, help="image side in pixels (default 32)")
     shapes.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    shapes.add_argument("--colours", nargs="+", metavar="COLOUR",
+                        help="draw only these colours, e.g. pink, which the default data never draws "
+                             "(to teach a trained model a new word); default: the standard palette")
 
 
 def run(args: argparse.Namespace) -> None:
     from ldm.data.shapes.generator import make_shapes_dataset
 
-    out = make_shapes_dataset(args.out, n=args.n, size=args.size, seed=args.seed, n_test=args.n_test)
+    out = make_shapes_dataset(args.out, n=args.n, size=args.size, seed=args.seed, n_test=args.n_test,
+                              colours=args.colours)
     print(f"wrote {args.n} training images to {out / 'train'} and held-out combinations to {out / 'test'}")
