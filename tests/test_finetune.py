@@ -221,8 +221,8 @@ def test_animate_walks_with_the_lora(lora_run, base, tmp_path):
 
     stage, _ = lora_run
     out = tmp_path / "walk"
-    walk = ["animate", str(base), "--prompts", PROMPT, "a blue square", "--frames", "2", "--steps", str(STEPS),
-            "--guidance", str(GUIDANCE), "--out", str(out)]
+    walk = ["animate", str(base), "--prompts", PROMPT, "a blue square", "--frames", "2",
+            "--steps", str(STEPS), "--guidance", str(GUIDANCE), "--out", str(out)]
     main([*walk, "--lora", str(stage.export), "--lora-scale", "1"])
     first = video.read_frames(out / "frames", 2)[0].astype(np.float32) / 255
     ours = images_of(load_pipeline(base, loras=[LoraChoice(str(stage.export))]))[0]

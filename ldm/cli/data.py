@@ -27,4 +27,5 @@ def run(args: argparse.Namespace) -> None:
 
     out = make_shapes_dataset(args.out, n=args.n, size=args.size, seed=args.seed, n_test=args.n_test,
                               colours=args.colours)
-    print(f"wrote {args.n} training images to {out / 'train'} and held-out combinations to {out / 'test'}")
+    test = f"more {', '.join(args.colours)} images" if args.colours else "held-out combinations"
+    print(f"wrote {args.n} training images to {out / 'train'} and {test} to {out / 'test'}")
