@@ -47,6 +47,7 @@ from ldm.stages.trainer import TrainConfig, lr_scheduler
 EMA_KEY = "ema"  # where the EMA weights live in a Lightning checkpoint
 BASE_KEY = "lora_base"  # the base model a LoRA run's checkpoint was trained on
 
+
 class LatentDiffusion(L.LightningModule):
     def __init__(self, unet: UNet2DConditionModel, noise_scheduler: DDPMScheduler, loss: DiffusionLoss,
                  autoencoder: FrozenAutoencoder, conditioner: TextConditioner, train_cfg: TrainConfig,
