@@ -57,7 +57,7 @@ def load_autoencoder(model: ModelConfig, resolution: int) -> vae_lib.Autoencoder
         return build_autoencoder(model, resolution)
     vae = vae_lib.load_vae(model_folder(local_folder(model.pretrained), VAE))
     require_divisible(resolution, vae_lib.downsampling_factor(vae), "the pretrained autoencoder's factor")
-    return vae.requires_grad_(True)  # loaded frozen for later stages' use; this stage trains it
+    return vae.requires_grad_(True).train()  # loaded frozen, in eval mode, for later stages' use
 
 
 def encoder_side(vae: vae_lib.Autoencoder) -> list[torch.nn.Module]:

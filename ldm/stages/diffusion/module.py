@@ -54,10 +54,12 @@ class LatentDiffusion(L.LightningModule):
                  ema: EMAModel | None = None, samples: SamplesConfig | None = None,
                  samples_dir=None, train_text_encoder: bool = False, base: BaseModel | None = None):
         super().__init__()
-        self.unet = unet  # a child module: what the optimizer trains and checkpoints hold
+        # Children in training mode (a pretrained model loads in eval mode, and Lightning keeps the
+        # mode it finds): dropout, the LoRA adapters' included, applies while training.
+        self.unet = unet.train()  # a child module: what the optimizer trains and checkpoints hold
         # The text encoder is a child only when (its adapters) train; otherwise it stays outside,
         # with the conditioner, out of the optimizer and the checkpoints.
-        self.text_encoder = conditioner.text_encoder if train_text_encoder else None
+        self.text_encoder = conditioner.text_encoder.train() if train_text_encoder else None
         self.noise_scheduler, self.loss = noise_scheduler, loss
         self.autoencoder, self.conditioner = autoencoder, conditioner
         self.train_cfg, self.ema = train_cfg, ema
