@@ -126,7 +126,8 @@ class AutoencoderModule(L.LightningModule):
         if not self.has_gan:
             return [ae], [lr_scheduler(ae, train)]
         # No weight decay: before disc_start the discriminator steps on zero gradients (see
-        # `discriminator_step`), which must leave it untouched.
+        # `discriminator_step`), which must leave it untouched. Plain Adam whatever train.optimizer
+        # says: the discriminator is small, and Adam is what leaves it still on zero gradients.
         disc = torch.optim.Adam(self.loss.discriminator.parameters(), lr=loss.disc_lr or train.lr, betas=betas)
         return [ae, disc], [lr_scheduler(ae, train), lr_scheduler(disc, train)]
 
