@@ -198,3 +198,38 @@ def test_perceptual_loss_is_lpips_from_a_local_file_else_ssim(tmp_path):
     save_file({"features.0.weight": torch.zeros(1)}, tmp_path / "bad.safetensors")
     with pytest.raises(LdmError, match="does not hold LPIPS VGG16 weights"):
         LPIPS(tmp_path / "bad.safetensors")
+
+
+@pytest.mark.parametrize("kind", ["kl", "vq"])
+def test_decoder_only_fine_tune_keeps_the_encoder_and_the_latent_scale(shapes, tmp_path, kind):
+    """From a pretrained autoencoder (as RUN/vae): only the decoder side trains, the encoder side
+    (encoder, quant_conv, the VQ codebook) stays bit-identical, and scaling_factor is kept."""
+    pretrained = tmp_path / "pretrained"
+    blocks = dict(down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+                  block_out_channels=(8, 16, 16), norm_num_groups=8, latent_channels=4, scaling_factor=0.37)
+    torch.manual_seed(0)
+    if kind == "kl":
+        start = AutoencoderKL(**blocks)
+    else:
+        start = VQModel(num_vq_embeddings=32, vq_embed_dim=4, **blocks)
+    start.save_pretrained(pretrained)
+    # model: sizes that differ from the loaded ones are ignored; the loaded model is trained.
+    config = write_config(tmp_path / "ae.yaml", shapes, tmp_path / "run", kind,
+                          model={"pretrained": str(pretrained), "channels": [64, 64, 64]},
+                          train={"decoder_only": True, "gradient_checkpointing": kind == "kl"},
+                          loss={"disc": 0.5 if kind == "kl" else 0.0})
+    out = train(config).export
+
+    tuned = vae_lib.load_vae(out)
+    before, after = start.state_dict(), tuned.state_dict()
+    encoder_side = [k for k in before if k.startswith(("encoder.", "quant_conv.", "quantize."))]
+    decoder_side = [k for k in before if k.startswith(("decoder.", "post_quant_conv."))]
+    assert encoder_side and all(torch.equal(before[k], after[k]) for k in encoder_side)
+    assert any(not torch.equal(before[k], after[k]) for k in decoder_side)
+    assert tuned.config.scaling_factor == 0.37
+
+
+def test_decoder_only_needs_a_pretrained_autoencoder(shapes, tmp_path):
+    config = write_config(tmp_path / "ae.yaml", shapes, tmp_path / "run", "kl", train={"decoder_only": True})
+    with pytest.raises(LdmError, match="train.decoder_only needs model.pretrained"):
+        train(config)

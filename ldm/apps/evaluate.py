@@ -129,14 +129,26 @@ def held_out_requests() -> tuple[list[str], list[dict[str, str]]]:
 
 
 def generate_samples(pipeline: str, prompts: list[str], out: str | Path, n: int, seed: int,
-                     steps: int, guidance: float) -> list[Path]:
-    """n images per prompt in `out` (PNGs with their settings, and grid.png), through `ldm generate`."""
+                     steps: int, guidance: float, loras: list = ()) -> list[Path]:
+    """n images per prompt in `out` (PNGs with their settings, and grid.png), through `ldm generate`
+    (with `loras`, `ldm.sampling.lora.LoraChoice`s, loaded onto the pipeline)."""
     from ldm.apps.generate import GenerateOptions, generate, plan
 
     opts = GenerateOptions(pipeline=str(pipeline), prompts=prompts, out=str(out), n=n, seed=seed,
-                           steps=steps, guidance=guidance)
+                           steps=steps, guidance=guidance, loras=list(loras))
     generate(opts)
     return [Path(out) / job.file_name for job in plan(opts)]
+
+
+def shapes_fidelity(pipeline: str, prompts: list[str], attributes: list[dict], out: str | Path,
+                    n: int = 8, seed: int = 0, steps: int = 20, guidance: float = 4.0,
+                    loras: list = ()) -> dict[str, float]:
+    """Prompt fidelity for any shapes prompts: n images per prompt generated into `out`, read back
+    by the attribute checker (the shares right for colour, shape, both and position)."""
+    from ldm.data.shapes.checker import prompt_fidelity
+
+    images = read_samples(generate_samples(pipeline, prompts, out, n, seed, steps, guidance, loras))
+    return prompt_fidelity(images, [wanted for wanted in attributes for _ in range(n)])
 
 
 def read_samples(paths: list[Path]) -> list[Image.Image]:

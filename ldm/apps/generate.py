@@ -3,7 +3,9 @@
 Every image has its own seed: image i of a prompt uses `seed + i`, drawn from its own generator,
 so any one image can be made again alone (`--seed 10 --n 1` remakes image 3 of `--seed 7 --n 4`).
 Files are named by prompt index and seed (`0002-seed10.png`) and carry prompt, negative prompt,
-seed, steps, guidance, sampler and model path in the PNG (`ldm.core.images.read_png_metadata`).
+seed, steps, guidance, sampler and model path in the PNG (`ldm.core.images.read_png_metadata`),
+and the LoRAs it was made with (`--lora DIR --lora-scale S`, checked against the pipeline's UNet
+before any model loads).
 
 Under `accelerate launch`, the prompts are shared out among the processes; each writes only its own
 images, and the main process writes the contact sheet once all have finished.
@@ -11,7 +13,8 @@ images, and the main process writes the contact sheet once all have finished.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -21,6 +24,7 @@ from ldm.apps.processes import inference_processes
 from ldm.core.errors import LdmError
 from ldm.core.images import contact_sheet, read_rgb, write_png
 from ldm.data.decode import read_image_file
+from ldm.sampling.lora import LoraChoice, check_loras
 from ldm.sampling.pipeline_io import check_pipeline_folder, vae_factor
 from ldm.sampling.samplers import DEFAULT_SAMPLER, check_sampler
 
@@ -47,6 +51,7 @@ class GenerateOptions:
     batch_size: int = 8
     device: str | None = None
     dtype: str = "float32"
+    loras: list[LoraChoice] = field(default_factory=list)  # loaded onto the pipeline, each at its scale
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,7 @@ def check_options(opts: GenerateOptions) -> None:
         load_init_image(opts.init_image)
         if not 0 < opts.strength <= 1:
             raise LdmError(f"--strength must be in (0, 1], got {opts.strength}")
+    check_loras(opts.loras, opts.pipeline)
 
 
 def load_init_image(path: str) -> Image.Image:
@@ -127,6 +133,9 @@ def image_metadata(opts: GenerateOptions, job: ImageJob) -> dict[str, str]:
         meta["eta"] = opts.eta
     if opts.init_image is not None:
         meta.update(init_image=str(Path(opts.init_image).resolve()), strength=opts.strength)
+    if opts.loras:
+        meta["loras"] = json.dumps([asdict(LoraChoice(str(Path(lora.path).resolve()), lora.scale))
+                                    for lora in opts.loras])
     return {key: str(value) for key, value in meta.items()}
 
 
@@ -164,7 +173,7 @@ def _generate_jobs(opts: GenerateOptions, jobs: list[ImageJob], out: Path, devic
     from ldm.sampling.pipeline_io import load_pipeline
     from ldm.sampling.samplers import make_sampler
 
-    pipe = load_pipeline(opts.pipeline, dtype=DTYPES[opts.dtype], device=device)
+    pipe = load_pipeline(opts.pipeline, dtype=DTYPES[opts.dtype], device=device, loras=opts.loras)
     pipe.scheduler = make_sampler(opts.sampler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     factor = pipe.vae_scale_factor

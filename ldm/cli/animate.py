@@ -14,6 +14,7 @@ import argparse
 
 from ldm.apps.animate.audio import FEATURES
 from ldm.apps.animate.settings import DEFAULT_AUDIO_SMOOTH, DEFAULT_FRAMES
+from ldm.cli.lora_args import add_lora_arguments, lora_choices_of
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -98,6 +99,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sampling.add_argument("--sampler", default=None,
                           help="deterministic sampler: dpmsolver++ (default), ddim (image walks: ddim only), ...")
     sampling.add_argument("--negative-prompt", default="", help="negative prompt (default empty)")
+    add_lora_arguments(sampling)
 
 
 def walk_kind(args: argparse.Namespace, timeline=None) -> str:
@@ -178,7 +180,7 @@ def run(args: argparse.Namespace) -> None:
         steps=args.steps, guidance=args.guidance, sampler=args.sampler, fps=args.fps,
         batch_size=args.batch_size, video_scale=args.video_scale,
         audio=args.audio, audio_start=args.audio_start, audio_end=args.audio_end, on_beats=args.on_beats,
-        audio_smooth=args.audio_smooth, audio_feature=args.audio_feature,
+        audio_smooth=args.audio_smooth, audio_feature=args.audio_feature, loras=lora_choices_of(args),
     )
     result = animate(settings)
     if result.gif is None:

@@ -26,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="images of held-out combinations (default max(64, n/5))")
     shapes.add_argument("--size", type=int, default=32, help="image side in pixels (default 32)")
     shapes.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    shapes.add_argument("--colours", nargs="+", metavar="COLOUR",
+                        help="draw only these colours, e.g. pink, which the default data never draws "
+                             "(to teach a trained model a new word); default: the standard palette")
     shapes.set_defaults(data_run=run_shapes)
 
     check = sub.add_parser(
@@ -61,8 +64,10 @@ def run(args: argparse.Namespace) -> None:
 def run_shapes(args: argparse.Namespace) -> None:
     from ldm.data.shapes.generator import make_shapes_dataset
 
-    out = make_shapes_dataset(args.out, n=args.n, size=args.size, seed=args.seed, n_test=args.n_test)
-    print(f"wrote {args.n} training images to {out / 'train'} and held-out combinations to {out / 'test'}")
+    out = make_shapes_dataset(args.out, n=args.n, size=args.size, seed=args.seed, n_test=args.n_test,
+                              colours=args.colours)
+    test = f"more {', '.join(args.colours)} images" if args.colours else "held-out combinations"
+    print(f"wrote {args.n} training images to {out / 'train'} and {test} to {out / 'test'}")
 
 
 def run_check(args: argparse.Namespace) -> None:
@@ -121,7 +126,7 @@ def token_counter(path: str):
     if not folder.is_dir():
         raise LdmError(f"--tokenizer {path}: no such folder")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError) as err:
         raise LdmError(f"--tokenizer {path}: no tokenizer there ({str(err).splitlines()[0]})") from None
     return (lambda text: len(tokenizer(text).input_ids)), tokenizer.model_max_length

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ldm.cli.lora_args import add_lora_arguments, lora_choices_of
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("pipeline", help="pipeline folder written by the diffusion stage (RUN/pipeline)")
@@ -28,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="images per model call (default 8)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: the accelerator if any, one per process)")
     parser.add_argument("--dtype", default="float32", help="float32 (default), float16, bfloat16")
+    add_lora_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -38,6 +41,6 @@ def run(args: argparse.Namespace) -> None:
         n=args.n, seed=args.seed, steps=args.steps, guidance=args.guidance, negative=args.negative,
         sampler=args.sampler, eta=args.eta, height=args.height, width=args.width,
         init_image=args.init_image, strength=args.strength, batch_size=args.batch_size,
-        device=args.device, dtype=args.dtype)
+        device=args.device, dtype=args.dtype, loras=lora_choices_of(args))
     written = generate(opts)
     print(f"wrote {len(written)} images to {output_folder(opts)}")

@@ -28,6 +28,7 @@ import torch
 from diffusers import AutoencoderKL, VQModel
 
 from ldm.core.errors import LdmError
+from ldm.core.trust import check_no_code
 
 AUTOENCODER_CLASSES = {"AutoencoderKL": AutoencoderKL, "VQModel": VQModel}
 Autoencoder = AutoencoderKL | VQModel
@@ -35,14 +36,18 @@ Autoencoder = AutoencoderKL | VQModel
 
 def load_vae(path: str | Path, dtype: torch.dtype | None = None) -> Autoencoder:
     """Load RUN/vae (or any folder written by `save_pretrained`), KL or VQ, frozen in eval mode."""
-    path = Path(path)
+    path = check_no_code(path)
     config = path / "config.json"
     if not config.is_file():
         raise LdmError(f"no autoencoder at {path}: {config} is missing (train stage 1 first)")
     name = json.loads(config.read_text()).get("_class_name")
     if name not in AUTOENCODER_CLASSES:
         raise LdmError(f"{config}: _class_name {name!r} is not one of {', '.join(AUTOENCODER_CLASSES)}")
-    vae = AUTOENCODER_CLASSES[name].from_pretrained(path, torch_dtype=dtype, use_safetensors=True)
+    try:
+        vae = AUTOENCODER_CLASSES[name].from_pretrained(path, torch_dtype=dtype, use_safetensors=True)
+    except OSError as err:  # e.g. only pickled weights (.bin), which are never read
+        raise LdmError(f"cannot load the autoencoder in {path} (weights load from safetensors only): "
+                       f"{str(err).splitlines()[0]}") from None
     vae.requires_grad_(False)
     return vae.eval()
 

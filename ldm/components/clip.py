@@ -25,6 +25,7 @@ from transformers import (
 
 from ldm.components import conv_vision  # noqa: F401  (registers the ResNet tower with AutoModel)
 from ldm.core.errors import LdmError
+from ldm.core.trust import check_no_code
 
 # The contrastive image-text models ldm reads: both have get_image_features / get_text_features.
 ClipModel = CLIPModel | VisionTextDualEncoderModel
@@ -40,7 +41,8 @@ def load_clip(path: str | Path, dtype: torch.dtype | None = None) -> tuple[ClipM
         # image processor, warn that torchvision is missing and fall back to this PIL one anyway.
         processor = CLIPProcessor(image_processor=CLIPImageProcessorPil.from_pretrained(path),
                                   tokenizer=CLIPTokenizer.from_pretrained(path))
-        model = AutoModel.from_pretrained(path, dtype=dtype, use_safetensors=True)
+        model = AutoModel.from_pretrained(check_no_code(path), dtype=dtype, use_safetensors=True,
+                                          trust_remote_code=False)
     except (OSError, ValueError) as err:
         raise LdmError(f"cannot load the CLIP model in {path}: {str(err).splitlines()[0]}") from None
     if not isinstance(model, ClipModel):

@@ -19,6 +19,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from ldm.core.errors import LdmError
 from ldm.core.layout import TEXT_ENCODER, TOKENIZER, looks_like_hub_id
+from ldm.core.trust import check_no_code
 
 MAX_LENGTH = 77  # CLIP's context length, and what Stable Diffusion pads every prompt to
 PROMPT_IN_WARNING = 60  # characters of a truncated prompt quoted in the warning
@@ -34,7 +35,7 @@ def load_text_encoder(path_or_hub_id: str | Path, dtype: torch.dtype | None = No
     """
     path = Path(path_or_hub_id).expanduser()
     if path.is_dir():
-        encoder_dir, tokenizer_dir = _local_folders(path)
+        encoder_dir, tokenizer_dir = _local_folders(check_no_code(path))
         try:
             tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
             text_encoder = CLIPTextModel.from_pretrained(encoder_dir, dtype=dtype, use_safetensors=True)
@@ -74,7 +75,8 @@ def _load_from_hub(hub_id: str, dtype) -> tuple[CLIPTokenizer, CLIPTextModel]:
     for encoder_sub, tokenizer_sub in (("", ""), (TEXT_ENCODER, TOKENIZER)):
         try:
             tokenizer = CLIPTokenizer.from_pretrained(hub_id, subfolder=tokenizer_sub)
-            return tokenizer, CLIPTextModel.from_pretrained(hub_id, subfolder=encoder_sub, dtype=dtype)
+            return tokenizer, CLIPTextModel.from_pretrained(hub_id, subfolder=encoder_sub, dtype=dtype,
+                                                            use_safetensors=True)
         except Exception as err:  # the hub raises many types: offline, not found, gated
             errors.append(f"{type(err).__name__}: {_first_line(err)}")
     raise LdmError(f"'{hub_id}' is not a local folder, and loading it from the hub failed: {errors[0]}")
@@ -102,19 +104,25 @@ def tokenize_prompts(tokenizer: CLIPTokenizer, prompts: list[str]) -> torch.Tens
                      return_tensors="pt")["input_ids"]
 
 
-@torch.no_grad()
-def encode_prompts(tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel,
-                   prompts: list[str]) -> torch.Tensor:
+def embed_prompts(tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, prompts: list[str]) -> torch.Tensor:
     """Prompts as the diffusion model's conditioning: CLIP's last hidden state (B, max_length, hidden).
 
     As in Stable Diffusion, every prompt is padded to the tokenizer's max length and no attention
     mask is passed (CLIP's causal mask already keeps padding from changing the prompt's tokens).
     The empty prompt "" gives the unconditional embedding used for classifier-free guidance.
+    Gradients flow when enabled (a text encoder that trains); `encode_prompts` is the frozen use.
     """
     if isinstance(prompts, str):
         raise TypeError("encode_prompts takes a list of prompts, not one string")
     ids = tokenize_prompts(tokenizer, prompts).to(text_encoder.device)
     return text_encoder(input_ids=ids).last_hidden_state
+
+
+@torch.no_grad()
+def encode_prompts(tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel,
+                   prompts: list[str]) -> torch.Tensor:
+    """`embed_prompts` without gradients: the embeddings of a frozen text encoder."""
+    return embed_prompts(tokenizer, text_encoder, prompts)
 
 
 def encode_each_once(tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, prompts: list[str]) -> torch.Tensor:
@@ -172,16 +180,32 @@ class TextConditioner:
         """(B, max_length, hidden_size) embeddings, as the pipeline makes them."""
         return encode_prompts(self.tokenizer, self.text_encoder, list(prompts))
 
+    def embed(self, prompts: list[str]) -> torch.Tensor:
+        """`encode` with gradients, for a text encoder whose (LoRA) weights train."""
+        return embed_prompts(self.tokenizer, self.text_encoder, list(prompts))
+
     def empty_embedding(self) -> torch.Tensor:
         """(1, max_length, hidden_size): the unconditional embedding used for guidance."""
         if self._empty is None:
             self._empty = self.encode([EMPTY_PROMPT])
         return self._empty
 
+    def _dropped(self, n: int, device, generator: torch.Generator | None) -> torch.Tensor:
+        """Which of n captions to drop: each with probability `dropout`."""
+        return torch.rand(n, generator=generator, device=device) < self.dropout
+
     def drop_captions(self, embeddings: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Each row replaced by the empty prompt's embedding with probability `dropout`."""
         if self.dropout == 0.0:
             return embeddings
-        drop = torch.rand(embeddings.shape[0], generator=generator, device=embeddings.device) < self.dropout
+        drop = self._dropped(embeddings.shape[0], embeddings.device, generator)
         empty = self.empty_embedding().to(embeddings)
         return torch.where(drop[:, None, None], empty, embeddings)
+
+    def drop_caption_texts(self, captions: list[str], generator: torch.Generator | None = None) -> list[str]:
+        """Each caption replaced by the empty prompt with probability `dropout`: for an encoder that
+        trains, whose empty-prompt embedding changes at every step and so cannot be kept."""
+        if self.dropout == 0.0:
+            return list(captions)
+        drop = self._dropped(len(captions), "cpu", generator).tolist()
+        return [EMPTY_PROMPT if dropped else caption for caption, dropped in zip(captions, drop)]

@@ -7,6 +7,7 @@ All stages of one model share a run folder (RUN, the config's `run_dir`):
     RUN/tokenizer/
     RUN/clip/           and the whole CLIP with its processor (CLIP score, walk metrics)
     RUN/pipeline/       stage 2 export: what generate, animate and evaluate read
+    RUN/lora/           stage 2 export of a LoRA run instead: the adapters and a note of their base
     RUN/<stage>/        a stage's checkpoints/, logs, loss plot and grids; the CLIP stage's is
                         RUN/clip_training/, because RUN/clip is its export
 """
@@ -20,6 +21,10 @@ TEXT_ENCODER = "text_encoder"
 TOKENIZER = "tokenizer"
 CLIP = "clip"
 PIPELINE = "pipeline"
+LORA = "lora"
+# The parts of a diffusers pipeline folder (RUN/pipeline or a Stable Diffusion folder).
+UNET = "unet"
+SCHEDULER = "scheduler"
 CLIP_TRAINING = "clip_training"
 CHECKPOINTS = "checkpoints"
 LOSS_PLOT = "loss.png"  # in RUN/<stage>/, drawn from the CSV log at the end of training

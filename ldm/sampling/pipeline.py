@@ -10,7 +10,8 @@ gives the same image as Stable Diffusion's for the same seed and scheduler. What
 class lacks and this one adds: a VQ autoencoder (decoded through `ldm.components.autoencoder`), image-to-image in the
 same call (`image=`, `strength=`, as `StableDiffusionImg2ImgPipeline` does it), and prompts that
 repeat in a batch encoded once each, and the text's cross-attention keys and values computed once
-per call instead of once per step (`ldm.sampling.attention_cache`).
+per call instead of once per step (`ldm.sampling.attention_cache`). LoRA adapters load through
+Stable Diffusion's own loader mixin (`load_lora_weights`, `set_adapters`; see `ldm.sampling.lora`).
 
 Export and loading live in `ldm.sampling.pipeline_io`.
 """
@@ -24,6 +25,7 @@ import PIL.Image
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput, UNet2DConditionModel
 from diffusers.image_processor import VaeImageProcessor
+from diffusers.loaders import StableDiffusionLoraLoaderMixin
 from diffusers.schedulers import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
@@ -37,7 +39,7 @@ OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 Generators = torch.Generator | list[torch.Generator] | None
 
 
-class LatentDiffusionPipeline(DiffusionPipeline):
+class LatentDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
     """Text-to-image (and image-to-image) with a CLIP text encoder, a UNet and a KL or VQ autoencoder."""
 
     model_cpu_offload_seq = "text_encoder->unet->vae"

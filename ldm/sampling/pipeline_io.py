@@ -21,6 +21,8 @@ from diffusers import AutoencoderKL, StableDiffusionPipeline
 from ldm.components.autoencoder import AUTOENCODER_CLASSES, Autoencoder
 from ldm.core.atomic import atomic_folder
 from ldm.core.errors import LdmError
+from ldm.core.trust import check_no_code
+from ldm.sampling.lora import LoraChoice, load_loras
 from ldm.sampling.pipeline import LatentDiffusionPipeline
 
 MODEL_INDEX = "model_index.json"
@@ -60,7 +62,7 @@ def export_pipeline(out_dir: str | Path, vae: Autoencoder, text_encoder, tokeniz
 
 def check_pipeline_folder(path: str | Path) -> Path:
     """The folder, or an LdmError naming the first missing part. Reads no weights."""
-    path = Path(path)
+    path = check_no_code(path)
     if not path.is_dir():
         raise LdmError(f"pipeline folder not found: {path} (train the diffusion stage first; it "
                        "exports RUN/pipeline)")
@@ -80,10 +82,13 @@ def vae_factor(path: str | Path) -> int:
 
 
 def load_pipeline(path: str | Path, dtype: torch.dtype | None = None,
-                  device: str | torch.device | None = None) -> LatentDiffusionPipeline:
-    """Load a checked RUN/pipeline as a `LatentDiffusionPipeline`, frozen, on `device`."""
+                  device: str | torch.device | None = None,
+                  loras: list[LoraChoice] = ()) -> LatentDiffusionPipeline:
+    """Load a checked RUN/pipeline as a `LatentDiffusionPipeline`, frozen, on `device`, with
+    `loras` (checked beforehand with `ldm.sampling.lora.check_loras`) loaded at their scales."""
     path = check_pipeline_folder(path)
     pipe = LatentDiffusionPipeline.from_pretrained(path, dtype=dtype, use_safetensors=True)
+    load_loras(pipe, list(loras))  # before moving: the adapters follow the models to the device
     for model in (pipe.vae, pipe.text_encoder, pipe.unet):
         model.requires_grad_(False).eval()
     if device is not None:

@@ -29,11 +29,12 @@ from lightning.pytorch.callbacks import Callback
 from ldm.core.errors import LdmError
 
 RECORD_KEY = "ldm_run"  # where RunRecord puts its record in a checkpoint
-# Config keys a resumed run may change freely: they decide when training stops and what it writes
-# along the way, not what it trains on or how.
-SAFE_TO_CHANGE = ("train.max_steps", "train.max_minutes", "train.val_every_n_steps", "train.limit_val_batches",
-                  "train.checkpoint_every_n_steps", "train.keep_checkpoints", "train.log_every_n_steps",
-                  "train.max_bad_steps", "train.ckpt_path", "data.num_workers")
+# Config keys a resumed run may change freely: they decide when training stops, where and what it
+# writes along the way, not what it trains on or how (the data's own fingerprint guards its content,
+# so a data folder that moved is the same data).
+SAFE_TO_CHANGE = ("run_dir", "data.source", "data.num_workers", "train.max_steps", "train.max_minutes",
+                  "train.val_every_n_steps", "train.limit_val_batches", "train.checkpoint_every_n_steps",
+                  "train.keep_checkpoints", "train.log_every_n_steps", "train.max_bad_steps", "train.ckpt_path")
 # Keys a resumed run may change when the user says so (`--accept-changes KEY`), because the trainer
 # can make the change take effect from the resumed step on.
 ACCEPTABLE_CHANGES = ("train.lr", "train.gradient_clip")
@@ -76,14 +77,15 @@ def resume_checkpoint(folder: Path, last: Path) -> Path | None:
 
 
 def data_fingerprint(source: str) -> str:
-    """What the data is, cheaply: every file's name, size and modification time for a local folder;
-    the name for a hub dataset (whose revision is the hub's business)."""
+    """What the data is, cheaply: every file's name and size for a local folder (not its modification
+    time, so a copied folder is the same data); the name for a hub dataset (whose revision is the
+    hub's business)."""
     path = Path(source).expanduser()
     digest = hashlib.sha256()
     if path.is_dir():
         for file in sorted(p for p in path.rglob("*") if p.is_file()):
             stat = file.stat()
-            digest.update(f"{file.relative_to(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            digest.update(f"{file.relative_to(path)}\0{stat.st_size}\n".encode())
     else:
         digest.update(source.encode())
     return digest.hexdigest()[:16]

@@ -93,6 +93,12 @@ class TrainConfig:
     deterministic: bool | Literal["warn"] = False
     # "last" resumes from the run's last checkpoint; a path resumes from that file.
     ckpt_path: str | None = None
+    # Memory savers (autoencoder and diffusion stages; see ldm/stages/optimizers.py):
+    # adamw8bit needs bitsandbytes; adafactor keeps factored second moments and no first moment.
+    optimizer: Literal["adamw", "adamw8bit", "adafactor"] = "adamw"
+    # Recompute each block's activations in the backward pass instead of keeping them: less memory
+    # for about a third more compute (the UNet, the text encoder when trained, a KL autoencoder).
+    gradient_checkpointing: bool = False
 
     def __post_init__(self):
         for name in ("max_steps", "val_every_n_steps", "checkpoint_every_n_steps",

@@ -91,7 +91,7 @@ def build_renderer(s: WalkSettings, device):
     from ldm.sampling.pipeline_io import load_pipeline
     from ldm.sampling.samplers import make_sampler
 
-    pipe = load_pipeline(s.pipeline, device=device)
+    pipe = load_pipeline(s.pipeline, device=device, loras=s.loras)
     pipe.scheduler = make_sampler(s.sampler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)  # the bar that counts is the one over frames
     if s.kind == "image":
@@ -212,9 +212,11 @@ def animate(settings: WalkSettings) -> AnimationResult:
     s = resolve(settings)
     out = Path(s.out)
     if s.uses_diffusion:
+        from ldm.sampling.lora import check_loras
         from ldm.sampling.pipeline_io import check_pipeline_folder
 
         check_pipeline_folder(s.pipeline)
+        check_loras(s.loras, s.pipeline)
     else:
         _autoencoder_folder(s.pipeline)
     plan = plan_walk(s)  # decodes the audio: its mistakes are found before anything is written

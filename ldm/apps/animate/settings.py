@@ -32,6 +32,7 @@ from pathlib import Path
 
 from ldm.apps.animate.audio import FEATURES
 from ldm.core.errors import LdmError
+from ldm.sampling.lora import LORA_WEIGHTS, LoraChoice
 
 WALK_KINDS = ("prompt", "seed", "image", "autoencoder")
 DEFAULT_GUIDANCE = 4.0
@@ -78,6 +79,7 @@ class WalkSettings:
     on_beats: bool = False  # snap keyframes (but the walk's ends) to the nearest onset in the audio
     audio_smooth: float = DEFAULT_AUDIO_SMOOTH  # seconds of Gaussian smoothing of the audio target
     audio_feature: str = "onsets"  # what motion follows: onset strength or RMS "energy"
+    loras: list[LoraChoice] = field(default_factory=list)  # LoRA folders, each at its scale
 
     @property
     def num_keyframes(self) -> int:
@@ -118,6 +120,8 @@ def resolve(settings: WalkSettings) -> WalkSettings:
     )
     _check_numbers(settings)
     _check_keyframes(settings)
+    if settings.loras and not settings.uses_diffusion:
+        raise LdmError("--lora is for walks through the diffusion model, not an --autoencoder walk")
     _check_times(settings)
     _check_audio(settings)
     settings = replace(settings, guidances=_keyframe_guidances(settings))
@@ -245,10 +249,18 @@ def render_settings(s: WalkSettings) -> dict:
     pipeline = Path(s.pipeline).resolve()
     saved["pipeline"] = str(pipeline)
     # A re-exported pipeline has new weights: their sizes and modification times tell.
-    saved["weights"] = {str(p.relative_to(pipeline)): [p.stat().st_size, p.stat().st_mtime_ns]
+    saved["weights"] = {str(p.relative_to(pipeline)): _file_stamp(p)
                         for p in sorted(pipeline.rglob("*.safetensors"))}
     saved["images"] = [{"path": str(Path(p).resolve()), "sha256": _sha256(p)} for p in s.images]
+    saved.pop("loras")
+    if s.loras:  # like the pipeline's weights: a retrained LoRA must not mix with older frames
+        saved["loras"] = [{"path": str(Path(lora.path).resolve()), "scale": lora.scale,
+                           "weights": _file_stamp(Path(lora.path) / LORA_WEIGHTS)} for lora in s.loras]
     return json.loads(json.dumps(saved))  # as it reads back from JSON (lists, floats)
+
+
+def _file_stamp(path: Path) -> list[int]:
+    return [path.stat().st_size, path.stat().st_mtime_ns]
 
 
 def _sha256(path: str) -> str:

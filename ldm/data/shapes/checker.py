@@ -6,7 +6,8 @@ colour and the shape it was asked for? It works for single-object images of `ldm
 1. the background is the colour most corners agree on (objects never reach the corners),
 2. every pixel gets a soft "object" weight: how far its colour has moved from the background,
    relative to the furthest pixel (edges blended by antialiasing count partly),
-3. the colour is the mean of the clearly-object pixels, named by the nearest of `COLOURS`,
+3. the colour is the mean of the clearly-object pixels, named by the nearest of `ALL_COLOURS` (the
+   default palette and the colours only drawn when asked for, such as pink),
 4. the shape is the template (circle, square, triangle, drawn as `ldm.data.shapes.generator` draws them, at
    the object's centroid and with its area) that overlaps the weight map best,
 5. the position is the named position nearest the centroid.
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ldm.data.shapes.generator import COLOURS, POSITIONS, SHAPES
+from ldm.data.shapes.generator import ALL_COLOURS, POSITIONS, SHAPES
 
 CORE = 0.6  # weight above which a pixel counts as object for its colour (not an antialiased edge)
 MIN_OBJECT_PIXELS = 2.0  # total weight below this: the image holds no object
@@ -64,8 +65,8 @@ def object_weights(pixels: np.ndarray, background: np.ndarray) -> np.ndarray:
 
 
 def nearest_colour(rgb: np.ndarray) -> str:
-    names = list(COLOURS)
-    table = np.array([COLOURS[n] for n in names], dtype=np.float32)
+    names = list(ALL_COLOURS)
+    table = np.array([ALL_COLOURS[n] for n in names], dtype=np.float32)
     return names[int(np.argmin(np.linalg.norm(table - rgb, axis=1)))]
 
 

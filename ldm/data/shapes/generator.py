@@ -8,6 +8,10 @@ evaluation can check generated images against the prompt.
 A fixed set of (colour, shape, position) combinations never appears in OUT/train; OUT/test holds
 images of exactly those combinations, for judging whether a model composes what it learned.
 `load_dataset("imagefolder", data_dir=OUT)` reads the two folders as the splits "train" and "test".
+
+`colours` restricts the objects to some colours, including ones the default data never draws
+(`NEW_COLOURS`, e.g. `ldm data shapes OUT --colours pink`): data for teaching a model trained on the
+default data a word it never saw. Both splits then draw from those colours alone.
 """
 
 from __future__ import annotations
@@ -29,6 +33,10 @@ COLOURS = {
     "purple": (150, 60, 200),
     "orange": (250, 140, 20),
 }
+# Colours the default data never draws, only asked for by name (`colours=`): a model trained on the
+# default data has never seen them, nor their words. Far from every colour above and the backgrounds.
+NEW_COLOURS = {"pink": (255, 105, 180)}
+ALL_COLOURS = {**COLOURS, **NEW_COLOURS}
 SHAPES = ("circle", "square", "triangle")
 SIZES = ("small", "large")
 # Object centres as fractions of the image side, named as the captions say them.
@@ -98,13 +106,14 @@ def held_out_prompts() -> list[str]:
     return [f"a {colour} {shape} {position}" for colour, shape, position in HELD_OUT]
 
 
-def _random_object(rng: random.Random, held_out: bool, size: str | None = None) -> ShapeObject:
+def _random_object(rng: random.Random, held_out: bool, size: str | None = None,
+                   colours: list[str] | None = None) -> ShapeObject:
     if held_out:
         colour, shape, position = rng.choice(HELD_OUT)
         return ShapeObject(colour, shape, size or rng.choice(SIZES), position)
     while True:
         obj = ShapeObject(
-            rng.choice(list(COLOURS)), rng.choice(SHAPES), size or rng.choice(SIZES),
+            rng.choice(colours or list(COLOURS)), rng.choice(SHAPES), size or rng.choice(SIZES),
             rng.choice(list(POSITIONS)),
         )
         if not is_held_out(obj):
@@ -115,7 +124,7 @@ def _draw(draw: ImageDraw.ImageDraw, obj: ShapeObject, side: int, jitter: tuple[
     cx, cy = POSITIONS[obj.position]
     cx, cy = (cx + jitter[0]) * side, (cy + jitter[1]) * side
     r = RADIUS[obj.size] * side
-    fill = COLOURS[obj.colour]
+    fill = ALL_COLOURS[obj.colour]
     if obj.shape == "circle":
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
     elif obj.shape == "square":
@@ -148,17 +157,19 @@ def caption(objects: list[ShapeObject], background: str, rng: random.Random) -> 
     return text[0].upper() + text[1:] if rng.random() < 0.5 else text
 
 
-def make_example(rng: random.Random, size: int, held_out: bool) -> tuple[Image.Image, dict]:
+def make_example(rng: random.Random, size: int, held_out: bool,
+                 colours: list[str] | None = None) -> tuple[Image.Image, dict]:
+    """One image and its record; `colours`: draw only these (None: the default palette)."""
     background = rng.choice(list(BACKGROUNDS))
     two = not held_out and rng.random() < TWO_OBJECT_SHARE
     if two:  # two small objects in different regions, so they never overlap
-        first = _random_object(rng, False, size="small")
-        second = _random_object(rng, False, size="small")
+        first = _random_object(rng, False, size="small", colours=colours)
+        second = _random_object(rng, False, size="small", colours=colours)
         while second.position == first.position:
-            second = _random_object(rng, False, size="small")
+            second = _random_object(rng, False, size="small", colours=colours)
         objects = [first, second]
     else:
-        objects = [_random_object(rng, held_out)]
+        objects = [_random_object(rng, held_out, colours=colours)]
     image = render(objects, background, size, rng)
     first = objects[0]
     second = objects[1] if two else None
@@ -178,11 +189,12 @@ def make_example(rng: random.Random, size: int, held_out: bool) -> tuple[Image.I
     return image, record
 
 
-def write_split(folder: Path, n: int, size: int, rng: random.Random, held_out: bool) -> None:
+def write_split(folder: Path, n: int, size: int, rng: random.Random, held_out: bool,
+                colours: list[str] | None = None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     lines = []
     for i in range(n):
-        image, record = make_example(rng, size, held_out)
+        image, record = make_example(rng, size, held_out, colours)
         name = f"{i:06d}.png"
         image.save(folder / name, format="PNG")
         lines.append(json.dumps({"file_name": name, **record}))
@@ -190,8 +202,14 @@ def write_split(folder: Path, n: int, size: int, rng: random.Random, held_out: b
 
 
 def make_shapes_dataset(out: str | Path, n: int = 500, size: int = 32, seed: int = 0,
-                        n_test: int | None = None) -> Path:
-    """Write OUT/train (n images) and OUT/test (held-out combinations); same seed, same bytes."""
+                        n_test: int | None = None, colours: list[str] | None = None) -> Path:
+    """Write OUT/train (n images) and OUT/test (held-out combinations); same seed, same bytes.
+
+    With `colours`, only those colours are drawn, and OUT/test holds more images of them (the
+    held-out combinations are of the default palette)."""
+    unknown = [name for name in colours or [] if name not in ALL_COLOURS]
+    if unknown:
+        raise LdmError(f"--colours: unknown colour {unknown[0]!r}; choose from {', '.join(ALL_COLOURS)}")
     if n < 1:
         raise LdmError(f"--n must be at least 1, got {n}")
     if size < 16:
@@ -201,6 +219,6 @@ def make_shapes_dataset(out: str | Path, n: int = 500, size: int = 32, seed: int
         raise LdmError(f"{out} exists and is not a shapes dataset; choose an empty or new folder")
     n_test = max(len(HELD_OUT) * 8, n // 5) if n_test is None else n_test
     rng = random.Random(seed)
-    write_split(out / "train", n, size, rng, held_out=False)
-    write_split(out / "test", n_test, size, rng, held_out=True)
+    write_split(out / "train", n, size, rng, held_out=False, colours=colours)
+    write_split(out / "test", n_test, size, rng, held_out=not colours, colours=colours)
     return out

@@ -1,5 +1,5 @@
-"""The autoencoder stage's config: the model's shape, each loss term's weight, codebook care (VQ)
-and how the latent scale is measured."""
+"""The autoencoder stage's config: the model's shape (or the pretrained model to start from), each
+loss term's weight, codebook care (VQ), how the latent scale is measured, and what trains."""
 
 from __future__ import annotations
 
@@ -12,11 +12,14 @@ from pydantic.dataclasses import dataclass
 
 from ldm.core.config import SECTION, require_divides
 from ldm.data.datamodule import require_divisible_sizes
-from ldm.stages.trainer import RunConfig
+from ldm.stages.trainer import RunConfig, TrainConfig
 
 
 @dataclass(config=SECTION)
 class ModelConfig:
+    # An AutoencoderKL / VQModel folder to start from (RUN/vae, a pipeline folder with vae/, or a
+    # hub id); the kind and sizes below are then the loaded model's, and ignored.
+    pretrained: str | None = None
     kind: Literal["kl", "vq"] = "kl"
     # f: each latent cell covers f x f pixels. One encoder level per entry of `channels`, each but
     # the last halving the resolution, so len(channels) must be log2(f) + 1.
@@ -90,9 +93,20 @@ class LatentScaleConfig:
 
 
 @dataclass(config=SECTION)
+class AutoencoderTrainConfig(TrainConfig):
+    """The shared `train:` section, plus what only this stage can do (other stages reject the key)."""
+
+    # Train only the decoder (and post_quant_conv); the encoder, quant_conv and a VQ codebook stay
+    # frozen, so the latent space, and any diffusion model trained on it, stays valid: this is how
+    # Stable Diffusion's VAE decoders were improved. The loaded scaling factor is kept, not re-measured.
+    decoder_only: bool = False
+
+
+@dataclass(config=SECTION)
 class Config(RunConfig):
     STAGE: ClassVar[str] = "autoencoder"
 
+    train: AutoencoderTrainConfig = field(default_factory=AutoencoderTrainConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     codebook: CodebookConfig = field(default_factory=CodebookConfig)
@@ -100,7 +114,11 @@ class Config(RunConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        require_divisible_sizes(self.data, self.model.downsampling_factor, "model.downsampling_factor")
+        if self.model.pretrained is None:  # a pretrained model's factor is checked once it is loaded
+            require_divisible_sizes(self.data, self.model.downsampling_factor, "model.downsampling_factor")
+        if self.train.decoder_only and self.model.pretrained is None:
+            raise ValueError("train.decoder_only needs model.pretrained: a new encoder frozen at random "
+                             "would give the decoder nothing to learn from")
         if self.latent_scale.shift and self.model.kind == "vq":
             raise ValueError("latent_scale.shift is for KL only: VQModel's config has no shift_factor")
 

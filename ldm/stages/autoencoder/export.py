@@ -3,6 +3,8 @@
     RUN/vae/    save_pretrained in safetensors, with `scaling_factor` (and `shift_factor`, for KL
                 with `latent_scale.shift`) measured on the data: 1 / std of the latents, as latent
                 diffusion's `scale_by_std` does, so the diffusion stage sees unit-variance latents.
+                With `train.decoder_only` the encoder did not change, and neither did its latents:
+                the loaded model's factors are kept (a UNet trained on them stays valid).
 
 It loads with AutoencoderKL / VQModel.from_pretrained and with `ldm.components.autoencoder.load_vae`."""
 
@@ -56,14 +58,21 @@ def save_vae(vae: vae_lib.Autoencoder, out_dir: str | Path, scaling_factor: floa
 
 
 def export(module: AutoencoderModule, datamodule: ImageCaptionDataModule, out_dir: Path) -> Path:
-    """Measure the latent scale on training images and export the autoencoder to `out_dir` (RUN/vae)."""
+    """Measure the latent scale on training images (or keep it, when only the decoder trained) and
+    export the autoencoder to `out_dir` (RUN/vae)."""
     cfg = module.cfg
     vae = module.vae.eval()
-    scale, mean = measure_latent_scale(vae, datamodule.train_dataloader(), cfg.latent_scale.samples,
-                                       cfg.latent_scale.shift)
-    out = save_vae(vae, out_dir, scale, mean if cfg.latent_scale.shift else None)
-    print(f"autoencoder: scaling_factor={scale:.4f}" + (f" shift_factor={mean:.4f}" if cfg.latent_scale.shift else "")
-          + f", exported to {out}")
+    if cfg.train.decoder_only:
+        scale, shift = vae.config.scaling_factor, getattr(vae.config, "shift_factor", None)
+        how = "kept from the pretrained model"
+    else:
+        scale, mean = measure_latent_scale(vae, datamodule.train_dataloader(), cfg.latent_scale.samples,
+                                           cfg.latent_scale.shift)
+        shift = mean if cfg.latent_scale.shift else None
+        how = "measured"
+    out = save_vae(vae, out_dir, scale, shift)
+    print(f"autoencoder: scaling_factor={scale:.4f}" + (f" shift_factor={shift:.4f}" if shift else "")
+          + f" ({how}), exported to {out}")
     return out
 
 

@@ -5,7 +5,11 @@ Each batch takes two optimizer steps under manual optimization: the autoencoder 
 `codebook.py` counts code usage and revives dead codes.
 
 Validation logs PSNR and SSIM (and codebook usage and perplexity for VQ) on the held-out split
-and writes a grid of originals over reconstructions to RUN/autoencoder/reconstructions/."""
+and writes a grid of originals over reconstructions to RUN/autoencoder/reconstructions/.
+
+The autoencoder is new (sized by `model:`) or loaded (`model.pretrained`); with
+`train.decoder_only` its encoder side (encoder, quant_conv, a VQ codebook) is frozen and only the
+decoder trains, so the latents it makes stay exactly what they were."""
 
 from __future__ import annotations
 
@@ -16,15 +20,21 @@ from diffusers import AutoencoderKL, VQModel
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from ldm.components import autoencoder as vae_lib
+from ldm.components.pretrained import local_folder, model_folder
+from ldm.core.errors import LdmError
 from ldm.core.images import image_grid, write_png
+from ldm.core.layout import VAE
+from ldm.data.datamodule import require_divisible
 from ldm.metrics.image_quality import psnr, ssim
 from ldm.stages.autoencoder.codebook import CodebookCare, perplexity, usage
 from ldm.stages.autoencoder.config import Config, ModelConfig
 from ldm.stages.autoencoder.losses import AutoencoderLoss
+from ldm.stages.optimizers import build_optimizer
 from ldm.stages.trainer import lr_scheduler
 
 GRID_IMAGES = 8  # columns of the validation grid
 GRID_UPSCALE = 4  # 32 px images are too small to judge at their own size
+
 
 def build_autoencoder(model: ModelConfig, resolution: int) -> vae_lib.Autoencoder:
     levels = len(model.channels)
@@ -41,25 +51,54 @@ def build_autoencoder(model: ModelConfig, resolution: int) -> vae_lib.Autoencode
     return VQModel(num_vq_embeddings=model.num_codes, vq_embed_dim=model.latent_channels, **common)
 
 
+def load_autoencoder(model: ModelConfig, resolution: int) -> vae_lib.Autoencoder:
+    """`model.pretrained` loaded for training, else a new autoencoder sized by `model:`."""
+    if model.pretrained is None:
+        return build_autoencoder(model, resolution)
+    vae = vae_lib.load_vae(model_folder(local_folder(model.pretrained), VAE))
+    require_divisible(resolution, vae_lib.downsampling_factor(vae), "the pretrained autoencoder's factor")
+    return vae.requires_grad_(True).train()  # loaded frozen, in eval mode, for later stages' use
+
+
+def encoder_side(vae: vae_lib.Autoencoder) -> list[torch.nn.Module]:
+    """What makes the latents: frozen by `train.decoder_only` so that they stay the same."""
+    parts = [vae.encoder, vae.quant_conv]  # quant_conv is None in a KL model without it
+    if isinstance(vae, VQModel):
+        parts.append(vae.quantize)  # the codebook: decoding reads the latents through it
+    return [part for part in parts if part is not None]
+
+
 class AutoencoderModule(L.LightningModule):
     def __init__(self, cfg: Config):
         super().__init__()
         self.automatic_optimization = False
         self.cfg = cfg
-        self.vae = build_autoencoder(cfg.model, cfg.data.resolution)
+        self.vae = load_autoencoder(cfg.model, cfg.data.resolution)
+        if cfg.train.decoder_only:
+            for part in encoder_side(self.vae):
+                part.requires_grad_(False)
+        if cfg.train.gradient_checkpointing:
+            if not self.vae._supports_gradient_checkpointing:
+                raise LdmError(f"train.gradient_checkpointing: diffusers' {type(self.vae).__name__} does not "
+                               "support it (AutoencoderKL does)")
+            self.vae.enable_gradient_checkpointing()
         loss = cfg.loss
         weights = {k: getattr(loss, k) for k in ("l1", "l2", "perceptual", "kl", "codebook", "commitment", "disc")}
         self.loss = AutoencoderLoss(weights, loss.lpips_weights, loss.disc_layers, loss.disc_channels)
         self.codebook = None
         if self.is_vq:
-            self.codebook = CodebookCare(cfg.model.num_codes, cfg.model.latent_channels,
+            self.codebook = CodebookCare(self.num_codes, self.vae.config.vq_embed_dim,
                                          cfg.codebook.recent_vectors)
         self.val_counts: torch.Tensor | None = None
         self.val_grid: list[torch.Tensor] = []
 
     @property
     def is_vq(self) -> bool:
-        return self.cfg.model.kind == "vq"
+        return isinstance(self.vae, VQModel)
+
+    @property
+    def num_codes(self) -> int:
+        return self.vae.config.num_vq_embeddings
 
     @property
     def has_gan(self) -> bool:
@@ -81,11 +120,14 @@ class AutoencoderModule(L.LightningModule):
     def configure_optimizers(self):
         train, loss = self.cfg.train, self.cfg.loss
         betas = tuple(loss.betas)
-        ae = torch.optim.AdamW(self.vae.parameters(), lr=train.lr, betas=betas, weight_decay=train.weight_decay)
+        trained = [p for p in self.vae.parameters() if p.requires_grad]  # decoder_only: the decoder's
+        ae = build_optimizer(trained, train.optimizer, lr=train.lr, weight_decay=train.weight_decay,
+                             betas=betas)
         if not self.has_gan:
             return [ae], [lr_scheduler(ae, train)]
         # No weight decay: before disc_start the discriminator steps on zero gradients (see
-        # `discriminator_step`), which must leave it untouched.
+        # `discriminator_step`), which must leave it untouched. Plain Adam whatever train.optimizer
+        # says: the discriminator is small, and Adam is what leaves it still on zero gradients.
         disc = torch.optim.Adam(self.loss.discriminator.parameters(), lr=loss.disc_lr or train.lr, betas=betas)
         return [ae, disc], [lr_scheduler(ae, train), lr_scheduler(disc, train)]
 
@@ -162,7 +204,7 @@ class AutoencoderModule(L.LightningModule):
 
     def maybe_revive_codes(self) -> None:
         every = self.cfg.codebook.revive_every
-        if not every or (self.step + 1) % every:
+        if not every or (self.step + 1) % every or self.cfg.train.decoder_only:  # a frozen codebook stays
             return
         counts = self.trainer.strategy.reduce(self.codebook.counts.clone(), reduce_op="sum")
         self.log("train/codebook_usage", usage(counts))
@@ -180,14 +222,14 @@ class AutoencoderModule(L.LightningModule):
     def on_validation_epoch_start(self):
         self.val_grid = []
         if self.is_vq:
-            self.val_counts = torch.zeros(self.cfg.model.num_codes, dtype=torch.long, device=self.device)
+            self.val_counts = torch.zeros(self.num_codes, dtype=torch.long, device=self.device)
 
     def validation_step(self, batch, batch_idx):
         pixels = batch["pixel_values"]
         if self.is_vq:  # the export's own path: vae(x) = decode(encode(x)), quantizing in decode
             h = self.vae.encode(pixels).latents
             _, _, (_, _, indices) = self.vae.quantize(h)
-            self.val_counts += torch.bincount(indices.flatten(), minlength=self.cfg.model.num_codes)
+            self.val_counts += torch.bincount(indices.flatten(), minlength=self.num_codes)
             reconstructions = self.vae.decode(h).sample
         else:
             reconstructions = self.vae(pixels).sample  # the posterior's mode

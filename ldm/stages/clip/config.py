@@ -116,6 +116,9 @@ class Config(RunConfig):
         if split is not None and self.data.split == split:
             raise ValueError(f"validation.zero_shot_split={split!r} is the training split: zero-shot "
                              "accuracy must be measured on images the model never saw")
+        if self.train.optimizer != "adamw" or self.train.gradient_checkpointing:
+            raise ValueError("train.optimizer and train.gradient_checkpointing are for the autoencoder and "
+                             "diffusion stages: the CLIP stage trains a small model with AdamW")
 
     @property
     def stage_dir(self) -> Path:

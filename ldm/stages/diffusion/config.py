@@ -1,5 +1,6 @@
-"""The diffusion stage's config: where stages 1 and 1b are, and one section per part of the engine
-(`unet:`, `noise:`, `loss:`, `ema:`) and for the validation samples (`samples:`)."""
+"""The diffusion stage's config: where stages 1 and 1b are (or the pretrained pipeline to start
+from), one section per part of the engine (`unet:`, `noise:`, `loss:`, `ema:`, `lora:`) and one for
+the validation samples (`samples:`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ from ldm.stages.trainer import RunConfig
 
 @dataclass(config=SECTION)
 class UNetConfig:
+    # A UNet folder (or a pipeline folder with unet/, or a hub id) to start from: only the UNet is
+    # loaded, and the sizes below are then ignored (they are the loaded UNet's).
+    pretrained: str | None = None
     block_out_channels: list[int] = field(default_factory=lambda: [320, 640, 1280, 1280])
     down_block_types: list[str] = field(default_factory=lambda: [
         "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"])
@@ -58,6 +62,31 @@ class EmaConfig:
     power: float = 2 / 3
 
 
+# The UNet's attention projections (self- and cross-attention), as diffusers' LoRA script targets.
+UNET_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+TEXT_ENCODER_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]  # CLIP's attention projections
+
+
+@dataclass(config=SECTION)
+class LoraConfig:
+    """Train low-rank adapters (peft's LoRA) instead of the UNet's weights; needs a pretrained UNet."""
+
+    rank: int = 8
+    alpha: float | None = None  # the adapters' output is scaled by alpha / rank; null: alpha = rank
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: list(UNET_LORA_TARGETS))
+    train_text_encoder: bool = False  # also adapters on the text encoder's attention (needs cache: false)
+    text_encoder_target_modules: list[str] = field(default_factory=lambda: list(TEXT_ENCODER_LORA_TARGETS))
+
+    def __post_init__(self):
+        if self.rank < 1:
+            raise ValueError(f"lora.rank must be at least 1, got {self.rank}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+        if not self.target_modules:
+            raise ValueError("lora.target_modules must name at least one module (e.g. to_q)")
+
+
 @dataclass(config=SECTION)
 class SamplesConfig:
     prompts: list[str] = field(default_factory=list)  # none: no sample grids
@@ -77,17 +106,37 @@ class Config(RunConfig):
     STAGE: ClassVar[str] = "diffusion"
 
     stage: str = "diffusion"
-    vae: str  # RUN/vae of stage 1 (or any folder an AutoencoderKL / VQModel loads from)
-    text_encoder: str  # RUN of stage 1b (text_encoder/ + tokenizer/), a pipeline or a CLIP folder
+    # A diffusers pipeline folder (RUN/pipeline, a Stable Diffusion 1.x/2.x folder) or hub id to
+    # start from: its UNet, autoencoder, text encoder, tokenizer and noise schedule. `vae:`,
+    # `text_encoder:` and `noise:` override their part; `unet.pretrained` overrides the UNet.
+    pretrained: str | None = None
+    vae: str | None = None  # RUN/vae of stage 1 (or any AutoencoderKL / VQModel folder)
+    text_encoder: str | None = None  # RUN of stage 1b (text_encoder/, tokenizer/), a pipeline or CLIP folder
     cache: bool = True  # false: encode images and captions at every step (streamed data)
     caption_dropout: float = 0.1  # share of captions replaced by "" to learn unconditional denoising
     unet: UNetConfig = field(default_factory=UNetConfig)
-    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    noise: NoiseConfig | None = None  # null: the pretrained pipeline's schedule, else the defaults
     loss: LossConfig = field(default_factory=LossConfig)
     ema: EmaConfig = field(default_factory=EmaConfig)
+    lora: LoraConfig | None = None  # null: train the UNet's own weights
     samples: SamplesConfig = field(default_factory=SamplesConfig)
 
     def __post_init__(self):
         super().__post_init__()
         if not 0.0 <= self.caption_dropout < 1.0:
             raise ValueError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
+        for part in ("vae", "text_encoder"):
+            if self.pretrained is None and getattr(self, part) is None:
+                raise ValueError(f"{part}: say where the {part.replace('_', ' ')} is, or give `pretrained:` "
+                                 "(a pipeline folder) to take it from")
+        if self.lora is not None and self.unet_source is None:
+            raise ValueError("lora: adapters train on top of pretrained weights: give `pretrained:` or "
+                             "`unet.pretrained:`")
+        if self.lora is not None and self.lora.train_text_encoder and self.cache:
+            raise ValueError("lora.train_text_encoder needs cache: false (the latent cache holds caption "
+                             "embeddings of the frozen text encoder)")
+
+    @property
+    def unet_source(self) -> str | None:
+        """Where the UNet's starting weights come from (None: a new, randomly initialised UNet)."""
+        return self.unet.pretrained or self.pretrained

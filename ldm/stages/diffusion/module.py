@@ -1,16 +1,22 @@
 """The diffusion engine, a LightningModule that receives its parts, each built from its own config
 section (`parts.py`), as Stability AI's generative-models composes its diffusion engine:
 
-    network       UNet2DConditionModel                (trained; `unet:`)
+    network       UNet2DConditionModel                (trained; `unet:`, or `pretrained:`)
     noise         DDPMScheduler                       (`noise:`)
     loss          DiffusionLoss: target, min-SNR, noise offset                 (`loss:`)
     conditioner   frozen CLIP text encoder of stage 1b, caption dropout  (`text_encoder:`)
     autoencoder   frozen autoencoder of stage 1                          (`vae:`)
-    ema           EMAModel of the UNet weights, used for validation and export   (`ema:`)
+    ema           EMAModel of the trained weights, used for validation and export   (`ema:`)
+
+What trains is every parameter that requires a gradient: the whole UNet, or with `lora:` only the
+adapters peft added to it (and to the text encoder, which then becomes a child module too). The
+optimizer, the EMA and the checkpoints hold exactly those; the frozen base weights are not written
+into every checkpoint but put back from the pretrained model on resume, after checking (by the
+fingerprint of its weights) that it is the same base.
 
 Data arrive either from the latent cache (`cache: true`, the default: latent moments and caption
 embeddings computed once, see `ldm.data.latent_cache`) or as images and captions, encoded at every
-step (`cache: false`, for streamed data)."""
+step (`cache: false`, for streamed data and a text encoder that trains)."""
 
 from __future__ import annotations
 
@@ -25,41 +31,66 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from ldm.components.autoencoder import FrozenAutoencoder
 from ldm.components.text_encoder import TextConditioner
+from ldm.core.errors import LdmError
+from ldm.sampling.lora import BaseModel
 from ldm.stages.diffusion.losses import DiffusionLoss
+from ldm.stages.diffusion.parts import trained_parameters
 from ldm.stages.diffusion.samples import (
     SamplesConfig,
     inference_scheduler,
     sample_grid,
     save_grid,
 )
+from ldm.stages.optimizers import build_optimizer
 from ldm.stages.trainer import TrainConfig, lr_scheduler
 
-PIPELINE = "pipeline"
-
-
 EMA_KEY = "ema"  # where the EMA weights live in a Lightning checkpoint
+BASE_KEY = "lora_base"  # the base model a LoRA run's checkpoint was trained on
+
 
 class LatentDiffusion(L.LightningModule):
     def __init__(self, unet: UNet2DConditionModel, noise_scheduler: DDPMScheduler, loss: DiffusionLoss,
                  autoencoder: FrozenAutoencoder, conditioner: TextConditioner, train_cfg: TrainConfig,
                  ema: EMAModel | None = None, samples: SamplesConfig | None = None,
-                 samples_dir=None):
+                 samples_dir=None, train_text_encoder: bool = False, base: BaseModel | None = None):
         super().__init__()
-        self.unet = unet  # the only child module: what the optimizer trains and checkpoints hold
+        # Children in training mode (a pretrained model loads in eval mode, and Lightning keeps the
+        # mode it finds): dropout, the LoRA adapters' included, applies while training.
+        self.unet = unet.train()  # a child module: what the optimizer trains and checkpoints hold
+        # The text encoder is a child only when (its adapters) train; otherwise it stays outside,
+        # with the conditioner, out of the optimizer and the checkpoints.
+        self.text_encoder = conditioner.text_encoder.train() if train_text_encoder else None
         self.noise_scheduler, self.loss = noise_scheduler, loss
         self.autoencoder, self.conditioner = autoencoder, conditioner
         self.train_cfg, self.ema = train_cfg, ema
         self.samples, self.samples_dir = samples, samples_dir
+        self.base = base  # a LoRA run's pretrained base (its frozen weights are not checkpointed)
+
+    def trained_parameters(self) -> list[torch.nn.Parameter]:
+        """What the optimizer and the EMA update, in the order `build_ema` was given them."""
+        return trained_parameters(self.unet, self.text_encoder)
 
     # ---- data in, loss out ------------------------------------------------------------------------
 
-    def latents_and_embeddings(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Scaled latents drawn from each image's posterior, and one caption embedding per image."""
-        if "pixel_values" in batch:  # not cached: encode now
-            mean, std = self.autoencoder.moments(batch["pixel_values"])
+    def latents_and_embeddings(self, batch: dict, drop_captions: bool = False
+                               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scaled latents drawn from each image's posterior, and one caption embedding per image
+        (`drop_captions`: a share of them the empty prompt's, for classifier-free guidance)."""
+        if "pixel_values" not in batch:  # from the latent cache
+            embeddings = batch["embeddings"]
+            if drop_captions:
+                embeddings = self.conditioner.drop_captions(embeddings)
+            return self.autoencoder.sample_latents(batch["mean"], batch.get("std")), embeddings
+        mean, std = self.autoencoder.moments(batch["pixel_values"])
+        if self.text_encoder is None:
             embeddings = self.conditioner.encode(batch["caption"])
-        else:
-            mean, std, embeddings = batch["mean"], batch.get("std"), batch["embeddings"]
+            if drop_captions:
+                embeddings = self.conditioner.drop_captions(embeddings)
+        else:  # a training encoder: captions dropped as text, then encoded with gradients
+            captions = batch["caption"]
+            if drop_captions:
+                captions = self.conditioner.drop_caption_texts(captions)
+            embeddings = self.conditioner.embed(captions)
         return self.autoencoder.sample_latents(mean, std), embeddings
 
     def diffusion_loss(self, latents: torch.Tensor, embeddings: torch.Tensor,
@@ -71,8 +102,7 @@ class LatentDiffusion(L.LightningModule):
         return self.loss(prediction, latents, noise, timesteps)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        latents, embeddings = self.latents_and_embeddings(batch)
-        embeddings = self.conditioner.drop_captions(embeddings)
+        latents, embeddings = self.latents_and_embeddings(batch, drop_captions=True)
         loss = self.diffusion_loss(latents, embeddings)
         self.log("train/loss", loss, prog_bar=True, batch_size=latents.shape[0])
         return loss
@@ -92,11 +122,13 @@ class LatentDiffusion(L.LightningModule):
         # tensors. Full precision
         # only: Lightning's mixed-precision plugin refuses to clip a fused optimizer's gradients (it
         # takes the optimizer to unscale them itself).
+        train = self.train_cfg
         full_precision = "mixed" not in str(self.trainer.precision)
-        fused = full_precision and next(self.unet.parameters()).device.type in ("cpu", "cuda")
-        optimizer = torch.optim.AdamW(self.unet.parameters(), lr=self.train_cfg.lr,
-                                      weight_decay=self.train_cfg.weight_decay, fused=fused)
-        return {"optimizer": optimizer, "lr_scheduler": lr_scheduler(optimizer, self.train_cfg)}
+        fused = (train.optimizer == "adamw" and full_precision
+                 and next(self.unet.parameters()).device.type in ("cpu", "cuda"))
+        optimizer = build_optimizer(self.trained_parameters(), train.optimizer, lr=train.lr,
+                                    weight_decay=train.weight_decay, fused=fused)
+        return {"optimizer": optimizer, "lr_scheduler": lr_scheduler(optimizer, train)}
 
     # ---- frozen parts and EMA follow the module ---------------------------------------------------
 
@@ -111,26 +143,45 @@ class LatentDiffusion(L.LightningModule):
         # the step's checkpoint is written: so the EMA follows every update and a checkpoint holds it.
         super().optimizer_step(*args, **kwargs)
         if self.ema is not None:
-            self.ema.step(self.unet.parameters())
+            self.ema.step(self.trained_parameters())
+
+    def frozen_names(self) -> set[str]:
+        return {name for name, parameter in self.named_parameters() if not parameter.requires_grad}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Lightning has put the whole state_dict in; a LoRA run keeps the adapters only (megabytes,
+        # not the gigabytes of a frozen Stable Diffusion UNet in every checkpoint).
+        frozen = self.frozen_names()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
+        if self.base is not None:
+            checkpoint[BASE_KEY] = self.base.unet_sha256
         if self.ema is not None:
             checkpoint[EMA_KEY] = self.ema.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Called before Lightning loads the state_dict: the frozen weights it lacks are the ones
+        # this module holds already (from the same base, checked here), so the load stays strict
+        # for everything that trains.
+        saved_base = checkpoint.get(BASE_KEY)
+        if self.base is not None and saved_base is not None and saved_base != self.base.unet_sha256:
+            raise LdmError(f"this checkpoint trained adapters on another base model than {self.base.name}: "
+                           f"its UNet weights differ (sha256 {saved_base[:12]}... vs "
+                           f"{self.base.unet_sha256[:12]}...)")
+        state, own = checkpoint["state_dict"], self.state_dict()
+        state.update({name: own[name] for name in self.frozen_names() if name not in state})
         if self.ema is not None and EMA_KEY in checkpoint:
             self.ema.load_state_dict(checkpoint[EMA_KEY])
             self.ema.to(self.device)  # the checkpoint's tensors arrive where it was loaded
 
     def swap_in_ema(self) -> None:
-        """Put the EMA weights into the UNet, keeping its own to come back to."""
+        """Put the EMA weights into the trained parameters, keeping their own to come back to."""
         if self.ema is not None:
-            self.ema.store(self.unet.parameters())
-            self.ema.copy_to(self.unet.parameters())
+            self.ema.store(self.trained_parameters())
+            self.ema.copy_to(self.trained_parameters())
 
     def swap_out_ema(self) -> None:
         if self.ema is not None:
-            self.ema.restore(self.unet.parameters())
+            self.ema.restore(self.trained_parameters())
 
     @contextmanager
     def ema_weights(self):

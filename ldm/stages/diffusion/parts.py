@@ -4,18 +4,26 @@
             cross-attention width come from the autoencoder and the text encoder, not the config
     noise:  the training noise schedule, a diffusers `DDPMScheduler`
     loss:   prediction target, min-SNR weighting, noise offset (`ldm.stages.diffusion.losses`)
-    ema:    the exponential moving average of the UNet's weights (diffusers' `EMAModel`)
+    ema:    the exponential moving average of the trained weights (diffusers' `EMAModel`)
+    lora:   low-rank adapters on the UNet (and optionally the text encoder), added with peft
+
+A pretrained start (the UNet and schedule of a pipeline folder) is in `pretrained.py`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+import peft
+import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.training_utils import EMAModel
+from transformers import CLIPTextModel
 
 from ldm.components.autoencoder import FrozenAutoencoder
 from ldm.components.text_encoder import TextConditioner
 from ldm.core.errors import LdmError
-from ldm.stages.diffusion.config import EmaConfig, LossConfig, NoiseConfig, UNetConfig
+from ldm.stages.diffusion.config import EmaConfig, LoraConfig, LossConfig, NoiseConfig, UNetConfig
 from ldm.stages.diffusion.losses import DiffusionLoss
 
 
@@ -50,10 +58,47 @@ def build_loss(cfg: LossConfig, scheduler: DDPMScheduler) -> DiffusionLoss:
     return DiffusionLoss(scheduler, scheduler.config.prediction_type, cfg.snr_gamma, cfg.noise_offset)
 
 
-def build_ema(cfg: EmaConfig, unet: UNet2DConditionModel) -> EMAModel | None:
+def trained_parameters(*models: torch.nn.Module | None) -> list[torch.nn.Parameter]:
+    """The parameters that train, in a fixed order: all of a UNet trained whole, only the adapters
+    of a LoRA run (peft freezes the rest)."""
+    return [p for model in models if model is not None for p in model.parameters() if p.requires_grad]
+
+
+def build_ema(cfg: EmaConfig, trained: Iterable[torch.nn.Parameter]) -> EMAModel | None:
+    """The EMA of the weights that train: the whole UNet, or only the LoRA adapters."""
     if not cfg.enabled:
         return None
     # foreach: one multi-tensor update instead of a Python loop over the parameters, whose overhead
     # is a visible share of a small UNet's step on a CPU (docs/benchmarks.md).
-    return EMAModel(unet.parameters(), decay=cfg.decay, use_ema_warmup=cfg.warmup, power=cfg.power,
+    return EMAModel(list(trained), decay=cfg.decay, use_ema_warmup=cfg.warmup, power=cfg.power,
                     foreach=True)
+
+
+def _peft_config(cfg: LoraConfig, targets: list[str]) -> peft.LoraConfig:
+    # Gaussian A and zero B, as diffusers' LoRA script: the adapters start as no change at all.
+    return peft.LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha or cfg.rank, lora_dropout=cfg.dropout,
+                           init_lora_weights="gaussian", target_modules=list(targets))
+
+
+def add_unet_lora(unet: UNet2DConditionModel, cfg: LoraConfig) -> None:
+    """Adapters on `lora.target_modules`; peft freezes every other weight of the UNet."""
+    try:
+        unet.add_adapter(_peft_config(cfg, cfg.target_modules))
+    except ValueError as err:  # peft names the targets it did not find
+        raise LdmError(f"lora.target_modules: {str(err).splitlines()[0]}") from None
+
+
+def add_text_encoder_lora(text_encoder: CLIPTextModel, cfg: LoraConfig) -> None:
+    """Adapters on the text encoder's attention. Injected with peft itself: transformers' own
+    `add_adapter` asks for a newer peft than diffusers does, and the result is the same layers."""
+    try:
+        peft.inject_adapter_in_model(_peft_config(cfg, cfg.text_encoder_target_modules), text_encoder)
+    except ValueError as err:
+        raise LdmError(f"lora.text_encoder_target_modules: {str(err).splitlines()[0]}") from None
+
+
+def enable_gradient_checkpointing(unet: UNet2DConditionModel, text_encoder: CLIPTextModel | None) -> None:
+    """Recompute activations in the backward pass (`train.gradient_checkpointing`)."""
+    unet.enable_gradient_checkpointing()
+    if text_encoder is not None:
+        text_encoder.activation_checkpointing_enable()

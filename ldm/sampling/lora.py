@@ -1,0 +1,128 @@
+"""LoRA adapters: the folder a LoRA run exports, and loading one or several onto a pipeline.
+
+A LoRA run of the diffusion stage exports RUN/lora/:
+
+    pytorch_lora_weights.safetensors   the adapters in diffusers' LoRA format, written by
+                                       `StableDiffusionPipeline.save_lora_weights` (rank and alpha in
+                                       its metadata), so that plain diffusers loads it:
+                                       StableDiffusionPipeline.from_pretrained(BASE).load_lora_weights(RUN/lora)
+    base_model.json                    the base it was trained on: its name (a folder or hub id) and
+                                       the SHA-256 of the base UNet's weight files
+
+Adapters are only meaningful on the weights they were trained against: on another UNet they still
+draw something, just not what was trained. So `check_loras` compares each note's fingerprint with
+the pipeline's UNet files before any model loads, and refuses a mismatch naming both models. A LoRA
+folder without a note (one written by other tools) loads with a warning, as its base is unknown.
+
+`load_loras` puts several onto one pipeline with diffusers' `load_lora_weights` (one named adapter
+each, safetensors only) and `set_adapters` (each with its scale).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ldm.components.pretrained import weight_files
+from ldm.core.atomic import atomic_folder
+from ldm.core.errors import LdmError
+from ldm.core.layout import UNET
+from ldm.core.trust import check_no_code
+
+if TYPE_CHECKING:  # for annotations only: the CLI reads LoraChoice before any model library loads
+    import torch
+
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # diffusers' default name for a LoRA file
+BASE_NOTE = "base_model.json"
+ADAPTER_PREFIX = "lora"  # adapters loaded for generation are named lora0, lora1, ...
+
+
+@dataclass(frozen=True)
+class LoraChoice:
+    """One LoRA to generate with: its folder (RUN/lora) and the scale of its effect (1: as trained)."""
+
+    path: str
+    scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class BaseModel:
+    """What a LoRA was trained on: the name the config gave and a fingerprint of its UNet weights."""
+
+    name: str
+    unet_sha256: str
+
+
+def lora_choices(paths: list[str], scales: list[float]) -> list[LoraChoice]:
+    """Pair `--lora` folders with `--lora-scale` values: none (every scale 1) or one per folder."""
+    if scales and len(scales) != len(paths):
+        raise LdmError(f"got {len(paths)} --lora folders but {len(scales)} --lora-scale values: give one "
+                       "scale per LoRA, in the same order (or none, for scale 1)")
+    return [LoraChoice(path, scale) for path, scale in zip(paths, scales or [1.0] * len(paths))]
+
+
+def unet_fingerprint(unet_folder: str | Path) -> str:
+    """SHA-256 of the UNet's weight files (for one file, what `sha256sum` prints for it)."""
+    digests = []
+    for path in weight_files(Path(unet_folder)):
+        with open(path, "rb") as f:
+            digests.append(hashlib.file_digest(f, "sha256").hexdigest())
+    return digests[0] if len(digests) == 1 else hashlib.sha256("".join(digests).encode()).hexdigest()
+
+
+def write_lora(out_dir: str | Path, base: BaseModel, unet_layers: dict[str, torch.Tensor], unet_config: dict,
+               text_encoder_layers: dict[str, torch.Tensor] | None = None,
+               text_encoder_config: dict | None = None) -> Path:
+    """RUN/lora: the adapters in diffusers' format (their peft configs as its metadata, so that alpha
+    and the target modules load as trained) and the note of the base; whole or not at all."""
+    out_dir = Path(out_dir)
+    with atomic_folder(out_dir) as tmp:
+        from diffusers import StableDiffusionPipeline  # imported here: slow, and needed only to write
+
+        StableDiffusionPipeline.save_lora_weights(
+            tmp, unet_lora_layers=unet_layers, text_encoder_lora_layers=text_encoder_layers,
+            weight_name=LORA_WEIGHTS, safe_serialization=True, unet_lora_adapter_metadata=unet_config,
+            text_encoder_lora_adapter_metadata=text_encoder_config)
+        (tmp / BASE_NOTE).write_text(json.dumps(asdict(base), indent=2) + "\n")
+    return out_dir
+
+
+def read_base(lora_dir: str | Path) -> BaseModel | None:
+    """The base a LoRA folder notes, None when it has no note; LdmError when it is no LoRA folder."""
+    folder = check_no_code(lora_dir)
+    if not (folder / LORA_WEIGHTS).is_file():
+        raise LdmError(f"--lora {folder}: {LORA_WEIGHTS} not found (a LoRA run of the diffusion stage "
+                       "exports RUN/lora)")
+    note = folder / BASE_NOTE
+    if not note.is_file():
+        return None
+    return BaseModel(**json.loads(note.read_text()))
+
+
+def check_loras(loras: list[LoraChoice], pipeline: str | Path) -> None:
+    """Every LoRA is a LoRA folder trained on this pipeline's UNet, or an LdmError naming both models."""
+    here = None
+    for lora in loras:
+        base = read_base(lora.path)
+        if base is None:
+            warnings.warn(f"{lora.path} has no {BASE_NOTE}: its base model is unknown, so it cannot be "
+                          f"checked against {pipeline}", stacklevel=2)
+            continue
+        here = here or unet_fingerprint(Path(pipeline) / UNET)
+        if base.unet_sha256 != here:
+            raise LdmError(f"the LoRA {lora.path} was trained on {base.name}, not on {pipeline}: their UNet "
+                           f"weights differ (sha256 {base.unet_sha256[:12]}... vs {here[:12]}...)")
+
+
+def load_loras(pipe, loras: list[LoraChoice]) -> None:
+    """Load each LoRA as its own adapter (lora0, lora1, ...) and set their scales."""
+    if not loras:
+        return
+    names = [f"{ADAPTER_PREFIX}{i}" for i in range(len(loras))]
+    for name, lora in zip(names, loras):
+        pipe.load_lora_weights(lora.path, weight_name=LORA_WEIGHTS, adapter_name=name, use_safetensors=True)
+    pipe.set_adapters(names, adapter_weights=[lora.scale for lora in loras])

@@ -1,0 +1,86 @@
+"""Stage 2 from pretrained weights: where each part comes from, and loading the UNet and schedule.
+
+    pretrained: models/stable-diffusion-v1-5    # or RUN/pipeline, or a hub id
+    vae: ...                                     # optional: this autoencoder instead of the pipeline's
+    text_encoder: ...                            # optional: this text encoder and tokenizer instead
+    noise: {...}                                 # optional: this schedule instead of the pipeline's
+    unet: {pretrained: PATH}                     # only the UNet (then vae: and text_encoder: are needed)
+
+The noise schedule of a pipeline is read from its scheduler config (betas, prediction type,
+timestep spacing, whatever sampler class it names) and built as the DDPMScheduler that training
+adds noise with; the export's sampler is made from that again, so a fine-tuned pipeline keeps its
+base's schedule. Weights load from safetensors only (`use_safetensors=True`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from diffusers import DDPMScheduler, UNet2DConditionModel
+
+from ldm.components.autoencoder import FrozenAutoencoder
+from ldm.components.pretrained import local_folder, model_folder
+from ldm.components.text_encoder import TextConditioner
+from ldm.core.errors import LdmError
+from ldm.core.layout import SCHEDULER, UNET, VAE
+from ldm.sampling.lora import BaseModel, unet_fingerprint
+from ldm.stages.diffusion.config import Config
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Where each part of the engine comes from: local folders, hub ids fetched (None: not pretrained)."""
+
+    vae: Path | str
+    text_encoder: Path | str
+    unet: Path | None  # the UNet's own folder
+    unet_name: str | None  # as the config names it (for messages and a LoRA's note)
+    pipeline: Path | None  # the `pretrained:` pipeline, when there is one
+
+
+def resolve_sources(cfg: Config) -> Sources:
+    """The folders the config's parts load from, each override taking precedence over `pretrained:`."""
+    pipeline = local_folder(cfg.pretrained) if cfg.pretrained else None
+    vae = cfg.vae or model_folder(pipeline, VAE)
+    text_encoder = cfg.text_encoder or pipeline
+    unet = model_folder(local_folder(cfg.unet_source), UNET) if cfg.unet_source else None
+    return Sources(vae, text_encoder, unet, _name(cfg.unet_source), pipeline)
+
+
+def _name(path_or_hub_id: str | None) -> str | None:
+    """A local folder as its absolute path (a relative one means nothing elsewhere), a hub id as is."""
+    if path_or_hub_id is None or not Path(path_or_hub_id).expanduser().is_dir():
+        return path_or_hub_id
+    return str(Path(path_or_hub_id).expanduser().resolve())
+
+
+def load_unet(folder: Path) -> UNet2DConditionModel:
+    try:
+        return UNet2DConditionModel.from_pretrained(folder, use_safetensors=True)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise LdmError(f"cannot load a UNet2DConditionModel from {folder}: {first}") from None
+
+
+def check_unet_fits(unet: UNet2DConditionModel, sources: Sources, autoencoder: FrozenAutoencoder,
+                    conditioner: TextConditioner) -> None:
+    """A pretrained UNet must take the autoencoder's latents and the text encoder's embeddings."""
+    if unet.config.in_channels != autoencoder.latent_channels:
+        raise LdmError(f"the UNet of {sources.unet_name} takes {unet.config.in_channels} latent channels, "
+                       f"but the autoencoder of {sources.vae} makes {autoencoder.latent_channels}")
+    if unet.config.cross_attention_dim != conditioner.hidden_size:
+        raise LdmError(f"the UNet of {sources.unet_name} attends to text embeddings of width "
+                       f"{unet.config.cross_attention_dim}, but the text encoder of {sources.text_encoder} "
+                       f"makes {conditioner.hidden_size}")
+
+
+def pipeline_noise_scheduler(pipeline: Path) -> DDPMScheduler:
+    """The pipeline's schedule as the training DDPMScheduler (clip_sample off: latents are unbounded)."""
+    config = DDPMScheduler.load_config(pipeline, subfolder=SCHEDULER)
+    return DDPMScheduler.from_config(config, clip_sample=False)
+
+
+def base_model(sources: Sources) -> BaseModel:
+    """The note a LoRA run exports: the UNet it trains on, by name and weights."""
+    return BaseModel(name=sources.unet_name, unet_sha256=unet_fingerprint(sources.unet))
