@@ -14,8 +14,8 @@ import ldm
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = Path(ldm.__file__).parent
 # import name -> distribution name, where they differ
-DISTRIBUTIONS = {"PIL": "pillow", "yaml": "pyyaml", "imageio_ffmpeg": "imageio-ffmpeg", "lightning_utilities": "lightning",
-                 "huggingface_hub": "huggingface_hub"}
+DISTRIBUTIONS = {"PIL": "pillow", "yaml": "pyyaml", "imageio_ffmpeg": "imageio-ffmpeg",
+                 "lightning_utilities": "lightning"}
 # imported only where an optional feature is used, each behind a clear error naming the package
 OPTIONAL = {"bitsandbytes", "torch_fidelity"}
 
