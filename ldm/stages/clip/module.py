@@ -38,6 +38,7 @@ from ldm.metrics.clip_accuracy import (
 )
 from ldm.stages.clip.config import VIT, Config
 from ldm.stages.clip.losses import WordSwapper, contrastive_loss
+from ldm.stages.clip.tokenizer import prepare_tokenizer
 from ldm.stages.trainer import lr_scheduler
 
 
@@ -82,12 +83,25 @@ def image_processor(resolution: int) -> CLIPImageProcessorPil:
 
 
 class ClipModule(L.LightningModule):
-    def __init__(self, cfg: Config, tokenizer: CLIPTokenizer):
+    """The CLIP is built in `configure_model`, once the processes are set up: its vocabulary is the
+    tokenizer's, which the main process learns and sends to the others (ldm.stages.clip.tokenizer)."""
+
+    def __init__(self, cfg: Config):
         super().__init__()
-        self.cfg, self.tokenizer = cfg, tokenizer
-        self.clip = build_clip(cfg, tokenizer)
+        self.cfg = cfg
+        self.tokenizer: CLIPTokenizer | None = None
+        self.clip: ClipModel | None = None
         self.swapper = WordSwapper(cfg.hard_negatives.words, seed=cfg.train.seed)
         self.zero_shot = None  # (pixels, labels), loaded in setup when configured
+
+    def configure_model(self) -> None:
+        if self.clip is not None:
+            return
+        self.tokenizer = prepare_tokenizer(self.cfg, self.trainer.strategy)
+        # The same initial weights in every process, whatever each one's training noise stream.
+        with torch.random.fork_rng():
+            torch.manual_seed(self.cfg.train.seed)
+            self.clip = build_clip(self.cfg, self.tokenizer)
 
     def setup(self, stage: str) -> None:
         split = self.cfg.validation.zero_shot_split

@@ -6,7 +6,6 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from lightning.pytorch.utilities import rank_zero_only
 from tokenizers import Tokenizer
 from tokenizers.models import BPE
 from tokenizers.pre_tokenizers import ByteLevel
@@ -36,18 +35,25 @@ def caption_iterator(data: DataConfig):
         yield from clean_captions(row[data.caption_column])
 
 
-def prepare_tokenizer(cfg: Config) -> CLIPTokenizer:
-    """The run's tokenizer: learned from the captions, or the one saved when this run began."""
+def prepare_tokenizer(cfg: Config, strategy=None) -> CLIPTokenizer:
+    """The run's tokenizer, the same in every process: the one saved when this run began (on resume),
+    or one learned from the captions by the main process and sent to the others (`strategy`, Lightning's,
+    under several processes). Learned in every process, it could differ: BPE training breaks ties
+    between equally frequent pairs in an order that can change from process to process."""
     saved = cfg.stage_dir / layout.TOKENIZER
     if cfg.train.ckpt_path is not None and saved.is_dir():
         return CLIPTokenizer.from_pretrained(saved)
-    tokenizer = train_tokenizer(caption_iterator(cfg.data), cfg.tokenizer.vocab_size,
-                                model_max_length=cfg.tokenizer.max_length)
-    save_tokenizer(tokenizer, saved)
+    main = strategy is None or strategy.is_global_zero
+    learned = learn_bpe(caption_iterator(cfg.data), cfg.tokenizer.vocab_size) if main else None
+    if strategy is not None:
+        learned = strategy.broadcast(learned, src=0)
+    vocab, merges = learned
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=cfg.tokenizer.max_length)
+    if main:
+        save_tokenizer(tokenizer, saved)
     return tokenizer
 
 
-@rank_zero_only
 def save_tokenizer(tokenizer: CLIPTokenizer, folder: Path) -> None:
     with atomic_folder(folder) as tmp:
         tokenizer.save_pretrained(tmp)
@@ -55,7 +61,13 @@ def save_tokenizer(tokenizer: CLIPTokenizer, folder: Path) -> None:
 
 def train_tokenizer(captions: Iterable[str], vocab_size: int,
                     model_max_length: int = MAX_LENGTH) -> CLIPTokenizer:
-    """A CLIP-style byte-level BPE learned from `captions`, as a transformers `CLIPTokenizer`.
+    """A CLIP-style byte-level BPE learned from `captions`, as a transformers `CLIPTokenizer`."""
+    vocab, merges = learn_bpe(captions, vocab_size)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+
+
+def learn_bpe(captions: Iterable[str], vocab_size: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """(vocabulary, merges) of a CLIP-style byte-level BPE learned from `captions`.
 
     The vocabulary is laid out as OpenAI's CLIP lays out its own: the 256 byte symbols, the same
     with the end-of-word suffix `</w>`, the merged tokens in the order they were learned, then
@@ -88,7 +100,7 @@ def train_tokenizer(captions: Iterable[str], vocab_size: int,
         vocab.setdefault(left + right, len(vocab))
     for special in (BOS, EOS):
         vocab[special] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+    return vocab, merges
 
 
 def _learned_merges(bpe: Tokenizer) -> list[tuple[str, str]]:

@@ -8,8 +8,7 @@ from ldm.data.datamodule import ImageCaptionDataModule
 from ldm.stages.clip.config import Config
 from ldm.stages.clip.export import export
 from ldm.stages.clip.module import ClipModule
-from ldm.stages.clip.tokenizer import prepare_tokenizer
-from ldm.stages.trainer import TrainedStage, begin, fit, resolve_checkpoint
+from ldm.stages.trainer import TrainedStage, begin, fit
 
 
 def train(cfg: Config) -> TrainedStage:
@@ -18,10 +17,8 @@ def train(cfg: Config) -> TrainedStage:
     The export's path is RUN itself: what the diffusion stage's `text_encoder:` key takes.
     """
     with begin(cfg):
-        resolve_checkpoint(cfg)  # fails now, not after the tokenizer, when the run_dir holds a run
-        tokenizer = prepare_tokenizer(cfg)
-        module = ClipModule(cfg, tokenizer)
+        module = ClipModule(cfg)  # the tokenizer and the CLIP are made inside fit (configure_model)
         trainer = fit(cfg, module, ImageCaptionDataModule(cfg.data))
         if trainer.is_global_zero:
-            export(module.clip, tokenizer, cfg.run_dir, cfg.data.resolution)
+            export(module.clip, module.tokenizer, cfg.run_dir, cfg.data.resolution)
     return TrainedStage(Path(cfg.run_dir), module, trainer)
