@@ -33,8 +33,8 @@ from ldm.components.autoencoder import encode
 from ldm.data.datamodule import ImageCaptionDataModule
 from ldm.stages.diffusion.parts import build_ema
 from ldm.stages.diffusion.train import build_datamodule, build_module
+from ldm.stages.launch import resolve_precision
 from ldm.stages.registry import load_config
-from ldm.stages.trainer import resolve_precision
 
 
 class StepClock(L.Callback):

@@ -3,13 +3,9 @@ import torch
 
 from ldm.core.errors import LdmError
 from ldm.data.config import DataConfig
-from ldm.stages.trainer import (
-    RunConfig,
-    TrainConfig,
-    resolve_checkpoint,
-    resolve_precision,
-    resolve_processes,
-)
+from ldm.stages.launch import resolve_precision, resolve_processes
+from ldm.stages.run_config import RunConfig, TrainConfig
+from ldm.stages.trainer import resolve_checkpoint
 
 
 def test_precision_follows_config_then_accelerate_then_fp32():

@@ -17,7 +17,8 @@ from safetensors.torch import save_file
 
 from ldm.data.config import DataConfig
 from ldm.data.datamodule import ImageCaptionDataModule
-from ldm.stages.trainer import RunConfig, TrainConfig, fit
+from ldm.stages.run_config import RunConfig, TrainConfig
+from ldm.stages.trainer import fit
 
 
 class Toy(L.LightningModule):

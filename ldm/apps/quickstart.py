@@ -284,7 +284,7 @@ def _prepare_stage_dir(cfg, settings: dict) -> None:
     """Resume an interrupted run of the same config; clear the checkpoints of another config."""
     import yaml
 
-    from ldm.stages.trainer import LAST
+    from ldm.stages.run_config import LAST
 
     if not (cfg.checkpoint_dir / f"{LAST}.ckpt").exists():
         return

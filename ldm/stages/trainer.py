@@ -1,34 +1,29 @@
-"""What every training stage shares: the run config's common sections and the Lightning Trainer.
+"""What every training stage shares: the frame it trains in, and the Lightning Trainer.
 
-Each stage (autoencoder, clip, diffusion) builds its LightningModule and calls `fit`, which
-  - seeds everything,
-  - reads how many processes and which precision to use, from the config or from the
-    torchrun-style environment that `accelerate launch` sets up,
-  - checkpoints every N steps (Lightning writes each checkpoint through a temporary file, so a
-    killed run never leaves a half-written one) and keeps the last K plus `last.ckpt`,
-  - resumes from `last.ckpt` when asked, loading it with `weights_only=True`,
-  - logs to TensorBoard and CSV, and draws the loss curves as a PNG at the end.
+Each stage's `train` (ldm/stages/<stage>/train.py) does, in `with begin(cfg):`, build its module and
+datamodule, `fit`, and export; `begin` checks the config, takes the stage folder's lock and seeds
+everything before the model is built. `fit`:
+  - builds the Trainer with the processes and precision of the config or the launcher (launch.py),
+  - checkpoints every N steps, each written whole (checkpoints.py), keeping the last K plus last.ckpt,
+  - guards against non-finite steps and saves on SIGTERM or Ctrl-C (faults.py),
+  - resumes exactly from last.ckpt when asked (resume.py), refusing a config that changed mid-run,
+  - logs to TensorBoard and CSV (the CSV history kept across resumes) and draws the loss curves.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import warnings
 from contextlib import contextmanager, nullcontext
-from dataclasses import field
 from pathlib import Path
-from typing import ClassVar, Literal
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from pydantic.dataclasses import dataclass
 
-from ldm.core.config import SECTION, recheck, to_dict
+from ldm.core.config import recheck, to_dict
 from ldm.core.errors import LdmError
 from ldm.core.layout import METRICS_CSV
-from ldm.data.config import DataConfig
 from ldm.stages.checkpoints import (
     RECORD_KEY,
     ApplyAcceptedChanges,
@@ -41,15 +36,10 @@ from ldm.stages.checkpoints import (
     resume_checkpoint,
 )
 from ldm.stages.faults import NonFiniteGuard, RunLock, StopOnSignal, main_process
+from ldm.stages.launch import resolve_precision, resolve_processes
 from ldm.stages.plots import plot_losses, read_metric_rows
 from ldm.stages.resume import ExactResume
-
-# accelerate's --mixed_precision values, as Lightning precision settings.
-ACCELERATE_PRECISION = {"no": "32-true", "fp16": "16-mixed", "bf16": "bf16-mixed"}
-PRECISION_ALIASES = {"32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed",
-                     "16-mixed": "16-mixed", "bf16-mixed": "bf16-mixed", "32-true": "32-true",
-                     "bf16-true": "bf16-true", "16-true": "16-true", "64-true": "64-true"}
-LAST = "last"
+from ldm.stages.run_config import LAST, RunConfig, TrainConfig
 
 
 @dataclasses.dataclass
@@ -60,79 +50,6 @@ class TrainedStage:
     module: L.LightningModule  # as training left it (the EMA is not swapped in)
     trainer: L.Trainer
 
-
-@dataclass(config=SECTION)
-class TrainConfig:
-    max_steps: int = 1000
-    max_minutes: float | None = None  # stop after this much wall time, whatever max_steps says
-    lr: float = 1e-4  # per process batch; not scaled with the number of processes
-    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    # Lightning precision ("32-true", "bf16-mixed", "16-mixed"); null takes accelerate's choice.
-    precision: str | None = None
-    accelerator: str = "auto"
-    devices: int | str = "auto"
-    num_nodes: int = 1
-    strategy: str = "auto"  # "ddp", "fsdp", ...: Lightning's strategies
-    accumulate_grad_batches: int = 1
-    gradient_clip: float | None = 1.0
-    val_every_n_steps: int = 500
-    limit_val_batches: int | None = None
-    checkpoint_every_n_steps: int = 500
-    keep_checkpoints: int = 2
-    log_every_n_steps: int = 10
-    seed: int = 0
-    # Steps with a non-finite loss or gradients are skipped (and counted); this many in a row stop the run.
-    max_bad_steps: int = 10
-    # With --resume: config keys whose changes to apply from the resumed step on (see
-    # ldm.stages.checkpoints.ACCEPTABLE_CHANGES); any other change is refused.
-    accept_changes: list[str] = field(default_factory=list)
-    # Lightning's deterministic=True: deterministic kernels only (some CUDA ones are not; on a CPU
-    # runs are reproducible without it). Slower on GPUs; "warn" only warns where a kernel is not.
-    deterministic: bool | Literal["warn"] = False
-    # "last" resumes from the run's last checkpoint; a path resumes from that file.
-    ckpt_path: str | None = None
-    # Memory savers (autoencoder and diffusion stages; see ldm/stages/optimizers.py):
-    # adamw8bit needs bitsandbytes; adafactor keeps factored second moments and no first moment.
-    optimizer: Literal["adamw", "adamw8bit", "adafactor"] = "adamw"
-    # Recompute each block's activations in the backward pass instead of keeping them: less memory
-    # for about a third more compute (the UNet, the text encoder when trained, a KL autoencoder).
-    gradient_checkpointing: bool = False
-
-    def __post_init__(self):
-        for name in ("max_steps", "val_every_n_steps", "checkpoint_every_n_steps",
-                     "accumulate_grad_batches", "log_every_n_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"train.{name} must be at least 1, got {getattr(self, name)}")
-        if self.precision is not None and str(self.precision) not in PRECISION_ALIASES:
-            raise ValueError(f"train.precision must be one of {', '.join(PRECISION_ALIASES)}, "
-                             f"got {self.precision!r}")
-
-
-@dataclass(config=SECTION)
-class RunConfig:
-    """The sections every stage's config has; each stage adds its own (model, loss, ...)."""
-
-    STAGE: ClassVar[str] = ""  # each stage's Config names its stage here
-
-    stage: str
-    run_dir: str  # RUN: every stage of one model writes its exports and logs here
-    data: DataConfig
-    train: TrainConfig = field(default_factory=TrainConfig)
-
-    def __post_init__(self):
-        if self.STAGE and self.stage != self.STAGE:
-            raise ValueError(f"stage must be '{self.STAGE}' for this config, got {self.stage!r}")
-
-    @property
-    def stage_dir(self) -> Path:
-        """RUN/<stage>: checkpoints, logs, sample grids and loss plots of this stage."""
-        return Path(self.run_dir) / self.stage
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        return self.stage_dir / "checkpoints"
 
 
 # train.lr_schedule -> the name transformers' `get_scheduler` knows (each with linear warmup).
@@ -146,41 +63,6 @@ def lr_scheduler(optimizer, train: TrainConfig) -> dict:
     scheduler = get_scheduler(LR_SCHEDULES[train.lr_schedule], optimizer,
                               num_warmup_steps=train.warmup_steps, num_training_steps=train.max_steps)
     return {"scheduler": scheduler, "interval": "step"}
-
-
-def resolve_precision(configured: str | None, env: dict | None = None) -> str:
-    """The Lightning precision: the config's, else accelerate's, else full fp32.
-
-    `accelerate launch` always sets ACCELERATE_MIXED_PRECISION, to "no" when it was not asked for
-    anything, so "no" cannot tell "fp32 please" from "no opinion": it never overrides or conflicts
-    with the config. fp16 or bf16 from accelerate that disagrees with the config is an error.
-    """
-    env = os.environ if env is None else env
-    launched = env.get("ACCELERATE_MIXED_PRECISION")
-    if launched is not None and launched not in ACCELERATE_PRECISION:
-        raise LdmError(f"ACCELERATE_MIXED_PRECISION={launched!r} is not one of "
-                       f"{', '.join(ACCELERATE_PRECISION)}")
-    from_launcher = ACCELERATE_PRECISION[launched] if launched not in (None, "no") else None
-    if configured is None:
-        return from_launcher or "32-true"
-    precision = PRECISION_ALIASES[str(configured)]
-    if from_launcher is not None and from_launcher != precision:
-        raise LdmError(
-            f"train.precision={configured} conflicts with accelerate's mixed_precision={launched} "
-            f"(ACCELERATE_MIXED_PRECISION); set one of them, or make them agree"
-        )
-    return precision
-
-
-def resolve_processes(cfg: TrainConfig, env: dict | None = None) -> dict:
-    """devices / num_nodes / strategy: from a torchrun-style launch when there is one."""
-    env = os.environ if env is None else env
-    world = int(env.get("WORLD_SIZE", "1"))
-    if world > 1 and "LOCAL_WORLD_SIZE" in env:
-        local = int(env["LOCAL_WORLD_SIZE"])
-        return {"devices": local, "num_nodes": world // local,
-                "strategy": "ddp" if cfg.strategy == "auto" else cfg.strategy}
-    return {"devices": cfg.devices, "num_nodes": cfg.num_nodes, "strategy": cfg.strategy}
 
 
 def resolve_checkpoint(cfg: RunConfig) -> str | None:

@@ -12,7 +12,7 @@ from pydantic.dataclasses import dataclass
 
 from ldm.core.config import SECTION, require_divides
 from ldm.data.datamodule import require_divisible_sizes
-from ldm.stages.trainer import RunConfig, TrainConfig
+from ldm.stages.run_config import RunConfig, TrainConfig
 
 
 @dataclass(config=SECTION)

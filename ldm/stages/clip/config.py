@@ -12,7 +12,7 @@ from ldm.components.text_encoder import MAX_LENGTH
 from ldm.core import layout
 from ldm.core.config import SECTION
 from ldm.data.datamodule import require_divisible_sizes
-from ldm.stages.trainer import RunConfig
+from ldm.stages.run_config import RunConfig
 
 # Image towers (model.vision.kind). VIT is CLIPModel's own; RESNET, see ldm/components/conv_vision.py.
 VIT, RESNET = "vit", "resnet"

@@ -10,7 +10,7 @@ from typing import ClassVar, Literal
 from pydantic.dataclasses import dataclass
 
 from ldm.core.config import SECTION, require_divides
-from ldm.stages.trainer import RunConfig
+from ldm.stages.run_config import RunConfig
 
 
 @dataclass(config=SECTION)

@@ -42,7 +42,8 @@ from ldm.stages.diffusion.samples import (
     save_grid,
 )
 from ldm.stages.optimizers import build_optimizer
-from ldm.stages.trainer import TrainConfig, lr_scheduler
+from ldm.stages.run_config import TrainConfig
+from ldm.stages.trainer import lr_scheduler
 
 EMA_KEY = "ema"  # where the EMA weights live in a Lightning checkpoint
 BASE_KEY = "lora_base"  # the base model a LoRA run's checkpoint was trained on

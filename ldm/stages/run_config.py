@@ -1,0 +1,98 @@
+"""The sections every stage's config has: where the run goes, its data (`data:`) and how it trains (`train:`).
+
+Each stage's Config (ldm/stages/<stage>/config.py) extends RunConfig with its own sections.
+"""
+
+from __future__ import annotations
+
+from dataclasses import field
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from pydantic.dataclasses import dataclass
+
+from ldm.core.config import SECTION
+from ldm.data.config import DataConfig
+
+# accelerate's --mixed_precision values, as Lightning precision settings.
+ACCELERATE_PRECISION = {"no": "32-true", "fp16": "16-mixed", "bf16": "bf16-mixed"}
+PRECISION_ALIASES = {"32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed",
+                     "16-mixed": "16-mixed", "bf16-mixed": "bf16-mixed", "32-true": "32-true",
+                     "bf16-true": "bf16-true", "16-true": "16-true", "64-true": "64-true"}
+LAST = "last"
+
+
+@dataclass(config=SECTION)
+class TrainConfig:
+    max_steps: int = 1000
+    max_minutes: float | None = None  # stop after this much wall time, whatever max_steps says
+    lr: float = 1e-4  # per process batch; not scaled with the number of processes
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    # Lightning precision ("32-true", "bf16-mixed", "16-mixed"); null takes accelerate's choice.
+    precision: str | None = None
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"  # "ddp", "fsdp", ...: Lightning's strategies
+    accumulate_grad_batches: int = 1
+    gradient_clip: float | None = 1.0
+    val_every_n_steps: int = 500
+    limit_val_batches: int | None = None
+    checkpoint_every_n_steps: int = 500
+    keep_checkpoints: int = 2
+    log_every_n_steps: int = 10
+    seed: int = 0
+    # Steps with a non-finite loss or gradients are skipped (and counted); this many in a row stop the run.
+    max_bad_steps: int = 10
+    # With --resume: config keys whose changes to apply from the resumed step on (see
+    # ldm.stages.checkpoints.ACCEPTABLE_CHANGES); any other change is refused.
+    accept_changes: list[str] = field(default_factory=list)
+    # Lightning's deterministic=True: deterministic kernels only (some CUDA ones are not; on a CPU
+    # runs are reproducible without it). Slower on GPUs; "warn" only warns where a kernel is not.
+    deterministic: bool | Literal["warn"] = False
+    # "last" resumes from the run's last checkpoint; a path resumes from that file.
+    ckpt_path: str | None = None
+    # Memory savers (autoencoder and diffusion stages; see ldm/stages/optimizers.py):
+    # adamw8bit needs bitsandbytes; adafactor keeps factored second moments and no first moment.
+    optimizer: Literal["adamw", "adamw8bit", "adafactor"] = "adamw"
+    # Recompute each block's activations in the backward pass instead of keeping them: less memory
+    # for about a third more compute (the UNet, the text encoder when trained, a KL autoencoder).
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self):
+        for name in ("max_steps", "val_every_n_steps", "checkpoint_every_n_steps",
+                     "accumulate_grad_batches", "log_every_n_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be at least 1, got {getattr(self, name)}")
+        if self.precision is not None and str(self.precision) not in PRECISION_ALIASES:
+            raise ValueError(f"train.precision must be one of {', '.join(PRECISION_ALIASES)}, "
+                             f"got {self.precision!r}")
+
+
+@dataclass(config=SECTION)
+class RunConfig:
+    """The sections every stage's config has; each stage adds its own (model, loss, ...)."""
+
+    STAGE: ClassVar[str] = ""  # each stage's Config names its stage here
+
+    stage: str
+    run_dir: str  # RUN: every stage of one model writes its exports and logs here
+    data: DataConfig
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        if self.STAGE and self.stage != self.STAGE:
+            raise ValueError(f"stage must be '{self.STAGE}' for this config, got {self.stage!r}")
+
+    @property
+    def stage_dir(self) -> Path:
+        """RUN/<stage>: checkpoints, logs, sample grids and loss plots of this stage."""
+        return Path(self.run_dir) / self.stage
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.stage_dir / "checkpoints"
+
+
