@@ -52,6 +52,11 @@ def plot_losses(csv_path: str | Path, out_png: str | Path, title: str) -> Path |
     if all(v > 0 for points in series.values() for _, v in points):
         ax.set_yscale("log")
     ax.set_title(title)
+    return save_figure(fig, ax, out_png)
+
+
+def save_figure(fig, ax, out_png: str | Path) -> Path:
+    """The project's plots end alike: a small legend, a light grid, the PNG written, the figure closed."""
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()

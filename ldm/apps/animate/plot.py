@@ -9,13 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 
 from ldm.apps.animate.timeline import WalkPlan
-
-matplotlib.use("Agg")  # no display: write files only
-import matplotlib.pyplot as plt  # noqa: E402
+from ldm.stages.plots import plt, save_figure  # pyplot set up to write files only
 
 
 def plot_motion(distances: list[float], plan: WalkPlan, correlation: float, out_png: str | Path) -> Path:
@@ -33,9 +30,4 @@ def plot_motion(distances: list[float], plan: WalkPlan, correlation: float, out_
     ax.set_xlabel("seconds")
     ax.set_ylabel("distance")
     ax.set_title(f"motion against the audio (correlation {correlation:.2f}; dotted: keyframes)", fontsize=10)
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out_png)
-    plt.close(fig)
-    return Path(out_png)
+    return save_figure(fig, ax, out_png)
