@@ -6,10 +6,8 @@ Both train the same UNet (same config, same initial weights) on the same batch s
 process on this machine:
 - ldm: `LatentDiffusion` under Lightning, reading latent moments and caption embeddings from the
   latent cache, at the config's precision (the cache is built first and not timed),
-- plain: a hand loop over images and captions that runs the autoencoder and the text encoder at
-  every step, all in fp32, then the same UNet update: AdamW with the config's learning rate and
-  weight decay, gradient clipping, and the config's EMA (so the figure is what the cache and ldm's
-  training path buy, not a feature the plain loop leaves out).
+- plain: scripts/plain_loop.py, the loop a diffusers example script runs: it encodes images and
+  captions at every step, all in fp32, then the same UNet update (AdamW, clipping, EMA).
 The two run in turn, --rounds times; each round times --steps steps of each after --warmup steps.
 A step is timed end to end, data loading included, and throughput is the batch size over the
 median step time: on a shared machine, bursts of outside load lengthen some steps by tens of
@@ -27,11 +25,8 @@ import time
 
 import lightning as L
 import torch
-import torch.nn.functional as F
+from plain_loop import PlainLoop, synchronize
 
-from ldm.components.autoencoder import encode
-from ldm.data.datamodule import ImageCaptionDataModule
-from ldm.stages.diffusion.parts import build_ema
 from ldm.stages.diffusion.train import build_datamodule, build_module
 from ldm.stages.launch import resolve_precision
 from ldm.stages.registry import load_config
@@ -61,50 +56,18 @@ def cached_step_times(cfg, module, steps: int, warmup: int) -> list[float]:
 
 
 def plain_step_times(cfg, module, unet, steps: int, warmup: int, device: torch.device) -> list[float]:
-    """The loop a diffusers training script runs without a cache, in fp32, on `device`."""
-    vae, text_encoder = module.autoencoder.vae.to(device), module.conditioner.text_encoder.to(device)
-    unet = unet.to(device)
-    tokenizer, scheduler = module.conditioner.tokenizer, module.noise_scheduler
-    datamodule = ImageCaptionDataModule(cfg.data)
-    datamodule.setup()
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    ema = build_ema(cfg.ema, unet)
-    unet.train()
+    """The peer's loop (scripts/plain_loop.py) on `device`: the end time of each step."""
     ends = []
-    while len(ends) < warmup + steps:
-        for batch in datamodule.train_dataloader():
-            with torch.no_grad():
-                latents = encode(vae, batch["pixel_values"].to(device), sample=True)
-                ids = tokenizer(batch["caption"], padding="max_length", truncation=True,
-                                max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
-                embeddings = text_encoder(ids.to(device)).last_hidden_state
-            noise = torch.randn_like(latents)
-            t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=device)
-            prediction = unet(scheduler.add_noise(latents, noise, t), t, encoder_hidden_states=embeddings).sample
-            loss = F.mse_loss(prediction, noise)
-            loss.backward()
-            if cfg.train.gradient_clip:
-                torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.train.gradient_clip)
-            optimizer.step()
-            optimizer.zero_grad()
-            if ema is not None:
-                ema.step(unet.parameters())
-            synchronize(device)
-            ends.append(time.perf_counter())
-            if len(ends) == warmup + steps:
-                break
+    for _ in PlainLoop(cfg, module, unet, device).steps():
+        ends.append(time.perf_counter())
+        if len(ends) == warmup + steps:
+            break
     return durations(ends, warmup)
 
 
 def durations(ends: list[float], warmup: int) -> list[float]:
     """Seconds each step took, from the end of the one before, leaving out the first `warmup`."""
     return [b - a for a, b in zip(ends[warmup - 1:], ends[warmup:])]
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for queued GPU work, so that the clock measures it (a no-op on a CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def main() -> None:
