@@ -390,14 +390,15 @@ def _edit_json(path: Path, **changes) -> None:
 
 # ---- the table ------------------------------------------------------------------------------------------
 
-def run_suite(work: Path, kills: int, seed: int, quick: bool) -> list[Outcome]:
+def run_suite(work: Path, kills: int, seed: int, quick: bool,
+              stages: tuple[str, ...] = ("autoencoder", "clip", "diffusion")) -> list[Outcome]:
     rng = random.Random(seed)
     runs = Runs(work)
     outcomes = malformed_configs(runs) + malformed_data(work) + booby_trapped_folders(work)
     if quick:
         return outcomes
     runs.prepare()
-    for stage in ("autoencoder", "clip", "diffusion"):
+    for stage in stages:
         twin = work / f"twin-{stage}"
         if runs.train(stage, twin).wait() != 0:
             outcomes.append(Outcome(f"uninterrupted {stage} twin", FAILED, "did not train"))
@@ -430,12 +431,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill moments (default 0)")
     parser.add_argument("--quick", action="store_true", help="only the faults that train nothing")
     parser.add_argument("--work", help="folder for the runs (default: a temporary one, removed)")
+    parser.add_argument("--stages", nargs="+", default=list(CONFIGS), choices=list(CONFIGS),
+                        help="the stages whose runs are killed (default all)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work) if args.work else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        outcomes = run_suite(work, args.kills, args.seed, args.quick)
+        outcomes = run_suite(work, args.kills, args.seed, args.quick, tuple(args.stages))
     print(format_table(outcomes))
     sys.exit(1 if any(o.verdict == FAILED for o in outcomes) else 0)
 

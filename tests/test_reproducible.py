@@ -128,3 +128,16 @@ def test_a_run_killed_at_a_random_step_resumes_to_its_uninterrupted_twin(shapes,
     resumed = ldm_train(crash, "--resume")
     assert resumed.wait(timeout=600) == 0, resumed.stdout.read()[-3000:]
     assert_identical(tmp_path / "whole" / "pipeline", tmp_path / "crash" / "pipeline")
+
+
+def test_a_clip_run_resumed_from_a_checkpoint_equals_its_twin(shapes, tmp_path):
+    """The hard negatives' swapped words come from the step, not from a generator a resume would reset."""
+    settings = {"max_steps": 6, "checkpoint_every_n_steps": 3, "val_every_n_steps": 3}
+    whole = train(write(tmp_path / "whole.yaml", {**clip_config(shapes, tmp_path / "whole"),
+                                                   "train": {**clip_config(shapes, tmp_path)["train"], **settings}}))
+    step3 = tmp_path / "whole" / "clip_training" / "checkpoints" / "step00000003.ckpt"
+    resumed_config = clip_config(shapes, tmp_path / "resumed")
+    resumed_config["train"] = {**resumed_config["train"], **settings, "ckpt_path": str(step3)}
+    resumed = train(write(tmp_path / "resumed.yaml", resumed_config))
+    assert resumed.trainer.global_step == whole.trainer.global_step == 6
+    assert_identical(whole.export / "text_encoder", resumed.export / "text_encoder")

@@ -38,16 +38,18 @@ class WordSwapper:
                                     + r")\b", re.IGNORECASE) for group in self.groups]
         self.rng = random.Random(seed)
 
-    def negatives(self, captions: list[str]) -> list[str]:
-        """For each caption and each group it mentions: the caption with one such word swapped."""
+    def negatives(self, captions: list[str], rng: random.Random | None = None) -> list[str]:
+        """For each caption and each group it mentions: the caption with one such word swapped, the
+        words picked by `rng` (default: the swapper's own generator)."""
+        rng = rng or self.rng
         swapped = []
         for caption in captions:
             for pattern, group in zip(self.patterns, self.groups):
                 matches = list(pattern.finditer(caption))
                 if not matches:
                     continue
-                match = self.rng.choice(matches)
-                other = self.rng.choice([w for w in group if w != match.group(0).lower()])
+                match = rng.choice(matches)
+                other = rng.choice([w for w in group if w != match.group(0).lower()])
                 swapped.append(caption[:match.start()] + other + caption[match.end():])
         return swapped
 

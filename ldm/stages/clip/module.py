@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import random
 
 import lightning as L
 import torch
@@ -122,7 +123,10 @@ class ClipModule(L.LightningModule):
         `contrastive_loss`, since transformers' own needs one caption per image and no more.
         """
         captions = list(batch["caption"])
-        tokens = self.tokenize(captions + self.swapper.negatives(captions))
+        # The swapped words are drawn from the seed, the step and the process: the same after a
+        # resume as in an uninterrupted run, and different in each process.
+        rng = random.Random(f"{self.cfg.train.seed}-{self.global_step}-{self.global_rank}-{self.training}")
+        tokens = self.tokenize(captions + self.swapper.negatives(captions, rng))
         return self.clip(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"],
                          pixel_values=batch["pixel_values"])
 
