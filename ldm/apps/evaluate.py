@@ -18,7 +18,6 @@ are reported beside them, as the ceiling a model can reach with this CLIP. The p
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from dataclasses import dataclass
@@ -278,14 +277,13 @@ def evaluate_diffusion(pipeline: str, data: str, clip: str | None = None, incept
     `samples` (as written by `generate_samples`).
     """
     from ldm.core.images import to_pil, to_tensor
-    from ldm.sampling.pipeline_io import vae_factor
+    from ldm.sampling.pipeline_io import image_size
 
     start = time.perf_counter()
     if prompts is not None and not prompts:
         raise LdmError("no prompts to evaluate with: the prompts given are empty")
     clip_path = check_diffusion_inputs(pipeline, data, clip, inception)
-    config = json.loads((Path(pipeline) / "unet" / "config.json").read_text())
-    real = load_real(data, split, config["sample_size"] * vae_factor(pipeline))
+    real = load_real(data, split, image_size(pipeline))
     prompts, wanted, prompts_from = requests_for(real, prompts)
     if wanted is None and clip_path is None:
         raise LdmError("nothing to measure: prompt fidelity needs the shapes data's held-out prompts, and "

@@ -176,9 +176,7 @@ def _generate_jobs(opts: GenerateOptions, jobs: list[ImageJob], out: Path, devic
     pipe = load_pipeline(opts.pipeline, dtype=DTYPES[opts.dtype], device=device, loras=opts.loras)
     pipe.scheduler = make_sampler(opts.sampler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
-    factor = pipe.vae_scale_factor
-    height = opts.height or pipe.unet.config.sample_size * factor
-    width = opts.width or pipe.unet.config.sample_size * factor
+    height, width = opts.height or pipe.image_size, opts.width or pipe.image_size
     init = None
     if opts.init_image is not None:
         init = load_init_image(opts.init_image).resize((width, height), Image.Resampling.LANCZOS)

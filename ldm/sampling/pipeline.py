@@ -52,6 +52,11 @@ class LatentDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin)
         self.vae_scale_factor = vae_lib.downsampling_factor(vae)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
 
+    @property
+    def image_size(self) -> int:
+        """The side of the square images the UNet was trained at: the default height and width."""
+        return self.unet.config.sample_size * self.vae_scale_factor
+
     # ---- conditioning ---------------------------------------------------------------------------
 
     def encode_prompt(self, prompts: list[str], negative_prompts: list[str] | None,
@@ -157,8 +162,7 @@ class LatentDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin)
         """
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
-        height = height or self.unet.config.sample_size * self.vae_scale_factor
-        width = width or self.unet.config.sample_size * self.vae_scale_factor
+        height, width = height or self.image_size, width or self.image_size
         if height % self.vae_scale_factor or width % self.vae_scale_factor:
             raise ValueError(f"height and width must be multiples of {self.vae_scale_factor}, "
                              f"got {height}x{width}")

@@ -81,6 +81,13 @@ def vae_factor(path: str | Path) -> int:
     return 2 ** (len(config["block_out_channels"]) - 1)
 
 
+def image_size(path: str | Path) -> int:
+    """The side of the square images the pipeline's UNet was trained at (pixels), read from the configs
+    without loading weights; the pipeline takes other sizes too (any multiple of `vae_factor`)."""
+    unet = json.loads((Path(path) / "unet" / "config.json").read_text())
+    return unet["sample_size"] * vae_factor(path)
+
+
 def load_pipeline(path: str | Path, dtype: torch.dtype | None = None,
                   device: str | torch.device | None = None,
                   loras: list[LoraChoice] = ()) -> LatentDiffusionPipeline:

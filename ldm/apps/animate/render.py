@@ -112,12 +112,12 @@ def _autoencoder_folder(path: str) -> Path:
 
 def _load_autoencoder(path: str, device):
     """(vae, image size): at the diffusion model's resolution when `path` is a pipeline."""
-    from ldm.components.autoencoder import downsampling_factor, load_vae
+    from ldm.components.autoencoder import load_vae
+    from ldm.sampling.pipeline_io import image_size
 
     vae = load_vae(_autoencoder_folder(path)).to(device)
-    unet_config = Path(path) / "unet" / "config.json"
-    if unet_config.is_file():
-        return vae, json.loads(unet_config.read_text())["sample_size"] * downsampling_factor(vae)
+    if (Path(path) / "unet" / "config.json").is_file():
+        return vae, image_size(path)
     return vae, vae.config.sample_size
 
 

@@ -98,7 +98,7 @@ def seed_noise(pipe: LatentDiffusionPipeline, seeds: list[int], height: int, wid
 def prompt_walk(pipe: LatentDiffusionPipeline, prompts: list[str], seeds: list[int], negative_prompt: str,
                 loop: bool, steps: int, guidances: list[float]) -> DiffusionWalk:
     """Keyframe k is prompts[k] with seeds[k] (a seed walk repeats one prompt)."""
-    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    size = pipe.image_size
     embeddings = encode_each_once(pipe.tokenizer, pipe.text_encoder, prompts + [negative_prompt])
     embeddings, negative = embeddings[:-1], embeddings[-1:]
     noises = seed_noise(pipe, seeds, size, size)
@@ -109,7 +109,7 @@ def image_walk(pipe: LatentDiffusionPipeline, images: list[str], captions: list[
                loop: bool, steps: int, guidances: list[float]) -> DiffusionWalk:
     """Keyframe k is images[k] inverted to noise by DDIM under its caption; the pipeline samples with
     the DDIM sampler that mirrors the inversion, so the walk passes through the images."""
-    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    size = pipe.image_size
     embeddings = encode_each_once(pipe.tokenizer, pipe.text_encoder, captions + [negative_prompt])
     embeddings, negative = embeddings[:-1], embeddings[-1:]
     pixels = torch.cat([load_image_tensor(path, size) for path in images]).to(pipe.device, pipe.vae.dtype)
