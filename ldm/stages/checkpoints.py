@@ -33,7 +33,7 @@ RECORD_KEY = "ldm_run"  # where RunRecord puts its record in a checkpoint
 # along the way, not what it trains on or how.
 SAFE_TO_CHANGE = ("train.max_steps", "train.max_minutes", "train.val_every_n_steps", "train.limit_val_batches",
                   "train.checkpoint_every_n_steps", "train.keep_checkpoints", "train.log_every_n_steps",
-                  "train.max_bad_steps", "train.ckpt_path", "data.num_workers")
+                  "train.max_bad_steps", "train.ckpt_path", "data.num_workers", "cache_shared_filesystem")
 # Keys a resumed run may change when the user says so (`--accept-changes KEY`), because the trainer
 # can make the change take effect from the resumed step on.
 ACCEPTABLE_CHANGES = ("train.lr", "train.gradient_clip")
