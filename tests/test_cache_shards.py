@@ -8,9 +8,9 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from cache_contents import assert_same_cache
 
 from ldm.components.autoencoder import FrozenAutoencoder
 from ldm.components.text_encoder import TextConditioner
@@ -19,7 +19,6 @@ from ldm.data import latent_cache
 from ldm.data.cache_share import PROBES, Share, cache_share, probe_share, share_from_views
 from ldm.data.config import DataConfig
 from ldm.data.latent_cache import (
-    CachePart,
     build_shard,
     cached,
     finish_cache,
@@ -47,27 +46,6 @@ class Inputs:
     def finish(self, folder: Path, count: int) -> None:
         assert wait_for_shards(folder, [size for size, _ in self.plan], count, poll=0.01) < 1.0
         finish_cache(folder, self.plan, count)
-
-
-def contents(folder: Path) -> list[dict]:
-    """Every part's columns as read for training (the zero-copy views), all rows and captions in order."""
-    read = []
-    for part in load_cache(folder):
-        columns = CachePart(part)
-        rows = np.arange(len(part))
-        read.append({"mean": columns.mean.take(rows), "std": columns.std.take(rows),
-                     "embeddings": columns.embeddings.take(np.arange(columns.caption_count.sum())),
-                     "caption_count": columns.caption_count, "captions": part["captions"]})
-    return read
-
-
-def assert_same_cache(a: Path, b: Path) -> None:
-    first, second = contents(a), contents(b)
-    assert len(first) == len(second)
-    for x, y in zip(first, second):
-        assert x["captions"] == y["captions"]
-        for name in ("mean", "std", "embeddings", "caption_count"):
-            assert x[name].shape == y[name].shape and np.array_equal(x[name], y[name]), name
 
 
 def test_two_shards_read_back_as_the_one_process_cache(tmp_path, make_stage1_run):

@@ -21,6 +21,7 @@ stop with an error asking for the setting to be given.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from dataclasses import dataclass
@@ -72,6 +73,8 @@ def probe_share(strategy, folder: Path, rank: int, world: int, wait: float = PRO
     seen = visible(probes, wait)
     views = strategy.all_gather(torch.tensor(seen, dtype=torch.uint8, device=strategy.root_device))
     probes[rank].unlink()  # every process has looked: the gather above waited for all of them
+    with contextlib.suppress(OSError):  # the last one out removes the folder
+        probes[rank].parent.rmdir()
     return share_from_views(views.cpu().reshape(world, world).bool().tolist(), rank, folder)
 
 
