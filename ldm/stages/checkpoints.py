@@ -27,6 +27,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
 
 from ldm.core.errors import LdmError
+from ldm.data.sources import shard_files
 
 RECORD_KEY = "ldm_run"  # where RunRecord puts its record in a checkpoint
 # Config keys a resumed run may change freely: they decide when training stops and what it writes
@@ -75,11 +76,19 @@ def resume_checkpoint(folder: Path, last: Path) -> Path | None:
     return None
 
 
-def data_fingerprint(source: str) -> str:
-    """What the data is, cheaply: every file's name, size and modification time for a local folder;
-    the name for a hub dataset (whose revision is the hub's business)."""
-    path = Path(source).expanduser()
+def data_fingerprint(source: str | list[str]) -> str:
+    """What the data is, cheaply: every file's name, size and modification time for a local folder
+    or local shards; the name for a hub dataset or shards named by URL (whose revision is their
+    host's business)."""
+    files = shard_files(source)
     digest = hashlib.sha256()
+    if files is not None:
+        for file in files:
+            local = Path(file)
+            stat = f"{local.stat().st_size}\0{local.stat().st_mtime_ns}" if local.is_file() else ""
+            digest.update(f"{file}\0{stat}\n".encode())
+        return digest.hexdigest()[:16]
+    path = Path(source).expanduser()
     if path.is_dir():
         for file in sorted(p for p in path.rglob("*") if p.is_file()):
             stat = file.stat()
