@@ -3,18 +3,31 @@ resumed where a checkpoint left them."""
 
 from __future__ import annotations
 
+import random
+import signal
+import subprocess
+import sys
+import time
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
+from diffusion_fixtures import diffusion_config
+from launching import child_env
 from shards import rows, write_parquet, write_webdataset
+from test_reproducible import assert_identical
 
+from ldm.core.config import build
 from ldm.core.errors import LdmError
 from ldm.data.config import DataConfig
 from ldm.data.datamodule import STREAM_POSITION, StreamPosition, collate, load_splits, make_loader
 from ldm.data.shapes.generator import make_shapes_dataset
 from ldm.data.sources import load_source
 from ldm.stages.checkpoints import data_fingerprint
+from ldm.stages.diffusion.config import Config
+from ldm.stages.diffusion.train import train
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +128,54 @@ def test_a_resumed_shuffled_stream_says_it_is_not_exact(tars):
         warnings.simplefilter("always")
         train.resume_from({"epoch": 0, "workers": {}})
     assert any("data.shuffle_buffer: 0 resumes exactly" in str(w.message) for w in caught)
+
+
+def streamed_config(root: Path, run: Path, source, **data) -> dict:
+    """The diffusion stage on a streamed source, encoding every step (cache: false), exactly resumable."""
+    config = diffusion_config(root, run, cache=False, samples={"prompts": []})
+    config["data"] = {**config["data"], "source": source, "streaming": True, "shuffle_buffer": 0, **data}
+    return config
+
+
+def test_parquet_shards_train_the_diffusion_stage_streamed(tmp_path, make_stage1_run):
+    run = make_stage1_run(tmp_path)
+    files = [str(path) for path in write_parquet(tmp_path / "shapes", tmp_path / "pq", shards=3)]
+    train(build(Config, streamed_config(tmp_path, run, files)))
+    assert (run / "pipeline" / "model_index.json").is_file()
+    assert not (run / "diffusion" / "cache").exists()
+
+
+def ldm_train(config: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "ldm", "train", str(config), *extra], env=child_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.slow
+def test_a_streamed_webdataset_run_killed_and_resumed_equals_its_uninterrupted_twin(tmp_path, make_stage1_run):
+    run = make_stage1_run(tmp_path)
+    write_webdataset(tmp_path / "shapes", tmp_path / "wds", shards=4)
+    # 24 images: 8 held out for validation, 16 train in batches of 4, so 10 steps cross two epochs.
+    settings = {"max_steps": 10, "val_every_n_steps": 5, "checkpoint_every_n_steps": 3, "limit_val_batches": 1,
+                "log_every_n_steps": 1, "lr": 1e-3}
+    configs = {}
+    for name in ("whole", "crash"):
+        config = streamed_config(tmp_path, run, str(tmp_path / "wds" / "*.tar"), image_column="png",
+                                 caption_column="txt", random_flip=True)
+        config.update(run_dir=str(tmp_path / name), train=settings)
+        configs[name] = tmp_path / f"{name}.yaml"
+        configs[name].write_text(yaml.safe_dump(config))
+    uninterrupted = ldm_train(configs["whole"])
+    assert uninterrupted.wait(timeout=600) == 0, uninterrupted.stdout.read()[-3000:]
+
+    killed = ldm_train(configs["crash"])
+    checkpoints = tmp_path / "crash" / "diffusion" / "checkpoints"
+    while not list(checkpoints.glob("step*.ckpt")) and killed.poll() is None:
+        time.sleep(0.05)
+    time.sleep(random.Random().uniform(0.0, 1.0))  # somewhere after the first checkpoint
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(timeout=60)
+    if killed.returncode == 0:
+        pytest.skip("the run finished before it could be killed (a very fast machine)")
+    resumed = ldm_train(configs["crash"], "--resume")
+    assert resumed.wait(timeout=600) == 0, resumed.stdout.read()[-3000:]
+    assert_identical(tmp_path / "whole" / "pipeline", tmp_path / "crash" / "pipeline")
