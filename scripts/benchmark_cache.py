@@ -11,6 +11,8 @@ not depend on the weights), in this process on this machine (CUDA when there is 
   for a smaller one on a slow CPU),
 - text encoders: the shapes CLIP's (configs/clip/clip_shapes.yaml) and a CLIP ViT-L/14-sized one
   (768 wide, 12 layers, as Stable Diffusion 1.x conditions on), 77 tokens, batches of 256 captions,
+- decoding: a 512x384 JPEG decoded, resized and cropped to 256 px as the cache's DataLoader
+  workers do it, in one process,
 and the bytes a cached image takes (latent moments in fp32, one caption's embeddings in fp16).
 
 build: the cache of --images shapes images (32 px, the shapes autoencoder, the shapes CLIP's text
@@ -23,7 +25,10 @@ its wait) and checks that the two caches are equal to the bit.
 from __future__ import annotations
 
 import argparse
+import functools
+import io
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -31,12 +36,17 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from ldm.components.autoencoder import FrozenAutoencoder
+from ldm.data.config import DataConfig
+from ldm.data.datamodule import decode_row
 from ldm.data.latent_cache import cache_differences
 from ldm.data.shapes.generator import make_shapes_dataset
+from ldm.data.transforms import preprocess
 from ldm.stages.autoencoder.module import build_autoencoder
 from ldm.stages.clip.tokenizer import train_tokenizer
 from ldm.stages.registry import load_config
@@ -82,27 +92,54 @@ def text_encoder(text: dict) -> CLIPTextModel:
     return CLIPTextModel(config).eval().requires_grad_(False).to(device())
 
 
-def encode_times(args) -> None:
-    print(f"device: {device()}, torch threads: {torch.get_num_threads()}")
+def time_autoencoders(args) -> None:
     for config, batch in (("kl_f4_shapes.yaml", 64), ("kl_f8_256.yaml", args.batch_256)):
         frozen, side = autoencoder(config)
         pixels = torch.rand(batch, 3, side, side, device=device()) * 2 - 1
         with torch.no_grad():
             mean, _ = frozen.moments(pixels[:1])
-            per_image = seconds_per_item(lambda: frozen.moments(pixels), batch, args.repeats)
+            per_image = seconds_per_item(functools.partial(frozen.moments, pixels), batch, args.repeats)
         latent_bytes = 2 * mean[0].numel() * 4  # mean and std, fp32
         print(f"autoencoder {config} at {side} px, batch {batch}: {per_image * 1e3:.2f} ms an image; "
               f"latent {tuple(mean.shape[1:])}, {latent_bytes / 1024:.1f} KiB cached (mean and std, fp32)")
-    shapes_text = load_config(CONFIGS / "clip" / "clip_shapes.yaml", PLACEHOLDERS).model.text
-    texts = {"clip_shapes.yaml": {name: getattr(shapes_text, name) for name in VIT_L_TEXT}, "ViT-L/14-sized": VIT_L_TEXT}
+
+
+def time_text_encoders(args) -> None:
+    shapes = load_config(CONFIGS / "clip" / "clip_shapes.yaml", PLACEHOLDERS).model.text
+    texts = {"clip_shapes.yaml": {name: getattr(shapes, name) for name in VIT_L_TEXT},
+             "ViT-L/14-sized": VIT_L_TEXT}
     for name, text in texts.items():
         model = text_encoder(text)
         ids = torch.randint(0, 49408, (TEXT_BATCH, TOKENS), device=device())
         with torch.no_grad():
-            per_caption = seconds_per_item(lambda: model(ids), TEXT_BATCH, args.repeats)
+            per_caption = seconds_per_item(functools.partial(model, ids), TEXT_BATCH, args.repeats)
         embedding_bytes = TOKENS * text["hidden_size"] * 2  # fp16
         print(f"text encoder {name} ({text['hidden_size']} wide, {text['num_layers']} layers), batch {TEXT_BATCH}: "
               f"{per_caption * 1e3:.3f} ms a caption; {embedding_bytes / 1024:.1f} KiB cached a caption (fp16)")
+
+
+def time_decoding(args) -> None:
+    """What a DataLoader worker does per image before the encoders: a 512x384 JPEG (about what
+    256-px training data is stored as) decoded, resized to cover 256x256 and centre-cropped."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (384, 512, 3), np.uint8)).save(buffer, "JPEG", quality=90)
+    cfg = DataConfig(source="unused", resolution=256)
+    row = {cfg.image_column: {"bytes": buffer.getvalue(), "path": None}}
+
+    def decode_batch():
+        for _ in range(16):
+            preprocess(decode_row(row, cfg, (256, 256)), (256, 256), True, False, random.Random(0))
+
+    per_image = seconds_per_item(decode_batch, 16, args.repeats)
+    print(f"decode + resize + crop of a 512x384 JPEG ({len(buffer.getvalue()) / 1024:.0f} KiB) to 256 px, "
+          f"one process: {per_image * 1e3:.2f} ms an image")
+
+
+def encode_times(args) -> None:
+    print(f"device: {device()}, torch threads: {torch.get_num_threads()}")
+    time_autoencoders(args)
+    time_text_encoders(args)
+    time_decoding(args)
 
 
 def random_stage1(run: Path, captions: list[str]) -> None:

@@ -15,7 +15,7 @@ from ldm.components.autoencoder import FrozenAutoencoder
 from ldm.components.text_encoder import TextConditioner
 from ldm.core.errors import LdmError
 from ldm.data import latent_cache
-from ldm.data.cache_share import PROBES, Share, cache_share, probe_share, share_from_views
+from ldm.data.cache_share import PROBES, Share, cache_share, node_first, probe_share, share_from_views
 from ldm.data.config import DataConfig
 from ldm.data.latent_cache import (
     build_shard,
@@ -202,3 +202,26 @@ def test_the_setting_or_one_machine_needs_no_probe():
     assert cache_share(Trainer(), Path("c"), False) == Share(1, 2)
     Trainer.num_nodes = 1
     assert cache_share(Trainer(), Path("c")) == Share(3, 4)
+
+
+def test_a_machines_first_process_scans_before_its_others(tmp_path):
+    """`node_first`: the second process starts its work only once the first has finished its own."""
+    events = []
+
+    def process(local_rank: int):
+        trainer = type("Trainer", (), {"world_size": 2, "local_rank": local_rank})()
+
+        def work():
+            events.append(("start", local_rank))
+            time.sleep(0.2)
+            events.append(("end", local_rank))
+            return local_rank
+
+        assert node_first(trainer, tmp_path / "scanned", work) == local_rank
+
+    threads = [threading.Thread(target=process, args=(rank,)) for rank in (1, 0)]  # the second one first
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert events == [("start", 0), ("end", 0), ("start", 1), ("end", 1)]

@@ -17,16 +17,22 @@ shard to appear: a shard that has not appeared cannot tell "another disk" from "
 without a timeout, and a wrong guess either deadlocks or builds the cache twice in one folder.
 Processes whose views disagree (a file system that shows some machines' files but not others')
 stop with an error asking for the setting to be given.
+
+`node_first` orders work that each machine needs once and then reuses from its own disk (the scan
+of the source, which `datasets` caches there): the machine's first process does it, its others
+wait for a marker file and then find it cached, instead of all reading every image at once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import socket
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import torch
 
@@ -40,7 +46,10 @@ PROBES = ".probes"  # in the cache folder: one empty file per process while the 
 PROBE_SECONDS = 10.0
 PROBE_POLL = 0.2
 
+POLL_SECONDS = 0.5  # how often a process waiting for a machine's first one looks for its marker
+
 SharedSetting = bool | Literal["auto"]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -99,3 +108,19 @@ def share_from_views(views: list[list[bool]], rank: int, folder: Path) -> Share:
                            f"({described}): set cache_shared_filesystem: true (one file system for all "
                            "machines) or false (each machine its own)")
     return Share(groups[rank].index(rank), len(groups[rank]))
+
+
+def node_first(trainer, marker: Path, work: Callable[[], T]) -> T:
+    """`work()` in every process, the machine's first process (local rank 0) before its others,
+    which wait for `marker` (a file poll, not a collective: no timeout however long it takes).
+    The marker is named after the machine, whose disk holds what the work leaves cached."""
+    if trainer is None or trainer.world_size == 1:
+        return work()
+    marker = marker.with_name(f"{marker.name}-{socket.gethostname()}")
+    if trainer.local_rank == 0:
+        result = work()
+        atomic_write_bytes(marker, b"")
+        return result
+    while not marker.is_file():
+        time.sleep(POLL_SECONDS)
+    return work()

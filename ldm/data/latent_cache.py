@@ -52,6 +52,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 from datasets.arrow_writer import ArrowWriter
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ldm.components.autoencoder import FrozenAutoencoder
@@ -121,15 +122,36 @@ def cache_features(autoencoder: FrozenAutoencoder, conditioner: TextConditioner,
     return datasets.Features(features)
 
 
-def _encoder(cfg: DataConfig, size: Size, autoencoder: FrozenAutoencoder, conditioner: TextConditioner):
-    """The batch function: images -> latent moments at `size`, captions -> embeddings."""
-    rng = random.Random(0)  # unused: caching always centre-crops and never flips
+class DecodedRows(torch.utils.data.Dataset):
+    """Rows of a part as the encoders take them: (pixels at `size`, centre-cropped and unflipped, as
+    training would see them; every caption). Decoded in the DataLoader's workers (data.num_workers),
+    since on a GPU decoding the images takes longer than encoding them (docs/benchmarks.md)."""
 
-    def encode(batch: dict) -> dict:
-        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
-        pixels = torch.stack([preprocess(decode_row(row, cfg, size), size, True, False, rng) for row in rows])
+    def __init__(self, ds: datasets.Dataset, cfg: DataConfig, size: Size):
+        self.ds, self.cfg, self.size = ds, cfg, size
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, list[str]]:
+        row = self.ds[index]
+        rng = random.Random(0)  # unused: caching always centre-crops and never flips
+        pixels = preprocess(decode_row(row, self.cfg, self.size), self.size, True, False, rng)
+        return pixels, captions_of(row[self.cfg.caption_column])
+
+
+def decoded_batches(ds: datasets.Dataset, cfg: DataConfig, size: Size) -> DataLoader:
+    """`ds`'s rows in order, in batches of data.batch_size: (pixels, captions of each image)."""
+    return DataLoader(DecodedRows(ds, cfg, size), batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                      collate_fn=lambda items: (torch.stack([p for p, _ in items]), [c for _, c in items]))
+
+
+def _encoder(autoencoder: FrozenAutoencoder, conditioner: TextConditioner):
+    """The batch function: images -> latent moments, captions -> embeddings, as cache columns."""
+
+    def encode(batch: tuple[torch.Tensor, list[list[str]]]) -> dict:
+        pixels, captions = batch
         mean, std = autoencoder.moments(pixels)
-        captions = [captions_of(value) for value in batch[cfg.caption_column]]
         flat = [text for texts in captions for text in texts]
         embedded = torch.cat([conditioner.encode(flat[i:i + TEXT_BATCH]).cpu()
                               for i in range(0, len(flat), TEXT_BATCH)]).half().numpy()
@@ -171,10 +193,9 @@ def shard_block(rows: int, batch_size: int, index: int, count: int) -> slice:
 
 
 @torch.no_grad()
-def write_shard(batches: Iterable[dict], encode: Callable[[dict], dict], features: datasets.Features,
-                target: Path) -> int:
-    """Encode `batches` (dicts of columns, as `Dataset.iter` gives them) into the Arrow file
-    `target`, whole or not at all; returns the number of rows written."""
+def write_shard(batches: Iterable, encode: Callable[..., dict], features: datasets.Features, target: Path) -> int:
+    """Encode `batches` into the Arrow file `target`, whole or not at all; returns the number of
+    rows written."""
     rows = 0
     with atomic_file(target) as tmp:
         with ArrowWriter(features=features, path=str(tmp)) as writer:
@@ -210,9 +231,9 @@ def build_shard(ds: datasets.Dataset, plan: list[tuple[Size, np.ndarray]], cfg: 
         remove_unfinished(target.with_suffix(SHARD_DATA))
         mine = ds.select(rows[shard_block(len(rows), cfg.batch_size, index, count)])
         started = time.perf_counter()
-        batches = tqdm(mine.iter(batch_size=cfg.batch_size), total=-(-len(mine) // cfg.batch_size),
-                       desc=f"caching latents and text embeddings ({part_name(size)})", disable=not progress)
-        written = write_shard(batches, _encoder(cfg, size, autoencoder, conditioner),
+        batches = tqdm(decoded_batches(mine, cfg, size), desc=f"caching latents and text embeddings "
+                       f"({part_name(size)})", disable=not progress)
+        written = write_shard(batches, _encoder(autoencoder, conditioner),
                               cache_features(autoencoder, conditioner, size), target.with_suffix(SHARD_DATA))
         seconds = time.perf_counter() - started
         atomic_write_bytes(marker(target), json.dumps(

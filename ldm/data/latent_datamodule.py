@@ -1,6 +1,7 @@
 """The datamodule for training on the latent cache (see `ldm.data.latent_cache`).
 
-`setup` builds the cache if it does not exist yet, on every process at once: each process encodes
+`setup` scans the source (once per machine first: `node_first`, the others then find the scan
+cached) and builds the cache if it does not exist yet, on every process at once: each process encodes
 its own shard of the data (ldm/data/cache_share.py says which, and which processes share a cache
 folder), then polls until the others' shards are marked done, and logs what it encoded and how
 long it waited. No process sits in a collective call while the others encode (Lightning's
@@ -26,7 +27,7 @@ from torch.utils.data import DataLoader
 from ldm.components.autoencoder import FrozenAutoencoder
 from ldm.components.text_encoder import TextConditioner
 from ldm.core.errors import LdmError
-from ldm.data.cache_share import Share, SharedSetting, cache_share
+from ldm.data.cache_share import Share, SharedSetting, cache_share, node_first
 from ldm.data.config import DataConfig
 from ldm.data.datamodule import make_loader, validation_rows
 from ldm.data.latent_cache import (
@@ -42,6 +43,8 @@ from ldm.data.latent_cache import (
     wait_for_shards,
 )
 from ldm.data.sources import drop_unusable, load_source
+
+SCANS = ".scanned"  # in the cache root: a marker per source and machine whose scan is done
 
 
 def check_cacheable(cfg: DataConfig) -> None:
@@ -69,7 +72,9 @@ class LatentCacheDataModule(L.LightningDataModule):
         self.train_set = self.val_set = None
 
     def _source(self) -> datasets.Dataset:
-        return drop_unusable(load_source(self.cfg), self.cfg)
+        source = load_source(self.cfg)
+        marker = self.cache_root / SCANS / source._fingerprint  # orders the scans: one per machine first
+        return node_first(self.trainer, marker, lambda: drop_unusable(source, self.cfg))
 
     def cache_folder(self, ds: datasets.Dataset | None = None) -> Path:
         if self.folder is None:
