@@ -184,7 +184,7 @@ def build_times(args) -> None:
         launcher = [accelerate, "launch", "--multi_gpu", "--num_processes", str(args.processes)]
         print(f"{args.images} images, {args.processes} processes (accelerate launch):\n"
               + ldm_train(launcher, runs[args.processes], root / "stage1", data))
-        caches = [next((run / "diffusion" / "cache").iterdir()) for run in runs.values()]
+        caches = [next((run / "diffusion" / "cache").glob("[!.]*")) for run in runs.values()]
         differences = cache_differences(*caches)
         print("caches equal to the bit" if not differences else f"caches differ: {differences}")
 

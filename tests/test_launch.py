@@ -85,7 +85,7 @@ def check_shared_cache(output: str, run: Path, tmp_path: Path) -> None:
     for shard in (1, 2):
         assert f"shard {shard} of 2: encoded 12 of 24 images" in output
     assert output.count("then waited") == 2
-    caches = list((run / "diffusion" / "cache").iterdir())
+    caches = list((run / "diffusion" / "cache").glob("[!.]*"))  # not .scanned, the scan markers
     assert len(caches) == 1 and len(list(caches[0].glob("*/shard-*-of-00002.json"))) == 2
     alone = one_process_cache(tmp_path, run)
     assert alone.name == caches[0].name  # the same fingerprint: the process count is not part of it
