@@ -5,7 +5,7 @@
 
 encode: the seconds per image of each encoder the cache runs, randomly initialised (the time does
 not depend on the weights), in this process on this machine (CUDA when there is one), median of
---repeats batches after a warmup batch:
+--repeats batches after a warmup batch, with the floating-point operations torch counts for one:
 - autoencoders: configs/autoencoder/kl_f4_shapes.yaml at 32 px and kl_f8_256.yaml at 256 px, in
   batches of the stage-2 configs' data.batch_size (ldm_shapes 64, ldm_kl_f8_256 32; --batch-256
   for a smaller one on a slow CPU),
@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from ldm.components.autoencoder import FrozenAutoencoder
@@ -78,6 +79,14 @@ def seconds_per_item(run, batch: int, repeats: int) -> float:
     return statistics.median(times) / batch
 
 
+def counted(run) -> tuple[int, object]:
+    """(floating-point operations of `run()` as torch counts them, its result): the basis of a GPU
+    estimate where no GPU was measured."""
+    with FlopCounterMode(display=False) as counter:
+        result = run()
+    return counter.get_total_flops(), result
+
+
 def autoencoder(config: str) -> tuple[FrozenAutoencoder, int]:
     cfg = load_config(CONFIGS / "autoencoder" / config, PLACEHOLDERS)
     torch.manual_seed(0)
@@ -97,11 +106,12 @@ def time_autoencoders(args) -> None:
         frozen, side = autoencoder(config)
         pixels = torch.rand(batch, 3, side, side, device=device()) * 2 - 1
         with torch.no_grad():
-            mean, _ = frozen.moments(pixels[:1])
+            flops, (mean, _) = counted(functools.partial(frozen.moments, pixels[:1]))
             per_image = seconds_per_item(functools.partial(frozen.moments, pixels), batch, args.repeats)
         latent_bytes = 2 * mean[0].numel() * 4  # mean and std, fp32
-        print(f"autoencoder {config} at {side} px, batch {batch}: {per_image * 1e3:.2f} ms an image; "
-              f"latent {tuple(mean.shape[1:])}, {latent_bytes / 1024:.1f} KiB cached (mean and std, fp32)")
+        print(f"autoencoder {config} at {side} px, batch {batch}: {per_image * 1e3:.2f} ms an image "
+              f"({flops / 1e9:.1f} GFLOP); latent {tuple(mean.shape[1:])}, {latent_bytes / 1024:.1f} KiB cached "
+              "(mean and std, fp32)")
 
 
 def time_text_encoders(args) -> None:
@@ -112,10 +122,12 @@ def time_text_encoders(args) -> None:
         model = text_encoder(text)
         ids = torch.randint(0, 49408, (TEXT_BATCH, TOKENS), device=device())
         with torch.no_grad():
+            flops, _ = counted(functools.partial(model, ids[:1]))
             per_caption = seconds_per_item(functools.partial(model, ids), TEXT_BATCH, args.repeats)
         embedding_bytes = TOKENS * text["hidden_size"] * 2  # fp16
         print(f"text encoder {name} ({text['hidden_size']} wide, {text['num_layers']} layers), batch {TEXT_BATCH}: "
-              f"{per_caption * 1e3:.3f} ms a caption; {embedding_bytes / 1024:.1f} KiB cached a caption (fp16)")
+              f"{per_caption * 1e3:.3f} ms a caption ({flops / 1e9:.2f} GFLOP); {embedding_bytes / 1024:.1f} KiB "
+              "cached a caption (fp16)")
 
 
 def time_decoding(args) -> None:
