@@ -1,5 +1,6 @@
 """`accelerate launch --multi_gpu` runs a stage in several processes, here over gloo on the CPU: on one
-machine, and on two "machines" (two launches over loopback) that share the latent cache."""
+machine, on two "machines" (two launches over loopback) that share the latent cache, and on
+streamed shards that each process reads and resumes on its own."""
 
 import subprocess
 from pathlib import Path
@@ -9,6 +10,7 @@ import torch
 import yaml
 from diffusion_fixtures import diffusion_config
 from launching import accelerate, child_env, free_port
+from shards import write_webdataset
 
 from ldm.components.autoencoder import FrozenAutoencoder
 from ldm.components.text_encoder import TextConditioner
@@ -114,3 +116,27 @@ def test_two_machines_over_loopback_share_the_cache_and_export_once(tmp_path, ma
     assert (run / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors").exists()
     assert not list(run.glob(".pipeline.*"))  # written once, whole
     assert (run / "diffusion" / "checkpoints" / "last.ckpt").exists()
+
+
+@needs_launcher
+@pytest.mark.slow
+def test_two_processes_stream_their_own_shards_and_resume_where_each_was(tmp_path, make_stage1_run):
+    run = make_stage1_run(tmp_path)
+    write_webdataset(tmp_path / "shapes", tmp_path / "wds", shards=4)  # 24 images: 2 shards, 12 a process
+    config = diffusion_config(tmp_path, run, cache=False, samples={"prompts": []},
+                              train={"max_steps": 2, "val_every_n_steps": 2, "checkpoint_every_n_steps": 2,
+                                     "limit_val_batches": 1})
+    config["data"] = {**config["data"], "source": str(tmp_path / "wds" / "*.tar"), "image_column": "png",
+                      "caption_column": "txt", "streaming": True, "shuffle_buffer": 0, "batch_size": 2}
+    path = tmp_path / "streamed.yaml"
+    path.write_text(yaml.safe_dump(config))
+
+    def positions() -> list[dict]:
+        checkpoint = torch.load(run / "diffusion" / "checkpoints" / "last.ckpt", weights_only=True)
+        return checkpoint["ImageCaptionDataModule"]["stream"]
+
+    finish(launch("train", str(path)))
+    # Each process holds out its first 2 batches (4 rows), then trained 2 batches of 2: 4 rows into its training stream.
+    assert [(p["epoch"], p["workers"][0]["rows"]) for p in positions()] == [(0, 4), (0, 4)]
+    finish(launch("train", str(path), "train.max_steps=4", "--resume"))
+    assert [(p["epoch"], p["workers"][0]["rows"]) for p in positions()] == [(0, 8), (0, 8)]

@@ -9,6 +9,7 @@ temporary name beside the target, flushed to disk, then one rename.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,10 +38,12 @@ def atomic_folder(target: str | Path):
 @contextmanager
 def atomic_file(target: str | Path):
     """Yield a temporary path beside `target` for the caller to write; on success it is flushed to
-    disk and renamed to `target`, on error it is removed."""
+    disk and renamed to `target`, on error it is removed. The temporary name ends in a random
+    token after the process id: processes of several machines may write one file into a shared
+    folder (a latent cache's parts.json), and two machines can run processes of the same id."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}.{secrets.token_hex(4)}")
     try:
         yield tmp
         with open(tmp, "rb+") as f:
