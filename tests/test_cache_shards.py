@@ -66,6 +66,15 @@ def test_two_shards_read_back_as_the_one_process_cache(tmp_path, make_stage1_run
     assert load_cache(halves)[0]["captions"][13] == [inputs.ds[13]["text"]]
 
 
+def test_decoding_in_dataloader_workers_changes_nothing(tmp_path, make_stage1_run):
+    run = make_stage1_run(tmp_path)
+    for workers, folder in ((0, tmp_path / "main"), (2, tmp_path / "workers")):
+        inputs = Inputs(tmp_path, run, num_workers=workers)
+        inputs.build(folder, 0, 1)
+        inputs.finish(folder, 1)
+    assert cache_differences(tmp_path / "main", tmp_path / "workers") == []
+
+
 def test_more_shards_than_rows_and_buckets(tmp_path, make_stage1_run):
     """Bucket parts of a few images each, split 5 ways: empty shards are written and read back too."""
     run = make_stage1_run(tmp_path, n_images=6)

@@ -125,7 +125,7 @@ def cache_features(autoencoder: FrozenAutoencoder, conditioner: TextConditioner,
 class DecodedRows(torch.utils.data.Dataset):
     """Rows of a part as the encoders take them: (pixels at `size`, centre-cropped and unflipped, as
     training would see them; every caption). Decoded in the DataLoader's workers (data.num_workers),
-    since on a GPU decoding the images takes longer than encoding them (docs/benchmarks.md)."""
+    since for a GPU decoding the images can take longer than encoding them (docs/benchmarks.md)."""
 
     def __init__(self, ds: datasets.Dataset, cfg: DataConfig, size: Size):
         self.ds, self.cfg, self.size = ds, cfg, size
@@ -143,7 +143,12 @@ class DecodedRows(torch.utils.data.Dataset):
 def decoded_batches(ds: datasets.Dataset, cfg: DataConfig, size: Size) -> DataLoader:
     """`ds`'s rows in order, in batches of data.batch_size: (pixels, captions of each image)."""
     return DataLoader(DecodedRows(ds, cfg, size), batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                      collate_fn=lambda items: (torch.stack([p for p, _ in items]), [c for _, c in items]))
+                      collate_fn=_stack_decoded)
+
+
+def _stack_decoded(items: list[tuple[torch.Tensor, list[str]]]) -> tuple[torch.Tensor, list[list[str]]]:
+    # a module function, not a lambda: workers started by spawn (macOS, Windows) receive it pickled
+    return torch.stack([pixels for pixels, _ in items]), [captions for _, captions in items]
 
 
 def _encoder(autoencoder: FrozenAutoencoder, conditioner: TextConditioner):
