@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from shards import write_webdataset
 
 from ldm.components.autoencoder import FrozenAutoencoder
 from ldm.components.text_encoder import TextConditioner
@@ -33,7 +34,8 @@ class Inputs:
     """A scanned dataset and the two encoders, as a process building the cache has them."""
 
     def __init__(self, tmp_path: Path, run: Path, **data):
-        self.cfg = DataConfig(source=str(tmp_path / "shapes"), resolution=16, batch_size=4, **data)
+        data = {"source": str(tmp_path / "shapes"), **data}
+        self.cfg = DataConfig(resolution=16, batch_size=4, **data)
         self.ds = drop_unusable(load_source(self.cfg), self.cfg)
         self.plan = plan_parts(self.ds, self.cfg)
         self.autoencoder = FrozenAutoencoder.load(run / "vae")
@@ -73,6 +75,17 @@ def test_decoding_in_dataloader_workers_changes_nothing(tmp_path, make_stage1_ru
         inputs.build(folder, 0, 1)
         inputs.finish(folder, 1)
     assert cache_differences(tmp_path / "main", tmp_path / "workers") == []
+
+
+def test_webdataset_shards_cache_as_their_imagefolder_does(tmp_path, make_stage1_run):
+    run = make_stage1_run(tmp_path)
+    write_webdataset(tmp_path / "shapes", tmp_path / "wds", shards=3)
+    tars = Inputs(tmp_path, run, source=str(tmp_path / "wds" / "*.tar"), image_column="png", caption_column="txt")
+    for inputs, folder in ((Inputs(tmp_path, run), tmp_path / "folder"), (tars, tmp_path / "tars")):
+        for index in range(2):
+            inputs.build(folder, index, 2)
+        inputs.finish(folder, 2)
+    assert cache_differences(tmp_path / "folder", tmp_path / "tars") == []
 
 
 def test_more_shards_than_rows_and_buckets(tmp_path, make_stage1_run):
