@@ -122,8 +122,7 @@ def test_latent_cache_holds_each_bucket_in_its_own_part(mixed, tmp_path, make_st
                                TextConditioner.load(str(run)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        dm.prepare_data()
-    dm.setup()
+        dm.setup()
     parts = load_cache(dm.folder)
     assert len(parts) >= 3 and sum(len(part) for part in parts) == 40
     shapes = {tuple(part.features["mean"].shape) for part in parts}

@@ -25,7 +25,6 @@ def _datamodule(tmp_path, run, source=None, **data):
 
 def _prepared(tmp_path, run, **kwargs) -> LatentCacheDataModule:
     dm = _datamodule(tmp_path, run, **kwargs)
-    dm.prepare_data()
     dm.setup()
     return dm
 

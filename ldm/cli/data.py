@@ -37,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     "and report images by format and mode, every skipped file and why, sizes and "
                     "aspect ratios, bucket assignment and the pixels cropped away, empty, repeated "
                     "and over-long captions. Exits with status 2 where training would fail.")
-    check.add_argument("source", help="the data.source to check (a folder, a saved dataset, a hub name)")
+    check.add_argument("source", help="the data.source to check (a folder, a saved dataset, .tar or .parquet shards "
+                       "as a glob, a hub name)")
     check.add_argument("--config", help="take the other data: settings from this stage config")
     check.add_argument("--split", help="split to read (default train)")
     check.add_argument("--resolution", type=int, help="target side in pixels (data.resolution; default 32)")

@@ -1,13 +1,15 @@
-"""Writing folders whole or not at all.
+"""Writing folders and files whole or not at all.
 
 An export (RUN/vae, RUN/pipeline, ...) is written into a hidden temporary folder beside its target
 and renamed into place only when complete, so a crash mid-export leaves the previous export intact
-and never a half-written one.
+and never a half-written one. Files (a latent cache's shards, small records) go the same way: a
+temporary name beside the target, flushed to disk, then one rename.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,13 +35,25 @@ def atomic_folder(target: str | Path):
     shutil.rmtree(old, ignore_errors=True)
 
 
+@contextmanager
+def atomic_file(target: str | Path):
+    """Yield a temporary path beside `target` for the caller to write; on success it is flushed to
+    disk and renamed to `target`, on error it is removed. The temporary name ends in a random
+    token after the process id: processes of several machines may write one file into a shared
+    folder (a latent cache's parts.json), and two machines can run processes of the same id."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}.{secrets.token_hex(4)}")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write a file through a temporary name and rename it, so readers never see half of it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data)

@@ -50,8 +50,9 @@ class BucketConfig:
 @dataclass(config=SECTION)
 class DataConfig:
     # A local imagefolder (metadata.jsonl, or a caption .txt beside each image), a folder written by
-    # `Dataset.save_to_disk`, or a hub dataset name (needs the network).
-    source: str
+    # `Dataset.save_to_disk`, WebDataset .tar or .parquet shards (a glob such as shards/*.tar, a file,
+    # or a list of paths or URLs), or a hub dataset name (needs the network).
+    source: str | list[str]
     split: str = "train"
     image_column: str = "image"
     # A column of strings, or of lists of strings (one caption picked at random per sample).
@@ -64,6 +65,8 @@ class DataConfig:
     val_fraction: float = 0.1
     # Stream samples instead of downloading or loading the whole dataset first.
     streaming: bool = False
+    # Streamed samples are shuffled in a buffer of this many per process; 0: in stream order. A
+    # resumed stream refills the buffer, so only 0 resumes exactly (ldm/data/datamodule.py).
     shuffle_buffer: int = 1000
     # Per process: under N processes the global batch is N * batch_size.
     batch_size: int = 32
@@ -87,6 +90,8 @@ class DataConfig:
             raise ValueError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.batch_size < 1:
             raise ValueError(f"data.batch_size must be at least 1, got {self.batch_size}")
+        if self.shuffle_buffer < 0:
+            raise ValueError(f"data.shuffle_buffer must be at least 0, got {self.shuffle_buffer}")
         if self.max_samples is not None and self.max_samples < 1:
             raise ValueError(f"data.max_samples must be at least 1, got {self.max_samples}")
         try:

@@ -3,8 +3,20 @@
 Each batch is a dict with `pixel_values` (B, 3, H, W) in [-1, 1] and `caption` (a list of B
 strings). Map-style training data is shuffled and sharded across processes by
 ResumableShuffleSampler, validation data by torch's DistributedSampler; streamed data is sharded
-with `datasets.distributed.split_dataset_by_node`. With aspect-ratio buckets (`data.buckets`),
+with `datasets.distributed.split_dataset_by_node` (by shard files when their number divides among
+the processes, else every process reads all and keeps its n-th rows), and each process holds out
+its first STREAM_VAL_BATCHES batches for validation. With aspect-ratio buckets (`data.buckets`),
 H and W change from batch to batch and BucketBatchSampler does both jobs, one bucket per batch.
+
+A streamed run resumes where it was: every training batch carries its stream position (the
+`datasets.IterableDataset.state_dict()` after its last row, per DataLoader worker, and the row
+count), which the datamodule takes off the batch as it goes to training; its `state_dict`
+gathers every process's last position into the checkpoint, and the resumed run's streams start
+there. Each streamed sample's crop, flip and caption are drawn from a seed made of (data.seed,
+epoch, process, worker, row), so they do not depend on where the run was resumed either. Exact
+with data.shuffle_buffer: 0 and at most one DataLoader worker; otherwise the resumed run warns
+how it differs: `datasets` refills the shuffle buffer instead of restoring it (the rows that were
+in it are not seen that epoch), and several workers' batches interleave differently.
 """
 
 from __future__ import annotations
@@ -21,6 +33,7 @@ from datasets.distributed import split_dataset_by_node
 from PIL import Image
 from torch.utils.data import DataLoader, DistributedSampler
 
+from ldm.core.distributed import gather
 from ldm.core.errors import LdmError
 from ldm.data.buckets import Size, bucket_sizes, row_buckets
 from ldm.data.captions import NO_CAPTION, clean_captions, pick_caption
@@ -30,7 +43,8 @@ from ldm.data.sampler import BucketBatchSampler, ResumableShuffleSampler
 from ldm.data.sources import drop_unusable, load_source
 from ldm.data.transforms import preprocess
 
-STREAM_VAL_BATCHES = 2  # streamed data has no length: validate on the first few batches
+STREAM_VAL_BATCHES = 2  # streamed data has no length: each process validates on its first few batches
+STREAM_POSITION = "stream_position"  # the key of a streamed training batch's position
 
 
 def decode_row(row: dict, cfg: DataConfig, size: Size) -> Image.Image:
@@ -52,10 +66,13 @@ def make_sample(row: dict, cfg: DataConfig, train: bool, seed: int | None = None
 
 
 def collate(samples: list[dict]) -> dict:
-    return {
+    batch = {
         "pixel_values": torch.stack([s["pixel_values"] for s in samples]),
         "caption": [s["caption"] for s in samples],
     }
+    if STREAM_POSITION in samples[-1]:  # the stream after the batch's last row
+        batch[STREAM_POSITION] = samples[-1][STREAM_POSITION]
+    return batch
 
 
 class ImageCaptionDataset(torch.utils.data.Dataset):
@@ -76,25 +93,58 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
 
 
 class StreamingImageCaptionDataset(torch.utils.data.IterableDataset):
-    """Streamed: images are decoded as they arrive; unreadable ones are skipped and counted."""
+    """Streamed: images are decoded as they arrive; unreadable ones are skipped and counted.
 
-    def __init__(self, ds: datasets.IterableDataset, cfg: DataConfig, train: bool):
-        self.ds, self.cfg, self.train = ds, cfg, train
+    Each pass over the stream is an epoch (Lightning starts one pass per epoch, in the DataLoader's
+    persistent workers or in this process). Training samples carry their stream position
+    (STREAM_POSITION) for resuming; `resume_from` makes the next pass start at one.
+    """
+
+    def __init__(self, ds: datasets.IterableDataset, cfg: DataConfig, train: bool, rank: int = 0):
+        self.ds, self.cfg, self.train, self.rank = ds, cfg, train, rank
+        self.epoch = 0  # of the next pass
+        self.resume: dict | None = None  # worker -> {"stream": state, "rows": count} for the next pass
         self.skipped = collections.Counter()  # reason -> images skipped so far
+
+    def resume_from(self, position: dict) -> None:
+        """Start the next pass at `position`, a training batch's STREAM_POSITION, saying how the
+        resumed run will differ from an uninterrupted one where it will."""
+        self.epoch, self.resume = position["epoch"], position["workers"]
+        if self.cfg.shuffle_buffer > 0:
+            warnings.warn(f"resuming a stream shuffled in a buffer (data.shuffle_buffer={self.cfg.shuffle_buffer}): "
+                          "the buffer starts empty, so the rows it held at the checkpoint are not seen this "
+                          "epoch and the order differs from an uninterrupted run (data.shuffle_buffer: 0 "
+                          "resumes exactly)", stacklevel=2)
+        if self.cfg.num_workers > 1:
+            warnings.warn(f"resuming a stream read by {self.cfg.num_workers} DataLoader workers: each continues "
+                          "where it was, but their batches interleave differently from an uninterrupted run "
+                          "(data.num_workers: 0 or 1 resumes exactly)", stacklevel=2)
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
-        shard = self.ds
-        if info is not None and info.num_workers > 1:
-            shard = split_dataset_by_node(shard, rank=info.id, world_size=info.num_workers)
-        for row in shard:
+        worker = info.id if info is not None else 0  # `datasets` gives each worker its own shard files
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        resumed, self.resume = (self.resume or {}).get(worker), None
+        self.ds.set_epoch(epoch)
+        rows = 0
+        if resumed is not None:
+            self.ds.load_state_dict(resumed["stream"])
+            rows = resumed["rows"]
+        for row in self.ds:
+            rows += 1
             if self.cfg.empty_captions == "skip" and not clean_captions(row[self.cfg.caption_column]):
                 self.skip(row, NO_CAPTION)
                 continue
+            seed = stream_seed(self.cfg.seed, epoch, self.rank, worker, rows) if self.train else None
             try:
-                yield make_sample(row, self.cfg, self.train)
+                sample = make_sample(row, self.cfg, self.train, seed)
             except UndecodableImage as err:  # a broken image in a stream must not end the epoch
                 self.skip(row, err.reason)
+                continue
+            if self.train:
+                sample[STREAM_POSITION] = {"epoch": epoch, "worker": worker,
+                                           "stream": self.ds.state_dict(), "rows": rows}
+            yield sample
 
     def skip(self, row: dict, reason: str) -> None:
         self.skipped[reason] += 1
@@ -103,15 +153,39 @@ class StreamingImageCaptionDataset(torch.utils.data.IterableDataset):
                           "ones are skipped silently and counted in `skipped`", stacklevel=3)
 
 
+def stream_seed(seed: int, epoch: int, rank: int, worker: int, row: int) -> int:
+    """The sample seed of a streamed row: the same wherever the run was started or resumed."""
+    return int(np.random.SeedSequence([seed, epoch, rank, worker, row]).generate_state(1, np.uint64)[0] >> 2)
+
+
+class StreamPosition:
+    """The position of a process's training stream: the last trained batch's, per DataLoader worker."""
+
+    def __init__(self):
+        self.epoch, self.workers = 0, {}
+
+    def advance(self, batch_position: dict) -> None:
+        if batch_position["epoch"] != self.epoch:
+            self.epoch, self.workers = batch_position["epoch"], {}
+        self.workers[batch_position["worker"]] = {key: batch_position[key] for key in ("stream", "rows")}
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "workers": dict(self.workers)}
+
+
 def load_splits(cfg: DataConfig, rank: int = 0, world_size: int = 1):
     """(train, validation) torch datasets for `cfg`; validation may be None when val_fraction is 0."""
     ds = load_source(cfg)
     if cfg.streaming:
+        # Split first: the skip and the take then apply to each process's own stream (each DataLoader
+        # worker's, under workers), so its validation rows are the first of it and none of them trains.
+        mine = split_dataset_by_node(ds, rank=rank, world_size=world_size)
         val_count = STREAM_VAL_BATCHES * cfg.batch_size if cfg.val_fraction > 0 else 0
-        train = ds.skip(val_count).shuffle(seed=cfg.seed, buffer_size=cfg.shuffle_buffer)
-        train = split_dataset_by_node(train, rank=rank, world_size=world_size)
-        val = StreamingImageCaptionDataset(ds.take(val_count), cfg, False) if val_count else None
-        return StreamingImageCaptionDataset(train, cfg, True), val
+        train = mine.skip(val_count)
+        if cfg.shuffle_buffer > 0:
+            train = train.shuffle(seed=cfg.seed, buffer_size=cfg.shuffle_buffer)
+        val = StreamingImageCaptionDataset(mine.take(val_count), cfg, False, rank) if val_count else None
+        return StreamingImageCaptionDataset(train, cfg, True, rank), val
     train, val = split_validation(drop_unusable(ds, cfg), cfg)
     return ImageCaptionDataset(train, cfg, True), (ImageCaptionDataset(val, cfg, False) if val else None)
 
@@ -187,6 +261,8 @@ class ImageCaptionDataModule(L.LightningDataModule):
         super().__init__()
         self.cfg = cfg
         self.train_set = self.val_set = None
+        self.stream = StreamPosition()  # streamed data: where this process's training stream is
+        self.resume: dict | None = None  # streamed data: the position a checkpoint restored
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
@@ -196,9 +272,28 @@ class ImageCaptionDataModule(L.LightningDataModule):
         self.train_set, self.val_set = load_splits(self.cfg, rank, world)
 
     def train_dataloader(self) -> DataLoader:
+        if self.resume is not None:  # restored by load_state_dict, which runs after setup
+            self.train_set.resume_from(self.resume)
+            self.resume = None
         return make_loader(self.train_set, self.cfg, collate, self.trainer, train=True)
 
     def val_dataloader(self):
         if self.val_set is None:
             return []
         return make_loader(self.val_set, self.cfg, collate, self.trainer, train=False)
+
+    def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """A streamed training batch goes to training: the stream is now past it."""
+        position = batch.pop(STREAM_POSITION, None)
+        if position is not None:
+            self.stream.advance(position)
+        return batch
+
+    def state_dict(self) -> dict:
+        # Every process's stream position (a collective call, as Lightning builds a checkpoint on
+        # every process); map-style data is resumed by its sampler (ldm/stages/resume.py).
+        return {"stream": gather(self.stream.state(), self.trainer)} if self.cfg.streaming else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "stream" in state:
+            self.resume = state["stream"][self.trainer.global_rank if self.trainer else 0]

@@ -2,20 +2,32 @@
 
 Both stage-2 encoders are frozen, so what they make of the dataset never changes during training;
 computing it once turns each training step into UNet work only. The cache is a folder under
-RUN/diffusion/cache/<fingerprint>/ of Arrow datasets (`datasets.save_to_disk`, memory-mapped when
-read), one part per image size, so that each part's latents have one fixed shape:
+RUN/diffusion/cache/<fingerprint>/ of Arrow files (memory-mapped when read), one part per image
+size, so that each part's latents have one fixed shape, each part written as shards by the
+processes that build it together (ldm/data/cache_share.py decides which those are):
 
-    parts.json     the parts in order: [{"name": "32x32", "size": [32, 32]}, ...]
-    32x32/         one row per image of that size (a bucket's; data.resolution's square without
-                   buckets, the only part then), rows in the order of the data:
-        mean        (C, h, w) float32   the latent's posterior mean (KL) or pre-quantization value (VQ)
-        std         (C, h, w) float32   the posterior's standard deviation (KL only)
-        embeddings  (n, L, D) float16   one text embedding per caption (n >= 1: every caption is kept)
-        captions    n strings
+    parts.json     written last, once every shard is: the shard count and the parts in order,
+                   {"version": 3, "shards": 2, "parts": [{"name": "32x32", "size": [32, 32], "rows": 24}]}
+    32x32/         one part per image size (a bucket's; data.resolution's square without buckets):
+        shard-00000-of-00002.arrow   shard i: the i-th contiguous block of the part's rows (whole
+        shard-00001-of-00002.arrow   encoder batches), in the data's order; one row per image:
+            mean        (C, h, w) float32   the latent's posterior mean (KL) or pre-quantization value (VQ)
+            std         (C, h, w) float32   the posterior's standard deviation (KL only)
+            embeddings  (n, L, D) float16   one text embedding per caption (n >= 1: every caption is kept)
+            captions    n strings
+        shard-00000-of-00002.json    its marker, written once the shard is whole: rows, seconds, host
 
-The cache's rows are numbered part after part. Building is two steps, each on its own: encode a
-list of rows at one size (`encode_part`), write the parts and their list (`build_cache`); a build
-split across processes would share the first and gather for the second.
+Process i of n encodes shard i of every part (`build_shard`), then polls for the other shards'
+markers (`wait_for_shards`) and writes parts.json (`finish_cache`). Contiguous blocks rather than
+every n-th row: the shards read back in index order are the part's rows in the data's order, with
+no index to keep, each process reads its source rows in sequence, and blocks of whole batches
+encode every image in the same batch as one process would (`shard_block`: the same bits). A shard is written under a
+temporary name and renamed whole, then marked; a restarted build keeps every marked shard and
+redoes the rest. Waiting on markers instead of a collective means that no process is under a
+collective timeout while the others encode: each waits as long as the slowest share takes.
+
+The cache's rows are numbered part after part, in the data's order within each part: the same
+whatever the number of processes that built it (a cache built by 2 processes equals one built by 1).
 
 The fingerprint covers all that decides the cache's content: the dataset's own `datasets`
 fingerprint (its files), the data settings that change the pixels or the captions, and the weights
@@ -29,16 +41,23 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import socket
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
 import numpy as np
 import pyarrow as pa
 import torch
+from datasets.arrow_writer import ArrowWriter
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from ldm.components.autoencoder import FrozenAutoencoder
 from ldm.components.text_encoder import TextConditioner
-from ldm.core.atomic import atomic_folder
+from ldm.core.atomic import atomic_file, atomic_write_bytes
 from ldm.core.config import to_dict
 from ldm.core.errors import LdmError
 from ldm.data.buckets import Size, row_buckets
@@ -47,9 +66,14 @@ from ldm.data.config import DataConfig
 from ldm.data.datamodule import decode_row
 from ldm.data.transforms import preprocess
 
-CACHE_VERSION = 2  # bump when the layout of a cache changes, so old caches are not misread
+CACHE_VERSION = 3  # bump when the layout of a cache changes, so old caches are not misread
 TEXT_BATCH = 256  # captions per text-encoder call while building
 PARTS = "parts.json"
+SHARD = "shard-{index:05d}-of-{count:05d}"
+SHARD_DATA, SHARD_MARKER = ".arrow", ".json"
+# How often a process that has finished its shards looks for the others' markers: one small file
+# read per poll and process, nothing next to the minutes a share takes.
+POLL_SECONDS = 0.5
 # The data settings that change a cache's pixels or captions (center_crop and random_flip cannot
 # differ: a cache refuses random crops and flips).
 CACHED_SETTINGS = ("source", "split", "image_column", "caption_column", "resolution", "max_samples",
@@ -98,15 +122,41 @@ def cache_features(autoencoder: FrozenAutoencoder, conditioner: TextConditioner,
     return datasets.Features(features)
 
 
-def _encoder(cfg: DataConfig, size: Size, autoencoder: FrozenAutoencoder, conditioner: TextConditioner):
-    """The batched `map` function: images -> latent moments at `size`, captions -> embeddings."""
-    rng = random.Random(0)  # unused: caching always centre-crops and never flips
+class DecodedRows(torch.utils.data.Dataset):
+    """Rows of a part as the encoders take them: (pixels at `size`, centre-cropped and unflipped, as
+    training would see them; every caption). Decoded in the DataLoader's workers (data.num_workers),
+    since for a GPU decoding the images can take longer than encoding them (docs/benchmarks.md)."""
 
-    def encode(batch: dict) -> dict:
-        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
-        pixels = torch.stack([preprocess(decode_row(row, cfg, size), size, True, False, rng) for row in rows])
+    def __init__(self, ds: datasets.Dataset, cfg: DataConfig, size: Size):
+        self.ds, self.cfg, self.size = ds, cfg, size
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, list[str]]:
+        row = self.ds[index]
+        rng = random.Random(0)  # unused: caching always centre-crops and never flips
+        pixels = preprocess(decode_row(row, self.cfg, self.size), self.size, True, False, rng)
+        return pixels, captions_of(row[self.cfg.caption_column])
+
+
+def decoded_batches(ds: datasets.Dataset, cfg: DataConfig, size: Size) -> DataLoader:
+    """`ds`'s rows in order, in batches of data.batch_size: (pixels, captions of each image)."""
+    return DataLoader(DecodedRows(ds, cfg, size), batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                      collate_fn=_stack_decoded)
+
+
+def _stack_decoded(items: list[tuple[torch.Tensor, list[str]]]) -> tuple[torch.Tensor, list[list[str]]]:
+    # a module function, not a lambda: workers started by spawn (macOS, Windows) receive it pickled
+    return torch.stack([pixels for pixels, _ in items]), [captions for _, captions in items]
+
+
+def _encoder(autoencoder: FrozenAutoencoder, conditioner: TextConditioner):
+    """The batch function: images -> latent moments, captions -> embeddings, as cache columns."""
+
+    def encode(batch: tuple[torch.Tensor, list[list[str]]]) -> dict:
+        pixels, captions = batch
         mean, std = autoencoder.moments(pixels)
-        captions = [captions_of(value) for value in batch[cfg.caption_column]]
         flat = [text for texts in captions for text in texts]
         embedded = torch.cat([conditioner.encode(flat[i:i + TEXT_BATCH]).cpu()
                               for i in range(0, len(flat), TEXT_BATCH)]).half().numpy()
@@ -125,36 +175,112 @@ def part_name(size: Size) -> str:
     return f"{size[0]}x{size[1]}"
 
 
+def shard_name(index: int, count: int) -> str:
+    return SHARD.format(index=index, count=count)
+
+
 def plan_parts(ds: datasets.Dataset, cfg: DataConfig) -> list[tuple[Size, np.ndarray]]:
     """(size, rows of `ds`) of each part: the rows of each bucket that holds any, in order."""
     sizes, bucket_of = row_buckets(ds, cfg)
     return [(sizes[bucket], np.flatnonzero(bucket_of == bucket)) for bucket in np.unique(bucket_of)]
 
 
+def shard_block(rows: int, batch_size: int, index: int, count: int) -> slice:
+    """Which of a part's `rows` shard `index` of `count` holds: a contiguous block of whole encoder
+    batches, so that every batch any process encodes is one that a one-process build encodes too,
+    and the cache comes out the same to the bit (CPU kernels round differently for different batch
+    sizes: a batch of 1 and one of 5 give latents that differ in the last bits). The first shards
+    take one batch more when the batches do not divide evenly."""
+    batches = np.array_split(np.arange(-(-rows // batch_size)), count)[index]
+    if len(batches) == 0:
+        return slice(0, 0)
+    return slice(int(batches[0]) * batch_size, min((int(batches[-1]) + 1) * batch_size, rows))
+
+
 @torch.no_grad()
-def encode_part(ds: datasets.Dataset, size: Size, cfg: DataConfig, autoencoder: FrozenAutoencoder,
-                conditioner: TextConditioner, key: str) -> datasets.Dataset:
-    """The cache rows of every row of `ds`, its images at `size`."""
-    return ds.map(
-        _encoder(cfg, size, autoencoder, conditioner), batched=True, batch_size=cfg.batch_size,
-        remove_columns=ds.column_names, features=cache_features(autoencoder, conditioner, size),
-        new_fingerprint=f"{key}-{part_name(size)}",  # the function holds two models: don't let datasets hash it
-        desc=f"caching latents and text embeddings ({part_name(size)})",
-    )
+def write_shard(batches: Iterable, encode: Callable[..., dict], features: datasets.Features, target: Path) -> int:
+    """Encode `batches` into the Arrow file `target`, whole or not at all; returns the number of
+    rows written."""
+    rows = 0
+    with atomic_file(target) as tmp:
+        with ArrowWriter(features=features, path=str(tmp)) as writer:
+            for batch in batches:
+                encoded = encode(batch)
+                writer.write_batch(encoded)
+                rows += len(encoded["mean"])
+            writer.finalize()
+    return rows
 
 
-def build_cache(ds: datasets.Dataset, cfg: DataConfig, autoencoder: FrozenAutoencoder,
-                conditioner: TextConditioner, folder: Path, key: str) -> Path:
-    """Encode `ds` (scanned: ldm.data.sources.scan) part by part and write it to `folder`, whole
-    or not at all."""
-    with atomic_folder(folder) as tmp:
-        parts = []
-        for size, rows in plan_parts(ds, cfg):
-            rows_ds = ds if len(rows) == len(ds) else ds.select(rows)
-            encode_part(rows_ds, size, cfg, autoencoder, conditioner, key).save_to_disk(str(tmp / part_name(size)))
-            parts.append({"name": part_name(size), "size": list(size)})
-        (tmp / PARTS).write_text(json.dumps({"version": CACHE_VERSION, "parts": parts}, indent=1))
-    return folder
+@dataclass
+class ShardReport:
+    """What one process did towards a cache: rows encoded, in how long, and shards found done."""
+
+    rows: int = 0
+    seconds: float = 0.0
+    reused: int = 0  # shards finished by an earlier, interrupted build
+
+
+def build_shard(ds: datasets.Dataset, plan: list[tuple[Size, np.ndarray]], cfg: DataConfig,
+                autoencoder: FrozenAutoencoder, conditioner: TextConditioner, folder: Path, index: int,
+                count: int, progress: bool = True) -> ShardReport:
+    """Encode shard `index` of `count` of every part of `ds` (scanned: ldm.data.sources.scan; its
+    parts as `plan_parts` plans them) into `folder`, and mark each shard done; shards already
+    marked are kept."""
+    report = ShardReport()
+    for size, rows in plan:
+        target = folder / part_name(size) / shard_name(index, count)
+        if marker(target).is_file():
+            report.reused += 1
+            continue
+        remove_unfinished(target.with_suffix(SHARD_DATA))
+        mine = ds.select(rows[shard_block(len(rows), cfg.batch_size, index, count)])
+        started = time.perf_counter()
+        batches = tqdm(decoded_batches(mine, cfg, size), desc=f"caching latents and text embeddings "
+                       f"({part_name(size)})", disable=not progress)
+        written = write_shard(batches, _encoder(autoencoder, conditioner),
+                              cache_features(autoencoder, conditioner, size), target.with_suffix(SHARD_DATA))
+        seconds = time.perf_counter() - started
+        atomic_write_bytes(marker(target), json.dumps(
+            {"rows": written, "seconds": round(seconds, 3), "host": socket.gethostname()}).encode())
+        report.rows, report.seconds = report.rows + written, report.seconds + seconds
+    return report
+
+
+def remove_unfinished(data: Path) -> None:
+    """Remove what a killed build of this shard left: its temporary files (ldm.core.atomic names
+    them), and a shard renamed into place just before the kill but never marked. Only this process
+    writes this shard, so none of them is another's work in progress."""
+    for path in [data, *data.parent.glob(f".{data.name}.tmp-*")]:
+        path.unlink(missing_ok=True)
+
+
+def marker(shard: Path) -> Path:
+    return shard.with_suffix(SHARD_MARKER)
+
+
+def shard_markers(folder: Path, sizes: list[Size], count: int) -> list[Path]:
+    """The marker of every shard of every part: the cache is complete when all exist."""
+    return [marker(folder / part_name(size) / shard_name(index, count)) for size in sizes for index in range(count)]
+
+
+def wait_for_shards(folder: Path, sizes: list[Size], count: int, poll: float = POLL_SECONDS) -> float:
+    """Wait, polling the file system, until every shard of the cache is marked done; returns the
+    seconds waited. No timeout: the wait lasts as long as the slowest process's share, and a
+    process that dies ends the run (the launcher stops the others)."""
+    started = time.perf_counter()
+    for path in shard_markers(folder, sizes, count):
+        while not path.is_file():
+            time.sleep(poll)
+    return time.perf_counter() - started
+
+
+def finish_cache(folder: Path, plan: list[tuple[Size, np.ndarray]], count: int) -> None:
+    """Write parts.json, which makes a cache whose shards are all marked readable (each process
+    that built it writes the same file; the rename makes that harmless)."""
+    parts = [{"name": part_name(size), "size": list(size), "rows": len(rows)} for size, rows in plan]
+    atomic_write_bytes(folder / PARTS, json.dumps({"version": CACHE_VERSION, "shards": count, "parts": parts},
+                                                  indent=1).encode())
 
 
 def cached(folder: Path) -> bool:
@@ -162,11 +288,48 @@ def cached(folder: Path) -> bool:
 
 
 def load_cache(folder: Path) -> list[datasets.Dataset]:
-    """The parts of a cache, memory-mapped, in order."""
+    """The parts of a cache, each its shards in order (memory-mapped, not copied), in order."""
     if not cached(folder):
         raise LdmError(f"no latent cache at {folder}")
-    parts = json.loads((folder / PARTS).read_text())["parts"]
-    return [datasets.load_from_disk(str(folder / part["name"])) for part in parts]
+    layout = json.loads((folder / PARTS).read_text())
+    count = layout["shards"]
+    return [datasets.concatenate_datasets([
+        datasets.Dataset.from_file(str((folder / part["name"] / shard_name(index, count)).with_suffix(SHARD_DATA)))
+        for index in range(count)]) for part in layout["parts"]]
+
+
+def cache_contents(folder: Path) -> list[dict]:
+    """Every part of a cache as training reads it (through `CachePart`'s views): all rows' latent
+    moments, all captions' embeddings and each row's caption count and captions, in order. For
+    comparing caches built different ways."""
+    read = []
+    for part in load_cache(folder):
+        columns = CachePart(part)
+        rows = np.arange(len(part))
+        read.append({"mean": columns.mean.take(rows),
+                     "std": columns.std.take(rows) if columns.std is not None else None,
+                     "embeddings": columns.embeddings.take(np.arange(columns.caption_count.sum())),
+                     "caption_count": columns.caption_count, "captions": part["captions"]})
+    return read
+
+
+def cache_differences(a: Path, b: Path) -> list[str]:
+    """What differs between two caches (empty when they hold the same rows, captions, latents and
+    embeddings, to the bit)."""
+    first, second = cache_contents(a), cache_contents(b)
+    if len(first) != len(second):
+        return [f"{len(first)} parts against {len(second)}"]
+    differences = []
+    for index, (x, y) in enumerate(zip(first, second)):
+        if x["captions"] != y["captions"]:
+            differences.append(f"part {index}: captions")
+        for name in ("mean", "std", "embeddings", "caption_count"):
+            same = (x[name] is None and y[name] is None) or (
+                x[name] is not None and y[name] is not None and x[name].shape == y[name].shape
+                and np.array_equal(x[name], y[name]))
+            if not same:
+                differences.append(f"part {index}: {name}")
+    return differences
 
 
 class LatentCacheDataset(torch.utils.data.Dataset):

@@ -1,11 +1,15 @@
 """The datamodule for training on the latent cache (see `ldm.data.latent_cache`).
 
-`prepare_data` builds the cache if it does not exist yet. Lightning calls it on one process per
-node, before any process calls `setup`, with the others waiting at a barrier, so the encoders run
-once and every process then reads the same finished folder (the folder appears whole or not at
-all, through `ldm.core.atomic.atomic_folder`). `setup` opens the cache and holds out
-`data.val_fraction` of it for validation, split by `data.seed`. With aspect-ratio buckets the cache
-has one part per bucket and every batch comes from one (BucketBatchSampler).
+`setup` scans the source (once per machine first: `node_first`, the others then find the scan
+cached) and builds the cache if it does not exist yet, on every process at once: each process encodes
+its own shard of the data (ldm/data/cache_share.py says which, and which processes share a cache
+folder), then polls until the others' shards are marked done, and logs what it encoded and how
+long it waited. No process sits in a collective call while the others encode (Lightning's
+`prepare_data` would have one process per node encode everything while the others wait at a barrier
+whose timeout the encoding can outlast). A run killed while building keeps the finished shards and
+the next one redoes the rest. `setup` then opens the cache and holds out `data.val_fraction` of it
+for validation, split by `data.seed`. With aspect-ratio buckets the cache has one part per bucket
+and every batch comes from one (BucketBatchSampler).
 
 Batches are dicts of `mean` (and `std` for KL) latent moments and `embeddings`, one caption's
 embedding per image; the diffusion module draws the latent and applies caption dropout.
@@ -13,6 +17,7 @@ embedding per image; the diffusion module draws the latent and applies caption d
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import datasets
@@ -22,17 +27,24 @@ from torch.utils.data import DataLoader
 from ldm.components.autoencoder import FrozenAutoencoder
 from ldm.components.text_encoder import TextConditioner
 from ldm.core.errors import LdmError
+from ldm.data.cache_share import Share, SharedSetting, cache_share, node_first
 from ldm.data.config import DataConfig
 from ldm.data.datamodule import make_loader, validation_rows
 from ldm.data.latent_cache import (
     LatentCacheDataset,
+    ShardReport,
     already_batched,
-    build_cache,
+    build_shard,
     cached,
     fingerprint,
+    finish_cache,
     load_cache,
+    plan_parts,
+    wait_for_shards,
 )
 from ldm.data.sources import drop_unusable, load_source
+
+SCANS = ".scanned"  # in the cache root: a marker per source and machine whose scan is done
 
 
 def check_cacheable(cfg: DataConfig) -> None:
@@ -48,17 +60,21 @@ def check_cacheable(cfg: DataConfig) -> None:
 
 class LatentCacheDataModule(L.LightningDataModule):
     def __init__(self, cfg: DataConfig, cache_root: str | Path, autoencoder: FrozenAutoencoder,
-                 conditioner: TextConditioner):
+                 conditioner: TextConditioner, shared_filesystem: SharedSetting = "auto"):
         super().__init__()
         check_cacheable(cfg)
-        self.cfg, self.cache_root = cfg, Path(cache_root)
+        self.cfg, self.cache_root, self.shared_filesystem = cfg, Path(cache_root), shared_filesystem
         self.autoencoder, self.conditioner = autoencoder, conditioner
         self.folder: Path | None = None
-        self.reused: bool | None = None  # after prepare_data: whether an existing cache was found
+        self.reused: bool | None = None  # after setup: whether the cache was complete already
+        self.built: ShardReport | None = None  # after setup, when this process built a share
+        self.waited: float | None = None  # seconds this process waited for the others' shards
         self.train_set = self.val_set = None
 
     def _source(self) -> datasets.Dataset:
-        return drop_unusable(load_source(self.cfg), self.cfg)
+        source = load_source(self.cfg)
+        marker = self.cache_root / SCANS / source._fingerprint  # orders the scans: one per machine first
+        return node_first(self.trainer, marker, lambda: drop_unusable(source, self.cfg))
 
     def cache_folder(self, ds: datasets.Dataset | None = None) -> Path:
         if self.folder is None:
@@ -66,28 +82,44 @@ class LatentCacheDataModule(L.LightningDataModule):
             self.folder = self.cache_root / fingerprint(ds, self.cfg, self.autoencoder, self.conditioner)
         return self.folder
 
-    def prepare_data(self) -> None:
-        ds = self._source()
-        folder = self.cache_folder(ds)
-        self.reused = cached(folder)
-        if self.reused:
-            return
-        device = self.trainer.strategy.root_device if self.trainer else None
-        home = self.autoencoder.device
-        if device is not None:  # encode on the accelerator, then hand the models back where they were
-            self.autoencoder.to(device), self.conditioner.to(device)
-        try:
-            build_cache(ds, self.cfg, self.autoencoder, self.conditioner, folder, folder.name)
-        finally:
-            self.autoencoder.to(home), self.conditioner.to(home)
-
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        parts = load_cache(self.cache_folder())
+        ds = self._source()
+        folder = self.cache_folder(ds)
+        share = cache_share(self.trainer, folder, self.shared_filesystem)  # every process, built or not
+        self.reused = cached(folder)
+        if not self.reused:
+            self._build(ds, folder, share)
+        parts = load_cache(folder)
         train, val = validation_rows(sum(len(part) for part in parts), self.cfg)
         self.train_set = LatentCacheDataset(parts, train, train=True)
         self.val_set = LatentCacheDataset(parts, val, train=False) if val is not None else None
+
+    def _build(self, ds: datasets.Dataset, folder: Path, share: Share) -> None:
+        """Encode this process's shard, then wait for the others' and finish the cache."""
+        plan = plan_parts(ds, self.cfg)
+        with self._on_accelerator():
+            self.built = build_shard(ds, plan, self.cfg, self.autoencoder, self.conditioner, folder,
+                                     share.index, share.count, progress=share.index == 0)
+        self.waited = wait_for_shards(folder, [size for size, _ in plan], share.count)
+        finish_cache(folder, plan, share.count)
+        rank = self.trainer.global_rank if self.trainer else 0
+        print(f"[cache] process {rank}, shard {share.index + 1} of {share.count}: encoded {self.built.rows} of "
+              f"{len(ds)} images in {self.built.seconds:.1f} s ({self.built.reused} finished shard(s) of an "
+              f"earlier build reused), then waited {self.waited:.1f} s for the other shards", flush=True)
+
+    @contextmanager
+    def _on_accelerator(self):
+        """Encode on the process's accelerator, then hand the models back where they were."""
+        device = self.trainer.strategy.root_device if self.trainer else None
+        home = self.autoencoder.device
+        if device is not None:
+            self.autoencoder.to(device), self.conditioner.to(device)
+        try:
+            yield
+        finally:
+            self.autoencoder.to(home), self.conditioner.to(home)
 
     def train_dataloader(self) -> DataLoader:
         return make_loader(self.train_set, self.cfg, already_batched, self.trainer, train=True)

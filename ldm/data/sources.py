@@ -1,9 +1,13 @@
 """Where image-caption data comes from, as a Hugging Face `datasets` dataset, and which of its rows train.
 
-Four sources, one result (a dataset with an image column and a caption column):
+Five sources, one result (a dataset with an image column and a caption column):
 - a local imagefolder with metadata.jsonl (train/ and test/ subfolders become splits),
 - a local folder of images with a caption .txt beside each one,
 - a folder written by `Dataset.save_to_disk`,
+- shards: WebDataset .tar files or .parquet files, named by a glob ("shards/*.tar"), a file, or a
+  list of paths or URLs, read by `datasets`' webdataset and parquet builders (a WebDataset's columns
+  are its files' extensions: data.image_column=jpg data.caption_column=txt); with data.streaming
+  they are streamed shard by shard, which is how data larger than a disk trains,
 - a dataset on the hub, by name (needs the network; streaming avoids downloading it whole).
 
 Images are kept undecoded (path or bytes) until a sample is read. Before training, one scan reads
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import csv
+import glob
 import json
 import warnings
 from dataclasses import dataclass, field
@@ -36,6 +41,9 @@ from ldm.data.config import DataConfig
 from ldm.data.decode import UndecodableImage, describe, inspect_image
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+# Shard files by extension, and the `datasets` builder that reads them.
+SHARD_BUILDERS = {".tar": "webdataset", ".parquet": "parquet"}
+URL_MARK = "://"  # a shard named by URL (https://, s3://, hf://) is streamed from there
 METADATA_FILES = ("metadata.jsonl", "metadata.csv")
 FILE_NAME = "file_name"  # the imagefolder metadata key naming each image's file
 WARN_PATHS = 3  # how many files a warning names for each reason
@@ -53,8 +61,11 @@ JSON_KINDS = {str: "a string", int: "a number", float: "a number", bool: "true o
 
 def load_source(cfg: DataConfig) -> datasets.Dataset | datasets.IterableDataset:
     """The split `cfg.split` of `cfg.source`, with its image column undecoded."""
-    path = Path(cfg.source).expanduser()
-    if path.exists():
+    files = shard_files(cfg.source)
+    path = Path(cfg.source).expanduser() if isinstance(cfg.source, str) else None
+    if files is not None:
+        ds = _load_shards(files, cfg)
+    elif path.exists():
         ds = _load_local(path, cfg)
     elif looks_like_hub_id(cfg.source):
         ds = _load_hub(cfg)
@@ -71,6 +82,49 @@ def load_source(cfg: DataConfig) -> datasets.Dataset | datasets.IterableDataset:
     if cfg.max_samples is not None:
         ds = ds.take(cfg.max_samples) if cfg.streaming else ds.select(range(min(cfg.max_samples, len(ds))))
     return ds
+
+
+def shard_builder(name: str) -> str | None:
+    """The `datasets` builder of a shard file's name, or None when it names no shard."""
+    return next((builder for suffix, builder in SHARD_BUILDERS.items() if name.lower().endswith(suffix)), None)
+
+
+def shard_files(source: str | list[str]) -> list[str] | None:
+    """The shard files a data.source names (a glob, a file or a list, sorted within each glob), or
+    None when it names a folder or a hub dataset instead."""
+    names = [source] if isinstance(source, str) else list(source)
+    if not all(shard_builder(name) for name in names):
+        if isinstance(source, list):
+            raise LdmError(f"data.source as a list names shard files ({', '.join(SHARD_BUILDERS)}), "
+                           f"not {next(n for n in names if not shard_builder(n))}")
+        return None
+    files = []
+    for name in names:
+        local = str(Path(name).expanduser())
+        if URL_MARK in name:
+            files.append(name)
+        elif glob.has_magic(local):
+            matched = sorted(glob.glob(local))
+            if not matched:
+                raise LdmError(f"data.source: no files match {name}")
+            files += matched
+        elif Path(local).is_file():
+            files.append(local)
+        else:
+            raise LdmError(f"data.source: shard file not found: {name}")
+    builders = {shard_builder(file) for file in files}
+    if len(builders) > 1:
+        raise LdmError(f"data.source mixes {' and '.join(sorted(builders))} shards: give one kind")
+    return files
+
+
+def _load_shards(files: list[str], cfg: DataConfig):
+    try:
+        return datasets.load_dataset(shard_builder(files[0]), data_files={cfg.split: files}, split=cfg.split,
+                                     streaming=cfg.streaming)
+    except Exception as err:  # pyarrow, tarfile and fsspec each raise their own types for a bad file
+        raise LdmError(f"cannot read the shards of data.source ({files[0]}, ...): {type(err).__name__}: "
+                       f"{str(err).splitlines()[0] if str(err) else ''}") from None
 
 
 def _load_local(path: Path, cfg: DataConfig):

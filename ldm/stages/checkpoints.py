@@ -27,6 +27,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
 
 from ldm.core.errors import LdmError
+from ldm.data.sources import shard_files
 
 RECORD_KEY = "ldm_run"  # where RunRecord puts its record in a checkpoint
 # Config keys a resumed run may change freely: they decide when training stops, where and what it
@@ -34,7 +35,8 @@ RECORD_KEY = "ldm_run"  # where RunRecord puts its record in a checkpoint
 # so a data folder that moved is the same data).
 SAFE_TO_CHANGE = ("run_dir", "data.source", "data.num_workers", "train.max_steps", "train.max_minutes",
                   "train.val_every_n_steps", "train.limit_val_batches", "train.checkpoint_every_n_steps",
-                  "train.keep_checkpoints", "train.log_every_n_steps", "train.max_bad_steps", "train.ckpt_path")
+                  "train.keep_checkpoints", "train.log_every_n_steps", "train.max_bad_steps", "train.ckpt_path",
+                  "cache_shared_filesystem")
 # Keys a resumed run may change when the user says so (`--accept-changes KEY`), because the trainer
 # can make the change take effect from the resumed step on.
 ACCEPTABLE_CHANGES = ("train.lr", "train.gradient_clip")
@@ -76,12 +78,19 @@ def resume_checkpoint(folder: Path, last: Path) -> Path | None:
     return None
 
 
-def data_fingerprint(source: str) -> str:
-    """What the data is, cheaply: every file's name and size for a local folder (not its modification
-    time, so a copied folder is the same data); the name for a hub dataset (whose revision is the
-    hub's business)."""
-    path = Path(source).expanduser()
+def data_fingerprint(source: str | list[str]) -> str:
+    """What the data is, cheaply: every file's name and size for a local folder or local shards (not
+    where they are nor their modification times, so a copied folder is the same data); the name for a
+    hub dataset or shards named by URL (whose revision is their host's business)."""
+    files = shard_files(source)
     digest = hashlib.sha256()
+    if files is not None:
+        for file in files:
+            local = Path(file)
+            name = f"{local.name}\0{local.stat().st_size}" if local.is_file() else file
+            digest.update(f"{name}\n".encode())
+        return digest.hexdigest()[:16]
+    path = Path(source).expanduser()
     if path.is_dir():
         for file in sorted(p for p in path.rglob("*") if p.is_file()):
             stat = file.stat()

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from ldm.core.distributed import gather
 from ldm.data.sampler import resumable_sampler
 
 
@@ -41,17 +42,6 @@ def set_rng_states(states: dict) -> None:
     np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
     state = states["python"]
     random.setstate((state[0], tuple(state[1]), state[2]))
-
-
-def gather(value, trainer) -> list:
-    """`value` from every process, in rank order (a collective call under several processes)."""
-    import torch.distributed as dist
-
-    if trainer is None or trainer.world_size == 1 or not dist.is_initialized():
-        return [value]
-    values = [None] * trainer.world_size
-    dist.all_gather_object(values, value)
-    return values
 
 
 class ExactResume(Callback):

@@ -113,6 +113,10 @@ class Config(RunConfig):
     vae: str | None = None  # RUN/vae of stage 1 (or any AutoencoderKL / VQModel folder)
     text_encoder: str | None = None  # RUN of stage 1b (text_encoder/, tokenizer/), a pipeline or CLIP folder
     cache: bool = True  # false: encode images and captions at every step (streamed data)
+    # Whether the machines of a multi-machine run see RUN on one file system (they build one latent
+    # cache between them) or each its own disk (each builds its own); auto finds out
+    # (ldm/data/cache_share.py).
+    cache_shared_filesystem: bool | Literal["auto"] = "auto"
     caption_dropout: float = 0.1  # share of captions replaced by "" to learn unconditional denoising
     unet: UNetConfig = field(default_factory=UNetConfig)
     noise: NoiseConfig | None = None  # null: the pretrained pipeline's schedule, else the defaults

@@ -79,7 +79,8 @@ def build_module(cfg: Config) -> LatentDiffusion:
 def build_datamodule(cfg: Config, module: LatentDiffusion) -> L.LightningDataModule:
     if not cfg.cache:
         return ImageCaptionDataModule(cfg.data)
-    return LatentCacheDataModule(cfg.data, cfg.stage_dir / "cache", module.autoencoder, module.conditioner)
+    return LatentCacheDataModule(cfg.data, cfg.stage_dir / "cache", module.autoencoder, module.conditioner,
+                                 cfg.cache_shared_filesystem)
 
 
 def train(cfg: Config) -> TrainedStage:
