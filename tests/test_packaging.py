@@ -44,3 +44,12 @@ def test_every_imported_package_is_declared():
     missing = sorted(name for name in third_party - OPTIONAL
                      if DISTRIBUTIONS.get(name, name).lower().replace("_", "-") not in declared)
     assert not missing, f"imported but not declared in pyproject.toml: {missing}"
+
+
+def test_the_file_names_ldm_spells_are_the_ones_diffusers_writes():
+    from diffusers.utils import CONFIG_NAME, SAFE_WEIGHTS_INDEX_NAME, SAFETENSORS_WEIGHTS_NAME
+
+    from ldm.core import layout
+
+    assert (layout.MODEL_CONFIG, layout.MODEL_WEIGHTS, layout.MODEL_WEIGHTS_INDEX) == (
+        CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME)

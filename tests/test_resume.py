@@ -19,7 +19,8 @@ def run_toy(run_dir, data, *extra):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("buckets", [False, True], ids=["square", "buckets"])
+# Square images: tests/test_reproducible.py kills and resumes a whole `ldm train` run.
+@pytest.mark.parametrize("buckets", [True], ids=["buckets"])
 def test_sigkilled_run_resumes_to_the_same_weights(tmp_path, buckets):
     if buckets:  # 24 training images of 3 aspect ratios, random crops: 7 batches of 1-4 an epoch
         data = write_mixed_aspect_folder(tmp_path / "data", n=30)

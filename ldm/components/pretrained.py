@@ -19,9 +19,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from diffusers.utils import CONFIG_NAME, SAFE_WEIGHTS_INDEX_NAME, SAFETENSORS_WEIGHTS_NAME
-
 from ldm.core.errors import LdmError
+from ldm.core.layout import MODEL_CONFIG as CONFIG_NAME
+from ldm.core.layout import MODEL_WEIGHTS as SAFETENSORS_WEIGHTS_NAME
+from ldm.core.layout import MODEL_WEIGHTS_INDEX as SAFE_WEIGHTS_INDEX_NAME
 from ldm.core.layout import looks_like_hub_id
 from ldm.core.trust import check_no_code
 

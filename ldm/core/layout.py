@@ -30,6 +30,13 @@ CHECKPOINTS = "checkpoints"
 LOSS_PLOT = "loss.png"  # in RUN/<stage>/, drawn from the CSV log at the end of training
 METRICS_CSV = "csv/metrics.csv"  # in RUN/<stage>/: Lightning's CSVLogger output
 
+# The files diffusers' save_pretrained writes for a model (its own constants, spelled here so that
+# looking into a folder does not import diffusers, which takes seconds; tests/test_packaging.py
+# checks they are still diffusers').
+MODEL_CONFIG = "config.json"
+MODEL_WEIGHTS = "diffusion_pytorch_model.safetensors"
+MODEL_WEIGHTS_INDEX = "diffusion_pytorch_model.safetensors.index.json"
+
 # "name" or "owner/name" of the Hugging Face hub; a local path that does not exist must not be
 # mistaken for one, so a leading "." (./x, ../x) never is.
 _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")

@@ -11,10 +11,13 @@ Every stage is a subpackage of ldm.stages with the same parts:
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
 from ldm.core.config import apply_overrides, build, find_config, read_yaml
 from ldm.core.errors import LdmError
-from ldm.stages.trainer import TrainedStage
+
+if TYPE_CHECKING:  # the Trainer's module imports Lightning: not before a config is read and checked
+    from ldm.stages.trainer import TrainedStage
 
 STAGES = ("autoencoder", "clip", "diffusion")
 
