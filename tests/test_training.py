@@ -3,6 +3,7 @@ import torch
 
 from ldm.core.errors import LdmError
 from ldm.data.config import DataConfig
+from ldm.stages import launch
 from ldm.stages.launch import resolve_precision, resolve_processes
 from ldm.stages.run_config import RunConfig, TrainConfig
 from ldm.stages.trainer import resolve_checkpoint
@@ -17,6 +18,16 @@ def test_precision_follows_config_then_accelerate_then_fp32():
     assert resolve_precision("16-mixed", {"ACCELERATE_MIXED_PRECISION": "fp16"}) == "16-mixed"
     # "no" is what accelerate launch sets when not asked for anything: the config decides
     assert resolve_precision("bf16-mixed", {"ACCELERATE_MIXED_PRECISION": "no"}) == "bf16-mixed"
+
+
+def test_auto_precision_is_bf16_only_where_native(monkeypatch):
+    assert resolve_precision("auto", {"ACCELERATE_MIXED_PRECISION": "fp16"}) == "16-mixed"
+    monkeypatch.setattr(launch, "native_bf16", lambda accelerator: False)
+    assert resolve_precision("auto", {}) == "32-true"
+    with pytest.warns(UserWarning, match="without native bf16 is emulated"):
+        assert resolve_precision("bf16-mixed", {}) == "bf16-mixed"
+    monkeypatch.setattr(launch, "native_bf16", lambda accelerator: True)
+    assert resolve_precision("auto", {}) == "bf16-mixed"
 
 
 def test_precision_conflict_names_both_settings():

@@ -8,17 +8,21 @@ the training loop is Lightning's whichever launcher started it.
 from __future__ import annotations
 
 import os
+import warnings
+
+import torch
 
 from ldm.core.errors import LdmError
 from ldm.stages.run_config import ACCELERATE_PRECISION, PRECISION_ALIASES, TrainConfig
 
 
-def resolve_precision(configured: str | None, env: dict | None = None) -> str:
+def resolve_precision(configured: str | None, env: dict | None = None, accelerator: str = "auto") -> str:
     """The Lightning precision: the config's, else accelerate's, else full fp32.
 
     `accelerate launch` always sets ACCELERATE_MIXED_PRECISION, to "no" when it was not asked for
     anything, so "no" cannot tell "fp32 please" from "no opinion": it never overrides or conflicts
     with the config. fp16 or bf16 from accelerate that disagrees with the config is an error.
+    "auto" takes accelerate's choice when it made one, else bf16-mixed where bf16 is native.
     """
     env = os.environ if env is None else env
     launched = env.get("ACCELERATE_MIXED_PRECISION")
@@ -29,12 +33,32 @@ def resolve_precision(configured: str | None, env: dict | None = None) -> str:
     if configured is None:
         return from_launcher or "32-true"
     precision = PRECISION_ALIASES[str(configured)]
+    if precision == "auto":
+        return from_launcher or ("bf16-mixed" if native_bf16(accelerator) else "32-true")
     if from_launcher is not None and from_launcher != precision:
         raise LdmError(
             f"train.precision={configured} conflicts with accelerate's mixed_precision={launched} "
             f"(ACCELERATE_MIXED_PRECISION); set one of them, or make them agree"
         )
+    if precision.startswith("bf16") and not native_bf16(accelerator):
+        warnings.warn(f"train.precision={configured} on a processor without native bf16 is emulated, "
+                      f"many times slower than 32-true; train.precision=auto picks for the machine",
+                      stacklevel=2)
     return precision
+
+
+def native_bf16(accelerator: str = "auto") -> bool:
+    """Whether the device the run trains on computes bf16 in hardware.
+
+    A CPU without AVX512-BF16 or AMX emulates bf16: a convolution measured 50x slower than in fp32
+    on an AVX2-only EPYC (docs/benchmarks.md). torch has no public query for the CPU's bf16 support,
+    only these torch.cpu helpers, read with a default for builds that lack them.
+    """
+    on_gpu = accelerator in ("auto", "cuda", "gpu") and torch.cuda.is_available()
+    if on_gpu:
+        return torch.cuda.is_bf16_supported()
+    cpu_checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, check, lambda: False)() for check in cpu_checks)
 
 
 def resolve_processes(cfg: TrainConfig, env: dict | None = None) -> dict:

@@ -18,7 +18,8 @@ from ldm.data.config import DataConfig
 ACCELERATE_PRECISION = {"no": "32-true", "fp16": "16-mixed", "bf16": "bf16-mixed"}
 PRECISION_ALIASES = {"32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed",
                      "16-mixed": "16-mixed", "bf16-mixed": "bf16-mixed", "32-true": "32-true",
-                     "bf16-true": "bf16-true", "16-true": "16-true", "64-true": "64-true"}
+                     "bf16-true": "bf16-true", "16-true": "16-true", "64-true": "64-true",
+                     "auto": "auto"}  # "auto": bf16-mixed where the hardware does bf16 natively, else fp32
 LAST = "last"
 
 
@@ -30,7 +31,8 @@ class TrainConfig:
     lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
     warmup_steps: int = 0
     weight_decay: float = 0.0
-    # Lightning precision ("32-true", "bf16-mixed", "16-mixed"); null takes accelerate's choice.
+    # Lightning precision ("32-true", "bf16-mixed", "16-mixed"), or "auto": bf16-mixed on a GPU or CPU
+    # that computes bf16 natively, 32-true elsewhere; null takes accelerate's choice.
     precision: str | None = None
     accelerator: str = "auto"
     devices: int | str = "auto"

@@ -135,7 +135,7 @@ def build_trainer(cfg: RunConfig, module: L.LightningModule, callbacks: list | N
     return L.Trainer(
         accelerator=train.accelerator,
         **resolve_processes(train),
-        precision=resolve_precision(train.precision),
+        precision=resolve_precision(train.precision, accelerator=train.accelerator),
         max_steps=train.max_steps * per_batch,
         max_time={"minutes": train.max_minutes} if train.max_minutes else None,
         val_check_interval=train.val_every_n_steps,
