@@ -63,14 +63,15 @@ class Scale:
 
 
 SCALES = {
-    # Sized for a 15-minute budget on a quiet 2-core CPU, install included (the time each step
-    # takes is in docs/benchmarks.md). Step counts, not time limits, end each stage, so that its
-    # learning-rate schedule runs to its end (an autoencoder cut mid-cosine reconstructs worse);
-    # `train.max_minutes` is only a guard for a slower machine.
+    # Sized for a 15-minute budget on a quiet 2-core CPU, install included, on the slower of the
+    # CPUs measured (an AVX2-only EPYC: no native bf16; docs/benchmarks.md has each step's time).
+    # Step counts end the autoencoder and the CLIP, so that their cosine schedules run to their end
+    # (an autoencoder cut mid-cosine reconstructs worse); the diffusion stage's learning rate is
+    # constant and its EMA weights are exported, so its time limit can end it on a slower machine.
     "toy": Scale(images=10000, test_images=None,
-                 overrides={"autoencoder": ("train.max_steps=1000", "train.max_minutes=3"),
-                            "clip": ("train.max_minutes=3",),
-                            "diffusion": ("train.max_steps=4500", "train.max_minutes=8")},
+                 overrides={"autoencoder": ("train.max_steps=800", "train.max_minutes=3.5"),
+                            "clip": ("train.max_steps=1200", "train.max_minutes=3"),
+                            "diffusion": ("train.max_steps=4500", "train.max_minutes=7")},
                  images_per_prompt=16, sampling_steps=20, walk_audio=(1.0, 3.0)),
     # Seconds per stage, for tests: every number as small as the code accepts.
     "tiny": Scale(images=48, test_images=16,
