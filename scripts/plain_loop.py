@@ -30,7 +30,7 @@ class PlainLoop:
         self.tokenizer, self.scheduler = module.conditioner.tokenizer, module.noise_scheduler
         self.unet = unet.to(device)
         self.optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-        self.ema = build_ema(cfg.ema, unet)
+        self.ema = build_ema(cfg.ema, unet.parameters())
 
     def steps(self) -> Iterator[float]:
         datamodule = ImageCaptionDataModule(self.cfg.data)
