@@ -4,9 +4,13 @@ ldm as the tests: the parent's sys.path goes along (an installed ldm elsewhere i
 from __future__ import annotations
 
 import os
+import random
 import shutil
+import signal
 import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 
@@ -26,3 +30,20 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def ldm_train(config: Path, *extra: str) -> subprocess.Popen:
+    """`python -m ldm train CONFIG ...` in a child process, its output kept for the assertion message."""
+    return subprocess.Popen([sys.executable, "-m", "ldm", "train", str(config), *extra], env=child_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def kill_after_first_checkpoint(run: subprocess.Popen, checkpoints: Path, within_s: float) -> bool:
+    """SIGKILL `run` at a random moment up to `within_s` after its first step checkpoint appears;
+    False when it finished before it could be killed (a very fast machine)."""
+    while not list(checkpoints.glob("step*.ckpt")) and run.poll() is None:
+        time.sleep(0.05)
+    time.sleep(random.Random().uniform(0.0, within_s))
+    run.send_signal(signal.SIGKILL)
+    run.wait(timeout=60)
+    return run.returncode != 0

@@ -3,12 +3,7 @@ with SIGKILL and resumed gives the same export as its uninterrupted twin."""
 
 from __future__ import annotations
 
-import os
-import random
 import signal
-import subprocess
-import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -16,6 +11,7 @@ import pytest
 import torch
 import yaml
 from diffusion_fixtures import TINY_UNET
+from launching import kill_after_first_checkpoint, ldm_train
 from safetensors.torch import load_file
 
 from ldm.data.shapes.generator import make_shapes_dataset
@@ -108,12 +104,6 @@ def one_thread():
         torch.set_num_threads(threads)
 
 
-def ldm_train(config: Path, *extra: str) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same thread count in every run
-    return subprocess.Popen([sys.executable, "-m", "ldm", "train", str(config), *extra], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
 @pytest.mark.slow
 def test_a_run_killed_at_a_random_step_resumes_to_its_uninterrupted_twin(shapes, stage1, tmp_path):
     # 36 training images in batches of 4: 9 steps an epoch, so 20 steps cross two epoch boundaries;
@@ -126,12 +116,7 @@ def test_a_run_killed_at_a_random_step_resumes_to_its_uninterrupted_twin(shapes,
 
     killed = ldm_train(crash)
     checkpoints = tmp_path / "crash" / "diffusion" / "checkpoints"
-    while not list(checkpoints.glob("step*.ckpt")) and killed.poll() is None:
-        time.sleep(0.05)
-    time.sleep(random.Random().uniform(0.0, 1.5))  # somewhere after the first checkpoint
-    killed.send_signal(signal.SIGKILL)
-    killed.wait(timeout=60)
-    if killed.returncode == 0:
+    if not kill_after_first_checkpoint(killed, checkpoints, within_s=1.5):
         pytest.skip("the run finished before it could be killed (a very fast machine)")
     assert killed.returncode == -signal.SIGKILL
     assert not (tmp_path / "crash" / "pipeline").exists()

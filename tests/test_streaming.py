@@ -3,11 +3,6 @@ resumed where a checkpoint left them."""
 
 from __future__ import annotations
 
-import random
-import signal
-import subprocess
-import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -15,7 +10,7 @@ import pytest
 import torch
 import yaml
 from diffusion_fixtures import diffusion_config
-from launching import child_env
+from launching import kill_after_first_checkpoint, ldm_train
 from shards import rows, write_parquet, write_webdataset
 from test_reproducible import assert_identical
 
@@ -145,11 +140,6 @@ def test_parquet_shards_train_the_diffusion_stage_streamed(tmp_path, make_stage1
     assert not (run / "diffusion" / "cache").exists()
 
 
-def ldm_train(config: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "ldm", "train", str(config), *extra], env=child_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
 @pytest.mark.slow
 def test_a_streamed_webdataset_run_killed_and_resumed_equals_its_uninterrupted_twin(tmp_path, make_stage1_run):
     run = make_stage1_run(tmp_path)
@@ -169,12 +159,7 @@ def test_a_streamed_webdataset_run_killed_and_resumed_equals_its_uninterrupted_t
 
     killed = ldm_train(configs["crash"])
     checkpoints = tmp_path / "crash" / "diffusion" / "checkpoints"
-    while not list(checkpoints.glob("step*.ckpt")) and killed.poll() is None:
-        time.sleep(0.05)
-    time.sleep(random.Random().uniform(0.0, 1.0))  # somewhere after the first checkpoint
-    killed.send_signal(signal.SIGKILL)
-    killed.wait(timeout=60)
-    if killed.returncode == 0:
+    if not kill_after_first_checkpoint(killed, checkpoints, within_s=1.0):
         pytest.skip("the run finished before it could be killed (a very fast machine)")
     resumed = ldm_train(configs["crash"], "--resume")
     assert resumed.wait(timeout=600) == 0, resumed.stdout.read()[-3000:]
