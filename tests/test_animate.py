@@ -220,6 +220,8 @@ BAD_INPUT = [
     (dict(prompts=PROMPTS, sampler="euler-ancestral"), "deterministic sampler"),
     (dict(kind="image", images=["missing.png", "missing.png"], captions=["a", "b"]), "image not found"),
     (dict(prompts=PROMPTS, distance_model="no/such/clip"), "no CLIP model there"),
+    (dict(prompts=PROMPTS, height=15), "--height 15 is not a positive multiple"),
+    (dict(prompts=PROMPTS, width=0), "--width 0 is not a positive multiple"),
 ]
 
 

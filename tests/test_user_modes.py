@@ -85,6 +85,9 @@ ANIMATE_MODES = {
     "seed-loop": ["--seed-walk", "--prompt", "a red circle", "--seeds", "1", "2", "3", "--loop"],
     "image": ["--images", "{data}/test/000000.png", "{data}/test/000001.png", "--captions", "a shape", "a shape"],
     "autoencoder": ["--autoencoder", "--images", "{data}/test/000000.png", "{data}/test/000001.png"],
+    "prompt-other-size": ["--prompts", "a red circle", "a blue square", "--height", "48", "--width", "32"],
+    "image-other-size": ["--images", "{data}/test/000000.png", "{data}/test/000001.png", "--captions", "a shape",
+                         "a shape", "--height", "32", "--width", "48"],
 }
 
 
@@ -101,6 +104,9 @@ def test_animate(mode, kl, tmp_path):
         assert (out / name).is_file(), name
     frames = sorted((out / "frames").glob("frame_*.png"))
     assert json.loads((out / "smoothness.json").read_text())["frames"] == len(frames) >= 3
+    if mode.endswith("other-size"):
+        width, height = (int(args[args.index(f"--{side}") + 1]) for side in ("width", "height"))
+        assert Image.open(frames[0]).size == (width, height)
 
 
 def test_a_finished_render_reruns_without_rendering_and_vq_walks(kl, vq, tmp_path, capsys):

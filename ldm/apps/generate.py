@@ -25,7 +25,7 @@ from ldm.core.errors import LdmError
 from ldm.core.images import contact_sheet, read_rgb, write_png
 from ldm.data.decode import read_image_file
 from ldm.sampling.lora import LoraChoice, check_loras
-from ldm.sampling.pipeline_io import check_pipeline_folder, vae_factor
+from ldm.sampling.pipeline_io import check_image_size, check_pipeline_folder, vae_factor
 from ldm.sampling.samplers import DEFAULT_SAMPLER, check_sampler
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -97,12 +97,7 @@ def check_options(opts: GenerateOptions) -> None:
             torch.device(opts.device)
         except RuntimeError:
             raise LdmError(f"--device {opts.device!r} is not a device torch knows (cpu, cuda, cuda:1, mps)") from None
-    factor = vae_factor(opts.pipeline)
-    for name in ("height", "width"):
-        size = getattr(opts, name)
-        if size is not None and (size < factor or size % factor):
-            raise LdmError(f"--{name} {size} is not a positive multiple of the autoencoder's "
-                           f"downsampling factor {factor}")
+    check_image_size(vae_factor(opts.pipeline), opts.height, opts.width)
     if opts.init_image is not None:
         load_init_image(opts.init_image)
         if not 0 < opts.strength <= 1:

@@ -51,6 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"--audio (default {DEFAULT_FRAMES}; even motion shares the same total out "
                              "by each segment's length)")
     frames.add_argument("--fps", type=float, default=12.0, help="frames per second of the videos (default 12)")
+    frames.add_argument("--height", type=int, help="frame height in pixels (default: the model's)")
+    frames.add_argument("--width", type=int, help="frame width in pixels (default: the model's)")
     frames.add_argument("--loop", action="store_true",
                         help="walk back from the last keyframe to the first, so the video repeats seamlessly")
     spacing = frames.add_mutually_exclusive_group()
@@ -178,7 +180,7 @@ def run(args: argparse.Namespace) -> None:
         loop=args.loop,
         motion=_motion(args), even_passes=args.even_passes, distance_model=args.distance_model,
         steps=args.steps, guidance=args.guidance, sampler=args.sampler, fps=args.fps,
-        batch_size=args.batch_size, video_scale=args.video_scale,
+        height=args.height, width=args.width, batch_size=args.batch_size, video_scale=args.video_scale,
         audio=args.audio, audio_start=args.audio_start, audio_end=args.audio_end, on_beats=args.on_beats,
         audio_smooth=args.audio_smooth, audio_feature=args.audio_feature, loras=lora_choices_of(args),
     )

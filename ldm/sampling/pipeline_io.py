@@ -73,12 +73,26 @@ def check_pipeline_folder(path: str | Path) -> Path:
 
 
 def vae_factor(path: str | Path) -> int:
-    """The autoencoder's downsampling factor, read from its config without loading it."""
-    config = json.loads((Path(path) / "vae" / "config.json").read_text())
+    """The downsampling factor of RUN/pipeline's autoencoder, read from its config without loading it."""
+    return autoencoder_factor(Path(path) / "vae")
+
+
+def autoencoder_factor(folder: str | Path) -> int:
+    """The downsampling factor of the autoencoder in `folder` (RUN/vae, RUN/pipeline/vae), from its config."""
+    config = json.loads((Path(folder) / "config.json").read_text())
     if config.get("_class_name") not in AUTOENCODER_CLASSES:
-        raise LdmError(f"{path}/vae/config.json: _class_name {config.get('_class_name')!r} is not one "
+        raise LdmError(f"{folder}/config.json: _class_name {config.get('_class_name')!r} is not one "
                        f"of {', '.join(AUTOENCODER_CLASSES)}")
     return 2 ** (len(config["block_out_channels"]) - 1)
+
+
+def check_image_size(factor: int, height: int | None, width: int | None) -> None:
+    """--height and --width (None: the model's) must be positive multiples of the autoencoder's
+    downsampling `factor`, the only sizes a latent maps back to."""
+    for name, side in (("height", height), ("width", width)):
+        if side is not None and (side < factor or side % factor):
+            raise LdmError(f"--{name} {side} is not a positive multiple of the autoencoder's "
+                           f"downsampling factor {factor}")
 
 
 def image_size(path: str | Path) -> int:

@@ -86,19 +86,20 @@ def build_renderer(s: WalkSettings, device):
     from ldm.apps.animate import renderers
 
     if not s.uses_diffusion:
-        vae, size = _load_autoencoder(s.pipeline, device)
-        return renderers.autoencoder_walk(vae, s.images, size, s.loop)
+        vae, native = _load_autoencoder(s.pipeline, device)
+        return renderers.autoencoder_walk(vae, s.images, (s.width or native, s.height or native), s.loop)
     from ldm.sampling.pipeline_io import load_pipeline
     from ldm.sampling.samplers import make_sampler
 
     pipe = load_pipeline(s.pipeline, device=device, loras=s.loras)
     pipe.scheduler = make_sampler(s.sampler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)  # the bar that counts is the one over frames
+    size = (s.width or pipe.image_size, s.height or pipe.image_size)
     if s.kind == "image":
         return renderers.image_walk(pipe, s.images, s.captions, s.negative_prompt, s.loop, s.steps,
-                                    s.guidances)
+                                    s.guidances, size)
     prompts = s.prompts if s.kind == "prompt" else s.prompts * len(s.seeds)
-    return renderers.prompt_walk(pipe, prompts, s.seeds, s.negative_prompt, s.loop, s.steps, s.guidances)
+    return renderers.prompt_walk(pipe, prompts, s.seeds, s.negative_prompt, s.loop, s.steps, s.guidances, size)
 
 
 def _autoencoder_folder(path: str) -> Path:
@@ -209,6 +210,8 @@ def next_times(s: WalkSettings, plan: WalkPlan, rendered: dict[float, Path]) -> 
 # ---- the whole render ----------------------------------------------------------------------------
 
 def animate(settings: WalkSettings) -> AnimationResult:
+    from ldm.sampling.pipeline_io import autoencoder_factor, check_image_size
+
     s = resolve(settings)
     out = Path(s.out)
     if s.uses_diffusion:
@@ -217,8 +220,7 @@ def animate(settings: WalkSettings) -> AnimationResult:
 
         check_pipeline_folder(s.pipeline)
         check_loras(s.loras, s.pipeline)
-    else:
-        _autoencoder_folder(s.pipeline)
+    check_image_size(autoencoder_factor(_autoencoder_folder(s.pipeline)), s.height, s.width)
     plan = plan_walk(s)  # decodes the audio: its mistakes are found before anything is written
     current = render_settings(s)
     state = inference_processes()

@@ -96,20 +96,20 @@ def seed_noise(pipe: LatentDiffusionPipeline, seeds: list[int], height: int, wid
 
 
 def prompt_walk(pipe: LatentDiffusionPipeline, prompts: list[str], seeds: list[int], negative_prompt: str,
-                loop: bool, steps: int, guidances: list[float]) -> DiffusionWalk:
-    """Keyframe k is prompts[k] with seeds[k] (a seed walk repeats one prompt)."""
-    size = pipe.image_size
+                loop: bool, steps: int, guidances: list[float], size: tuple[int, int]) -> DiffusionWalk:
+    """Keyframe k is prompts[k] with seeds[k] (a seed walk repeats one prompt); frames of `size`
+    (width, height)."""
     embeddings = encode_each_once(pipe.tokenizer, pipe.text_encoder, prompts + [negative_prompt])
     embeddings, negative = embeddings[:-1], embeddings[-1:]
-    noises = seed_noise(pipe, seeds, size, size)
+    noises = seed_noise(pipe, seeds, height=size[1], width=size[0])
     return DiffusionWalk(pipe, embeddings, noises, negative, loop, steps, guidances)
 
 
 def image_walk(pipe: LatentDiffusionPipeline, images: list[str], captions: list[str], negative_prompt: str,
-               loop: bool, steps: int, guidances: list[float]) -> DiffusionWalk:
-    """Keyframe k is images[k] inverted to noise by DDIM under its caption; the pipeline samples with
-    the DDIM sampler that mirrors the inversion, so the walk passes through the images."""
-    size = pipe.image_size
+               loop: bool, steps: int, guidances: list[float], size: tuple[int, int]) -> DiffusionWalk:
+    """Keyframe k is images[k] (resized to cover `size`, (width, height), and centre-cropped) inverted
+    to noise by DDIM under its caption; the pipeline samples with the DDIM sampler that mirrors the
+    inversion, so the walk passes through the images."""
     embeddings = encode_each_once(pipe.tokenizer, pipe.text_encoder, captions + [negative_prompt])
     embeddings, negative = embeddings[:-1], embeddings[-1:]
     pixels = torch.cat([load_image_tensor(path, size) for path in images]).to(pipe.device, pipe.vae.dtype)
@@ -119,7 +119,7 @@ def image_walk(pipe: LatentDiffusionPipeline, images: list[str], captions: list[
     return DiffusionWalk(pipe, embeddings, noises, negative, loop, steps, guidances)
 
 
-def autoencoder_walk(vae: vae_lib.Autoencoder, images: list[str], size: int, loop: bool) -> AutoencoderWalk:
+def autoencoder_walk(vae: vae_lib.Autoencoder, images: list[str], size: tuple[int, int], loop: bool) -> AutoencoderWalk:
     pixels = torch.cat([load_image_tensor(path, size) for path in images]).to(vae.device, vae.dtype)
     with torch.no_grad():
         latents = vae_lib.encode(vae, pixels)

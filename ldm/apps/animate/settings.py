@@ -70,6 +70,8 @@ class WalkSettings:
     sampler: str | None = None  # None: the default sampler, or DDIM for image walks
     guidances: list[float | None] = field(default_factory=list)  # per keyframe; None/empty: `guidance`
     fps: float = 12.0
+    height: int | None = None  # frame size in pixels; None: the model's (any multiple of its autoencoder's factor)
+    width: int | None = None
     batch_size: int = 4
     video_scale: int = 1  # nearest-neighbour enlargement of the GIF and MP4
     times: list[float] = field(default_factory=list)  # seconds from the walk's start (see the docstring)
