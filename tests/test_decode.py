@@ -21,6 +21,7 @@ from ldm.data.decode import (
     inspect_image,
     read_image_file,
 )
+from ldm.data.labelled import load_labelled_images
 
 BLUE = (51, 102, 204)
 
@@ -117,3 +118,16 @@ def test_training_sees_the_expected_pixels_and_counts_the_skipped(kinds, tmp_pat
         sample = train[index]
         name = sample["caption"].removeprefix("a picture called ")
         assert np.array_equal(sample["pixel_values"].numpy(), to_tensor(good[name]).numpy()), name
+
+
+def test_evaluation_skips_and_counts_what_training_skips(kinds):
+    folder, good, bad = kinds
+    rows = [{"file_name": name, "text": ""} for name in sorted([*good, *bad])]  # blank: no caption needed
+    (folder / "metadata.jsonl").write_text("\n".join(json.dumps(row) for row in rows))
+    cfg = DataConfig(source=str(folder), split="train", resolution=16, background="#3366cc")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pixels, _ = load_labelled_images(cfg, columns=[])
+    ours = [str(w.message) for w in caught if "skipped" in str(w.message)]
+    assert len(ours) == 1 and "1 too many pixels (" in ours[0]
+    assert len(pixels) == len(good)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from ldm.core.errors import LdmError
 from ldm.data.config import DataConfig
 from ldm.data.datamodule import make_sample
 from ldm.data.decode import UndecodableImage
-from ldm.data.sources import load_source
+from ldm.data.sources import drop_unusable, load_source
 
 
 def load_labelled_images(data: DataConfig, columns: list[str], max_images: int | None = None,
@@ -16,8 +18,13 @@ def load_labelled_images(data: DataConfig, columns: list[str], max_images: int |
     """Images of `data.split` as [-1, 1] tensors, with the values of `columns` (e.g. colour, shape).
 
     `ds` is the split when the caller has loaded it already (`load_source(data)`), to pick columns.
+    Images that training would skip (broken, too many pixels, ...) are skipped here too, with the
+    same one warning that counts them by reason; a missing caption only matters when a caption is
+    among `columns`.
     """
-    ds = load_source(data) if ds is None else ds
+    if data.caption_column not in columns:
+        data = replace(data, empty_captions="keep")
+    ds = drop_unusable(load_source(data) if ds is None else ds, data)
     missing = [c for c in columns if c not in ds.column_names]
     if missing:
         raise LdmError(f"split '{data.split}' of {data.source} has no '{missing[0]}' column, which "
