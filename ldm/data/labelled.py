@@ -24,11 +24,12 @@ def load_labelled_images(data: DataConfig, columns: list[str], max_images: int |
     """
     if data.caption_column not in columns:
         data = replace(data, empty_captions="keep")
-    ds = drop_unusable(load_source(data) if ds is None else ds, data)
+    ds = load_source(data) if ds is None else ds
     missing = [c for c in columns if c not in ds.column_names]
-    if missing:
+    if missing:  # before the scan, which reads every image's header
         raise LdmError(f"split '{data.split}' of {data.source} has no '{missing[0]}' column, which "
                        "zero-shot evaluation needs (the shapes data has colour, shape and position)")
+    ds = drop_unusable(ds, data)
     if max_images is not None:
         ds = ds.select(range(min(max_images, len(ds))))
     rows = list(ds)

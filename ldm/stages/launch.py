@@ -50,7 +50,7 @@ def resolve_precision(configured: str | None, env: dict | None = None, accelerat
 def native_bf16(accelerator: str = "auto") -> bool:
     """Whether the device the run trains on computes bf16 in hardware.
 
-    A CPU without AVX512-BF16 or AMX emulates bf16: a convolution measured 50x slower than in fp32
+    A CPU without AVX512-BF16 or AMX emulates bf16: a convolution measured 58x slower than in fp32
     on an AVX2-only EPYC (docs/benchmarks.md). torch has no public query for the CPU's bf16 support,
     only these torch.cpu helpers, read with a default for builds that lack them.
     """
