@@ -67,6 +67,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     frames.add_argument("--even-passes", type=int, default=1,
                         help="re-spacing passes after the linear probe; each renders the walk once "
                              "more (default 1; 2 evens out a little further)")
+    frames.add_argument("--keep-jumps", action="store_true",
+                        help="leave the model's jumps (switches between two pictures that re-spacing cannot "
+                             "spread, found by bisection after the probe pass) as they are, instead of "
+                             "dissolving them over the frames that fall inside")
     frames.add_argument("--distance-model", metavar="CLIP_FOLDER",
                         help="measure motion (even motion and the report) as the distance between CLIP "
                              "image features of this CLIP folder, e.g. RUN/clip (default: a multi-scale "
@@ -178,7 +182,8 @@ def run(args: argparse.Namespace) -> None:
         pipeline=args.pipeline, out=args.out, kind=kind, **_keyframes(args, kind, timeline),
         negative_prompt=args.negative_prompt, frames=DEFAULT_FRAMES if args.frames is None else args.frames,
         loop=args.loop,
-        motion=_motion(args), even_passes=args.even_passes, distance_model=args.distance_model,
+        motion=_motion(args), even_passes=args.even_passes, dissolve_jumps=not args.keep_jumps,
+        distance_model=args.distance_model,
         steps=args.steps, guidance=args.guidance, sampler=args.sampler, fps=args.fps,
         height=args.height, width=args.width, batch_size=args.batch_size, video_scale=args.video_scale,
         audio=args.audio, audio_start=args.audio_start, audio_end=args.audio_end, on_beats=args.on_beats,
@@ -187,7 +192,7 @@ def run(args: argparse.Namespace) -> None:
     result = animate(settings)
     if result.gif is None:
         return  # not the main process: it rendered its share; the main one reports
-    probes = "" if args.linear else " (the probe pass included)"
+    probes = "" if args.linear else " (the probe pass and jump search included)"
     print(f"{result.frames} frames in {result.out / 'frames'}; this run rendered {result.rendered}{probes}")
     print(f"wrote {result.gif} and {result.mp4} at {args.fps:g} fps")
     gif_fps = video_info(result.gif)["fps"]

@@ -200,13 +200,14 @@ class LatentDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin)
                     bar.update()
 
         # 4. Decode.
-        if output_type == "latent":
-            images = latents
-        else:
-            decoded = vae_lib.decode(self.vae, latents.to(self.vae.dtype))
-            images = self.image_processor.postprocess(decoded, output_type=output_type)
+        images = latents if output_type == "latent" else self.latents_to_images(latents, output_type)
         self.maybe_free_model_hooks()
         return ImagePipelineOutput(images=images) if return_dict else (images,)
+
+    def latents_to_images(self, latents: torch.Tensor, output_type: str = "pil"):
+        """Decode sampled latents (as `output_type="latent"` returns them) to images, as a call does."""
+        decoded = vae_lib.decode(self.vae, latents.to(self.vae.dtype))
+        return self.image_processor.postprocess(decoded, output_type=output_type)
 
 
 def _as_list(negative: str | list[str] | None, n: int) -> list[str]:

@@ -10,6 +10,7 @@ The output folder holds everything a render needs to resume:
     OUT/timeline.json          frame count, fps, the keyframes' frames, the audio target per step
     OUT/frames/frame_00000.png the walk's frames (plus times.json: each frame's timeline position)
     OUT/even-motion/pass-N/    even or audio motion: the probe renders that placed the frames
+    OUT/even-motion/jumps/     the frames the jump search rendered, and jumps.json: what it found
     OUT/walk.gif, walk.mp4     assembled from frames/ at the end of every run (the MP4 with the audio)
     OUT/smoothness.json        adjacent-frame distance: mean, max, coefficient of variation; with
                                audio, how closely it followed the audio target
@@ -26,6 +27,10 @@ each step covers an equal share of it, or a share in proportion to the audio tar
 (`ldm.apps.animate.path.paced_times`). Each later pass refines the estimate with every frame
 rendered so far; the last pass is the walk itself. Each pass renders the walk once more (less the
 keyframes, which are copied): one pass doubles the cost of a linear render.
+
+Between the probe pass and the next, the jumps of a diffusion walk (switches between two pictures
+that no re-spacing can spread, `ldm.apps.animate.jumps`) are searched for by bisection, one batch
+of renders per halving, and their frames dissolved; `dissolve_jumps=False` (`--keep-jumps`) skips it.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import numpy as np
 
 from ldm.apps.animate import path as walks
 from ldm.apps.animate import video
+from ldm.apps.animate.jumps import Jump, dissolve_positions, find_jumps, jump_at
 from ldm.apps.animate.settings import (
     SETTINGS_FILE,
     WalkSettings,
@@ -62,6 +68,8 @@ TIMES_FILE = "times.json"
 REPORT_FILE = "smoothness.json"
 FRAMES_DIR = "frames"
 PASSES_DIR = "even-motion"
+JUMPS_DIR = "jumps"  # in PASSES_DIR
+JUMPS_FILE = "jumps.json"
 MOTION_PLOT = "motion.png"
 
 
@@ -122,10 +130,13 @@ def _load_autoencoder(path: str, device):
     return vae, vae.config.sample_size
 
 
-def frame_metadata(s: WalkSettings, position: float) -> dict[str, str]:
+def frame_metadata(s: WalkSettings, position: float, jumps: list[Jump] = ()) -> dict[str, str]:
     """PNG text: where the frame is on the walk and what made it."""
     i, j, u = walks.locate(position, s.num_keyframes, s.loop)
     meta = {"ldm_walk": s.kind, "position": f"{position:.6f}", "keyframes": f"{i} -> {j}", "u": f"{u:.6f}"}
+    jump = jump_at(jumps, position)
+    if jump is not None:  # not sampled: a blend of the latents at the jump's ends
+        meta["dissolve"] = f"{jump.start:.6f} -> {jump.end:.6f}, weight {jump.weight(position):.4f}"
     if s.uses_diffusion:
         prompts = s.prompts * s.num_keyframes if s.kind == "seed" else (s.prompts or s.captions)
         meta["prompt"] = prompts[i] if u == 0 else f"{prompts[i]} -> {prompts[j]}"
@@ -167,7 +178,7 @@ def render_pass(s: WalkSettings, renderer, times: list[float], folder: Path, sta
         for batch in mine:
             frames = renderer.render([times[i] for i in batch])
             for i, frame in zip(batch, frames):
-                video.save_frame(folder, i, frame, frame_metadata(s, times[i]))
+                video.save_frame(folder, i, frame, frame_metadata(s, times[i], renderer.jumps))
             bar.update(len(batch) * state.num_processes)
     bar.close()
     state.wait_for_everyone()
@@ -188,6 +199,49 @@ def _check_times(folder: Path, times: list[float], state) -> None:
     state.wait_for_everyone()
 
 
+def render_batched(s: WalkSettings, renderer, times: list[float]) -> list[np.ndarray]:
+    """Frames at `times`, rendered --batch-size at a time."""
+    return [frame for start in range(0, len(times), s.batch_size)
+            for frame in renderer.render(times[start: start + s.batch_size])]
+
+
+def probe_frames(s: WalkSettings, rendered: dict[float, Path]) -> tuple[list[float], list[np.ndarray]]:
+    """Every frame rendered so far in timeline order; a loop's closing position ends it with the
+    first frame again (the closing segment ends where the walk began)."""
+    positions = sorted(rendered)
+    frames = [video.read_frame(rendered[p]) for p in positions]
+    if s.loop:
+        positions.append(float(walks.segment_count(s.num_keyframes, s.loop)))
+        frames.append(frames[0])
+    return positions, frames
+
+
+def dissolve_jumps(s: WalkSettings, renderer, rendered: dict[float, Path], out: Path,
+                   state) -> tuple[dict[float, Path], int]:
+    """Find the walk's jumps in the probe frames (once: a rerun reads OUT/even-motion/jumps back),
+    give them to the renderer, and decode a few dissolve frames in each. Returns the frames the
+    search made (position -> PNG) and how many this run rendered."""
+    folder = out / PASSES_DIR / JUMPS_DIR
+    record = folder / JUMPS_FILE
+    made = 0
+    if state.is_main_process and not record.is_file():
+        pair = frame_distance(s).consecutive
+        jumps, searched = find_jumps(*probe_frames(s, rendered), lambda times: render_batched(s, renderer, times),
+                                     lambda a, b: pair([a, b])[0])
+        renderer.jumps = jumps
+        dissolves = dissolve_positions(jumps)
+        searched.update(zip(dissolves, render_batched(s, renderer, dissolves)))
+        positions = sorted(searched)
+        for i, position in enumerate(positions):
+            video.save_frame(folder, i, searched[position], frame_metadata(s, position, jumps))
+        _write_json(record, {"jumps": [jump.as_dict() for jump in jumps], "positions": positions})
+        made = len(positions)
+    state.wait_for_everyone()
+    saved = json.loads(record.read_text())
+    renderer.jumps = [Jump(**jump) for jump in saved["jumps"]]
+    return {p: video.frame_path(folder, i) for i, p in enumerate(saved["positions"])}, made
+
+
 def frame_distance(s: WalkSettings) -> smoothness.FrameDistance:
     if s.distance_model is None:
         return smoothness.PIXEL_DISTANCE
@@ -196,11 +250,7 @@ def frame_distance(s: WalkSettings) -> smoothness.FrameDistance:
 
 def next_times(s: WalkSettings, plan: WalkPlan, rendered: dict[float, Path]) -> list[float]:
     """Even- or audio-motion positions from every frame rendered so far (position -> PNG)."""
-    positions = sorted(rendered)
-    frames = [video.read_frame(rendered[p]) for p in positions]
-    if s.loop:  # the closing segment ends where the walk began
-        positions.append(float(walks.segment_count(s.num_keyframes, s.loop)))
-        frames.append(frames[0])
+    positions, frames = probe_frames(s, rendered)
     gaps = frame_distance(s).consecutive(frames)
     intervals = np.diff(plan.keyframe_frames).tolist() if plan.fixed else None
     weights = plan.target if s.motion == "audio" else None
@@ -242,6 +292,10 @@ def animate(settings: WalkSettings) -> AnimationResult:
         desc = "frames" if passes == 0 else f"{'frames' if last else 'probe'} (pass {p + 1}/{passes + 1})"
         rendered_total += render_pass(s, renderer, times, folder, state, rendered_frames, desc)
         rendered_frames.update({t: video.frame_path(folder, i) for i, t in enumerate(times)})
+        if p == 0 and not last and s.dissolve_jumps and s.uses_diffusion:
+            searched, made = dissolve_jumps(s, renderer, rendered_frames, out, state)
+            rendered_frames.update(searched)
+            rendered_total += made
         if not last:
             times = next_times(s, plan, rendered_frames)
 
@@ -289,6 +343,13 @@ def smoothness_report(s: WalkSettings, plan: WalkPlan, out: Path, frames) -> dic
         linear_distances = smoothness.adjacent_distances(linear_frames, s.loop, distance)
         report["linear"] = smoothness.summarize(linear_distances)
         report["cv_ratio"] = report["walk"]["cv"] / max(report["linear"]["cv"], 1e-12)
+    record = out / PASSES_DIR / JUMPS_DIR / JUMPS_FILE
+    if s.respaced and s.dissolve_jumps and record.is_file():
+        jumps = [Jump(**jump) for jump in json.loads(record.read_text())["jumps"]]
+        times = json.loads((out / FRAMES_DIR / TIMES_FILE).read_text())
+        report["jumps"] = {"found": len(jumps),
+                           "dissolved_frames": sum(jump_at(jumps, t) is not None for t in times),
+                           "intervals": [jump.as_dict() for jump in jumps]}
     if plan.target is not None:
         report["audio"] = smoothness.against_target(distances, plan.target)
         if linear_distances is not None:
@@ -309,6 +370,9 @@ def format_report(report: dict) -> str:
         lines.append(f"  linear spacing:  mean {linear['mean']:.4f}, max {linear['max']:.4f}, "
                      f"CV {linear['cv']:.3f}   ({report['motion']}-motion CV / linear CV = "
                      f"{report['cv_ratio']:.2f})")
+    if "jumps" in report:
+        jumps = report["jumps"]
+        lines.append(f"  jumps dissolved: {jumps['found']} ({jumps['dissolved_frames']} frames are dissolves)")
     if "audio" in report:
         audio = report["audio"]
         linear = (f" (linear spacing: {audio['linear_correlation']:.2f})" if "linear_correlation" in audio

@@ -6,7 +6,8 @@
   between keyframes, starting noise is slerped, and each batch of frames goes through the pipeline
   in one call (one UNet batch per sampler step; frames whose guidance differs, between keyframes
   of different guidance, take one call each, as the pipeline takes one scale per call). Keyframes
-  come from prompts and seeds, or from the user's images by DDIM inversion.
+  come from prompts and seeds, or from the user's images by DDIM inversion. Frames inside a jump
+  (`ldm.apps.animate.jumps`) are dissolved: decoded from a blend of the latents at its ends.
 - `AutoencoderWalk`: encoded images lerped in the stage-1 latent space and decoded, no diffusion.
 
 Frames depend only on their position, never on which batch they were rendered in (the samplers
@@ -16,7 +17,7 @@ allowed are deterministic), which is what lets a render resume or be split acros
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from ldm.apps.animate import path as walks
+from ldm.apps.animate.jumps import Jump, jump_at
 from ldm.components import autoencoder as vae_lib
 from ldm.components.text_encoder import encode_each_once
 from ldm.core.images import to_tensor, to_uint8, unit_to_uint8
@@ -52,22 +54,45 @@ class DiffusionWalk:
     steps: int
     guidances: list[float]  # classifier-free guidance scale of each keyframe
 
+    jumps: list[Jump] = field(default_factory=list)  # dissolved intervals (ldm.apps.animate.jumps)
+    _jump_ends: dict[Jump, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
+
     @torch.no_grad()
     def render(self, times: list[float]) -> np.ndarray:
+        """Frames at `times`: sampled, or dissolved where a time falls inside one of `jumps`."""
+        inside = [jump_at(self.jumps, t) for t in times]
+        sampled = [t for t, jump in zip(times, inside) if jump is None]
+        latents = dict(zip(sampled, self.sample(sampled))) if sampled else {}
+        for t, jump in zip(times, inside):
+            if jump is not None:
+                start, end = self.jump_ends(jump)
+                latents[t] = walks.lerp(start, end, jump.weight(t))
+        images = self.pipe.latents_to_images(torch.stack([latents[t] for t in times]), output_type="np")
+        return unit_to_uint8(images)
+
+    def sample(self, times: list[float]) -> torch.Tensor:
+        """The final latents of the frames at `times`, sampled from interpolated keyframes."""
         embeddings = walks.interpolate(self.embeddings, times, self.loop, "lerp")
         noises = walks.interpolate(self.noises, times, self.loop, "slerp")
         scales = walks.interpolate(torch.tensor(self.guidances, dtype=torch.float64), times, self.loop,
                                    "lerp").tolist()
-        images: list[np.ndarray | None] = [None] * len(times)
+        latents: list[torch.Tensor | None] = [None] * len(times)
         for scale in sorted(set(scales)):
             rows = [i for i, s in enumerate(scales) if s == scale]
             negative = self.negative.expand(len(rows), -1, -1)
             out = self.pipe(prompt_embeds=embeddings[rows], negative_prompt_embeds=negative,
                             latents=noises[rows], num_inference_steps=self.steps, guidance_scale=scale,
-                            output_type="np").images
-            for i, image in zip(rows, out):
-                images[i] = image
-        return unit_to_uint8(np.stack(images))
+                            output_type="latent").images
+            for i, latent in zip(rows, out):
+                latents[i] = latent
+        return torch.stack(latents)
+
+    def jump_ends(self, jump: Jump) -> tuple[torch.Tensor, torch.Tensor]:
+        """The latents at a jump's two ends, sampled once (together, so always alike)."""
+        if jump not in self._jump_ends:
+            start, end = self.sample([jump.start, jump.end])
+            self._jump_ends[jump] = (start, end)
+        return self._jump_ends[jump]
 
 
 @dataclass
@@ -78,6 +103,7 @@ class AutoencoderWalk:
     vae: vae_lib.Autoencoder
     latents: torch.Tensor  # (K, C, h, w) scaled latents of the keyframe images
     loop: bool
+    jumps: tuple = ()  # never any: its frames are already blends of latents, without switches
 
     @torch.no_grad()
     def render(self, times: list[float]) -> np.ndarray:

@@ -16,7 +16,8 @@ How long a walk is, and so how many frames it has:
 steps of the frame distance, measured on a linear probe render, which costs one more render of
 the walk per `even_passes`), "audio" (the default with audio: steps in proportion to the audio's
 onset strength or energy, re-spaced the same way) or "linear" (equal steps of the interpolation
-weight: one render, uneven motion).
+weight: one render, uneven motion). Re-spaced diffusion walks dissolve their jumps
+(`dissolve_jumps`, `ldm.apps.animate.jumps`).
 
 `render_settings` is what OUT/settings.json holds: everything the frames depend on (the pipeline's
 weights and the audio file included, by size and modification time or by hash). A rerun into the
@@ -64,6 +65,7 @@ class WalkSettings:
     loop: bool = False
     motion: str | None = None  # one of MOTIONS; None: "audio" with audio, else "even"
     even_passes: int = 1  # re-spacing passes after the linear probe (motion "even" and "audio")
+    dissolve_jumps: bool = True  # re-spaced diffusion walks: dissolve jumps (ldm.apps.animate.jumps)
     distance_model: str | None = None  # a CLIP folder: measure motion in its image features
     steps: int = 20
     guidance: float | None = None  # None: DEFAULT_GUIDANCE, or IMAGE_WALK_GUIDANCE for image walks
@@ -234,9 +236,12 @@ def render_settings(s: WalkSettings) -> dict:
     saved = {k: v for k, v in asdict(s).items() if k not in delivery}
     if s.timed:  # the clock, not frames per segment, sets the frame count
         saved.pop("frames")
-    if not s.respaced:  # then neither changes a frame
+    if not s.respaced:  # then none of them changes a frame
         saved.pop("even_passes")
         saved.pop("distance_model")
+        saved.pop("dissolve_jumps")
+    elif not s.uses_diffusion:  # its frames are blends already: no jumps to dissolve
+        saved.pop("dissolve_jumps")
     elif s.distance_model is not None:
         saved["distance_model"] = str(Path(s.distance_model).resolve())
     if not s.uses_diffusion:

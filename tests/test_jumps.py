@@ -1,0 +1,151 @@
+"""Jumps in walks: found by bisection, told apart from fast smooth motion, dissolved by the renderer
+and re-spaced into even motion; the search's result kept on disk for resumed renders."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ldm.apps.animate import path as walks
+from ldm.apps.animate.jumps import BISECTIONS, Jump, dissolve_positions, find_jumps, jump_at
+from ldm.apps.animate.render import WalkSettings, animate
+from ldm.metrics import smoothness
+from ldm.metrics.smoothness import frame_distance
+
+SWITCH = 0.4137  # where the synthetic walk below switches pictures
+PROBES = list(np.linspace(0.0, 1.0, 8))
+
+
+def frame(brightness: float, square: float) -> np.ndarray:
+    """A 32x32 frame: a gray level that drifts, and a white square with opacity `square`."""
+    image = np.full((32, 32, 3), brightness, dtype=np.float64)
+    image[8:24, 8:24] = (1 - square) * image[8:24, 8:24] + square * 255.0
+    return image.round().astype(np.uint8)
+
+
+def switching(t: float, dissolve: Jump | None = None) -> np.ndarray:
+    """A slow drift with a square that appears all at once at SWITCH, or fades in over `dissolve`."""
+    square = float(t >= SWITCH) if dissolve is None or not dissolve.holds(t) else dissolve.weight(t)
+    return frame(60 + 40 * t, square)
+
+
+def fading(t: float) -> np.ndarray:
+    """The same drift with the square fading in quickly, over [0.40, 0.45]: fast, but smooth."""
+    return frame(60 + 40 * t, float(np.clip((t - 0.40) / 0.05, 0, 1)))
+
+
+def render_with(picture):
+    return lambda times: [picture(t) for t in times]
+
+
+def test_a_switch_is_found_to_within_a_64th_of_a_probe_step():
+    jumps, searched = find_jumps(PROBES, [switching(t) for t in PROBES], render_with(switching), frame_distance)
+    assert len(jumps) == 1
+    jump = jumps[0]
+    assert jump.start < SWITCH <= jump.end
+    assert jump.end - jump.start == pytest.approx((PROBES[1] - PROBES[0]) / 2 ** BISECTIONS)
+    assert jump.distance == pytest.approx(frame_distance(switching(jump.start), switching(jump.end)))
+    assert len(searched) == BISECTIONS  # one render a halving
+
+
+def test_two_switches_within_one_probe_step_are_two_jumps():
+    def two_switches(t: float) -> np.ndarray:
+        image = switching(t)
+        if t >= 0.42:  # a second square, in another corner, a little later
+            image[0:8, 0:8] = 255
+        return image
+
+    jumps, _ = find_jumps(PROBES, [two_switches(t) for t in PROBES], render_with(two_switches), frame_distance)
+    assert len(jumps) == 2
+    assert jumps[0].start < SWITCH <= jumps[0].end < jumps[1].start < 0.42 <= jumps[1].end
+
+
+def test_fast_smooth_motion_is_not_a_jump():
+    jumps, searched = find_jumps(PROBES, [fading(t) for t in PROBES], render_with(fading), frame_distance)
+    assert jumps == [] and searched  # examined (a few halvings), then let go
+
+
+def test_dissolve_positions_fall_inside_their_jump():
+    jumps = [Jump(0.2, 0.3, 1.0), Jump(1.5, 1.6, 2.0)]
+    positions = dissolve_positions(jumps)
+    assert len(positions) == 8 and all(jump_at(jumps, p) is not None for p in positions)
+    assert jump_at(jumps, 0.2) is None and jump_at(jumps, 0.3) is None  # the ends are samples
+    assert jumps[0].weight(0.25) == pytest.approx(0.5)
+
+
+def even_walk(picture, extra: dict[float, np.ndarray]) -> list[np.ndarray]:
+    """Frames of an even-motion walk of 16 frames (one pass) from probes plus `extra` frames."""
+    rendered = {t: picture(t) for t in PROBES} | extra
+    positions = sorted(rendered)
+    gaps = [frame_distance(a, b) for a, b in zip([rendered[p] for p in positions[:-1]],
+                                                  [rendered[p] for p in positions[1:]])]
+    return [picture(t) for t in walks.even_times(positions, gaps, 2, 16, loop=False)]
+
+
+def test_dissolving_the_jump_makes_even_motion_even():
+    cv = {}
+    kept, _ = find_jumps(PROBES, [switching(t) for t in PROBES], render_with(switching), frame_distance)
+    cv["kept"] = smoothness.summarize(smoothness.adjacent_distances(even_walk(switching, {}), loop=False))["cv"]
+    jump = kept[0]
+
+    def dissolved(t):
+        return switching(t, dissolve=jump)
+
+    probes = {t: dissolved(t) for t in [jump.start, jump.end, *dissolve_positions([jump])]}
+    frames = even_walk(dissolved, probes)
+    cv["dissolved"] = smoothness.summarize(smoothness.adjacent_distances(frames, loop=False))["cv"]
+    assert cv["kept"] > 1.0 and cv["dissolved"] < 0.3, cv
+
+
+def test_the_renderer_dissolves_frames_inside_a_jump(kl_pipeline_path):
+    from ldm.apps.animate.renderers import prompt_walk
+    from ldm.core.images import unit_to_uint8
+    from ldm.sampling.pipeline_io import load_pipeline
+    from ldm.sampling.samplers import DEFAULT_SAMPLER, make_sampler
+
+    pipe = load_pipeline(kl_pipeline_path)
+    pipe.scheduler = make_sampler(DEFAULT_SAMPLER, pipe.scheduler.config)  # deterministic, as walks sample
+    pipe.set_progress_bar_config(disable=True)
+    walk = prompt_walk(pipe, ["a red circle", "a blue square"], [1, 2], "", False, 2, [4.0, 4.0], (32, 32))
+    walk.jumps = [Jump(0.3, 0.5, 1.0)]
+    frames = walk.render([0.1, 0.4])
+    start, end = walk.sample([0.3, 0.5])  # sampled together, as the renderer samples a jump's ends
+    expected = torch.stack([walk.sample([0.1])[0], walks.lerp(start, end, 0.5)])  # only 0.1 is sampled
+    assert np.array_equal(frames, unit_to_uint8(pipe.latents_to_images(expected, output_type="np")))
+
+
+FAST = dict(steps=2, batch_size=4, fps=10.0, frames=6)
+
+
+def test_a_walk_records_its_jumps_and_a_rerun_reads_them_back(kl_pipeline_path, tmp_path, monkeypatch):
+    settings = WalkSettings(pipeline=str(kl_pipeline_path), out=str(tmp_path / "walk"),
+                            prompts=["a red circle", "a blue square"], seeds=[1, 2], **FAST)
+    first = animate(settings)
+    record = json.loads((tmp_path / "walk" / "even-motion" / "jumps" / "jumps.json").read_text())
+    assert first.report["jumps"]["found"] == len(record["jumps"])
+    assert len(record["positions"]) == len(list((tmp_path / "walk" / "even-motion" / "jumps").glob("*.png")))
+
+    def no_search(*args, **kwargs):
+        raise AssertionError("searched again")
+
+    monkeypatch.setattr("ldm.apps.animate.render.find_jumps", no_search)
+    assert animate(settings).rendered == 0
+
+
+def test_keep_jumps_skips_the_search(kl_pipeline_path, tmp_path):
+    result = animate(WalkSettings(pipeline=str(kl_pipeline_path), out=str(tmp_path / "walk"),
+                                  prompts=["a red circle", "a blue square"], seeds=[1, 2], dissolve_jumps=False,
+                                  **FAST))
+    assert "jumps" not in result.report and not (tmp_path / "walk" / "even-motion" / "jumps").exists()
+    saved = json.loads((tmp_path / "walk" / "settings.json").read_text())
+    assert saved["dissolve_jumps"] is False
+
+
+def test_keep_jumps_from_the_command_line(kl_pipeline_path, tmp_path, capsys):
+    from ldm.cli import main
+
+    main(["animate", str(kl_pipeline_path), "--prompts", "a red circle", "a blue square", "--frames", "4",
+          "--steps", "2", "--out", str(tmp_path / "walk"), "--keep-jumps"])
+    assert json.loads((tmp_path / "walk" / "settings.json").read_text())["dissolve_jumps"] is False
+    assert "jumps dissolved" not in capsys.readouterr().out
