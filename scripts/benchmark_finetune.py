@@ -139,6 +139,20 @@ def fine_tune(name: str, base: Path, data: Path, out: Path, args) -> tuple[Path,
                           "batch": cfg.data.batch_size}
 
 
+def pink_sheet(out: Path, titles: dict[str, str]) -> Path:
+    """OUT/pink_samples.png: for each model (samples folder -> title), the first seed of every pink
+    prompt (each shape in each position), one row a model."""
+    from PIL import Image
+
+    from ldm.core.images import contact_sheet
+
+    rows = [(title, [Image.open(path) for path in sorted((out / "samples" / folder / "pink").glob("*-seed0.png"))])
+            for folder, title in titles.items()]
+    path = out / "pink_samples.png"
+    contact_sheet(rows).save(path)
+    return path
+
+
 def percent(fraction: float) -> str:
     return f"{100 * fraction:5.1f}%"
 
@@ -189,6 +203,7 @@ def main() -> None:
         make_shapes_dataset(data, n=args.images, size=IMAGE_SIZE, seed=DATA_SEED, colours=[NEW_COLOUR])
 
     results = {"base (before)": measure(base, out / "samples" / "base", args)}
+    folders = {"base": "base (before)", "base_new_decoder": "base + new decoder"}
     vae, decoder_run = fine_tune_decoder(base, out, args)
     base = with_decoder(base, vae, out / "base_new_decoder")
     results["base + new decoder"] = {**measure(base, out / "samples" / "base_new_decoder", args),
@@ -207,11 +222,13 @@ def main() -> None:
             if suffix:
                 title += f", with {args.replay} base images"
             results[title] = {**scores, "run": run}
+            folders[name] = title
 
     print(table(results))
     report = {"settings": vars(args), "results": results}
     (out / "finetune.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out / 'finetune.json'}; samples in {out / 'samples'}")
+    sheet = pink_sheet(out, folders)
+    print(f"wrote {out / 'finetune.json'} and {sheet}; samples in {out / 'samples'}")
 
 
 if __name__ == "__main__":
