@@ -10,8 +10,9 @@
   (`ldm.apps.animate.jumps`) are dissolved: decoded from a blend of the latents at its ends.
 - `AutoencoderWalk`: encoded images lerped in the stage-1 latent space and decoded, no diffusion.
 
-Frames depend only on their position, never on which batch they were rendered in (the samplers
-allowed are deterministic), which is what lets a render resume or be split across processes.
+Frames depend on their position and, by float rounding only, on the other frames of their batch
+(the samplers allowed are deterministic). A render's batches are fixed by frame index
+(`ldm.apps.animate.render.render_pass`), so a resumed or split render makes the same bytes.
 """
 
 from __future__ import annotations
