@@ -149,3 +149,18 @@ def test_keep_jumps_from_the_command_line(kl_pipeline_path, tmp_path, capsys):
           "--steps", "2", "--out", str(tmp_path / "walk"), "--keep-jumps"])
     assert json.loads((tmp_path / "walk" / "settings.json").read_text())["dissolve_jumps"] is False
     assert "jumps dissolved" not in capsys.readouterr().out
+
+
+def test_a_still_walk_with_one_flicker_searches_little():
+    """Median step 0: the bar comes from the mean, and the search stays within its budget."""
+    def still(t: float) -> np.ndarray:
+        return frame(100.0, 0.0) if not 0.5 < t < 0.6 else frame(101.0, 0.0)
+
+    renders = []
+
+    def counted(times):
+        renders.append(len(times))
+        return [still(t) for t in times]
+
+    jumps, _ = find_jumps(PROBES, [still(t) for t in PROBES], counted, frame_distance)
+    assert sum(renders) <= BISECTIONS * (len(PROBES) - 1)

@@ -34,7 +34,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 EXAMINE_RATIO = 2.5  # probe steps this many times the median step are searched for a jump
-BISECTIONS = 6  # halvings before a step still held in one half is called a jump
+# The bar's floor, as a share of the mean step: a walk whose frames mostly do not move (median 0)
+# would otherwise search every flicker.
+MEAN_FLOOR = 0.25
+BISECTIONS = 6  # halvings after which an interval still above the bar is a jump
 DISSOLVE_PROBES = 4  # blends decoded inside each jump to measure the dissolve's path
 
 Render = Callable[[list[float]], Sequence[np.ndarray]]  # positions -> uint8 frames
@@ -81,9 +84,11 @@ def find_jumps(positions: Sequence[float], frames: Sequence[np.ndarray], render:
                distance: Distance) -> tuple[list[Jump], dict[float, np.ndarray]]:
     """The jumps between consecutive probe frames (`positions` sorted, a loop's closing position
     included with the first frame again), and every frame rendered while searching (position ->
-    frame). `render` renders a batch of positions; each halving renders one batch."""
+    frame). `render` renders a batch of positions; each halving renders one batch, of at most as
+    many frames as there are probe steps (the longest intervals are kept), so the whole search
+    costs at most `BISECTIONS` renders of the probe pass."""
     gaps = np.array([distance(a, b) for a, b in zip(frames[:-1], frames[1:])])
-    threshold = EXAMINE_RATIO * float(np.median(gaps))
+    threshold = EXAMINE_RATIO * max(float(np.median(gaps)), MEAN_FLOOR * float(gaps.mean()))
     searches = [_Search(positions[k], positions[k + 1], frames[k], frames[k + 1], float(gaps[k]))
                 for k in range(len(gaps)) if gaps[k] > threshold]
     rendered: dict[float, np.ndarray] = {}
@@ -92,8 +97,10 @@ def find_jumps(positions: Sequence[float], frames: Sequence[np.ndarray], render:
             break
         middles = [(search.start + search.end) / 2 for search in searches]
         rendered.update(zip(middles, render(middles)))
-        searches = [half for search, middle in zip(searches, middles)
-                    for half in _halves(search, middle, rendered[middle], distance) if half.distance > threshold]
+        halves = [half for search, middle in zip(searches, middles)
+                  for half in _halves(search, middle, rendered[middle], distance) if half.distance > threshold]
+        longest = sorted(halves, key=lambda half: -half.distance)[: len(gaps)]
+        searches = sorted(longest, key=lambda half: half.start)
     return [Jump(s.start, s.end, s.distance) for s in searches], rendered
 
 
