@@ -25,7 +25,7 @@ from ldm.core.errors import LdmError
 from ldm.core.images import contact_sheet, read_rgb, write_png
 from ldm.data.decode import read_image_file
 from ldm.sampling.lora import LoraChoice, check_loras
-from ldm.sampling.pipeline_io import check_image_size, check_pipeline_folder, vae_factor
+from ldm.sampling.pipeline_io import check_autoencoder_swap, check_image_size, check_pipeline_folder, vae_factor
 from ldm.sampling.samplers import DEFAULT_SAMPLER, check_sampler
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -52,6 +52,7 @@ class GenerateOptions:
     device: str | None = None
     dtype: str = "float32"
     loras: list[LoraChoice] = field(default_factory=list)  # loaded onto the pipeline, each at its scale
+    vae: str | None = None  # decode with this autoencoder (a fine-tuned decoder) instead of the pipeline's
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,8 @@ def check_options(opts: GenerateOptions) -> None:
         if not 0 < opts.strength <= 1:
             raise LdmError(f"--strength must be in (0, 1], got {opts.strength}")
     check_loras(opts.loras, opts.pipeline)
+    if opts.vae is not None:
+        check_autoencoder_swap(opts.pipeline, opts.vae)
 
 
 def load_init_image(path: str) -> Image.Image:
@@ -131,6 +134,8 @@ def image_metadata(opts: GenerateOptions, job: ImageJob) -> dict[str, str]:
     if opts.loras:
         meta["loras"] = json.dumps([asdict(LoraChoice(str(Path(lora.path).resolve()), lora.scale))
                                     for lora in opts.loras])
+    if opts.vae is not None:
+        meta["vae"] = str(Path(opts.vae).resolve())
     return {key: str(value) for key, value in meta.items()}
 
 
@@ -168,7 +173,7 @@ def _generate_jobs(opts: GenerateOptions, jobs: list[ImageJob], out: Path, devic
     from ldm.sampling.pipeline_io import load_pipeline
     from ldm.sampling.samplers import make_sampler
 
-    pipe = load_pipeline(opts.pipeline, dtype=DTYPES[opts.dtype], device=device, loras=opts.loras)
+    pipe = load_pipeline(opts.pipeline, dtype=DTYPES[opts.dtype], device=device, loras=opts.loras, vae=opts.vae)
     pipe.scheduler = make_sampler(opts.sampler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     height, width = opts.height or pipe.image_size, opts.width or pipe.image_size

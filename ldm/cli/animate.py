@@ -106,6 +106,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           help="deterministic sampler: dpmsolver++ (default), ddim (image walks: ddim only), ...")
     sampling.add_argument("--negative-prompt", default="", help="negative prompt (default empty)")
     add_lora_arguments(sampling)
+    sampling.add_argument("--vae", metavar="DIR",
+                          help="decode with this autoencoder (e.g. RUN/vae of a train.decoder_only run) instead of "
+                               "the pipeline's; it must share the pipeline's latents")
 
 
 def walk_kind(args: argparse.Namespace, timeline=None) -> str:
@@ -188,6 +191,7 @@ def run(args: argparse.Namespace) -> None:
         height=args.height, width=args.width, batch_size=args.batch_size, video_scale=args.video_scale,
         audio=args.audio, audio_start=args.audio_start, audio_end=args.audio_end, on_beats=args.on_beats,
         audio_smooth=args.audio_smooth, audio_feature=args.audio_feature, loras=lora_choices_of(args),
+        vae=args.vae,
     )
     result = animate(settings)
     if result.gif is None:

@@ -31,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: the accelerator if any, one per process)")
     parser.add_argument("--dtype", default="float32", help="float32 (default), float16, bfloat16")
     add_lora_arguments(parser)
+    parser.add_argument("--vae", metavar="DIR",
+                        help="decode with this autoencoder (e.g. RUN/vae of a train.decoder_only run) instead "
+                             "of the pipeline's; it must share the pipeline's latents")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -41,6 +44,6 @@ def run(args: argparse.Namespace) -> None:
         n=args.n, seed=args.seed, steps=args.steps, guidance=args.guidance, negative=args.negative,
         sampler=args.sampler, eta=args.eta, height=args.height, width=args.width,
         init_image=args.init_image, strength=args.strength, batch_size=args.batch_size,
-        device=args.device, dtype=args.dtype, loras=lora_choices_of(args))
+        device=args.device, dtype=args.dtype, loras=lora_choices_of(args), vae=args.vae)
     written = generate(opts)
     print(f"wrote {len(written)} images to {output_folder(opts)}")

@@ -8,17 +8,25 @@ weights in safetensors). With a KL autoencoder the folder is written by
 
 With a VQ autoencoder, which Stable Diffusion's class cannot take, it is written by
 `LatentDiffusionPipeline` and loads through it (or `load_pipeline`).
+
+`load_pipeline(..., vae=FOLDER)` decodes with another autoencoder, such as a decoder fine-tuned with
+`train.decoder_only` (`ldm generate/animate --vae`), the way diffusers takes
+`from_pretrained(base, vae=...)`. `check_autoencoder_swap` first makes sure it reads and writes the
+same latents.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline
+from safetensors import safe_open
 
-from ldm.components.autoencoder import AUTOENCODER_CLASSES, Autoencoder
+from ldm.components.autoencoder import AUTOENCODER_CLASSES, Autoencoder, load_vae
+from ldm.components.pretrained import weight_files
 from ldm.core.atomic import atomic_folder
 from ldm.core.errors import LdmError
 from ldm.core.trust import check_no_code
@@ -37,6 +45,10 @@ REQUIRED_FILES = (
     "tokenizer/tokenizer_config.json",
     "scheduler/scheduler_config.json",
 )
+# What an autoencoder must share with the one a UNet was trained on to read and write its latents.
+LATENT_SETTINGS = ("_class_name", "latent_channels", "scaling_factor", "shift_factor")
+# The weights that make the latents (the encoder side): a decoder-only fine-tune leaves them as they were.
+ENCODER_PREFIXES = ("encoder.", "quant_conv.", "quantize.")
 # Scheduler settings that suit latents (which are not bounded to [-1, 1]); Stable Diffusion's
 # loader rewrites them to these values anyway, so both kinds of export store them the same way.
 LATENT_SCHEDULER_SETTINGS = {"steps_offset": 1, "clip_sample": False}
@@ -102,13 +114,54 @@ def image_size(path: str | Path) -> int:
     return unet["sample_size"] * vae_factor(path)
 
 
+def check_autoencoder_swap(pipeline: str | Path, vae: str | Path) -> Path:
+    """`vae`, checked to decode `pipeline`'s latents: the same kind, latent channels, downsampling
+    factor, scaling and shift as the pipeline's own autoencoder, or an LdmError naming what differs.
+    Reads configs only."""
+    vae = check_no_code(vae)
+    if not (vae / "config.json").is_file():
+        raise LdmError(f"--vae {vae}: no autoencoder there (config.json is missing; RUN/vae is one)")
+    own_folder = Path(pipeline) / "vae"
+    own, new = (json.loads((folder / "config.json").read_text()) for folder in (own_folder, vae))
+    differ = [key for key in LATENT_SETTINGS if own.get(key) != new.get(key)]
+    if autoencoder_factor(own_folder) != autoencoder_factor(vae):
+        differ.append("downsampling factor")
+    if differ:
+        raise LdmError(f"--vae {vae} cannot decode the latents of {pipeline}: its {', '.join(differ)} "
+                       f"{'differs' if len(differ) == 1 else 'differ'} from the pipeline's autoencoder")
+    return vae
+
+
+def warn_if_other_encoder(pipeline: str | Path, vae: str | Path) -> None:
+    """Warn when `vae`'s encoder weights differ from the pipeline's: the UNet learnt the old encoder's
+    latents, which a decoder trained with `train.decoder_only` keeps and another autoencoder may not."""
+    own, new = _encoder_weights(Path(pipeline) / "vae"), _encoder_weights(Path(vae))
+    if own.keys() != new.keys() or not all(torch.equal(tensor, new[name]) for name, tensor in own.items()):
+        warnings.warn(f"--vae {vae}: its encoder differs from {pipeline}'s, so its latents are not the ones "
+                      "the UNet learnt (a decoder trained with train.decoder_only keeps them)", stacklevel=3)
+
+
+def _encoder_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """The encoder-side tensors of an autoencoder folder, read from its safetensors files."""
+    weights = {}
+    for file in weight_files(folder):
+        with safe_open(str(file), framework="pt") as f:
+            weights.update({name: f.get_tensor(name) for name in f.keys() if name.startswith(ENCODER_PREFIXES)})
+    return weights
+
+
 def load_pipeline(path: str | Path, dtype: torch.dtype | None = None,
                   device: str | torch.device | None = None,
-                  loras: list[LoraChoice] = ()) -> LatentDiffusionPipeline:
+                  loras: list[LoraChoice] = (), vae: str | Path | None = None) -> LatentDiffusionPipeline:
     """Load a checked RUN/pipeline as a `LatentDiffusionPipeline`, frozen, on `device`, with
-    `loras` (checked beforehand with `ldm.sampling.lora.check_loras`) loaded at their scales."""
+    `loras` (checked beforehand with `ldm.sampling.lora.check_loras`) loaded at their scales, and
+    decoding with `vae` instead of its own autoencoder when given (checked here)."""
     path = check_pipeline_folder(path)
-    pipe = LatentDiffusionPipeline.from_pretrained(path, dtype=dtype, use_safetensors=True)
+    parts = {}
+    if vae is not None:
+        warn_if_other_encoder(path, check_autoencoder_swap(path, vae))
+        parts["vae"] = load_vae(vae, dtype)
+    pipe = LatentDiffusionPipeline.from_pretrained(path, dtype=dtype, use_safetensors=True, **parts)
     load_loras(pipe, list(loras))  # before moving: the adapters follow the models to the device
     for model in (pipe.vae, pipe.text_encoder, pipe.unet):
         model.requires_grad_(False).eval()

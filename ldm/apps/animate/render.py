@@ -94,12 +94,12 @@ def build_renderer(s: WalkSettings, device):
     from ldm.apps.animate import renderers
 
     if not s.uses_diffusion:
-        vae, native = _load_autoencoder(s.pipeline, device)
+        vae, native = _load_autoencoder(s.vae or s.pipeline, device)
         return renderers.autoencoder_walk(vae, s.images, (s.width or native, s.height or native), s.loop)
     from ldm.sampling.pipeline_io import load_pipeline
     from ldm.sampling.samplers import make_sampler
 
-    pipe = load_pipeline(s.pipeline, device=device, loras=s.loras)
+    pipe = load_pipeline(s.pipeline, device=device, loras=s.loras, vae=s.vae)
     pipe.scheduler = make_sampler(s.sampler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)  # the bar that counts is the one over frames
     size = (s.width or pipe.image_size, s.height or pipe.image_size)
@@ -260,7 +260,7 @@ def next_times(s: WalkSettings, plan: WalkPlan, rendered: dict[float, Path]) -> 
 # ---- the whole render ----------------------------------------------------------------------------
 
 def animate(settings: WalkSettings) -> AnimationResult:
-    from ldm.sampling.pipeline_io import autoencoder_factor, check_image_size
+    from ldm.sampling.pipeline_io import autoencoder_factor, check_autoencoder_swap, check_image_size
 
     s = resolve(settings)
     out = Path(s.out)
@@ -270,6 +270,8 @@ def animate(settings: WalkSettings) -> AnimationResult:
 
         check_pipeline_folder(s.pipeline)
         check_loras(s.loras, s.pipeline)
+        if s.vae is not None:
+            check_autoencoder_swap(s.pipeline, s.vae)
     check_image_size(autoencoder_factor(_autoencoder_folder(s.pipeline)), s.height, s.width)
     plan = plan_walk(s)  # decodes the audio: its mistakes are found before anything is written
     current = render_settings(s)

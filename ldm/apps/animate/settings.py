@@ -84,6 +84,7 @@ class WalkSettings:
     audio_smooth: float = DEFAULT_AUDIO_SMOOTH  # seconds of Gaussian smoothing of the audio target
     audio_feature: str = "onsets"  # what motion follows: onset strength or RMS "energy"
     loras: list[LoraChoice] = field(default_factory=list)  # LoRA folders, each at its scale
+    vae: str | None = None  # decode (an autoencoder walk: encode too) with this autoencoder, not the pipeline's
 
     @property
     def num_keyframes(self) -> int:
@@ -259,6 +260,11 @@ def render_settings(s: WalkSettings) -> dict:
     saved["weights"] = {str(p.relative_to(pipeline)): _file_stamp(p)
                         for p in sorted(pipeline.rglob("*.safetensors"))}
     saved["images"] = [{"path": str(Path(p).resolve()), "sha256": _sha256(p)} for p in s.images]
+    saved.pop("vae")
+    if s.vae is not None:  # like the pipeline's weights: another decoder makes other frames
+        vae = Path(s.vae).resolve()
+        stamps = {p.name: _file_stamp(p) for p in sorted(vae.glob("*.safetensors"))}
+        saved["vae"] = {"path": str(vae), "weights": stamps}
     saved.pop("loras")
     if s.loras:  # like the pipeline's weights: a retrained LoRA must not mix with older frames
         saved["loras"] = [{"path": str(Path(lora.path).resolve()), "scale": lora.scale,
@@ -285,10 +291,11 @@ def saved_walk_settings(folder: str | Path) -> WalkSettings:
         raise LdmError(f"{folder} is not a walk folder: {SETTINGS_FILE} is missing (render one with "
                        "ldm animate)")
     saved = json.loads(path.read_text())
-    known = {f for f in WalkSettings.__dataclass_fields__} - {"out", "images", "audio"}
+    known = {f for f in WalkSettings.__dataclass_fields__} - {"out", "images", "audio", "vae"}
     settings = WalkSettings(out=str(folder), **{k: v for k, v in saved.items() if k in known})
     settings.images = [image["path"] for image in saved.get("images", [])]
     settings.audio = saved["audio"]["path"] if saved.get("audio") else None
+    settings.vae = saved["vae"]["path"] if saved.get("vae") else None
     if "even_motion" in saved:  # a walk rendered before `motion` existed
         settings.motion = "even" if saved["even_motion"] else "linear"
     return settings
