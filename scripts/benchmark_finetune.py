@@ -81,11 +81,17 @@ def fine_tune_decoder(base: Path, out: Path, args) -> tuple[Path, dict]:
     if not (data / "train" / "metadata.jsonl").is_file():
         make_shapes_dataset(data, n=args.decoder_images, size=IMAGE_SIZE, seed=DECODER_DATA_SEED,
                             colours=list(ALL_COLOURS))
-    overrides = [f"run_dir={out / 'decoder'}", f"model.pretrained={base / VAE}", "train.decoder_only=true",
-                 f"data.source={data}", f"train.max_minutes={args.decoder_minutes}",
-                 f"train.lr={args.lr_decoder}", "train.warmup_steps=0"]
-    cfg = load_config(DECODER_CONFIG, overrides)
-    shutil.rmtree(out / "decoder", ignore_errors=True)
+    return timed_run(DECODER_CONFIG, out / "decoder",
+                     [f"model.pretrained={base / VAE}", "train.decoder_only=true", f"data.source={data}",
+                      f"train.max_minutes={args.decoder_minutes}", f"train.lr={args.lr_decoder}",
+                      "train.warmup_steps=0"])
+
+
+def timed_run(config: str, run_dir: Path, overrides: list[str]) -> tuple[Path, dict]:
+    """Train `config` with `overrides` in a fresh `run_dir` (each measurement starts from the base);
+    (its export, what the run did)."""
+    cfg = load_config(config, [f"run_dir={run_dir}", *overrides])
+    shutil.rmtree(run_dir, ignore_errors=True)
     start = time.perf_counter()
     stage = train_stage(cfg)
     seconds = round(time.perf_counter() - start, 1)
@@ -123,20 +129,13 @@ def replay_dataset(out: Path, sources: list[tuple[Path, int]]) -> Path:
 
 def fine_tune(name: str, base: Path, data: Path, out: Path, args) -> tuple[Path, dict]:
     """Train `name` (lora or full, and a suffix) on `data`; (its export, what the run did)."""
-    overrides = [f"run_dir={out / name}", f"pretrained={base}", "vae=null", "text_encoder=null",
-                 "noise=null", f"data.source={data}", f"train.max_minutes={args.minutes}",
-                 f"train.max_steps={args.max_steps}", "samples.prompts=[]"]
+    overrides = [f"pretrained={base}", "vae=null", "text_encoder=null", "noise=null", f"data.source={data}",
+                 f"train.max_minutes={args.minutes}", f"train.max_steps={args.max_steps}", "samples.prompts=[]"]
     if name.startswith("lora"):
         overrides += [f"lora.rank={args.rank}", f"train.lr={args.lr_lora}"]
     else:
         overrides += [f"train.lr={args.lr_full}"]
-    cfg = load_config(CONFIG, overrides)
-    shutil.rmtree(out / name, ignore_errors=True)  # each measurement starts from the base
-    start = time.perf_counter()
-    stage = train_stage(cfg)
-    seconds = round(time.perf_counter() - start, 1)
-    return stage.export, {"steps": stage.trainer.global_step, "seconds": seconds, "lr": cfg.train.lr,
-                          "batch": cfg.data.batch_size}
+    return timed_run(CONFIG, out / name, overrides)
 
 
 def pink_sheet(out: Path, titles: dict[str, str]) -> Path:

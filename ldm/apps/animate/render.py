@@ -345,8 +345,8 @@ def smoothness_report(s: WalkSettings, plan: WalkPlan, out: Path, frames) -> dic
         linear_distances = smoothness.adjacent_distances(linear_frames, s.loop, distance)
         report["linear"] = smoothness.summarize(linear_distances)
         report["cv_ratio"] = report["walk"]["cv"] / max(report["linear"]["cv"], 1e-12)
-    record = out / PASSES_DIR / JUMPS_DIR / JUMPS_FILE
-    if s.respaced and s.dissolve_jumps and record.is_file():
+    record = out / PASSES_DIR / JUMPS_DIR / JUMPS_FILE  # only there when this walk dissolves jumps
+    if record.is_file():
         jumps = [Jump(**jump) for jump in json.loads(record.read_text())["jumps"]]
         times = json.loads((out / FRAMES_DIR / TIMES_FILE).read_text())
         report["jumps"] = {"found": len(jumps),
