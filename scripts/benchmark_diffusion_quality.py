@@ -74,7 +74,8 @@ def main() -> None:
     save_grid(images, len(HELD_OUT), grid)
     print(f"held-out prompts: {len(HELD_OUT)} x {args.seeds} seeds, {args.steps} steps, "
           f"guidance {args.guidance}")
-    for key, value in scores.items():
+    by_background = scores.pop("by_background")
+    for key, value in {**scores, **{f"on {name}": v for name, v in by_background.items()}}.items():
         print(f"  {key:>16}: {value:.1%}")
     print(f"grid: {grid}")
 

@@ -30,6 +30,17 @@ def test_auto_precision_is_bf16_only_where_native(monkeypatch):
     assert resolve_precision("auto", {}) == "bf16-mixed"
 
 
+def test_a_cpu_run_at_avx2_kernels_is_not_native_bf16(monkeypatch):
+    """ATEN_CPU_CAPABILITY=avx2 on an AVX512-BF16 machine (how the slower CPU kind is reproduced):
+    the CPU flags still say bf16, the kernel level torch runs at does not."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert launch.native_bf16("cpu")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert not launch.native_bf16("cpu")
+
+
 def test_precision_conflict_names_both_settings():
     with pytest.raises(LdmError, match=r"train.precision=bf16-mixed conflicts with accelerate's mixed_precision=fp16"):
         resolve_precision("bf16-mixed", {"ACCELERATE_MIXED_PRECISION": "fp16"})

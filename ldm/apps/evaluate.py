@@ -167,15 +167,40 @@ def fidelity_metrics(images: list[Image.Image], wanted: list[dict], real_images:
     generated = prompt_fidelity(images, wanted)
     real = prompt_fidelity(real_images, real_wanted)
     checker = "read by ldm.data.shapes.checker"
+    # Per background: a model that draws colours right on black but wrong on white hides in the mean.
+    by_background = [percent(f"prompt_fidelity_on_{name}", f"Prompt fidelity on a {name} background", share,
+                             f"colour and shape, among the {count} generated images drawn on {name}")
+                     for (name, share), count in _with_counts(generated["by_background"], images)]
     return [
         percent("prompt_fidelity", "Prompt fidelity (colour and shape)", generated["colour_and_shape"],
                 f"share of generated images whose colour and shape are the prompt's, {checker}"),
         percent("prompt_fidelity_colour", "Prompt fidelity: colour", generated["colour"]),
         percent("prompt_fidelity_shape", "Prompt fidelity: shape", generated["shape"]),
         percent("prompt_fidelity_position", "Prompt fidelity: position", generated["position"]),
+        *by_background,
         percent("real_fidelity", "Checker on real held-out images (colour and shape)",
                 real["colour_and_shape"], "the same measure on the data's own images: the ceiling"),
     ]
+
+
+def _with_counts(shares: dict[str, float], images: list[Image.Image]):
+    """(name, share) of each background with how many images were drawn on it."""
+    from collections import Counter
+
+    from ldm.data.shapes.checker import read_image
+
+    counts = Counter(read_image(image).background for image in images)
+    return [((name, share), counts[name]) for name, share in shares.items() if name is not None]
+
+
+def sharpness_metrics(images: torch.Tensor, real: torch.Tensor) -> list[Metric]:
+    """How crisp the samples are against the real held-out images (ldm.metrics.image_quality.sharpness)."""
+    from ldm.metrics.image_quality import sharpness
+
+    generated, reference = sharpness(images).mean(), sharpness(real).mean()
+    return [Metric("sharpness", "Edge sharpness (generated / real)", generated / reference, "", "higher",
+                   f"mean gradient of each image's strongest 5% of pixels: generated {generated:.3f}, real "
+                   f"held-out images {reference:.3f}; below 1: blurrier than the data")]
 
 
 def clip_metrics(clip_path: Path, images: torch.Tensor, prompts: list[str], real: torch.Tensor,
@@ -304,8 +329,9 @@ def evaluate_diffusion(pipeline: str, data: str, clip: str | None = None, incept
     if wanted is not None:
         real_pil = [to_pil(x) for x in real.pixels]
         metrics += fidelity_metrics(images, [w for w in wanted for _ in range(n)], real_pil, real.attributes)
+    pixels = torch.stack([to_tensor(image) for image in images])
+    metrics += sharpness_metrics(pixels, real.pixels)
     if clip_path is not None:
-        pixels = torch.stack([to_tensor(image) for image in images])
         metrics += clip_metrics(clip_path, pixels, image_prompts, real.pixels, real.prompts, inception,
                                 real_described="their own captions" if real.attributes is None
                                 else "plain prompts of their attributes")

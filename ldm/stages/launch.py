@@ -52,11 +52,16 @@ def native_bf16(accelerator: str = "auto") -> bool:
 
     A CPU without AVX512-BF16 or AMX emulates bf16: a convolution measured 58x slower than in fp32
     on an AVX2-only EPYC (docs/benchmarks.md). torch has no public query for the CPU's bf16 support,
-    only these torch.cpu helpers, read with a default for builds that lack them.
+    only these torch.cpu helpers, read with a default for builds that lack them. They read the CPU's
+    flags, which `ATEN_CPU_CAPABILITY` does not change; so the kernel level torch runs at is asked
+    too: with `ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2` an AVX512-BF16 machine runs as an
+    AVX2-only one does, in fp32 (how the slower CPU kind is reproduced on the faster one).
     """
     on_gpu = accelerator in ("auto", "cuda", "gpu") and torch.cuda.is_available()
     if on_gpu:
         return torch.cuda.is_bf16_supported()
+    if "AVX512" not in torch.backends.cpu.get_cpu_capability():  # "DEFAULT", "AVX2", "VSX", ...
+        return False
     cpu_checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, check, lambda: False)() for check in cpu_checks)
 

@@ -26,7 +26,9 @@ LAST = "last"
 @dataclass(config=SECTION)
 class TrainConfig:
     max_steps: int = 1000
-    max_minutes: float | None = None  # stop after this much wall time, whatever max_steps says
+    # A time budget for the run: after a short measured warm-up, the steps that fit in it (at most
+    # max_steps) are planned and the learning-rate schedule is laid out to end with them.
+    max_minutes: float | None = None
     lr: float = 1e-4  # per process batch; not scaled with the number of processes
     lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
     warmup_steps: int = 0

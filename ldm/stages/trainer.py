@@ -6,6 +6,8 @@ everything before the model is built. `fit`:
   - builds the Trainer with the processes and precision of the config or the launcher (launch.py),
   - checkpoints every N steps, each written whole (checkpoints.py), keeping the last K plus last.ckpt,
   - guards against non-finite steps and saves on SIGTERM or Ctrl-C (faults.py),
+  - with `train.max_minutes`, plans the run to that budget: the steps that fit, and the learning-rate
+    schedule laid out to end with them (time_budget.py),
   - resumes exactly from last.ckpt when asked (resume.py), refusing a config that changed mid-run,
   - logs to TensorBoard and CSV (the CSV history kept across resumes) and draws the loss curves.
 """
@@ -40,6 +42,7 @@ from ldm.stages.launch import resolve_precision, resolve_processes
 from ldm.stages.plots import plot_losses, read_metric_rows
 from ldm.stages.resume import ExactResume
 from ldm.stages.run_config import LAST, RunConfig, TrainConfig
+from ldm.stages.time_budget import TimeBudget, planned_lr_scheduler
 
 
 @dataclasses.dataclass
@@ -52,16 +55,11 @@ class TrainedStage:
 
 
 
-# train.lr_schedule -> the name transformers' `get_scheduler` knows (each with linear warmup).
-LR_SCHEDULES = {"constant": "constant_with_warmup", "cosine": "cosine", "linear": "linear"}
-
-
 def lr_scheduler(optimizer, train: TrainConfig) -> dict:
-    """Lightning's lr_scheduler entry for `train.lr_schedule`, with warmup, stepped every step."""
-    from transformers import get_scheduler
-
-    scheduler = get_scheduler(LR_SCHEDULES[train.lr_schedule], optimizer,
-                              num_warmup_steps=train.warmup_steps, num_training_steps=train.max_steps)
+    """Lightning's lr_scheduler entry for `train.lr_schedule`, with warmup, stepped every step. Laid
+    out over max_steps; with `train.max_minutes`, TimeBudget lays it out again over the steps that
+    fit (ldm/stages/time_budget.py)."""
+    scheduler = planned_lr_scheduler(optimizer, train.lr_schedule, train.warmup_steps, train.max_steps)
     return {"scheduler": scheduler, "interval": "step"}
 
 
@@ -126,6 +124,8 @@ def build_trainer(cfg: RunConfig, module: L.LightningModule, callbacks: list | N
         mode="max",
         save_last=True,
     )
+    if train.max_minutes:
+        callbacks = [TimeBudget(train.max_minutes, train.max_steps, per_batch, cfg.stage), *(callbacks or [])]
     callbacks = [checkpoints, ExactResume(), NonFiniteGuard(train.max_bad_steps),
                  LearningRateMonitor(logging_interval="step"),
                  LossPlot(csv_logger, stage_dir / "loss.png", f"{cfg.stage} losses"),

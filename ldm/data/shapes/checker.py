@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ldm.data.shapes.generator import ALL_COLOURS, POSITIONS, SHAPES
+from ldm.data.shapes.generator import ALL_COLOURS, BACKGROUNDS, POSITIONS, SHAPES
 
 CORE = 0.6  # weight above which a pixel counts as object for its colour (not an antialiased edge)
 MIN_OBJECT_PIXELS = 2.0  # total weight below this: the image holds no object
@@ -35,6 +35,7 @@ class Reading:
     colour: str | None
     shape: str | None
     position: str | None
+    background: str | None = None
 
 
 def _as_array(image) -> np.ndarray:
@@ -64,9 +65,9 @@ def object_weights(pixels: np.ndarray, background: np.ndarray) -> np.ndarray:
     return np.clip((distance / top - 0.2) / 0.6, 0.0, 1.0)
 
 
-def nearest_colour(rgb: np.ndarray) -> str:
-    names = list(ALL_COLOURS)
-    table = np.array([ALL_COLOURS[n] for n in names], dtype=np.float32)
+def nearest_colour(rgb: np.ndarray, palette: dict = ALL_COLOURS) -> str:
+    names = list(palette)
+    table = np.array([palette[n] for n in names], dtype=np.float32)
     return names[int(np.argmin(np.linalg.norm(table - rgb, axis=1)))]
 
 
@@ -110,13 +111,15 @@ def nearest_position(cx: float, cy: float, side: int) -> str:
 def read_image(image) -> Reading:
     """The colour, shape and position of the single object in `image` (None where there is none)."""
     pixels = _as_array(image)
-    weights = object_weights(pixels, background_colour(pixels))
+    background = background_colour(pixels)
+    background_name = nearest_colour(background, BACKGROUNDS)
+    weights = object_weights(pixels, background)
     if weights.sum() < MIN_OBJECT_PIXELS:
-        return Reading(None, None, None)
+        return Reading(None, None, None, background_name)
     core = weights >= CORE
     colour = nearest_colour(pixels[core].mean(0) if core.any() else pixels[weights > 0].mean(0))
     shape, cx, cy = read_shape(weights)
-    return Reading(colour, shape, nearest_position(cx, cy, pixels.shape[1]))
+    return Reading(colour, shape, nearest_position(cx, cy, pixels.shape[1]), background_name)
 
 
 def prompt_fidelity(images, attributes) -> dict[str, float]:
@@ -124,7 +127,8 @@ def prompt_fidelity(images, attributes) -> dict[str, float]:
 
     `attributes`: one mapping per image with "colour" and "shape" (and optionally "position").
     Returns the fractions right for colour, shape, both ("colour_and_shape") and position (over
-    the images whose attributes name one).
+    the images whose attributes name one), and "by_background": colour and shape right among the
+    images drawn on each background (black, gray, white), whichever background the model chose.
     """
     images, attributes = list(images), list(attributes)
     if len(images) != len(attributes):
@@ -132,17 +136,20 @@ def prompt_fidelity(images, attributes) -> dict[str, float]:
     if not images:
         raise ValueError("no images to judge")
     colour = shape = both = position = with_position = 0
+    backgrounds: dict[str, list[bool]] = {}
     for image, wanted in zip(images, attributes):
         seen = read_image(image)
         colour_ok, shape_ok = seen.colour == wanted["colour"], seen.shape == wanted["shape"]
         colour += colour_ok
         shape += shape_ok
         both += colour_ok and shape_ok
+        backgrounds.setdefault(seen.background, []).append(colour_ok and shape_ok)
         if wanted.get("position"):
             with_position += 1
             position += seen.position == wanted["position"]
     n = len(images)
-    result = {"colour": colour / n, "shape": shape / n, "colour_and_shape": both / n}
+    result = {"colour": colour / n, "shape": shape / n, "colour_and_shape": both / n,
+              "by_background": {name: sum(right) / len(right) for name, right in sorted(backgrounds.items())}}
     if with_position:
         result["position"] = position / with_position
     return result

@@ -1,0 +1,114 @@
+"""train.max_minutes plans the run: the steps that fit in the budget, the schedule laid out to end
+with them, and a resumed run that keeps its plan (ldm/stages/time_budget.py)."""
+
+import math
+import time
+
+import lightning as L
+import pytest
+import torch
+
+from ldm.data.config import DataConfig
+from ldm.data.datamodule import ImageCaptionDataModule
+from ldm.data.shapes.generator import make_shapes_dataset
+from ldm.stages.run_config import RunConfig, TrainConfig
+from ldm.stages.time_budget import PlannedSchedule, TimeBudget
+from ldm.stages.trainer import fit, lr_scheduler
+
+
+class SlowStep(L.LightningModule):
+    """A tiny denoiser whose every step takes at least `sleep` seconds; it records its learning rates."""
+
+    def __init__(self, train: TrainConfig, sleep: float):
+        super().__init__()
+        self.net = torch.nn.Conv2d(3, 3, 3, padding=1)
+        self.train_cfg, self.sleep, self.rates = train, sleep, []
+
+    def training_step(self, batch, batch_idx):
+        time.sleep(self.sleep)
+        self.rates.append(self.optimizers().param_groups[0]["lr"])
+        x = batch["pixel_values"]
+        return torch.nn.functional.mse_loss(self.net(x + 0.1 * torch.randn_like(x)), x)
+
+    def validation_step(self, batch, batch_idx):
+        pass
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.parameters(), lr=self.train_cfg.lr)
+        return {"optimizer": optimizer, "lr_scheduler": lr_scheduler(optimizer, self.train_cfg)}
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    return make_shapes_dataset(tmp_path_factory.mktemp("shapes"), n=30, size=16, seed=0)
+
+
+def config(run_dir, data, minutes, **train) -> RunConfig:
+    settings = dict(max_steps=100_000, max_minutes=minutes, lr=1e-2, lr_schedule="cosine", warmup_steps=5,
+                    val_every_n_steps=1000, checkpoint_every_n_steps=20, keep_checkpoints=100, log_every_n_steps=5)
+    return RunConfig(stage="toy", run_dir=str(run_dir),
+                     data=DataConfig(source=str(data), resolution=16, batch_size=4, val_fraction=0.2),
+                     train=TrainConfig(**{**settings, **train}))
+
+
+def train(cfg: RunConfig, sleep: float) -> tuple[SlowStep, L.Trainer]:
+    L.seed_everything(0)
+    module = SlowStep(cfg.train, sleep)
+    trainer = fit(cfg, module, ImageCaptionDataModule(cfg.data))
+    return module, trainer
+
+
+def plan_of(trainer: L.Trainer) -> TimeBudget:
+    return next(c for c in trainer.callbacks if isinstance(c, TimeBudget))
+
+
+def test_the_schedules_match_transformers_and_end_at_zero():
+    from transformers import get_scheduler
+
+    names = {"constant": "constant_with_warmup", "cosine": "cosine", "linear": "linear"}
+    for kind, name in names.items():
+        ours = PlannedSchedule(kind, warmup_steps=10, total_steps=100)
+        theirs = get_scheduler(name, torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0),
+                               num_warmup_steps=10, num_training_steps=100).lr_lambdas[0]
+        for step in range(0, 101, 3):  # past the end, transformers' cosine rises again; ours stays at 0
+            assert math.isclose(ours(step), theirs(step), abs_tol=1e-9), (kind, step)
+    assert PlannedSchedule("cosine", 10, 100)(100) == 0.0
+
+
+def test_a_slower_step_plans_fewer_steps_and_still_ends_its_cosine(tmp_path, shapes, capsys):
+    minutes = 0.08  # 4.8 s
+    fast_module, fast = train(config(tmp_path / "fast", shapes, minutes), sleep=0.03)
+    slow_module, slow = train(config(tmp_path / "slow", shapes, minutes), sleep=0.12)
+    fast_plan, slow_plan = plan_of(fast), plan_of(slow)
+    assert slow_plan.planned < 0.75 * fast_plan.planned  # four times the sleep, plus what a step costs
+    assert slow_plan.step_seconds > 0.12
+    for module, trainer, plan in ((fast_module, fast, fast_plan), (slow_module, slow, slow_plan)):
+        # the run stops at its plan (not cut by the clock first), and its cosine ends there
+        assert trainer.global_step == plan.planned
+        assert len(module.rates) == plan.planned
+        assert module.rates[-1] < 0.01 * max(module.rates)
+        assert trainer.lr_scheduler_configs[0].scheduler.get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)
+        # within the budget, steps included
+        assert plan.planned * plan.step_seconds < minutes * 60
+    assert "time budget planned at step" in capsys.readouterr().out
+
+
+def test_max_steps_still_bounds_a_planned_run(tmp_path, shapes):
+    module, trainer = train(config(tmp_path / "run", shapes, minutes=0.05, max_steps=30), sleep=0.0)
+    assert trainer.global_step == 30 and plan_of(trainer).planned == 30
+    assert module.rates[-1] < 0.01 * max(module.rates)
+
+
+def test_a_resumed_planned_run_keeps_its_plan_and_ends_with_the_same_weights(tmp_path, shapes):
+    whole_module, whole = train(config(tmp_path / "whole", shapes, minutes=0.05), sleep=0.02)
+    planned = plan_of(whole).planned
+    checkpoint = tmp_path / "whole" / "toy" / "checkpoints" / "step00000040.ckpt"
+    assert planned > 45 and checkpoint.is_file()
+    # Resumed from step 40 with a larger budget: the plan is the checkpoint's, not made again.
+    resumed_cfg = config(tmp_path / "resumed", shapes, minutes=1.0, ckpt_path=str(checkpoint))
+    resumed_module, resumed = train(resumed_cfg, sleep=0.0)
+    assert plan_of(resumed).planned == planned
+    assert resumed.global_step == planned
+    assert resumed_module.rates == pytest.approx(whole_module.rates[40:], rel=1e-9)
+    for key, value in whole_module.state_dict().items():
+        torch.testing.assert_close(resumed_module.state_dict()[key], value, rtol=1e-5, atol=1e-6)
