@@ -23,7 +23,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,6 +41,7 @@ STAGE_CONFIGS = {
     "diffusion": "diffusion/ldm_shapes.yaml",
 }
 DONE_DIR = "done"
+TRAIN_LOG = "train.log"  # in RUN/<stage>: the output of a stage trained side by side
 # figures shown first, in this order
 HEADLINE = ("prompt_fidelity", "fid", "fid_clip", "psnr", "walk_cv", "walk_audio_correlation")
 IMAGE_SIZE = 32
@@ -63,15 +67,16 @@ class Scale:
 
 
 SCALES = {
-    # Sized for a 15-minute budget on a quiet 2-core CPU, install included, on the slower of the
-    # CPUs measured (an AVX2-only EPYC: no native bf16; docs/benchmarks.md has each step's time).
-    # Step counts end the autoencoder and the CLIP, so that their cosine schedules run to their end
-    # (an autoencoder cut mid-cosine reconstructs worse); the diffusion stage's learning rate is
-    # constant and its EMA weights are exported, so its time limit can end it on a slower machine.
+    # Time budgets, not step counts: each stage plans its steps to its minutes (train.max_minutes,
+    # ldm/stages/time_budget.py) and its learning-rate schedule ends with them, so the quickstart
+    # takes the same time on a slow CPU and a fast one, and a faster machine only trains more steps.
+    # The autoencoder and the CLIP train side by side, a core each; the diffusion stage then has
+    # both cores. Sized so that README command 1, install included, takes about 12 minutes on a
+    # quiet 2-core CPU (docs/benchmarks.md has each step's time on both CPU kinds measured).
     "toy": Scale(images=10000, test_images=None,
-                 overrides={"autoencoder": ("train.max_steps=800", "train.max_minutes=3.5"),
-                            "clip": ("train.max_steps=1200", "train.max_minutes=3"),
-                            "diffusion": ("train.max_steps=4500", "train.max_minutes=7")},
+                 overrides={"autoencoder": ("train.max_minutes=3.25",),
+                            "clip": ("train.max_minutes=3.25",),
+                            "diffusion": ("train.max_minutes=4.5",)},
                  images_per_prompt=16, sampling_steps=20, walk_audio=(1.0, 3.0)),
     # Seconds per stage, for tests: every number as small as the code accepts.
     "tiny": Scale(images=48, test_images=16,
@@ -82,6 +87,16 @@ SCALES = {
                                            "train.log_every_n_steps=1")},
                   images_per_prompt=1, sampling_steps=2, walk_audio=(0.5, 0.5)),
 }
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A step that `begin` found to run, for `finish` to record."""
+
+    name: str
+    number: int
+    fingerprint: str
+    output: str
 
 
 @dataclass
@@ -107,26 +122,39 @@ class Quickstart:
     def step(self, name: str, settings, reads: list[str], outputs: list[Path], what: str,
              work: Callable[[], None]) -> bool:
         """Run `work` unless OUT/done/<name>.json records the same fingerprint; True if it ran."""
+        pending = self.begin(name, settings, reads, outputs, what)
+        if pending is None:
+            return False
+        start = time.perf_counter()
+        work()
+        self.finish(pending, time.perf_counter() - start)
+        return True
+
+    def begin(self, name: str, settings, reads: list[str], outputs: list[Path], what: str) -> Pending | None:
+        """The step to run, announced; None (and a line saying so) when its record says it is done."""
         number = len(self.results) + 1
         fingerprint = _fingerprint([name, settings, [self.fingerprints[r] for r in reads]])
         self.fingerprints[name] = fingerprint
-        record = self.path(DONE_DIR, f"{name}.json")
         output = ", ".join(str(p) for p in outputs)
-        done = _recorded(record)
+        done = _recorded(self.path(DONE_DIR, f"{name}.json"))
         if done.get("fingerprint") == fingerprint and all(p.exists() for p in outputs):
             print(f"[{number}] {name}: already done, skipped ({output})")
             took = f", took {_duration(done['seconds'])}" if "seconds" in done else ""
             self.results.append(StepResult(name, f"done earlier{took}; skipped", 0.0, output))
-            return False
+            return None
         print(f"[{number}] {name}: {what}")
-        start = time.perf_counter()
-        work()
-        seconds = time.perf_counter() - start
+        pending = Pending(name, number, fingerprint, output)
+        self.results.append(StepResult(name, "running", 0.0, output))
+        return pending
+
+    def finish(self, pending: Pending, seconds: float) -> None:
+        """Record a step that ran: OUT/done/<name>.json with its fingerprint and time."""
+        record = self.path(DONE_DIR, f"{pending.name}.json")
         record.parent.mkdir(parents=True, exist_ok=True)
-        record.write_text(json.dumps({"fingerprint": fingerprint, "seconds": round(seconds, 1)}) + "\n")
-        print(f"[{number}] {name}: done in {_duration(seconds)} -> {output}")
-        self.results.append(StepResult(name, f"ran in {_duration(seconds)}", seconds, output))
-        return True
+        record.write_text(json.dumps({"fingerprint": pending.fingerprint, "seconds": round(seconds, 1)}) + "\n")
+        print(f"[{pending.number}] {pending.name}: done in {_duration(seconds)} -> {pending.output}")
+        self.results[pending.number - 1] = StepResult(pending.name, f"ran in {_duration(seconds)}", seconds,
+                                                      pending.output)
 
     # ---- the steps -----------------------------------------------------------------------------
 
@@ -144,13 +172,20 @@ class Quickstart:
         self.step("data", settings, [], [folder / "train" / "metadata.jsonl", folder / "test" / "metadata.jsonl"],
                   f"writing {s.images} training images of coloured shapes and the held-out combinations", work)
 
-    def stage(self, name: str, reads: list[str], outputs: list[str], what: str) -> None:
+    def stage_config(self, name: str):
+        """(config path, resolved config, its fingerprinted settings) of a training stage."""
         from ldm.core.config import to_dict
-        from ldm.stages.registry import load_config, train_stage
+        from ldm.stages.registry import load_config
 
         config_path = packaged_configs() / STAGE_CONFIGS[name]
         cfg = load_config(config_path, self.stage_overrides(name))
-        settings = _comparable(to_dict(cfg))
+        return config_path, cfg, _comparable(to_dict(cfg))
+
+    def stage(self, name: str, reads: list[str], outputs: list[str], what: str) -> None:
+        """A training stage in this process, on every core."""
+        from ldm.stages.registry import train_stage
+
+        config_path, cfg, settings = self.stage_config(name)
 
         def work():
             _prepare_stage_dir(cfg, settings)
@@ -158,6 +193,36 @@ class Quickstart:
 
         self.step(name, settings, reads, [self.path(o) for o in outputs],
                   f"{what} with {config_path} (logs in {cfg.stage_dir})", work)
+
+    def stages_side_by_side(self, stages: list[tuple[str, list[str], list[str], str]]) -> None:
+        """Training stages that do not read each other, trained at once, each in its own `ldm train`
+        process with its share of the cores. A small model's step gains little from a second thread
+        (the shapes autoencoder's: 1.2x on a 2-core CPU, docs/benchmarks.md), so two stages side by
+        side, a core each, take about the time of one: their budgets overlap instead of adding up.
+        Each writes its output to RUN/<stage>/train.log; the plan lines are printed at the end."""
+        runs = []
+        for name, reads, outputs, what in stages:
+            config_path, cfg, settings = self.stage_config(name)
+            log = cfg.stage_dir / TRAIN_LOG
+            pending = self.begin(name, settings, reads, [self.path(o) for o in outputs],
+                                 f"{what} with {config_path} (side by side; log: {log})")
+            if pending is not None:
+                runs.append((pending, config_path, cfg, settings, log))
+        threads = max(1, (os.cpu_count() or 1) // max(1, len(runs)))
+        started = []
+        for pending, config_path, cfg, settings, log in runs:
+            _prepare_stage_dir(cfg, settings)
+            started.append((pending, log, time.perf_counter(),
+                            _train_in_process(config_path, self.stage_overrides(pending.name), cfg, log, threads)))
+        failed = []
+        for pending, log, start, process in started:
+            if _wait(process) != 0:
+                failed.append(f"{pending.name} (log: {log}: {_last_line(log)})")
+                continue
+            _print_plan_lines(log)
+            self.finish(pending, time.perf_counter() - start)
+        if failed:
+            raise LdmError("training failed: " + "; ".join(failed))
 
     def stage_overrides(self, name: str) -> list[str]:
         out = self.out.resolve()
@@ -298,6 +363,41 @@ def _prepare_stage_dir(cfg, settings: dict) -> None:
         shutil.rmtree(cfg.checkpoint_dir)
 
 
+def _train_in_process(config_path: Path, overrides: list[str], cfg, log: Path, threads: int):
+    """`ldm train CONFIG OVERRIDES` as a child process on `threads` threads, writing to `log`."""
+    from ldm.stages.run_config import LAST
+
+    command = [sys.executable, "-m", "ldm", "train", str(config_path), *overrides]
+    if cfg.train.ckpt_path == LAST:  # _prepare_stage_dir found an interrupted run of this config
+        command.append("--resume")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}  # torch's thread count, read at start
+    with open(log, "w") as out:
+        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+
+
+def _wait(process: subprocess.Popen) -> int:
+    """The child's exit status. On Ctrl-C the children (same process group) save their checkpoints
+    and stop: wait for them, then stop too."""
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        process.wait()
+        raise
+
+
+def _last_line(log: Path) -> str:
+    lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()] if log.is_file() else []
+    return lines[-1].strip() if lines else "no output"
+
+
+def _print_plan_lines(log: Path) -> None:
+    """What a stage trained side by side said about its time budget and batch, from its log."""
+    for line in log.read_text(errors="replace").splitlines():
+        if line.startswith("[") and ("time budget" in line or "per process" in line):
+            print(f"  {line}")
+
+
 def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds // 60:.0f} min {seconds % 60:02.0f} s"
 
@@ -309,9 +409,10 @@ def quickstart(out: str | Path = "quickstart", scale: str = "toy") -> Path:
     run = Quickstart(Path(out), SCALES[scale])
     start = time.perf_counter()
     run.data()
-    run.stage("autoencoder", ["data"], ["vae/config.json"], "training the KL f=4 autoencoder")
-    run.stage("clip", ["data"], ["clip/config.json", "text_encoder/config.json", "tokenizer"],
-              "training a small CLIP and its tokenizer on the captions")
+    run.stages_side_by_side([
+        ("autoencoder", ["data"], ["vae/config.json"], "training the KL f=4 autoencoder"),
+        ("clip", ["data"], ["clip/config.json", "text_encoder/config.json", "tokenizer"],
+         "training a small CLIP and its tokenizer on the captions")])
     run.stage("diffusion", ["data", "autoencoder", "clip"], ["pipeline/model_index.json"],
               "training the text-conditioned latent diffusion UNet")
     run.samples()

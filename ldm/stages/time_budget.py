@@ -7,13 +7,14 @@ learning rate, wherever the machine's speed put the cut. So the budget plans the
   1. the first steps run with the schedule laid out over `train.max_steps`;
   2. after a warm-up (`WARMUP_SHARE` of the budget, and at least `MIN_MEASURED` steps after the
      `SKIPPED` first ones, which pay for allocation and caches), the measured step time says how
-     many steps fit in the time left, with `MARGIN` of it kept for what comes after the last step;
+     many steps fit in the time left, with the validations to come counted at a training step's
+     time a batch (`VAL_BATCH_COST`) and `MARGIN` of it kept for what comes after the last step;
   3. the schedule is laid out to end at that step (warmup, then cosine or linear decay to zero, or
      a constant rate) and the Trainer stops there; `max_steps` stays the other bound, the smaller wins.
 
 The plan is made once. Replanning later from the clock would make a run's schedule depend on when
 it was interrupted, and exact resume would no longer hold; the margin covers what the warm-up did
-not see (validations, checkpoints), and a run the machine slowed down after planning is still
+not see (checkpoints, a validation dearer than estimated), and a run the machine slowed down after planning is still
 stopped by Lightning's Timer (which `max_time` adds and a checkpoint carries), late in its
 schedule where the rate is near zero. The plan (step time, planned steps, where the schedule ends)
 is printed, logged as `plan/*`, and kept in the checkpoints with the schedule itself: a resumed run
@@ -34,7 +35,8 @@ from torch.optim.lr_scheduler import LambdaLR
 WARMUP_SHARE = 0.03  # of the budget, measured before planning
 SKIPPED = 3  # first steps left out of the measurement
 MIN_MEASURED = 10  # steps measured at least
-MARGIN = 0.04  # of the budget, kept for validations, checkpoints and the final save
+MARGIN = 0.03  # of the budget, kept for checkpoints and the final save
+VAL_BATCH_COST = 1.0  # a validation batch, in training steps: forward only, but metrics and sample grids
 
 
 class PlannedSchedule:
@@ -117,7 +119,9 @@ class TimeBudget(Callback):
 
     def _plan(self, trainer, done: int, elapsed: float, step_seconds: float) -> None:
         left = self.budget * (1.0 - MARGIN) - elapsed
-        fits = done + max(1, int(left / step_seconds)) if step_seconds > 0 else self.max_steps
+        # each training step also carries its share of the validations to come
+        per_step = step_seconds * (1.0 + VAL_BATCH_COST * validation_share(trainer))
+        fits = done + max(1, int(left / per_step)) if per_step > 0 else self.max_steps
         self.planned = trainer.strategy.broadcast(min(self.max_steps, fits), src=0)
         self.step_seconds = trainer.strategy.broadcast(step_seconds, src=0)
         self._apply(trainer)
@@ -140,3 +144,26 @@ class TimeBudget(Callback):
         for logger in trainer.loggers:
             logger.log_metrics({"plan/steps": float(self.planned), "plan/step_seconds": self.step_seconds},
                                step=trainer.global_step)
+
+
+def validation_share(trainer) -> float:
+    """Validation batches to come per training step: a validation's batches over its interval."""
+    every = getattr(trainer, "val_check_batch", None)  # steps between validations, when counted in steps
+    if not isinstance(every, int) or every < 1:
+        return 0.0
+    return validation_batches(trainer) / every
+
+
+def validation_batches(trainer) -> int:
+    """Batches a validation runs: the validation loader's length, cut at `limit_val_batches`."""
+    datamodule = getattr(trainer, "datamodule", None)
+    if datamodule is None or not trainer.enable_validation:
+        return 0
+    try:
+        batches = len(datamodule.val_dataloader())
+    except TypeError:  # a stream has no length: count it at the limit
+        batches = None
+    limit = trainer.limit_val_batches
+    if isinstance(limit, int):
+        return limit if batches is None else min(batches, limit)
+    return 0 if batches is None else int(batches * limit)
