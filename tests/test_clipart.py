@@ -68,3 +68,4 @@ def test_the_script_writes_an_imagefolder_with_a_held_out_split(tmp_path):
 def test_clipart_configs_load(config):
     cfg = load_config(config)
     assert cfg.data.resolution == 64 and cfg.data.max_pixels == 16777216
+    assert cfg.train.max_minutes > 0  # planned to a time budget, as measured (docs/benchmarks.md)

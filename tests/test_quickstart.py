@@ -84,3 +84,19 @@ def test_an_interrupted_stage_resumes_and_a_changed_one_starts_over(tmp_path):
     changed = load_config(packaged_configs() / STAGE_CONFIGS["autoencoder"], [f"run_dir={tmp_path}", "train.lr=0.5"])
     _prepare_stage_dir(changed, _comparable(to_dict(changed)))
     assert changed.train.ckpt_path is None and not changed.checkpoint_dir.exists()
+
+
+def test_a_stage_trained_side_by_side_that_fails_is_named_with_its_log(tmp_path, monkeypatch):
+    """The autoencoder and the CLIP train in child processes: a failure names the stage, its log and
+    the log's last line, and records neither as done."""
+    from ldm.apps import quickstart
+    from ldm.core.errors import LdmError
+
+    run = quickstart.Quickstart(tmp_path, quickstart.SCALES["tiny"])
+    run.data()
+    overrides = run.stage_overrides
+    monkeypatch.setattr(run, "stage_overrides",
+                        lambda name: overrides(name) + (["train.lr_shedule=cosine"] if name == "clip" else []))
+    with pytest.raises(LdmError, match=r"training failed: clip \(log: .*train\.log: ldm train: error: .*lr_shedule"):
+        run.stages_side_by_side([("clip", ["data"], ["clip/config.json"], "training the CLIP")])
+    assert not (tmp_path / DONE_DIR / "clip.json").exists()

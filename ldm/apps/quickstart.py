@@ -74,8 +74,8 @@ SCALES = {
     # both cores. Sized so that README command 1, install included, takes about 12 minutes on a
     # quiet 2-core CPU (docs/benchmarks.md has each step's time on both CPU kinds measured).
     "toy": Scale(images=10000, test_images=None,
-                 overrides={"autoencoder": ("train.max_minutes=3.25",),
-                            "clip": ("train.max_minutes=3.25",),
+                 overrides={"autoencoder": ("train.max_minutes=4",),
+                            "clip": ("train.max_minutes=4",),
                             "diffusion": ("train.max_minutes=4.5",)},
                  images_per_prompt=16, sampling_steps=20, walk_audio=(1.0, 3.0)),
     # Seconds per stage, for tests: every number as small as the code accepts.
