@@ -61,3 +61,43 @@ def test_overrides_parse_values_as_yaml():
 def test_post_init_checks_become_config_errors():
     with pytest.raises(LdmError, match="val_fraction"):
         build(DataConfig, {"source": "x", "val_fraction": 1.5})
+
+
+# Values the fault suite did not hold, that reached torch or trained silently (issue 28): each is
+# refused on loading, through `ldm train`, in one line naming the key, the value and what is allowed.
+OUT_OF_RANGE = [
+    ("diffusion/ldm_shapes.yaml", "train.lr=-1", "train.lr must be greater than 0, got -1"),
+    ("autoencoder/kl_f4_shapes.yaml", "model.latent_channels=0",
+     "model.latent_channels must be greater than or equal to 1, got 0"),
+    ("diffusion/ldm_shapes.yaml", "ema.decay=2", "ema.decay must be less than 1, got 2"),
+    ("diffusion/ldm_shapes.yaml", "loss.snr_gamma=-1", "loss.snr_gamma must be greater than 0, got -1"),
+    ("diffusion/ldm_shapes.yaml", "train.warmup_steps=-10",
+     "train.warmup_steps must be greater than or equal to 0, got -10"),
+    ("diffusion/ldm_shapes.yaml", "train.gradient_clip=-1", "train.gradient_clip must be greater than 0, got -1"),
+    ("clip/clip_shapes.yaml", "train.lr=.nan", "train.lr must be a finite number, got nan"),
+    ("autoencoder/kl_f4_shapes.yaml", "train.max_minutes=0", "train.max_minutes must be greater than 0, got 0"),
+]
+
+
+@pytest.mark.parametrize(("config", "override", "message"), OUT_OF_RANGE, ids=[o for _, o, _ in OUT_OF_RANGE])
+def test_an_out_of_range_value_is_one_line_naming_the_key(tmp_path, capsys, config, override, message):
+    from ldm.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["train", config, override, f"run_dir={tmp_path}"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_a_yaml_error_is_one_line_with_its_place(tmp_path, capsys):
+    from ldm.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stage: diffusion\ntrain:\n  lr: 1e-3\n   max_steps: 10\n")
+    with pytest.raises(SystemExit):
+        main(["train", str(bad)])
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert f"config file {bad} is not valid YAML: line 4, column 13: mapping values are not allowed here" in err

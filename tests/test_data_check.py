@@ -103,3 +103,21 @@ def test_exit_status_is_non_zero_where_training_would_fail(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["data", "check", str(folder), "--buckets", "64"])
     assert "--buckets 64: give sizes as WIDTHxHEIGHT" in capsys.readouterr().err
+
+
+def test_a_preview_folder_inside_the_data_or_holding_previews_is_refused(kinds, tmp_path, capsys):
+    """`--preview DIR` once replaced every image of DIR when DIR was the data folder itself."""
+    folder, good, _ = kinds
+    before = {path.name: path.read_bytes() for path in folder.iterdir()}
+    for inside in (folder, folder / "previews"):
+        with pytest.raises(SystemExit) as stop:
+            main(["data", "check", str(folder), "--resolution", "16", "--preview", str(inside)])
+        assert stop.value.code == 2
+        assert f"--preview {inside} is inside the data ({folder.resolve()})" in capsys.readouterr().err
+    assert {path.name: path.read_bytes() for path in folder.iterdir()} == before  # nothing written
+    preview = tmp_path / "preview"
+    main(["data", "check", str(folder), "--resolution", "16", "--val-fraction", "0", "--preview", str(preview)])
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["data", "check", str(folder), "--resolution", "16", "--preview", str(preview)])
+    assert f"--preview {preview} already holds results this run would replace" in capsys.readouterr().err

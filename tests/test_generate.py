@@ -148,3 +148,24 @@ def test_two_processes_split_the_prompts_and_match_one_process(kl_pipeline_path,
     for name in names:
         if name != GRID_NAME:
             assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+
+
+def test_a_second_run_keeps_the_first_runs_images(kl_pipeline_path, tmp_path, capsys):
+    """Without --out a rerun writes samples-2/ beside samples/; an --out holding the images or grid
+    it would write is refused before anything loads."""
+    import shutil
+
+    pipeline = tmp_path / "pipeline"
+    shutil.copytree(kl_pipeline_path, pipeline)
+    command = ["generate", str(pipeline), PROMPTS[0], "--steps", "2"]
+    main(command)
+    first = (tmp_path / "samples" / "0000-seed0.png").read_bytes()
+    main(command)
+    assert f"to {tmp_path / 'samples-2'}" in capsys.readouterr().out
+    assert (tmp_path / "samples" / "0000-seed0.png").read_bytes() == first
+    assert (tmp_path / "samples-2" / "0000-seed0.png").is_file() and (tmp_path / "samples-2" / GRID_NAME).is_file()
+    with pytest.raises(SystemExit) as stop:
+        main([*command, "--out", str(tmp_path / "samples")])
+    assert stop.value.code == 2
+    assert "already holds results this run would replace (0000-seed0.png, grid.png)" in capsys.readouterr().err
+    assert (tmp_path / "samples" / "0000-seed0.png").read_bytes() == first

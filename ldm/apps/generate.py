@@ -36,7 +36,7 @@ GRID_NAME = "grid.png"
 class GenerateOptions:
     pipeline: str
     prompts: list[str]
-    out: str | None = None  # default: samples/ beside the pipeline folder
+    out: str | None = None  # default: samples/ beside the pipeline folder (samples-2/, ... when it holds images)
     n: int = 1
     seed: int = 0
     steps: int = 20
@@ -121,6 +121,26 @@ def output_folder(opts: GenerateOptions) -> Path:
     return Path(opts.out) if opts.out else Path(opts.pipeline).resolve().parent / "samples"
 
 
+def claim_output_folder(opts: GenerateOptions, jobs: list[ImageJob], state) -> Path:
+    """Where this run writes, checked before any process writes anything: an --out that holds
+    images or a grid this run would replace is refused; without --out, samples/ beside the pipeline,
+    or samples-2/, samples-3/, ... when an earlier run's images are there (they are kept). Decided by
+    the main process, so every process writes to the same folder; `opts.out` is set to it."""
+    from accelerate.utils import broadcast_object_list
+
+    from ldm.core.outputs import fresh_folder, refuse_earlier_results
+
+    if opts.out:
+        refuse_earlier_results(opts.out, [job.file_name for job in jobs] + [GRID_NAME], "--out")
+        folder = Path(opts.out)
+    else:
+        folder = [fresh_folder(output_folder(opts)) if state.is_main_process else None]
+        folder = broadcast_object_list(folder)[0] if state.num_processes > 1 else folder[0]
+    state.wait_for_everyone()  # every process has checked before any writes
+    opts.out = str(folder)
+    return folder
+
+
 # ---- metadata ----------------------------------------------------------------------------------
 
 def image_metadata(opts: GenerateOptions, job: ImageJob) -> dict[str, str]:
@@ -145,9 +165,9 @@ def generate(opts: GenerateOptions) -> list[Path]:
     """Make the images of this process's share of the prompts; return the files it wrote."""
     check_options(opts)
     state = inference_processes(opts.device)
-    out = output_folder(opts)
-    out.mkdir(parents=True, exist_ok=True)
     jobs = plan(opts)
+    out = claim_output_folder(opts, jobs, state)
+    out.mkdir(parents=True, exist_ok=True)
     with state.split_between_processes(list(range(len(opts.prompts)))) as my_prompts:
         my_prompts = set(my_prompts)
     mine = [job for job in jobs if job.prompt_index in my_prompts]

@@ -22,16 +22,25 @@ import importlib.resources
 import types
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import ConfigDict, TypeAdapter, ValidationError
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 
 from ldm.core.errors import LdmError
 
 # The pydantic config of every config section: `@dataclass(config=SECTION)` (pydantic.dataclasses).
-# An unknown key is an error, not silently dropped.
-SECTION = ConfigDict(extra="forbid")
+# An unknown key is an error, not silently dropped; nan and inf are refused wherever a float is read.
+SECTION = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+# The ranges fields carry in their types, so an impossible value is refused on loading, naming the
+# key, the value and what is allowed (pydantic's PositiveInt etc. are the same constraints; these
+# names say what a config reader needs to know).
+Count = Annotated[int, Field(ge=1)]  # steps, channels, layers, batch sizes
+NonNegativeInt = Annotated[int, Field(ge=0)]  # warmup steps, workers, seeds
+Positive = Annotated[float, Field(gt=0)]  # learning rates, budgets, clipping norms
+NonNegative = Annotated[float, Field(ge=0)]  # loss weights, weight decay, offsets
+Fraction = Annotated[float, Field(ge=0, lt=1)]  # a share in [0, 1): dropout, decay, validation split
 
 
 def packaged_configs() -> Path:
@@ -60,10 +69,19 @@ def read_yaml(path: str | Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise LdmError(f"config file {path} is not valid YAML: {err}") from None
+        raise LdmError(f"config file {path} is not valid YAML: {_yaml_problem(err)}") from None
     if not isinstance(data, dict):
         raise LdmError(f"config file {path} must hold a mapping of keys to values")
     return data
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """The parser's complaint in one line: where (line, column) and what it saw."""
+    mark = getattr(err, "problem_mark", None)
+    problem = " ".join(str(getattr(err, "problem", None) or err).split())
+    context = getattr(err, "context", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}{problem}" + (f" ({' '.join(context.split())})" if context else "")
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -119,6 +137,9 @@ EXPECTED = {"int_parsing": "int", "int_type": "int", "int_from_float": "int", "f
             "list_type": "a list", "dict_type": "a mapping", "dataclass_type": "a mapping"}
 
 
+RANGES = ("greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number")
+
+
 def _explain(error: dict, cls: type) -> str:
     """One pydantic error as one line that names the config key."""
     keys, section = _key_path(cls, error["loc"])
@@ -136,6 +157,8 @@ def _explain(error: dict, cls: type) -> str:
         return f"{key} must be {error['msg'].removeprefix('Input should be ')}, got {error['input']!r}"
     if kind in EXPECTED:
         return f"{key} must be {EXPECTED[kind]}, got {error['input']!r}"
+    if kind in RANGES:  # "greater than 0", "less than 1", "a finite number"
+        return f"{key} must be {error['msg'].removeprefix('Input should be ')}, got {error['input']!r}"
     return f"{key}: {error['msg']}"
 
 

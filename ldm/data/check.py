@@ -31,6 +31,7 @@ import numpy as np
 
 from ldm.core.errors import LdmError
 from ldm.core.images import write_png
+from ldm.core.outputs import refuse_earlier_results, refuse_inside_inputs
 from ldm.data.buckets import Size, cropped_share, row_buckets
 from ldm.data.captions import clean_captions
 from ldm.data.config import BucketConfig, DataConfig
@@ -101,6 +102,9 @@ def check_data(cfg: DataConfig, count_tokens: Callable[[str], int] | None = None
     tokenizer (None: estimated from words), `preview` a folder for the images as training sees them."""
     if cfg.streaming:
         raise LdmError("ldm data check reads the whole split: set data.streaming: false")
+    if preview is not None:  # before any work: previews never land among (or on) the user's images
+        refuse_inside_inputs(preview, {"the data": cfg.source}, "--preview")
+        refuse_earlier_results(preview, [p.name for p in Path(preview).glob("*.png")], "--preview")
     scanned = scan(load_source(cfg), cfg)
     skips = find_skips(scanned, cfg)
     names = [describe(value) for value in scanned[cfg.image_column]]

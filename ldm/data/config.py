@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic.dataclasses import dataclass
 
-from ldm.core.config import SECTION
+from ldm.core.config import SECTION, Count, NonNegativeInt
 from ldm.data.decode import (
     DEFAULT_BACKGROUND,
     DEFAULT_MAX_PIXELS,
@@ -61,21 +61,21 @@ class DataConfig:
     center_crop: bool = True
     # Off by default: mirroring an image turns "left" into "right" but leaves its caption alone.
     random_flip: bool = False
-    max_samples: int | None = None
+    max_samples: Count | None = None
     val_fraction: float = 0.1
     # Stream samples instead of downloading or loading the whole dataset first.
     streaming: bool = False
     # Streamed samples are shuffled in a buffer of this many per process; 0: in stream order. A
     # resumed stream refills the buffer, so only 0 resumes exactly (ldm/data/datamodule.py).
-    shuffle_buffer: int = 1000
+    shuffle_buffer: NonNegativeInt = 1000
     # Per process: under N processes the global batch is N * batch_size.
     batch_size: int = 32
-    num_workers: int = 0
-    seed: int = 0
+    num_workers: NonNegativeInt = 0
+    seed: NonNegativeInt = 0
     # What transparent pixels become: a colour name PIL knows (white, black, gray, ...) or #rrggbb.
     background: str = DEFAULT_BACKGROUND
     # Images with more pixels are skipped and counted, never decoded (PIL's decompression-bomb limit).
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_pixels: Count = DEFAULT_MAX_PIXELS
     # An image whose caption is missing, empty or not a string: skipped and counted, or (keep)
     # trained with the empty prompt (what classifier-free guidance's caption dropout trains anyway).
     empty_captions: Literal["skip", "keep"] = "skip"

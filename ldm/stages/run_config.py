@@ -11,7 +11,7 @@ from typing import ClassVar, Literal
 
 from pydantic.dataclasses import dataclass
 
-from ldm.core.config import SECTION
+from ldm.core.config import SECTION, Count, NonNegative, NonNegativeInt, Positive
 from ldm.data.config import DataConfig
 
 # accelerate's --mixed_precision values, as Lightning precision settings.
@@ -25,31 +25,31 @@ LAST = "last"
 
 @dataclass(config=SECTION)
 class TrainConfig:
-    max_steps: int = 1000
+    max_steps: Count = 1000
     # A time budget for the run: after a short measured warm-up, the steps that fit in it (at most
     # max_steps) are planned and the learning-rate schedule is laid out to end with them.
-    max_minutes: float | None = None
-    lr: float = 1e-4  # per process batch; not scaled with the number of processes
+    max_minutes: Positive | None = None
+    lr: Positive = 1e-4  # per process batch; not scaled with the number of processes
     lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
+    warmup_steps: NonNegativeInt = 0
+    weight_decay: NonNegative = 0.0
     # Lightning precision ("32-true", "bf16-mixed", "16-mixed"), or "auto": bf16-mixed on a GPU or CPU
     # that computes bf16 natively, 32-true elsewhere; null takes accelerate's choice.
     precision: str | None = None
     accelerator: str = "auto"
     devices: int | str = "auto"
-    num_nodes: int = 1
+    num_nodes: Count = 1
     strategy: str = "auto"  # "ddp", "fsdp", ...: Lightning's strategies
-    accumulate_grad_batches: int = 1
-    gradient_clip: float | None = 1.0
-    val_every_n_steps: int = 500
-    limit_val_batches: int | None = None
-    checkpoint_every_n_steps: int = 500
+    accumulate_grad_batches: Count = 1
+    gradient_clip: Positive | None = 1.0
+    val_every_n_steps: Count = 500
+    limit_val_batches: Count | None = None
+    checkpoint_every_n_steps: Count = 500
     keep_checkpoints: int = 2
-    log_every_n_steps: int = 10
-    seed: int = 0
+    log_every_n_steps: Count = 10
+    seed: NonNegativeInt = 0
     # Steps with a non-finite loss or gradients are skipped (and counted); this many in a row stop the run.
-    max_bad_steps: int = 10
+    max_bad_steps: NonNegativeInt = 10
     # With --resume: config keys whose changes to apply from the resumed step on (see
     # ldm.stages.checkpoints.ACCEPTABLE_CHANGES); any other change is refused.
     accept_changes: list[str] = field(default_factory=list)

@@ -10,7 +10,7 @@ from typing import ClassVar, Literal
 
 from pydantic.dataclasses import dataclass
 
-from ldm.core.config import SECTION, require_divides
+from ldm.core.config import SECTION, Count, NonNegative, NonNegativeInt, Positive, require_divides
 from ldm.data.datamodule import require_divisible_sizes
 from ldm.stages.run_config import RunConfig, TrainConfig
 
@@ -24,12 +24,12 @@ class ModelConfig:
     # f: each latent cell covers f x f pixels. One encoder level per entry of `channels`, each but
     # the last halving the resolution, so len(channels) must be log2(f) + 1.
     downsampling_factor: int = 4
-    channels: list[int] = field(default_factory=lambda: [64, 128, 128])
-    layers_per_block: int = 1
-    latent_channels: int = 4  # for VQ, also the codebook vectors' size
-    norm_num_groups: int = 32  # must divide every entry of `channels`
+    channels: list[Count] = field(default_factory=lambda: [64, 128, 128])
+    layers_per_block: Count = 1
+    latent_channels: Count = 4  # for VQ, also the codebook vectors' size
+    norm_num_groups: Count = 32  # must divide every entry of `channels`
     mid_block_attention: bool = False  # self-attention at the lowest resolution (slow on CPU)
-    num_codes: int = 512  # VQ codebook size
+    num_codes: Count = 512  # VQ codebook size
 
     def __post_init__(self):
         f = self.downsampling_factor
@@ -45,22 +45,22 @@ class ModelConfig:
 class LossConfig:
     """Each term's weight; 0 turns it off."""
 
-    l1: float = 1.0
-    l2: float = 0.0
+    l1: NonNegative = 1.0
+    l2: NonNegative = 0.0
     # Perceptual loss: LPIPS (VGG16) when `lpips_weights` names a local file (see
     # scripts/make_lpips_weights.py), otherwise 1 - SSIM, which needs no pretrained weights.
-    perceptual: float = 0.0
+    perceptual: NonNegative = 0.0
     lpips_weights: str | None = None
     # KL term per pixel (the KL summed over a latent, divided by the image's pixel count), so
     # 1e-6 weighs it against the reconstruction as latent-diffusion's kl_weight does.
-    kl: float = 1e-6
-    codebook: float = 1.0  # pulls the chosen codes towards the encoder outputs (VQ)
-    commitment: float = 0.25  # pulls the encoder outputs towards their codes (VQ's beta)
-    disc: float = 0.5  # GAN term, times taming's adaptive weight; 0: no discriminator at all
-    disc_start: int = 50001  # step from which the discriminator trains and the GAN term counts
-    disc_layers: int = 3
-    disc_channels: int = 64
-    disc_lr: float | None = None  # null: train.lr
+    kl: NonNegative = 1e-6
+    codebook: NonNegative = 1.0  # pulls the chosen codes towards the encoder outputs (VQ)
+    commitment: NonNegative = 0.25  # pulls the encoder outputs towards their codes (VQ's beta)
+    disc: NonNegative = 0.5  # GAN term, times taming's adaptive weight; 0: no discriminator at all
+    disc_start: NonNegativeInt = 50001  # step from which the discriminator trains and the GAN term counts
+    disc_layers: Count = 3
+    disc_channels: Count = 64
+    disc_lr: Positive | None = None  # null: train.lr
     # Adam's betas for both optimizers; taming's GAN setting (0.5, 0.9) by default.
     betas: list[float] = field(default_factory=lambda: [0.5, 0.9])
 

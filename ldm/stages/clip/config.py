@@ -10,7 +10,7 @@ from pydantic.dataclasses import dataclass
 
 from ldm.components.text_encoder import MAX_LENGTH
 from ldm.core import layout
-from ldm.core.config import SECTION
+from ldm.core.config import SECTION, Count
 from ldm.data.datamodule import require_divisible_sizes
 from ldm.stages.run_config import RunConfig
 
@@ -21,10 +21,10 @@ VISION_KINDS = (VIT, RESNET)
 
 @dataclass(config=SECTION)
 class TowerConfig:
-    hidden_size: int
-    num_layers: int
-    num_heads: int
-    intermediate_size: int
+    hidden_size: Count
+    num_layers: Count
+    num_heads: Count
+    intermediate_size: Count
 
     def __post_init__(self):
         if self.hidden_size % self.num_heads:
@@ -36,16 +36,16 @@ class TowerConfig:
 class VisionTowerConfig(TowerConfig):
     kind: str = VIT
     # ViT sizes (kind: vit)
-    hidden_size: int = 128
-    num_layers: int = 4
-    num_heads: int = 4
-    intermediate_size: int = 512
-    patch_size: int = 4
+    hidden_size: Count = 128
+    num_layers: Count = 4
+    num_heads: Count = 4
+    intermediate_size: Count = 512
+    patch_size: Count = 4
     # ResNet sizes (kind: resnet): stem width, then one width and block count per stage; every
     # stage after the first halves the resolution, as does the stem (twice).
-    embedding_size: int = 32
-    hidden_sizes: list[int] = field(default_factory=lambda: [32, 64, 128])
-    depths: list[int] = field(default_factory=lambda: [1, 1, 1])
+    embedding_size: Count = 32
+    hidden_sizes: list[Count] = field(default_factory=lambda: [32, 64, 128])
+    depths: list[Count] = field(default_factory=lambda: [1, 1, 1])
 
     def __post_init__(self):
         if self.kind not in VISION_KINDS:
@@ -59,17 +59,17 @@ class VisionTowerConfig(TowerConfig):
 
 @dataclass(config=SECTION)
 class TextTowerConfig(TowerConfig):
-    hidden_size: int = 128
-    num_layers: int = 2
-    num_heads: int = 4
-    intermediate_size: int = 512
+    hidden_size: Count = 128
+    num_layers: Count = 2
+    num_heads: Count = 4
+    intermediate_size: Count = 512
 
 
 @dataclass(config=SECTION)
 class ClipModelConfig:
     vision: VisionTowerConfig = field(default_factory=VisionTowerConfig)
     text: TextTowerConfig = field(default_factory=TextTowerConfig)
-    projection_dim: int = 128
+    projection_dim: Count = 128
     # ln(1/0.07), CLIP's initial temperature; learned from there, capped at max_logit_scale.
     logit_scale_init: float = 2.6592
     max_logit_scale: float = 100.0  # CLIP clips exp(logit_scale) at 100 to keep training stable
@@ -77,8 +77,8 @@ class ClipModelConfig:
 
 @dataclass(config=SECTION)
 class TokenizerConfig:
-    vocab_size: int = 1000
-    max_length: int = MAX_LENGTH  # prompts are padded / cut to this many tokens
+    vocab_size: Count = 1000
+    max_length: Count = MAX_LENGTH  # prompts are padded / cut to this many tokens
 
 
 @dataclass(config=SECTION)
@@ -86,7 +86,7 @@ class ValidationConfig:
     # A split of data.source with attribute columns (colour, shape, position), e.g. the shapes
     # data's held-out "test" split; null skips zero-shot evaluation.
     zero_shot_split: str | None = None
-    zero_shot_images: int = 256
+    zero_shot_images: Count = 256
 
 
 @dataclass(config=SECTION)

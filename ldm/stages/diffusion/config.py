@@ -9,7 +9,7 @@ from typing import ClassVar, Literal
 
 from pydantic.dataclasses import dataclass
 
-from ldm.core.config import SECTION, require_divides
+from ldm.core.config import SECTION, Count, Fraction, NonNegative, Positive, require_divides
 from ldm.stages.run_config import RunConfig
 
 
@@ -18,16 +18,16 @@ class UNetConfig:
     # A UNet folder (or a pipeline folder with unet/, or a hub id) to start from: only the UNet is
     # loaded, and the sizes below are then ignored (they are the loaded UNet's).
     pretrained: str | None = None
-    block_out_channels: list[int] = field(default_factory=lambda: [320, 640, 1280, 1280])
+    block_out_channels: list[Count] = field(default_factory=lambda: [320, 640, 1280, 1280])
     down_block_types: list[str] = field(default_factory=lambda: [
         "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"])
     up_block_types: list[str] = field(default_factory=lambda: [
         "UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"])
-    layers_per_block: int = 2
+    layers_per_block: Count = 2
     # Named as diffusers names it; UNet2DConditionModel uses it as the number of attention heads.
-    attention_head_dim: int = 8
-    transformer_layers_per_block: int = 1
-    norm_num_groups: int = 32
+    attention_head_dim: Count = 8
+    transformer_layers_per_block: Count = 1
+    norm_num_groups: Count = 32
 
     def __post_init__(self):
         if not len(self.block_out_channels) == len(self.down_block_types) == len(self.up_block_types):
@@ -40,26 +40,26 @@ class UNetConfig:
 
 @dataclass(config=SECTION)
 class NoiseConfig:
-    num_train_timesteps: int = 1000
+    num_train_timesteps: Count = 1000
     # "squaredcos_cap_v2" is the cosine schedule of Nichol & Dhariwal (beta_start/end unused).
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "scaled_linear"
-    beta_start: float = 0.00085
-    beta_end: float = 0.012
+    beta_start: Positive = 0.00085
+    beta_end: Positive = 0.012
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
 
 
 @dataclass(config=SECTION)
 class LossConfig:
-    snr_gamma: float | None = 5.0  # min-SNR weighting; null trains on the plain MSE
-    noise_offset: float = 0.0
+    snr_gamma: Positive | None = 5.0  # min-SNR weighting; null trains on the plain MSE
+    noise_offset: NonNegative = 0.0
 
 
 @dataclass(config=SECTION)
 class EmaConfig:
     enabled: bool = True
-    decay: float = 0.9999  # the ceiling; with warmup the decay grows towards it as 1 - (1 + step)^-power
+    decay: Fraction = 0.9999  # the ceiling; with warmup the decay grows towards it as 1 - (1 + step)^-power
     warmup: bool = True
-    power: float = 2 / 3
+    power: Positive = 2 / 3
 
 
 # The UNet's attention projections (self- and cross-attention), as diffusers' LoRA script targets.
@@ -71,9 +71,9 @@ TEXT_ENCODER_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]  # CLIP's
 class LoraConfig:
     """Train low-rank adapters (peft's LoRA) instead of the UNet's weights; needs a pretrained UNet."""
 
-    rank: int = 8
-    alpha: float | None = None  # the adapters' output is scaled by alpha / rank; null: alpha = rank
-    dropout: float = 0.0
+    rank: Count = 8
+    alpha: Positive | None = None  # the adapters' output is scaled by alpha / rank; null: alpha = rank
+    dropout: Fraction = 0.0
     target_modules: list[str] = field(default_factory=lambda: list(UNET_LORA_TARGETS))
     train_text_encoder: bool = False  # also adapters on the text encoder's attention (needs cache: false)
     text_encoder_target_modules: list[str] = field(default_factory=lambda: list(TEXT_ENCODER_LORA_TARGETS))
@@ -117,7 +117,7 @@ class Config(RunConfig):
     # cache between them) or each its own disk (each builds its own); auto finds out
     # (ldm/data/cache_share.py).
     cache_shared_filesystem: bool | Literal["auto"] = "auto"
-    caption_dropout: float = 0.1  # share of captions replaced by "" to learn unconditional denoising
+    caption_dropout: Fraction = 0.1  # share of captions replaced by "" to learn unconditional denoising
     unet: UNetConfig = field(default_factory=UNetConfig)
     noise: NoiseConfig | None = None  # null: the pretrained pipeline's schedule, else the defaults
     loss: LossConfig = field(default_factory=LossConfig)
