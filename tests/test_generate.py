@@ -169,3 +169,67 @@ def test_a_second_run_keeps_the_first_runs_images(kl_pipeline_path, tmp_path, ca
     assert stop.value.code == 2
     assert "already holds results this run would replace (0000-seed0.png, grid.png)" in capsys.readouterr().err
     assert (tmp_path / "samples" / "0000-seed0.png").read_bytes() == first
+
+
+@pytest.mark.parametrize(("option", "message"), [
+    (["--seed", str(2**70)], "argument --seed: must be from 0 to 9223372036854775807"),
+    (["--width", "100000"], "argument --width: must be from 8 to 8192, got 100000"),
+    (["--guidance", "nan"], "argument --guidance: must be a finite number, got nan"),
+    (["--guidance", "-3"], "argument --guidance: must be at least 1 and at most 100, got -3"),
+    (["--steps", "0"], "argument --steps: must be from 1 to 1000, got 0"),
+], ids=["seed-2**70", "width-100000", "guidance-nan", "guidance-negative", "steps-0"])
+def test_an_impossible_option_is_one_line(kl_pipeline_path, tmp_path, capsys, option, message):
+    with pytest.raises(SystemExit) as stop:
+        main(["generate", str(kl_pipeline_path), PROMPTS[0], "--out", str(tmp_path / "out"), *option])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_out_that_is_a_file_is_refused(kl_pipeline_path, tmp_path, capsys):
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine")
+    with pytest.raises(SystemExit):
+        main(["generate", str(kl_pipeline_path), PROMPTS[0], "--out", str(taken)])
+    assert f"--out {taken} is a file, not a folder" in capsys.readouterr().err
+    assert taken.read_text() == "mine"
+
+
+def test_truncated_weights_and_an_interrupt_are_one_line(kl_pipeline_path, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    from ldm.apps import generate as generate_app
+
+    broken = tmp_path / "broken"
+    shutil.copytree(kl_pipeline_path, broken)
+    weights = broken / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(SystemExit) as stop:
+        main(["generate", str(broken), PROMPTS[0], "--out", str(tmp_path / "out")])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"ldm generate: error: cannot load the pipeline in {broken}") and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()  # the failed run left no empty folder
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(generate_app, "_generate_jobs", interrupted)
+    with pytest.raises(SystemExit) as stop:
+        main(["generate", str(kl_pipeline_path), PROMPTS[0], "--out", str(tmp_path / "out")])
+    assert stop.value.code == 130
+    assert capsys.readouterr().err == "\nldm generate: interrupted; the images written so far are kept\n"
+
+
+def test_the_empty_prompt_is_a_prompt_and_a_long_one_warns_in_one_line(kl_pipeline_path, tmp_path):
+    # a child process: pytest records warnings itself instead of letting the command print them
+    command = [sys.executable, "-m", "ldm", "generate", str(kl_pipeline_path), "", " ".join(["red"] * 100),
+               "--steps", "2", "--out", str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "0000-seed0.png").is_file() and (tmp_path / "0001-seed0.png").is_file()
+    err = result.stderr
+    assert "ldm generate: warning: prompt 'red red" in err and "tokens: the end is cut off" in err
+    assert "UserWarning" not in err and "warnings.warn" not in err

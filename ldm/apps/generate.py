@@ -69,8 +69,9 @@ class ImageJob:
 # ---- reading and checking what the user asked for (before any model is loaded) ----------------
 
 def read_prompts(prompts: list[str], prompts_file: str | None) -> list[str]:
-    """The prompts given on the command line, then those of the file (one per line, blanks skipped)."""
-    prompts = [p for p in prompts if p.strip()]
+    """The prompts given on the command line (an empty one, "", is the unconditional prompt), then
+    those of the file (one per line, blank lines skipped)."""
+    prompts = list(prompts)
     if prompts_file:
         path = Path(prompts_file)
         if not path.is_file():
@@ -167,12 +168,21 @@ def generate(opts: GenerateOptions) -> list[Path]:
     state = inference_processes(opts.device)
     jobs = plan(opts)
     out = claim_output_folder(opts, jobs, state)
-    out.mkdir(parents=True, exist_ok=True)
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a read-only place, a file on the way
+        raise LdmError(f"cannot write to {out}: {err.strerror or err}") from None
     with state.split_between_processes(list(range(len(opts.prompts)))) as my_prompts:
         my_prompts = set(my_prompts)
     mine = [job for job in jobs if job.prompt_index in my_prompts]
-    written = _generate_jobs(opts, mine, out, device=_process_device(opts.device, state),
-                             show_progress=state.is_main_process) if mine else []
+    try:
+        written = _generate_jobs(opts, mine, out, device=_process_device(opts.device, state),
+                                 show_progress=state.is_main_process) if mine else []
+    except BaseException:
+        if created and state.is_main_process and not any(out.iterdir()):
+            out.rmdir()  # a failed run leaves no empty folder behind
+        raise
     state.wait_for_everyone()
     if state.is_main_process:
         write_contact_sheet(opts, jobs, out)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 from ldm.core.errors import LdmError
 
@@ -24,7 +25,9 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from ldm.cli.ranges import OneLineParser
+
+    parser = OneLineParser(
         prog="ldm", description="Latent diffusion: train on your own images, generate, animate."
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -36,8 +39,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What an interrupted command kept, and how to go on (said after Ctrl-C).
+ON_INTERRUPT = {
+    "animate": "the frames rendered so far are kept in --out; run the same command again to resume",
+    "train": "run the same command with --resume to continue from the last checkpoint",
+    "quickstart": "the finished steps are kept; run it again to continue where it stopped",
+    "generate": "the images written so far are kept",
+}
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    warnings.formatwarning = _one_line_warning(args.command)
     try:
         args.run(args)
     except LdmError as err:
@@ -45,8 +58,20 @@ def main(argv: list[str] | None = None) -> None:
         print(f"ldm {args.command}: {'' if stopped else 'error: '}{err}", file=sys.stderr)
         sys.exit(stopped or 2)
     except KeyboardInterrupt:
-        print(f"ldm {args.command}: interrupted", file=sys.stderr)
+        # on a line of its own: a progress bar may have been mid-line
+        kept = ON_INTERRUPT.get(args.command)
+        print(f"\nldm {args.command}: interrupted" + (f"; {kept}" if kept else ""), file=sys.stderr)
         sys.exit(130)
+
+
+def _one_line_warning(command: str):
+    """Warnings the user should read (an over-long prompt, ...) as one line, without Python's
+    file and source line."""
+
+    def format_warning(message, category, filename, lineno, line=None) -> str:
+        return f"ldm {command}: warning: {message}\n"
+
+    return format_warning
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import argparse
 from ldm.apps.animate.audio import FEATURES
 from ldm.apps.animate.settings import DEFAULT_AUDIO_SMOOTH, DEFAULT_FRAMES
 from ldm.cli.lora_args import add_lora_arguments, lora_choices_of
+from ldm.cli.ranges import COUNT, GUIDANCE, SECONDS, SEED, SIDE, STEPS, integer, number
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     kinds = parser.add_argument_group("what to walk through (a prompt walk unless told otherwise)")
     kinds.add_argument("--prompts", nargs="+", default=[], metavar="PROMPT",
                        help="prompt walk: one keyframe per prompt")
-    kinds.add_argument("--seeds", nargs="+", type=int, default=[], metavar="SEED",
+    kinds.add_argument("--seeds", nargs="+", type=SEED, default=[], metavar="SEED",
                        help="one seed per prompt (default 0, 1, 2, ...), or the keyframes of a --seed-walk")
     kinds.add_argument("--seed-walk", action="store_true",
                        help="one --prompt, its starting noise walked through --seeds")
@@ -43,16 +44,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "loop's last entry may be {time} alone, when it is back at the first keyframe)")
 
     frames = parser.add_argument_group("frames and video")
-    frames.add_argument("--times", nargs="+", type=float, default=[], metavar="SECONDS",
+    frames.add_argument("--times", nargs="+", type=SECONDS, default=[], metavar="SECONDS",
                         help="when the walk reaches each keyframe, from 0 (a --loop adds the time it is back "
                              "at the first); the frame count is then fps x seconds")
-    frames.add_argument("--frames", type=int, default=None,
+    frames.add_argument("--frames", type=integer(2, 100000), default=None,
                         help="frames per segment, both keyframes included, for walks without --times or "
                              f"--audio (default {DEFAULT_FRAMES}; even motion shares the same total out "
                              "by each segment's length)")
-    frames.add_argument("--fps", type=float, default=12.0, help="frames per second of the videos (default 12)")
-    frames.add_argument("--height", type=int, help="frame height in pixels (default: the model's)")
-    frames.add_argument("--width", type=int, help="frame width in pixels (default: the model's)")
+    frames.add_argument("--fps", type=number(0.0, 240.0, low_open=True), default=12.0,
+                        help="frames per second of the videos (default 12)")
+    frames.add_argument("--height", type=SIDE, help="frame height in pixels (default: the model's)")
+    frames.add_argument("--width", type=SIDE, help="frame width in pixels (default: the model's)")
     frames.add_argument("--loop", action="store_true",
                         help="walk back from the last keyframe to the first, so the video repeats seamlessly")
     spacing = frames.add_mutually_exclusive_group()
@@ -64,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          help="frames that differ by about the same amount: the default without --audio; "
                               "with it, ignore the audio's loudness (the report compares with linear "
                               "spacing)")
-    frames.add_argument("--even-passes", type=int, default=1,
+    frames.add_argument("--even-passes", type=integer(1, 16), default=1,
                         help="re-spacing passes after the linear probe; each renders the walk once "
                              "more (default 1; 2 evens out a little further)")
     frames.add_argument("--keep-jumps", action="store_true",
@@ -75,8 +77,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="measure motion (even motion and the report) as the distance between CLIP "
                              "image features of this CLIP folder, e.g. RUN/clip (default: a multi-scale "
                              "pixel distance that needs no model)")
-    frames.add_argument("--batch-size", type=int, default=4, help="frames per UNet batch (default 4)")
-    frames.add_argument("--video-scale", type=int, default=1,
+    frames.add_argument("--batch-size", type=COUNT, default=4, help="frames per UNet batch (default 4)")
+    frames.add_argument("--video-scale", type=integer(1, 16), default=1,
                         help="enlarge the GIF and MP4 by this factor, nearest-neighbour (default 1)")
 
     sound = parser.add_argument_group("audio (a walk to music)")
@@ -84,14 +86,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="WAV, FLAC, OGG, MP3 (anything ffmpeg reads): the walk lasts as long as the "
                             "audio (or its --times), moves further per frame where the audio is louder or "
                             "busier, and walk.mp4 carries it (the GIF stays silent)")
-    sound.add_argument("--audio-start", type=float, default=0.0, metavar="SECONDS",
+    sound.add_argument("--audio-start", type=SECONDS, default=0.0, metavar="SECONDS",
                        help="where in the audio the walk starts (default 0)")
-    sound.add_argument("--audio-end", type=float, default=None, metavar="SECONDS",
+    sound.add_argument("--audio-end", type=SECONDS, default=None, metavar="SECONDS",
                        help="where in the audio the walk ends (default: the end of the file, or of --times)")
     sound.add_argument("--on-beats", action="store_true",
                        help="move each keyframe but the first and last to the nearest onset (beat) of the "
                             "audio")
-    sound.add_argument("--audio-smooth", type=float, default=DEFAULT_AUDIO_SMOOTH, metavar="SECONDS",
+    sound.add_argument("--audio-smooth", type=SECONDS, default=DEFAULT_AUDIO_SMOOTH, metavar="SECONDS",
                        help=f"Gaussian smoothing of the audio target, so motion does not jitter (default "
                             f"{DEFAULT_AUDIO_SMOOTH:g})")
     sound.add_argument("--audio-feature", choices=FEATURES, default="onsets",
@@ -99,8 +101,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "(loudness) (default onsets)")
 
     sampling = parser.add_argument_group("sampling")
-    sampling.add_argument("--steps", type=int, default=20, help="sampler steps (default 20)")
-    sampling.add_argument("--guidance", type=float, default=None,
+    sampling.add_argument("--steps", type=STEPS, default=20, help="sampler steps (default 20)")
+    sampling.add_argument("--guidance", type=GUIDANCE, default=None,
                           help="classifier-free guidance scale (default 4, image walks 1)")
     sampling.add_argument("--sampler", default=None,
                           help="deterministic sampler: dpmsolver++ (default), ddim (image walks: ddim only), ...")

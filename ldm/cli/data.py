@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import re
 
+from ldm.cli.ranges import COUNT, SEED, SIDE, integer, number
 from ldm.core.errors import LdmError
 
 SIZE = re.compile(r"^(\d+)x(\d+)$")  # a bucket size on the command line: WIDTHxHEIGHT
@@ -21,11 +22,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         description="Write OUT/train and OUT/test (held-out attribute combinations) as PNG files "
                     "with metadata.jsonl. The same seed gives the same bytes.")
     shapes.add_argument("out", help="folder to write")
-    shapes.add_argument("--n", type=int, default=500, help="training images (default 500)")
-    shapes.add_argument("--n-test", type=int, default=None,
+    shapes.add_argument("--n", type=COUNT, default=500, help="training images (default 500)")
+    shapes.add_argument("--n-test", type=integer(0), default=None,
                         help="images of held-out combinations (default max(64, n/5))")
-    shapes.add_argument("--size", type=int, default=32, help="image side in pixels (default 32)")
-    shapes.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    shapes.add_argument("--size", type=SIDE, default=32, help="image side in pixels (default 32)")
+    shapes.add_argument("--seed", type=SEED, default=0, help="random seed (default 0)")
     shapes.add_argument("--colours", nargs="+", metavar="COLOUR",
                         help="draw only these colours, e.g. pink, which the default data never draws "
                              "(to teach a trained model a new word); default: the standard palette")
@@ -41,17 +42,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        "as a glob, a hub name)")
     check.add_argument("--config", help="take the other data: settings from this stage config")
     check.add_argument("--split", help="split to read (default train)")
-    check.add_argument("--resolution", type=int, help="target side in pixels (data.resolution; default 32)")
+    check.add_argument("--resolution", type=SIDE, help="target side in pixels (data.resolution; default 32)")
     check.add_argument("--buckets", nargs="*", metavar="SPEC",
                        help="aspect-ratio buckets: alone, the default list for --resolution; or sizes "
                             "(64x64 96x48 ...) or settings (area=4096 min_side=32 max_side=128 step=8)")
     check.add_argument("--background", help="colour under transparent pixels (default white)")
-    check.add_argument("--max-pixels", type=int, help="skip images with more pixels (default PIL's limit)")
+    check.add_argument("--max-pixels", type=COUNT, help="skip images with more pixels (default PIL's limit)")
     check.add_argument("--empty-captions", choices=["skip", "keep"], help="images without a caption (default skip)")
     check.add_argument("--image-column", help="image column (default image)")
     check.add_argument("--caption-column", help="caption column (default text)")
-    check.add_argument("--val-fraction", type=float, help="share held out for validation (default 0.1)")
-    check.add_argument("--max-samples", type=int, help="read only the first N images")
+    check.add_argument("--val-fraction", type=number(0.0, 0.99), help="share held out for validation (default 0.1)")
+    check.add_argument("--max-samples", type=COUNT, help="read only the first N images")
     check.add_argument("--tokenizer", help="a tokenizer folder (RUN/tokenizer, a CLIP model) to count caption "
                                            "tokens with; without it, they are estimated from words")
     check.add_argument("--preview", metavar="DIR", help="write each image as training sees it to DIR")

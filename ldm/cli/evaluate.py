@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ldm.cli.ranges import COUNT, GUIDANCE, SEED, STEPS, integer
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="what", metavar="WHAT", required=True)
@@ -14,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ae.add_argument("vae", help="autoencoder folder (RUN/vae)")
     ae.add_argument("--data", required=True, help="dataset folder (e.g. data/shapes)")
     ae.add_argument("--split", default="test", help="split to reconstruct (default test)")
-    ae.add_argument("--max-images", type=int, default=512, help="images to use at most (default 512)")
+    ae.add_argument("--max-images", type=COUNT, default=512, help="images to use at most (default 512)")
     ae.add_argument("--grid", help="also write originals over reconstructions to this PNG")
 
     dm = sub.add_parser("diffusion", help="prompt fidelity, CLIP score, FID and KID of a pipeline",
@@ -32,10 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     dm.add_argument("--inception", help="local Inception-v3 weights file (torch-fidelity's "
                                         "weights-inception-2015-12-05-6726825d.pth) for standard FID/KID")
     dm.add_argument("--split", default="test", help="split of real images to compare with (default test)")
-    dm.add_argument("--n", type=int, default=8, help="images per prompt (default 8)")
-    dm.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
-    dm.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
-    dm.add_argument("--guidance", type=float, default=4.0, help="guidance scale (default 4)")
+    dm.add_argument("--n", type=integer(1, 10000), default=8, help="images per prompt (default 8)")
+    dm.add_argument("--seed", type=SEED, default=0, help="first seed (default 0)")
+    dm.add_argument("--steps", type=STEPS, default=20, help="denoising steps (default 20)")
+    dm.add_argument("--guidance", type=GUIDANCE, default=4.0, help="guidance scale (default 4)")
     dm.add_argument("--samples", help="keep the generated images in this folder (default: discarded)")
 
     walk = sub.add_parser("walk", help="smoothness of a rendered walk",

@@ -24,6 +24,7 @@ from ldm.core.layout import MODEL_CONFIG as CONFIG_NAME
 from ldm.core.layout import MODEL_WEIGHTS as SAFETENSORS_WEIGHTS_NAME
 from ldm.core.layout import MODEL_WEIGHTS_INDEX as SAFE_WEIGHTS_INDEX_NAME
 from ldm.core.layout import looks_like_hub_id
+from ldm.core.model_kind import check_supported
 from ldm.core.trust import check_no_code
 
 # What a pipeline or single-model repository holds that the project loads. Sharded weights are
@@ -38,18 +39,19 @@ def local_folder(path_or_hub_id: str | Path) -> Path:
     """The folder itself, or a hub id's files fetched into the local cache; LdmError if neither."""
     path = Path(path_or_hub_id).expanduser()
     if path.is_dir():
-        return check_no_code(path)
+        return check_supported(check_no_code(path))
     name = str(path_or_hub_id)
     if not looks_like_hub_id(name):
         raise LdmError(f"pretrained model not found: {name} is not a folder (nor a hub id)")
     from huggingface_hub import snapshot_download
 
     try:
-        return check_no_code(Path(snapshot_download(name, allow_patterns=HUB_FILES)))
+        fetched = Path(snapshot_download(name, allow_patterns=HUB_FILES))
     except Exception as err:  # the hub raises many types: offline, not found, gated
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise LdmError(f"'{name}' is not a local folder, and fetching it from the hub failed: {first}"
                        ) from None
+    return check_supported(check_no_code(fetched))
 
 
 def model_folder(root: Path, part: str) -> Path:

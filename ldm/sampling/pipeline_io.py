@@ -23,12 +23,13 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from ldm.components.autoencoder import AUTOENCODER_CLASSES, Autoencoder, load_vae
 from ldm.components.pretrained import weight_files
 from ldm.core.atomic import atomic_folder
 from ldm.core.errors import LdmError
+from ldm.core.model_kind import check_supported
 from ldm.core.trust import check_no_code
 from ldm.sampling.lora import LoraChoice, load_loras
 from ldm.sampling.pipeline import LatentDiffusionPipeline
@@ -78,6 +79,7 @@ def check_pipeline_folder(path: str | Path) -> Path:
     if not path.is_dir():
         raise LdmError(f"pipeline folder not found: {path} (train the diffusion stage first; it "
                        "exports RUN/pipeline)")
+    check_supported(path)  # an SDXL, inpainting, ... folder is named before a missing part is
     for part in (MODEL_INDEX, *REQUIRED_FILES):
         if not (path / part).is_file():
             raise LdmError(f"{path} is not a complete pipeline: {part} is missing")
@@ -161,7 +163,11 @@ def load_pipeline(path: str | Path, dtype: torch.dtype | None = None,
     if vae is not None:
         warn_if_other_encoder(path, check_autoencoder_swap(path, vae))
         parts["vae"] = load_vae(vae, dtype)
-    pipe = LatentDiffusionPipeline.from_pretrained(path, dtype=dtype, use_safetensors=True, **parts)
+    try:
+        pipe = LatentDiffusionPipeline.from_pretrained(path, dtype=dtype, use_safetensors=True, **parts)
+    except (OSError, ValueError, SafetensorError) as err:  # a truncated or corrupt weights file
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise LdmError(f"cannot load the pipeline in {path}: {first}") from None
     load_loras(pipe, list(loras))  # before moving: the adapters follow the models to the device
     for model in (pipe.vae, pipe.text_encoder, pipe.unet):
         model.requires_grad_(False).eval()

@@ -1,0 +1,81 @@
+"""What kind of model a folder holds, read from its configs before any loader runs, so that a model
+ldm cannot use yet is refused in one line that says what it is, instead of failing deep inside a
+loader (an SDXL pipeline once ended `ldm generate` in "TypeError: argument of type 'NoneType' is not
+iterable").
+
+ldm takes the Stable Diffusion 1.x/2.x layout (one CLIP text encoder, a UNet2DConditionModel with
+as many input channels as latent channels) and its own exports (KL and VQ). Read here: the
+pipeline class in model_index.json and its components, and the UNet's config.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ldm.core.errors import LdmError
+
+TAKES = ("ldm takes Stable Diffusion 1.x/2.x-style pipelines (one CLIP text encoder, a text-conditioned "
+         "UNet) and its own exports")
+
+# model_index.json classes, by a part of their name -> what the folder is
+PIPELINE_KINDS = [
+    ("XL", "an SDXL pipeline (two text encoders, size conditioning)"),
+    ("Inpaint", "an inpainting pipeline (a 9-channel UNet that also takes a mask)"),
+    ("ControlNet", "a ControlNet pipeline"),
+    ("Video", "a video pipeline"),
+    ("Flux", "a Flux pipeline (a transformer instead of a UNet)"),
+    ("StableDiffusion3", "a Stable Diffusion 3 pipeline (a transformer instead of a UNet)"),
+    ("PixArt", "a PixArt pipeline (a transformer instead of a UNet)"),
+    ("Kandinsky", "a Kandinsky pipeline"),
+    ("IF", "a DeepFloyd IF pipeline (pixel space, T5 text encoder)"),
+]
+
+
+def unsupported_kind(folder: str | Path) -> str | None:
+    """What `folder` (a pipeline folder or one model's) is, when ldm cannot use it; None when it can
+    or when its configs do not say (the loaders then say what is missing)."""
+    folder = Path(folder)
+    index = _read_json(folder / "model_index.json")
+    if index:
+        name = str(index.get("_class_name", ""))
+        for part, what in PIPELINE_KINDS:
+            if part in name:
+                return f"{what}, {name}"
+        if "transformer" in index:
+            return f"a pipeline with a transformer instead of a UNet ({name})"
+        if "text_encoder_2" in index:
+            return f"a pipeline with two text encoders ({name})"
+    unet_config = folder / "unet" / "config.json" if (folder / "unet").is_dir() else folder / "config.json"
+    return _unet_kind(_read_json(unet_config))
+
+
+def _unet_kind(config: dict) -> str | None:
+    if not config:
+        return None
+    name = config.get("_class_name")
+    if name == "ControlNetModel":
+        return "a ControlNet model"
+    if name != "UNet2DConditionModel":
+        return None  # another model's folder (an autoencoder, a text encoder): not a UNet question
+    if config.get("addition_embed_type") == "text_time":
+        return "an SDXL UNet (it takes pooled text embeddings and size conditioning)"
+    if config.get("in_channels") == 9:
+        return "an inpainting UNet (9 input channels: latents, mask and masked image)"
+    return None
+
+
+def check_supported(folder: str | Path) -> Path:
+    """`folder`, or an LdmError that says what it is and what ldm takes."""
+    what = unsupported_kind(folder)
+    if what is not None:
+        raise LdmError(f"{folder} is {what}: {TAKES}; this kind is not supported yet")
+    return Path(folder)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}

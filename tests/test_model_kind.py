@@ -1,0 +1,67 @@
+"""A model folder of a kind ldm does not take yet is refused in one line that says what it is,
+before any loader runs (ldm/core/model_kind.py): through generate, animate, evaluate and train."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from ldm.cli import main
+from ldm.core.model_kind import unsupported_kind
+
+
+def variant(pipeline, tmp_path, name, index=None, unet=None):
+    """The project's own tiny export, with its model_index.json or UNet config changed."""
+    folder = tmp_path / name
+    shutil.copytree(pipeline, folder)
+    for path, changes in ((folder / "model_index.json", index), (folder / "unet" / "config.json", unet)):
+        if changes:
+            path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+    return folder
+
+
+KINDS = {
+    "sdxl": ({"_class_name": "StableDiffusionXLPipeline", "text_encoder_2": ["transformers", "CLIPTextModel"]},
+             {"addition_embed_type": "text_time"}, "is an SDXL pipeline (two text encoders, size conditioning)"),
+    "inpainting-unet": (None, {"in_channels": 9}, "is an inpainting UNet (9 input channels"),
+    "transformer": ({"_class_name": "PixArtAlphaPipeline", "transformer": ["diffusers", "PixArtTransformer2DModel"]},
+                    None, "is a PixArt pipeline (a transformer instead of a UNet)"),
+}
+
+
+def test_the_projects_own_exports_are_supported(kl_pipeline_path, vq_pipeline_path):
+    assert unsupported_kind(kl_pipeline_path) is None and unsupported_kind(vq_pipeline_path) is None
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_generate_names_the_kind(kl_pipeline_path, tmp_path, capsys, kind):
+    index, unet, message = KINDS[kind]
+    folder = variant(kl_pipeline_path, tmp_path, kind, index, unet)
+    with pytest.raises(SystemExit) as stop:
+        main(["generate", str(folder), "a red circle", "--out", str(tmp_path / "out")])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "ldm takes Stable Diffusion 1.x/2.x-style pipelines" in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def test_animate_and_evaluate_name_an_sdxl_folder(kl_pipeline_path, tmp_path, capsys):
+    index, unet, message = KINDS["sdxl"]
+    folder = variant(kl_pipeline_path, tmp_path, "sdxl", index, unet)
+    for command in (["animate", str(folder), "--prompts", "a", "b", "--out", str(tmp_path / "walk")],
+                    ["evaluate", "diffusion", str(folder), "--data", str(tmp_path)]):
+        with pytest.raises(SystemExit):
+            main(command)
+        assert message in capsys.readouterr().err
+
+
+def test_train_names_an_sdxl_pretrained_folder(kl_pipeline_path, tmp_path, capsys):
+    index, unet, message = KINDS["sdxl"]
+    folder = variant(kl_pipeline_path, tmp_path, "sdxl", index, unet)
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "diffusion/ldm_shapes.yaml", f"pretrained={folder}", "vae=null", "text_encoder=null",
+              "noise=null", f"run_dir={tmp_path / 'run'}", f"data.source={tmp_path}"])
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err
