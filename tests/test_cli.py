@@ -49,4 +49,4 @@ def test_data_shapes_command_writes_dataset(tmp_path, capsys):
     assert len(list((tmp_path / "s" / "train").glob("*.png"))) == 12
     with pytest.raises(SystemExit) as exit_:
         main(["data", "shapes", str(tmp_path / "t"), "--n", "0"])
-    assert exit_.value.code == 2 and "--n must be at least 1" in capsys.readouterr().err
+    assert exit_.value.code == 2 and "argument --n: must be at least 1, got 0" in capsys.readouterr().err

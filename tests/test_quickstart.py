@@ -96,7 +96,7 @@ def test_a_stage_trained_side_by_side_that_fails_is_named_with_its_log(tmp_path,
     run.data()
     overrides = run.stage_overrides
     monkeypatch.setattr(run, "stage_overrides",
-                        lambda name: overrides(name) + (["train.lr_shedule=cosine"] if name == "clip" else []))
-    with pytest.raises(LdmError, match=r"training failed: clip \(log: .*train\.log: ldm train: error: .*lr_shedule"):
+                        lambda name: overrides(name) + ([f"data.source={tmp_path / 'nowhere'}"] if name == "clip" else []))
+    with pytest.raises(LdmError, match=r"training failed: clip \(log: .*train\.log: ldm train: error: .*nowhere"):
         run.stages_side_by_side([("clip", ["data"], ["clip/config.json"], "training the CLIP")])
     assert not (tmp_path / DONE_DIR / "clip.json").exists()

@@ -100,7 +100,7 @@ def test_max_steps_still_bounds_a_planned_run(tmp_path, shapes):
 
 
 def test_a_resumed_planned_run_keeps_its_plan_and_ends_with_the_same_weights(tmp_path, shapes):
-    whole_module, whole = train(config(tmp_path / "whole", shapes, minutes=0.05), sleep=0.02)
+    whole_module, whole = train(config(tmp_path / "whole", shapes, minutes=0.1), sleep=0.02)
     planned = plan_of(whole).planned
     checkpoint = tmp_path / "whole" / "toy" / "checkpoints" / "step00000040.ckpt"
     assert planned > 45 and checkpoint.is_file()

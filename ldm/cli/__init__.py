@@ -50,7 +50,7 @@ ON_INTERRUPT = {
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    warnings.formatwarning = _one_line_warning(args.command)
+    formatwarning, warnings.formatwarning = warnings.formatwarning, _one_line_warning(args.command)
     try:
         args.run(args)
     except LdmError as err:
@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> None:
         kept = ON_INTERRUPT.get(args.command)
         print(f"\nldm {args.command}: interrupted" + (f"; {kept}" if kept else ""), file=sys.stderr)
         sys.exit(130)
+    finally:
+        warnings.formatwarning = formatwarning  # main() may be called again in the same process (tests)
 
 
 def _one_line_warning(command: str):
