@@ -94,9 +94,8 @@ def test_a_stage_trained_side_by_side_that_fails_is_named_with_its_log(tmp_path,
 
     run = quickstart.Quickstart(tmp_path, quickstart.SCALES["tiny"])
     run.data()
-    overrides = run.stage_overrides
-    monkeypatch.setattr(run, "stage_overrides",
-                        lambda name: overrides(name) + ([f"data.source={tmp_path / 'nowhere'}"] if name == "clip" else []))
+    overrides, nowhere = run.stage_overrides, f"data.source={tmp_path / 'nowhere'}"
+    monkeypatch.setattr(run, "stage_overrides", lambda name: overrides(name) + ([nowhere] if name == "clip" else []))
     with pytest.raises(LdmError, match=r"training failed: clip \(log: .*train\.log: ldm train: error: .*nowhere"):
         run.stages_side_by_side([("clip", ["data"], ["clip/config.json"], "training the CLIP")])
     assert not (tmp_path / DONE_DIR / "clip.json").exists()
