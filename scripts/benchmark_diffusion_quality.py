@@ -75,6 +75,7 @@ def main() -> None:
     print(f"held-out prompts: {len(HELD_OUT)} x {args.seeds} seeds, {args.steps} steps, "
           f"guidance {args.guidance}")
     by_background = scores.pop("by_background")
+    scores.pop("background_counts")
     for key, value in {**scores, **{f"on {name}": v for name, v in by_background.items()}}.items():
         print(f"  {key:>16}: {value:.1%}")
     print(f"grid: {grid}")

@@ -168,9 +168,10 @@ def fidelity_metrics(images: list[Image.Image], wanted: list[dict], real_images:
     real = prompt_fidelity(real_images, real_wanted)
     checker = "read by ldm.data.shapes.checker"
     # Per background: a model that draws colours right on black but wrong on white hides in the mean.
+    counts = generated["background_counts"]
     by_background = [percent(f"prompt_fidelity_on_{name}", f"Prompt fidelity on a {name} background", share,
-                             f"colour and shape, among the {count} generated images drawn on {name}")
-                     for (name, share), count in _with_counts(generated["by_background"], images)]
+                             f"colour and shape, among the {counts[name]} generated images drawn on {name}")
+                     for name, share in generated["by_background"].items()]
     return [
         percent("prompt_fidelity", "Prompt fidelity (colour and shape)", generated["colour_and_shape"],
                 f"share of generated images whose colour and shape are the prompt's, {checker}"),
@@ -181,16 +182,6 @@ def fidelity_metrics(images: list[Image.Image], wanted: list[dict], real_images:
         percent("real_fidelity", "Checker on real held-out images (colour and shape)",
                 real["colour_and_shape"], "the same measure on the data's own images: the ceiling"),
     ]
-
-
-def _with_counts(shares: dict[str, float], images: list[Image.Image]):
-    """(name, share) of each background with how many images were drawn on it."""
-    from collections import Counter
-
-    from ldm.data.shapes.checker import read_image
-
-    counts = Counter(read_image(image).background for image in images)
-    return [((name, share), counts[name]) for name, share in shares.items() if name is not None]
 
 
 def sharpness_metrics(images: torch.Tensor, real: torch.Tensor) -> list[Metric]:

@@ -27,7 +27,6 @@ they are built; Lightning's Timer only stops): this is ours.
 from __future__ import annotations
 
 import math
-import time
 
 from lightning.pytorch.callbacks import Callback, Timer
 from torch.optim.lr_scheduler import LambdaLR
@@ -77,13 +76,14 @@ class TimeBudget(Callback):
         self.planned: int | None = None  # the step the schedule ends at and the run stops at
         self.step_seconds: float | None = None  # as measured when the plan was (re)made
         self._start: tuple[int, float] | None = None  # (step, Timer elapsed) where measuring began
-        self._t0 = time.monotonic()  # the clock when there is no Timer
 
     # ---- the clock and the count ------------------------------------------------------------------
 
     def elapsed(self, trainer) -> float:
-        timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
-        return timer.time_elapsed("train") if timer is not None else time.monotonic() - self._t0
+        """Training seconds so far, a resumed run's included: the Timer that `max_time` adds (the
+        Trainer gets max_time whenever it gets this callback, build_trainer)."""
+        timer = next(c for c in trainer.callbacks if isinstance(c, Timer))
+        return timer.time_elapsed("train")
 
     def steps_done(self, trainer) -> int:
         return trainer.global_step // self.per_batch
@@ -91,7 +91,6 @@ class TimeBudget(Callback):
     # ---- hooks --------------------------------------------------------------------------------------
 
     def on_train_start(self, trainer, pl_module) -> None:
-        self._t0 = time.monotonic()
         if self.planned is not None:  # restored from a checkpoint: keep it
             self._apply(trainer)
 

@@ -127,8 +127,9 @@ def prompt_fidelity(images, attributes) -> dict[str, float]:
 
     `attributes`: one mapping per image with "colour" and "shape" (and optionally "position").
     Returns the fractions right for colour, shape, both ("colour_and_shape") and position (over
-    the images whose attributes name one), and "by_background": colour and shape right among the
-    images drawn on each background (black, gray, white), whichever background the model chose.
+    the images whose attributes name one), "by_background": colour and shape right among the images
+    drawn on each background (black, gray, white), whichever background the model chose, and
+    "background_counts": how many images were drawn on each.
     """
     images, attributes = list(images), list(attributes)
     if len(images) != len(attributes):
@@ -149,7 +150,8 @@ def prompt_fidelity(images, attributes) -> dict[str, float]:
             position += seen.position == wanted["position"]
     n = len(images)
     result = {"colour": colour / n, "shape": shape / n, "colour_and_shape": both / n,
-              "by_background": {name: sum(right) / len(right) for name, right in sorted(backgrounds.items())}}
+              "by_background": {name: sum(right) / len(right) for name, right in sorted(backgrounds.items())},
+              "background_counts": {name: len(right) for name, right in sorted(backgrounds.items())}}
     if with_position:
         result["position"] = position / with_position
     return result
