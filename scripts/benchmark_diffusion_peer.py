@@ -27,8 +27,8 @@ from plain_loop import PlainLoop, train_for
 from ldm.apps.evaluate import evaluate_diffusion
 from ldm.metrics.results import format_table
 from ldm.sampling.pipeline_io import export_pipeline
-from ldm.stages.diffusion.samples import inference_scheduler
 from ldm.stages.diffusion.train import build_module
+from ldm.stages.diffusion.validation_grid import inference_scheduler
 from ldm.stages.registry import load_config, train_stage
 
 

@@ -44,7 +44,7 @@ from ldm.apps.evaluate import held_out_requests, shapes_fidelity
 from ldm.components.autoencoder import load_vae
 from ldm.core.errors import LdmError
 from ldm.core.layout import PIPELINE, VAE
-from ldm.data.shapes.generator import ALL_COLOURS, POSITIONS, SHAPES, make_shapes_dataset
+from ldm.data.shapes.generator import ALL_COLOURS, POSITIONS, SHAPES, make_shapes_dataset, plain_prompt
 from ldm.sampling.lora import LoraChoice
 from ldm.sampling.pipeline_io import export_pipeline
 from ldm.stages.registry import load_config, train_stage
@@ -63,7 +63,7 @@ def pink_requests() -> tuple[list[str], list[dict]]:
     """A prompt for every shape in every position, in the new colour, and what each asks for."""
     attributes = [{"colour": NEW_COLOUR, "shape": shape, "position": position}
                   for shape in SHAPES for position in POSITIONS]
-    return [f"a {a['colour']} {a['shape']} {a['position']}" for a in attributes], attributes
+    return [plain_prompt(a["colour"], a["shape"], a["position"]) for a in attributes], attributes
 
 
 def measure(pipeline: Path, out: Path, args, loras: list[LoraChoice] = ()) -> dict:

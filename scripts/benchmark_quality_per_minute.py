@@ -33,8 +33,8 @@ from plain_loop import PlainLoop, train_for  # noqa: E402
 from ldm.apps.evaluate import evaluate_diffusion  # noqa: E402
 from ldm.core.config import packaged_configs  # noqa: E402
 from ldm.sampling.pipeline_io import export_pipeline  # noqa: E402
-from ldm.stages.diffusion.samples import inference_scheduler  # noqa: E402
 from ldm.stages.diffusion.train import build_module  # noqa: E402
+from ldm.stages.diffusion.validation_grid import inference_scheduler  # noqa: E402
 from ldm.stages.registry import load_config, train_stage  # noqa: E402
 
 CONFIG = packaged_configs() / "diffusion" / "ldm_shapes.yaml"

@@ -44,8 +44,8 @@ def main():
         from plain_loop import PlainLoop, train_for
 
         from ldm.sampling.pipeline_io import export_pipeline
-        from ldm.stages.diffusion.samples import inference_scheduler
         from ldm.stages.diffusion.train import build_module
+        from ldm.stages.diffusion.validation_grid import inference_scheduler
 
         L.seed_everything(cfg.train.seed, verbose=False)
         module = build_module(cfg)

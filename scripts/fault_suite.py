@@ -114,7 +114,8 @@ class Runs:
 
     def overrides(self, stage: str, run: Path, steps: int = 12) -> list[str]:
         common = [f"run_dir={run}", f"data.source={self.data}", f"data.resolution={SIZE}", "data.batch_size=8",
-                  f"train.max_steps={steps}", "train.val_every_n_steps=5", "train.checkpoint_every_n_steps=3",
+                  f"train.max_steps={steps}", "train.warmup_steps=0",
+                  "train.val_every_n_steps=5", "train.checkpoint_every_n_steps=3",
                   "train.log_every_n_steps=1", "train.precision=32-true", "train.max_minutes=null"]
         if stage == "diffusion":
             common += [f"vae={self.stage1 / 'vae'}", f"text_encoder={self.stage1}", "data.batch_size=4"]

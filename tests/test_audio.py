@@ -6,8 +6,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from ldm.apps.animate import audio, timeline
-from ldm.apps.animate import path as walks
+from ldm.apps.animate import audio, spacing, timeline
 from ldm.apps.animate.settings import WalkSettings, resolve
 from ldm.core.errors import LdmError
 from ldm.metrics import smoothness
@@ -94,14 +93,14 @@ def test_paced_times_make_arc_steps_follow_the_weights():
     gaps = np.where(samples[:-1] < 1, 1.0, 3.0) * np.diff(samples)  # segment 1 three times as long
     arc = np.concatenate([[0], np.cumsum(gaps)])
     weights = np.where(np.arange(16) < 8, 1.0, 3.0)  # keyframe 1 lands exactly on step 8
-    times = walks.paced_times(samples, gaps, num_keyframes=3, loop=False, steps=16, weights=weights)
+    times = spacing.paced_times(samples, gaps, num_keyframes=3, loop=False, steps=16, weights=weights)
     assert len(times) == 17 and times[0] == 0 and times[-1] == 2 and 1.0 in times
     steps = np.diff(np.interp(times, samples, arc))
     np.testing.assert_allclose(steps / weights, (steps / weights).mean(), rtol=0.05)  # one pace throughout
     # fixed intervals: keyframe 1 stays on step 4, each segment paced within itself
-    fixed = walks.paced_times(samples, gaps, 3, False, steps=16, intervals=[4, 12], weights=weights)
+    fixed = spacing.paced_times(samples, gaps, 3, False, steps=16, intervals=[4, 12], weights=weights)
     assert fixed.index(1.0) == 4
-    assert walks.share_by_weights([1.0, 3.0], np.ones(8)) == [2, 6]
+    assert spacing.share_by_weights([1.0, 3.0], np.ones(8)) == [2, 6]
 
 
 def test_against_target_measures_how_closely_motion_follows():

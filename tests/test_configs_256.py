@@ -23,7 +23,7 @@ from ldm.stages.registry import load_config, train
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SIDE = 64
 CPU = ["data.resolution=64", "data.batch_size=1", "data.num_workers=0", "data.val_fraction=0.25",
-       "train.max_steps=2", "train.val_every_n_steps=2", "train.checkpoint_every_n_steps=1000",
+       "train.max_steps=2", "train.warmup_steps=0", "train.val_every_n_steps=2", "train.checkpoint_every_n_steps=1000",
        "train.limit_val_batches=1", "train.log_every_n_steps=1", "train.warmup_steps=0",
        "train.accelerator=cpu", "train.devices=1", "train.precision=32-true"]
 STAGE_OVERRIDES = {"autoencoder": ["latent_scale.samples=2"], "diffusion": ["samples.prompts=[]"]}

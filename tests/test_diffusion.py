@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import yaml
 from diffusers import StableDiffusionPipeline
@@ -10,8 +12,10 @@ from safetensors.torch import load_file
 
 from ldm.components.text_encoder import TextConditioner
 from ldm.core.config import build
+from ldm.stages.diffusion import train as diffusion_train  # the module, where train() builds its LatentDiffusion
 from ldm.stages.diffusion.config import Config
 from ldm.stages.diffusion.losses import DiffusionLoss
+from ldm.stages.diffusion.module import LatentDiffusion
 from ldm.stages.diffusion.parts import NoiseConfig, build_noise_scheduler
 from ldm.stages.diffusion.train import train
 from ldm.stages.registry import load_config
@@ -54,12 +58,60 @@ def test_without_cache_encodes_on_the_fly(tmp_path, make_stage1_run):
     assert (run / "pipeline" / "model_index.json").is_file()
 
 
-def test_mixed_precision_with_gradient_clipping(tmp_path, make_stage1_run):
+def _norm(tensors: list[torch.Tensor]) -> float:
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.float()) for t in tensors])).item()
+
+
+def test_mixed_precision_with_gradient_clipping(tmp_path, make_stage1_run, monkeypatch):
+    """bf16-mixed with gradient_clip=1.0: the UNet's forward runs under bf16 autocast, while its weights
+    (the master copy the optimizer updates) and their gradients stay float32; every optimizer step's
+    gradients are clipped to norm 1 before the step; the loss stays finite and the weights move."""
+    seen = {"activations": [], "losses": [], "clips": []}
+
+    class Recording(LatentDiffusion):
+        def on_fit_start(self):
+            super().on_fit_start()
+            seen["initial"] = [p.detach().clone() for p in self.trained_parameters()]
+            self.unet.conv_in.register_forward_hook(
+                lambda module, args, out: seen["activations"].append(out.dtype) if module.training else None)
+
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)
+            seen["losses"].append(loss.detach().float().item())
+            return loss
+
+        def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+            grads = [p.grad for p in self.trained_parameters() if p.grad is not None]
+            before = _norm(grads)
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            seen["clips"].append((gradient_clip_val, before, _norm(grads), {g.dtype for g in grads}))
+
+    monkeypatch.setattr(diffusion_train, "LatentDiffusion", Recording)
     run = make_stage1_run(tmp_path)
     config = diffusion_config(tmp_path, run, samples={"prompts": []})
     config["train"] = {**config["train"], "precision": "bf16-mixed", "gradient_clip": 1.0, "max_steps": 2}
-    trainer = train(build(Config, config)).trainer
+    trained = train(build(Config, config))
+    trainer, module = trained.trainer, trained.module
     assert trainer.global_step == 2 and (run / "pipeline" / "model_index.json").is_file()
+    assert trainer.precision == "bf16-mixed"
+    # Lightning cannot clip a fused optimizer's gradients under mixed precision: the plain one is used.
+    assert not trainer.optimizers[0].defaults["fused"]
+
+    # The forward ran in bf16 (autocast), every training step.
+    assert seen["activations"] and set(seen["activations"]) == {torch.bfloat16}
+    assert len(seen["losses"]) == 2 and all(math.isfinite(loss) for loss in seen["losses"])
+    # Each optimizer step clipped its float32 gradients to the configured norm.
+    assert len(seen["clips"]) == 2
+    for clip_val, before, after, dtypes in seen["clips"]:
+        assert clip_val == 1.0 and dtypes == {torch.float32}
+        assert math.isclose(after, min(before, 1.0), rel_tol=1e-3)
+    assert any(before > 1.0 for _, before, _, _ in seen["clips"])  # the clip had something to do
+    # The master weights stay float32 and moved.
+    weights = module.trained_parameters()
+    assert {p.dtype for p in weights} == {torch.float32}
+    assert any(not torch.equal(p.detach(), p0) for p, p0 in zip(weights, seen["initial"]))
+    exported = load_file(run / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert {t.dtype for t in exported.values()} == {torch.float32}
 
 
 def test_caption_dropout_rate(tmp_path, make_stage1_run):

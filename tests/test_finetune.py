@@ -211,6 +211,28 @@ def test_lora_on_another_base_is_refused_naming_both(lora_run, base, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_lora_without_its_note_that_does_not_fit_the_unet_is_refused_in_one_line(lora_run, tmp_path, capsys):
+    """A LoRA folder without base_model.json (written by another tool) on a UNet of other sizes: one
+    line naming the layer, not torch's size-mismatch traceback; no output folder left behind."""
+    import shutil
+
+    from ldm.cli import main
+
+    stage, _ = lora_run
+    noteless = tmp_path / "noteless"
+    noteless.mkdir()
+    shutil.copy(stage.export / LORA_WEIGHTS, noteless / LORA_WEIGHTS)
+    parts = tiny_components()
+    parts["unet"] = UNet2DConditionModel.from_config({**parts["unet"].config, "block_out_channels": (8, 16)})
+    other = export_pipeline(tmp_path / "other", **parts)
+    with pytest.raises(SystemExit) as stop:
+        main(["generate", str(other), PROMPT, "--steps", "2", "--lora", str(noteless), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "Traceback" not in err
+    assert "does not fit this pipeline's UNet" in err.strip().splitlines()[-1]
+    assert not (tmp_path / "out").exists()
+
+
 def test_animate_walks_with_the_lora(lora_run, base, tmp_path):
     """`ldm animate --lora`: the first keyframe is the LoRA's image for its prompt and seed, the
     walk's settings record the LoRA, and a walk without it is another walk."""

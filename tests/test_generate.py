@@ -196,6 +196,15 @@ def test_an_out_that_is_a_file_is_refused(kl_pipeline_path, tmp_path, capsys):
     assert taken.read_text() == "mine"
 
 
+def test_an_out_where_nothing_can_be_written_is_one_line(kl_pipeline_path, capsys):
+    # /proc refuses new folders even to root (a chmod'ed folder would not stop a root test run)
+    with pytest.raises(SystemExit) as stop:
+        main(["generate", str(kl_pipeline_path), PROMPTS[0], "--steps", "2", "--out", "/proc/ldm-samples"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "/proc/ldm-samples" in err
+
+
 def test_truncated_weights_and_an_interrupt_are_one_line(kl_pipeline_path, tmp_path, capsys, monkeypatch):
     import shutil
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from ldm.apps.animate import path as walks
+from ldm.apps.animate import spacing
 from ldm.apps.animate.jumps import BISECTIONS, Jump, dissolve_positions, find_jumps, jump_at
 from ldm.apps.animate.render import WalkSettings, animate
 from ldm.metrics import smoothness
@@ -80,7 +80,7 @@ def even_walk(picture, extra: dict[float, np.ndarray]) -> list[np.ndarray]:
     positions = sorted(rendered)
     gaps = [frame_distance(a, b) for a, b in zip([rendered[p] for p in positions[:-1]],
                                                   [rendered[p] for p in positions[1:]])]
-    return [picture(t) for t in walks.even_times(positions, gaps, 2, 16, loop=False)]
+    return [picture(t) for t in spacing.even_times(positions, gaps, 2, 16, loop=False)]
 
 
 def test_dissolving_the_jump_makes_even_motion_even():
@@ -111,7 +111,7 @@ def test_the_renderer_dissolves_frames_inside_a_jump(kl_pipeline_path):
     walk.jumps = [Jump(0.3, 0.5, 1.0)]
     frames = walk.render([0.1, 0.4])
     start, end = walk.sample([0.3, 0.5])  # sampled together, as the renderer samples a jump's ends
-    expected = torch.stack([walk.sample([0.1])[0], walks.lerp(start, end, 0.5)])  # only 0.1 is sampled
+    expected = torch.stack([walk.sample([0.1])[0], spacing.lerp(start, end, 0.5)])  # only 0.1 is sampled
     assert np.array_equal(frames, unit_to_uint8(pipe.latents_to_images(expected, output_type="np")))
 
 

@@ -47,7 +47,8 @@ def test_autoencoder_trains_in_two_processes_and_exports_once(tmp_path):
     run = tmp_path / "run"
     output = finish(launch(
         "train", str(CONFIGS / "autoencoder" / "kl_f4_shapes.yaml"), f"run_dir={run}", f"data.source={data}",
-        "data.resolution=16", "data.batch_size=8", "train.max_steps=4", "train.val_every_n_steps=2",
+        "data.resolution=16", "data.batch_size=8", "train.max_steps=4", "train.warmup_steps=0",
+        "train.val_every_n_steps=2",
         "train.checkpoint_every_n_steps=2", "train.precision=32-true", "latent_scale.samples=16"))
     assert "8 per process x 2 process(es)" in output
     assert "GLOBAL_RANK: 1" in output
@@ -65,7 +66,8 @@ def test_clip_learns_one_tokenizer_for_every_process(tmp_path):
     data = make_shapes_dataset(tmp_path / "data", n=48, size=16, seed=0)
     run = tmp_path / "run"
     finish(launch("train", str(CONFIGS / "clip" / "clip_shapes.yaml"), f"run_dir={run}", f"data.source={data}",
-                  "data.resolution=16", "data.batch_size=8", "train.max_steps=2", "train.val_every_n_steps=2",
+                  "data.resolution=16", "data.batch_size=8", "train.max_steps=2", "train.warmup_steps=0",
+                  "train.val_every_n_steps=2",
                   "validation.zero_shot_split=null", "tokenizer.vocab_size=600", "train.precision=32-true"))
     assert (run / "text_encoder" / "model.safetensors").is_file() and (run / "tokenizer").is_dir()
 

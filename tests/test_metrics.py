@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -12,8 +13,7 @@ from transformers import CLIPProcessor
 
 from ldm.components.clip import clip_image_features, clip_text_features
 from ldm.core.errors import LdmError
-from ldm.metrics.image_quality import psnr, ssim
-from ldm.metrics.samples import (
+from ldm.metrics.generation_scores import (
     ClipImageFeatures,
     check_inception,
     clip_score,
@@ -21,6 +21,7 @@ from ldm.metrics.samples import (
     feature_label,
     fid_kid,
 )
+from ldm.metrics.image_quality import psnr, ssim
 from ldm.stages.clip.module import image_processor
 
 
@@ -60,15 +61,56 @@ def clip():
 
 def test_clip_score_is_100_times_the_clipped_cosine(clip):
     model, processor = clip
-    x = images(3, 16)
-    prompts = ["a red circle", "a blue square in the center", "a green triangle"]
+    # 8-bit images, so the processor (which takes 0-255 pixels) and clip_score (which takes [-1, 1]
+    # tensors) see the same pictures.
+    pixels = torch.randint(0, 256, (4, 3, 16, 16), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    x = pixels.float() / 127.5 - 1
+    prompts = ["a red circle", "a blue square in the center", "a green triangle", "a yellow circle in the top left"]
+    # CLIPScore computed independently of ldm's feature helpers: transformers' own tokenizer and image
+    # processor, then CLIPModel's forward, whose logits are logit_scale.exp() times the cosine of
+    # every image with every caption; each image's score is 100 times the cosine with its own caption,
+    # clamped at 0 (as torchmetrics' CLIPScore defines it).
+    inputs = processor(text=prompts, images=list(pixels), return_tensors="pt", padding=True)
+    with torch.no_grad():
+        logits = model(**inputs).logits_per_image
+    expected = (100 * logits.diagonal() / model.logit_scale.exp()).clamp_min(0)
+    scores = clip_score(model, processor, x, prompts)
+    assert scores.shape == (4,)
+    assert torch.allclose(scores, expected, atol=1e-3)
+    # and from the feature helpers it is built from
     text = clip_text_features(model, processor.tokenizer, prompts)
     cosine = (clip_image_features(model, x, processor) * text).sum(-1)
-    scores = clip_score(model, processor, x, prompts)
     assert torch.allclose(scores, 100 * cosine.clamp_min(0), atol=1e-4)
     assert ((scores >= 0) & (scores <= 100)).all()
     with pytest.raises(ValueError):
         clip_score(model, processor, x, prompts[:2])
+
+
+class FixedFeatures(torch.nn.Module):
+    """A projection that ignores its input: the model's features are the rows given."""
+
+    def __init__(self, rows: torch.Tensor):
+        super().__init__()
+        self.register_buffer("rows", rows)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        assert len(hidden) == len(self.rows)
+        return self.rows.to(hidden.dtype)
+
+
+def test_clip_score_on_hand_built_features(clip):
+    """Known values: a caption whose features point the image's way scores 100 (whatever the lengths),
+    one at 45 degrees 100 cos 45, at 60 degrees 50, at a right angle 0, and an opposite one 0, not -100."""
+    model, processor = clip
+    model = copy.deepcopy(model)
+    image_rows = torch.tensor([[3.0, 0], [1, 0], [1, 0], [0, 2], [1, 0]])
+    text_rows = torch.tensor([[0.5, 0], [1, 1], [1, math.sqrt(3)], [5, 0], [-1, 0]])
+    pad = model.config.projection_dim - 2
+    model.visual_projection = FixedFeatures(torch.nn.functional.pad(image_rows, (0, pad)))
+    model.text_projection = FixedFeatures(torch.nn.functional.pad(text_rows, (0, pad)))
+    prompts = ["a red circle", "a blue square", "a green triangle", "a red square", "a blue circle"]
+    scores = clip_score(model, processor, images(5, 16), prompts)
+    assert torch.allclose(scores, torch.tensor([100, 100 / math.sqrt(2), 50, 0, 0]), atol=1e-3)
 
 
 def test_fid_of_a_shifted_copy_is_the_squared_shift_and_kid_sees_it():

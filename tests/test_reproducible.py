@@ -3,6 +3,7 @@ with SIGKILL and resumed gives the same export as its uninterrupted twin."""
 
 from __future__ import annotations
 
+import shutil
 import signal
 from contextlib import contextmanager
 from pathlib import Path
@@ -114,12 +115,18 @@ def test_a_run_killed_at_a_random_step_resumes_to_its_uninterrupted_twin(shapes,
     with one_thread():  # as the killed run's process has (another thread count rounds differently)
         train(whole)
 
-    killed = ldm_train(crash)
     checkpoints = tmp_path / "crash" / "diffusion" / "checkpoints"
-    if not kill_after_first_checkpoint(killed, checkpoints, within_s=1.5):
+    # killed at a random moment after its first checkpoint; on a fast machine that moment may fall
+    # after the run has exported, so it is tried again, sooner
+    for within_s in (1.5, 0.5, 0.1):
+        shutil.rmtree(tmp_path / "crash", ignore_errors=True)
+        killed = ldm_train(crash)
+        stopped = kill_after_first_checkpoint(killed, checkpoints, within_s)
+        if stopped and not (tmp_path / "crash" / "pipeline").exists():
+            break
+    else:
         pytest.skip("the run finished before it could be killed (a very fast machine)")
     assert killed.returncode == -signal.SIGKILL
-    assert not (tmp_path / "crash" / "pipeline").exists()
 
     resumed = ldm_train(crash, "--resume")
     assert resumed.wait(timeout=600) == 0, resumed.stdout.read()[-3000:]

@@ -11,13 +11,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from ldm.cli import main
-from ldm.sampling.samplers import SAMPLERS
+from ldm.core.images import read_png_metadata
+from ldm.sampling.pipeline import LatentDiffusionPipeline
+from ldm.sampling.samplers import DEFAULT_SAMPLER, SAMPLERS
 
-TINY_STAGE = ["train.max_steps=2", "data.batch_size=16", "train.log_every_n_steps=1"]
+TINY_STAGE = ["train.max_steps=2", "train.warmup_steps=0", "data.batch_size=16", "train.log_every_n_steps=1"]
 
 
 @pytest.fixture(scope="module")
@@ -54,16 +57,73 @@ GENERATE_MODES = {
 }
 
 
+# The sampler modes take 3 steps: with 2, UniPC's images are DPM-Solver++'s exactly (both take the same
+# first-order step first, and the last step, to sigma 0, returns the model's clean-image prediction,
+# made before UniPC's corrector changes the sample it was made from).
+SAMPLER_STEPS = 3
+
+
+def generate_args(kl: Path, out: Path, steps: int = 2) -> list[str]:
+    return ["generate", str(kl / "pipeline"), "a red circle", "a blue square", "--n", "2", "--steps", str(steps),
+            "--out", str(out)]
+
+
+def pixels(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.float64)
+
+
+@pytest.fixture(scope="module")
+def default_sampler_images(kl, tmp_path_factory) -> dict[str, np.ndarray]:
+    """test_generate's sampler-mode images made without --sampler, by file name (prompt and seed)."""
+    out = tmp_path_factory.mktemp("default-sampler") / "out"
+    main(generate_args(kl, out, SAMPLER_STEPS))
+    return {path.name: pixels(path) for path in images_in(out)}
+
+
+@pytest.fixture
+def samplers_used(monkeypatch) -> list:
+    """The scheduler of every pipeline call that `ldm generate` makes, as (class, config)."""
+    used = []
+    original = LatentDiffusionPipeline.__call__
+
+    def call(self, *args, **kwargs):
+        used.append((type(self.scheduler), dict(self.scheduler.config)))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(LatentDiffusionPipeline, "__call__", call)
+    return used
+
+
 @pytest.mark.parametrize("mode", list(GENERATE_MODES))
-def test_generate(mode, kl, tmp_path):
+def test_generate(mode, kl, tmp_path, samplers_used, request):
     args = [arg.format(data=kl / "data") for arg in GENERATE_MODES[mode]]
     out = tmp_path / "out"
-    main(["generate", str(kl / "pipeline"), "a red circle", "a blue square", "--n", "2", "--steps", "2",
-          "--out", str(out), *args])
+    steps = SAMPLER_STEPS if mode.startswith("sampler-") else 2
+    main([*generate_args(kl, out, steps), *args])
+    used = list(samplers_used)  # before the default-sampler run below adds its own
     written = images_in(out)
     assert len(written) == 4 and (out / "grid.png").is_file()
     if mode == "other-size":
         assert Image.open(written[0]).size == (32, 48)
+    # Every image was made with the sampler asked for (the default one without --sampler), and says so.
+    sampler = mode.removeprefix("sampler-") if mode.startswith("sampler-") else DEFAULT_SAMPLER
+    scheduler_class, settings = SAMPLERS[sampler]
+    assert used and all(cls is scheduler_class and settings.items() <= config.items() for cls, config in used)
+    for path in written:
+        metadata = read_png_metadata(path)
+        assert (metadata["sampler"], metadata["steps"]) == (sampler, str(steps))
+    if mode.startswith("sampler-"):
+        # Against the same prompts and seeds without --sampler: the default sampler gives the same
+        # images, any other sampler other images.
+        defaults = request.getfixturevalue("default_sampler_images")
+        assert sorted(defaults) == [path.name for path in written]
+        for path in written:
+            difference = np.abs(pixels(path) - defaults[path.name]).mean()
+            if sampler == DEFAULT_SAMPLER:
+                assert difference == 0, path.name
+            else:
+                # mean difference over a tenth of a level of 255: more than float rounding could make
+                assert difference > 0.1, path.name
 
 
 def test_generate_from_a_prompts_file_and_on_vq(kl, vq, tmp_path):

@@ -197,7 +197,7 @@ def sharpness_metrics(images: torch.Tensor, real: torch.Tensor) -> list[Metric]:
 def clip_metrics(clip_path: Path, images: torch.Tensor, prompts: list[str], real: torch.Tensor,
                  real_prompts: list[str], inception: str | None, real_described: str) -> list[Metric]:
     from ldm.components.clip import load_clip
-    from ldm.metrics.samples import (
+    from ldm.metrics.generation_scores import (
         ClipImageFeatures,
         InceptionFeatures,
         clip_score,
@@ -226,7 +226,7 @@ def clip_metrics(clip_path: Path, images: torch.Tensor, prompts: list[str], real
 
 def check_diffusion_inputs(pipeline: str, data: str, clip: str | None, inception: str | None) -> Path | None:
     """Everything that can be wrong before models load; returns the CLIP folder to score with."""
-    from ldm.metrics.samples import check_inception
+    from ldm.metrics.generation_scores import check_inception
     from ldm.sampling.pipeline_io import check_pipeline_folder
 
     check_pipeline_folder(pipeline)
@@ -255,6 +255,7 @@ def load_real(data: str, split: str, resolution: int) -> RealImages:
     from ldm.data.captions import captions_of
     from ldm.data.config import DataConfig
     from ldm.data.labelled import load_labelled_images
+    from ldm.data.shapes.generator import plain_prompt
     from ldm.data.sources import load_source
 
     cfg = DataConfig(source=str(data), split=split, resolution=resolution)
@@ -262,7 +263,7 @@ def load_real(data: str, split: str, resolution: int) -> RealImages:
     if all(column in ds.column_names for column in SHAPES_COLUMNS):
         pixels, labels = load_labelled_images(cfg, SHAPES_COLUMNS, MAX_REAL_IMAGES, ds)
         attributes = [dict(zip(SHAPES_COLUMNS, values)) for values in zip(*labels.values())]
-        prompts = [f"a {a['colour']} {a['shape']} {a['position']}" for a in attributes]
+        prompts = [plain_prompt(a["colour"], a["shape"], a["position"]) for a in attributes]
         return RealImages(pixels, prompts, attributes)
     pixels, labels = load_labelled_images(cfg, [cfg.caption_column], MAX_REAL_IMAGES, ds)
     return RealImages(pixels, [captions_of(value)[0] for value in labels[cfg.caption_column]], None)

@@ -66,6 +66,9 @@ class Scale:
     walk_audio: tuple[float, float]  # seconds of silence, then of beats: the walk's synthetic track
 
 
+# Two steps of each stage, no warmup (a warmup must be shorter than the run)
+TINY_RUN = ("train.max_steps=2", "train.warmup_steps=0", "data.batch_size=16", "train.log_every_n_steps=1")
+
 SCALES = {
     # Time budgets, not step counts: each stage plans its steps to its minutes (train.max_minutes,
     # ldm/stages/time_budget.py) and its learning-rate schedule ends with them, so the quickstart
@@ -80,11 +83,9 @@ SCALES = {
                  images_per_prompt=16, sampling_steps=20, walk_audio=(1.0, 3.0)),
     # Seconds per stage, for tests: every number as small as the code accepts.
     "tiny": Scale(images=48, test_images=16,
-                  overrides={"autoencoder": ("train.max_steps=2", "data.batch_size=16", "latent_scale.samples=16",
-                                             "train.log_every_n_steps=1"),
-                             "clip": ("train.max_steps=2", "data.batch_size=16", "train.log_every_n_steps=1"),
-                             "diffusion": ("train.max_steps=2", "data.batch_size=16", "samples.prompts=[]",
-                                           "train.log_every_n_steps=1")},
+                  overrides={"autoencoder": (*TINY_RUN, "latent_scale.samples=16"),
+                             "clip": TINY_RUN,
+                             "diffusion": (*TINY_RUN, "samples.prompts=[]")},
                   images_per_prompt=1, sampling_steps=2, walk_audio=(0.5, 0.5)),
 }
 

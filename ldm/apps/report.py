@@ -17,11 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ldm.core.atomic import atomic_write_bytes
+from ldm.core.layout import LOSS_PLOT, METRICS_CSV
 from ldm.metrics.results import Evaluation, table_rows
 from ldm.stages.plots import plot_losses
-
-LOSS_PLOT = "loss.png"  # what ldm.stages.trainer writes into each stage's folder
-METRICS_CSV = Path("csv") / "metrics.csv"
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; padding: 0 1em; }

@@ -7,7 +7,7 @@ import argparse
 import re
 
 from ldm.cli.ranges import COUNT, SEED, SIDE, integer, number
-from ldm.core.errors import LdmError
+from ldm.core.errors import LdmError, first_line
 
 SIZE = re.compile(r"^(\d+)x(\d+)$")  # a bucket size on the command line: WIDTHxHEIGHT
 # `ldm data check` options that set a `data:` key of the same name (dashes for underscores).
@@ -130,5 +130,5 @@ def token_counter(path: str):
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError) as err:
-        raise LdmError(f"--tokenizer {path}: no tokenizer there ({str(err).splitlines()[0]})") from None
+        raise LdmError(f"--tokenizer {path}: no tokenizer there ({first_line(err)})") from None
     return (lambda text: len(tokenizer(text).input_ids)), tokenizer.model_max_length

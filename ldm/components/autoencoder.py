@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, VQModel
 
-from ldm.core.errors import LdmError
+from ldm.core.errors import LdmError, first_line
 from ldm.core.trust import check_no_code
 
 AUTOENCODER_CLASSES = {"AutoencoderKL": AutoencoderKL, "VQModel": VQModel}
@@ -47,7 +47,7 @@ def load_vae(path: str | Path, dtype: torch.dtype | None = None) -> Autoencoder:
         vae = AUTOENCODER_CLASSES[name].from_pretrained(path, torch_dtype=dtype, use_safetensors=True)
     except OSError as err:  # e.g. only pickled weights (.bin), which are never read
         raise LdmError(f"cannot load the autoencoder in {path} (weights load from safetensors only): "
-                       f"{str(err).splitlines()[0]}") from None
+                       f"{first_line(err)}") from None
     vae.requires_grad_(False)
     return vae.eval()
 

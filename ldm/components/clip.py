@@ -24,7 +24,7 @@ from transformers import (
 )
 
 from ldm.components import conv_vision  # noqa: F401  (registers the ResNet tower with AutoModel)
-from ldm.core.errors import LdmError
+from ldm.core.errors import LdmError, first_line
 from ldm.core.trust import check_no_code
 
 # The contrastive image-text models ldm reads: both have get_image_features / get_text_features.
@@ -44,7 +44,7 @@ def load_clip(path: str | Path, dtype: torch.dtype | None = None) -> tuple[ClipM
         model = AutoModel.from_pretrained(check_no_code(path), dtype=dtype, use_safetensors=True,
                                           trust_remote_code=False)
     except (OSError, ValueError) as err:
-        raise LdmError(f"cannot load the CLIP model in {path}: {str(err).splitlines()[0]}") from None
+        raise LdmError(f"cannot load the CLIP model in {path}: {first_line(err)}") from None
     if not isinstance(model, ClipModel):
         raise LdmError(f"{path} holds a {type(model).__name__}, not a CLIP image-text model")
     model.requires_grad_(False)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ldm.core.errors import LdmError
+from ldm.core.errors import LdmError, first_line
 from ldm.core.layout import MODEL_CONFIG as CONFIG_NAME
 from ldm.core.layout import MODEL_WEIGHTS as SAFETENSORS_WEIGHTS_NAME
 from ldm.core.layout import MODEL_WEIGHTS_INDEX as SAFE_WEIGHTS_INDEX_NAME
@@ -48,9 +48,8 @@ def local_folder(path_or_hub_id: str | Path) -> Path:
     try:
         fetched = Path(snapshot_download(name, allow_patterns=HUB_FILES))
     except Exception as err:  # the hub raises many types: offline, not found, gated
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise LdmError(f"'{name}' is not a local folder, and fetching it from the hub failed: {first}"
-                       ) from None
+        raise LdmError(f"'{name}' is not a local folder, and fetching it from the hub failed: "
+                       f"{first_line(err)}") from None
     return check_supported(check_no_code(fetched))
 
 

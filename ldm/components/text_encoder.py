@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from ldm.core.errors import LdmError
+from ldm.core.errors import LdmError, first_line, type_and_first_line
 from ldm.core.layout import TEXT_ENCODER, TOKENIZER, looks_like_hub_id
 from ldm.core.trust import check_no_code
 
@@ -40,7 +40,7 @@ def load_text_encoder(path_or_hub_id: str | Path, dtype: torch.dtype | None = No
             tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
             text_encoder = CLIPTextModel.from_pretrained(encoder_dir, dtype=dtype, use_safetensors=True)
         except (OSError, ValueError) as err:
-            raise LdmError(f"cannot load the CLIP text encoder from {path}: {_first_line(err)}") from None
+            raise LdmError(f"cannot load the CLIP text encoder from {path}: {first_line(err)}") from None
     elif looks_like_hub_id(str(path_or_hub_id)):
         tokenizer, text_encoder = _load_from_hub(str(path_or_hub_id), dtype)
     else:
@@ -78,13 +78,8 @@ def _load_from_hub(hub_id: str, dtype) -> tuple[CLIPTokenizer, CLIPTextModel]:
             return tokenizer, CLIPTextModel.from_pretrained(hub_id, subfolder=encoder_sub, dtype=dtype,
                                                             use_safetensors=True)
         except Exception as err:  # the hub raises many types: offline, not found, gated
-            errors.append(f"{type(err).__name__}: {_first_line(err)}")
+            errors.append(type_and_first_line(err))
     raise LdmError(f"'{hub_id}' is not a local folder, and loading it from the hub failed: {errors[0]}")
-
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def tokenize_prompts(tokenizer: CLIPTokenizer, prompts: list[str]) -> torch.Tensor:

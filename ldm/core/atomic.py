@@ -36,14 +36,15 @@ def atomic_folder(target: str | Path):
 
 
 @contextmanager
-def atomic_file(target: str | Path):
+def atomic_file(target: str | Path, suffix: str = ""):
     """Yield a temporary path beside `target` for the caller to write; on success it is flushed to
     disk and renamed to `target`, on error it is removed. The temporary name ends in a random
     token after the process id: processes of several machines may write one file into a shared
-    folder (a latent cache's parts.json), and two machines can run processes of the same id."""
+    folder (a latent cache's parts.json), and two machines can run processes of the same id.
+    `suffix` ends the temporary name, for writers that pick the format by extension (".mp4")."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}.{secrets.token_hex(4)}")
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}.{secrets.token_hex(4)}{suffix}")
     try:
         yield tmp
         with open(tmp, "rb+") as f:

@@ -41,6 +41,9 @@ NonNegativeInt = Annotated[int, Field(ge=0)]  # warmup steps, workers, seeds
 Positive = Annotated[float, Field(gt=0)]  # learning rates, budgets, clipping norms
 NonNegative = Annotated[float, Field(ge=0)]  # loss weights, weight decay, offsets
 Fraction = Annotated[float, Field(ge=0, lt=1)]  # a share in [0, 1): dropout, decay, validation split
+MAX_SIDE = 8192  # pixels: beyond any model ldm trains, and a bound that keeps size arithmetic finite
+Side = Annotated[int, Field(ge=8, le=MAX_SIDE)]  # an image side in pixels
+Area = Annotated[int, Field(ge=64, le=MAX_SIDE * MAX_SIDE)]  # pixels of an image
 
 
 def packaged_configs() -> Path:
@@ -97,7 +100,10 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             if not isinstance(child, dict):
                 raise LdmError(f"override '{item}': '{part}' is not a section")
             node = child
-        node[parts[-1]] = yaml.safe_load(raw) if raw else None
+        try:
+            node[parts[-1]] = yaml.safe_load(raw) if raw else None
+        except yaml.YAMLError as err:
+            raise LdmError(f"override '{item}': {key}'s value is not valid YAML: {_yaml_problem(err)}") from None
     return data
 
 

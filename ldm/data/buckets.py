@@ -51,8 +51,8 @@ def generated_sizes(area: int, min_side: int, max_side: int, step: int) -> set[S
         if height >= low:
             sizes |= {(width, height), (height, width)}
     if not sizes or low > high:
-        raise LdmError(f"data.buckets: no bucket fits area {area} with sides in [{min_side}, {max_side}] "
-                         f"in steps of {step}")
+        raise LdmError(f"data.buckets: no bucket fits area {area} with sides between min_side {min_side} and "
+                       f"max_side {max_side} in steps of {step} (unset sides are data.resolution / 2 and x 2)")
     return sizes
 
 

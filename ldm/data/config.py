@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
+from pydantic import Field
 from pydantic.dataclasses import dataclass
 
-from ldm.core.config import SECTION, Count, NonNegativeInt
+from ldm.core.config import SECTION, Area, Count, Fraction, NonNegativeInt, Side
 from ldm.data.decode import (
     DEFAULT_BACKGROUND,
     DEFAULT_MAX_PIXELS,
@@ -22,20 +23,16 @@ class BucketConfig:
     or the sizes made from `area`, `min_side`, `max_side` and `step` (as kohya's sd-scripts does)."""
 
     # Pixels of each bucket (at most); null: data.resolution squared.
-    area: int | None = None
+    area: Area | None = None
     # Bounds on either side of a bucket; null: data.resolution / 2 and data.resolution * 2.
-    min_side: int | None = None
-    max_side: int | None = None
+    min_side: Side | None = None
+    max_side: Side | None = None
     # Every side is a multiple of this: a multiple of the autoencoder's downsampling factor.
-    step: int = 8
+    step: Annotated[int, Field(ge=1, le=1024)] = 8
     # An explicit list of [width, height] sizes instead (area, min_side, max_side, step unused).
-    sizes: list[tuple[int, int]] | None = None
+    sizes: list[tuple[Side, Side]] | None = None
 
     def __post_init__(self):
-        for name in ("area", "min_side", "max_side", "step"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"data.buckets.{name} must be at least 1, got {value}")
         if self.min_side and self.max_side and self.min_side > self.max_side:
             raise ValueError(f"data.buckets.min_side={self.min_side} is above "
                              f"data.buckets.max_side={self.max_side}")
@@ -57,19 +54,19 @@ class DataConfig:
     image_column: str = "image"
     # A column of strings, or of lists of strings (one caption picked at random per sample).
     caption_column: str = "text"
-    resolution: int = 32
+    resolution: Side = 32
     center_crop: bool = True
     # Off by default: mirroring an image turns "left" into "right" but leaves its caption alone.
     random_flip: bool = False
     max_samples: Count | None = None
-    val_fraction: float = 0.1
+    val_fraction: Fraction = 0.1
     # Stream samples instead of downloading or loading the whole dataset first.
     streaming: bool = False
     # Streamed samples are shuffled in a buffer of this many per process; 0: in stream order. A
     # resumed stream refills the buffer, so only 0 resumes exactly (ldm/data/datamodule.py).
     shuffle_buffer: NonNegativeInt = 1000
     # Per process: under N processes the global batch is N * batch_size.
-    batch_size: int = 32
+    batch_size: Count = 32
     num_workers: NonNegativeInt = 0
     seed: NonNegativeInt = 0
     # What transparent pixels become: a colour name PIL knows (white, black, gray, ...) or #rrggbb.
@@ -84,16 +81,6 @@ class DataConfig:
     buckets: BucketConfig | None = None
 
     def __post_init__(self):
-        if self.resolution < 8:
-            raise ValueError(f"data.resolution must be at least 8, got {self.resolution}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.batch_size < 1:
-            raise ValueError(f"data.batch_size must be at least 1, got {self.batch_size}")
-        if self.shuffle_buffer < 0:
-            raise ValueError(f"data.shuffle_buffer must be at least 0, got {self.shuffle_buffer}")
-        if self.max_samples is not None and self.max_samples < 1:
-            raise ValueError(f"data.max_samples must be at least 1, got {self.max_samples}")
         try:
             background_rgb(self.background)
         except ValueError:

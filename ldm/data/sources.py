@@ -34,7 +34,7 @@ from pathlib import Path
 
 import datasets
 
-from ldm.core.errors import LdmError
+from ldm.core.errors import LdmError, type_and_first_line
 from ldm.core.layout import looks_like_hub_id
 from ldm.data.captions import NO_CAPTION, clean_captions
 from ldm.data.config import DataConfig
@@ -123,8 +123,8 @@ def _load_shards(files: list[str], cfg: DataConfig):
         return datasets.load_dataset(shard_builder(files[0]), data_files={cfg.split: files}, split=cfg.split,
                                      streaming=cfg.streaming)
     except Exception as err:  # pyarrow, tarfile and fsspec each raise their own types for a bad file
-        raise LdmError(f"cannot read the shards of data.source ({files[0]}, ...): {type(err).__name__}: "
-                       f"{str(err).splitlines()[0] if str(err) else ''}") from None
+        raise LdmError(f"cannot read the shards of data.source ({files[0]}, ...): "
+                       f"{type_and_first_line(err)}") from None
 
 
 def _load_local(path: Path, cfg: DataConfig):
@@ -180,7 +180,7 @@ def _load_hub(cfg: DataConfig):
     except Exception as err:  # the hub raises many types: offline, not found, gated, bad split
         raise LdmError(
             f"data source '{cfg.source}' is not a local folder, and loading it from the hub failed: "
-            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            f"{type_and_first_line(err)}"
         ) from None
 
 

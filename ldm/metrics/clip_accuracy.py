@@ -14,7 +14,7 @@ from transformers import (
 
 from ldm.components.clip import ClipModel, clip_image_features, clip_text_features
 from ldm.core.errors import LdmError
-from ldm.data.shapes.generator import COLOURS, POSITIONS, SHAPES
+from ldm.data.shapes.generator import COLOURS, POSITIONS, SHAPES, plain_prompt
 
 
 def retrieval_top1(image_features: torch.Tensor, text_features: torch.Tensor) -> tuple[float, float]:
@@ -76,7 +76,7 @@ def shapes_zero_shot(clip: ClipModel, tokenizer, pixels: torch.Tensor, labels: d
 def shapes_zero_shot_prompts() -> tuple[dict[str, list[str]], list[str]]:
     """The shapes data's attributes and one prompt per combination, e.g. 'a red circle in the center'."""
     attributes = {"colour": list(COLOURS), "shape": list(SHAPES), "position": list(POSITIONS)}
-    prompts = [f"a {colour} {shape} {position}"
+    prompts = [plain_prompt(colour, shape, position)
                for colour, shape, position in itertools.product(*attributes.values())]
     return attributes, prompts
 

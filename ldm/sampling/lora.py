@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from safetensors import safe_open
+
 from ldm.components.pretrained import weight_files
 from ldm.core.atomic import atomic_folder
 from ldm.core.errors import LdmError
@@ -39,6 +41,8 @@ if TYPE_CHECKING:  # for annotations only: the CLI reads LoraChoice before any m
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # diffusers' default name for a LoRA file
 BASE_NOTE = "base_model.json"
 ADAPTER_PREFIX = "lora"  # adapters loaded for generation are named lora0, lora1, ...
+# How a LoRA file names each adapter's two halves: diffusers' save_lora_weights, and peft's names
+ADAPTER_HALVES = {".lora.down.": "down", ".lora.up.": "up", ".lora_A.": "down", ".lora_B.": "up"}
 
 
 @dataclass(frozen=True)
@@ -124,5 +128,33 @@ def load_loras(pipe, loras: list[LoraChoice]) -> None:
         return
     names = [f"{ADAPTER_PREFIX}{i}" for i in range(len(loras))]
     for name, lora in zip(names, loras):
+        check_fits(Path(lora.path) / LORA_WEIGHTS, pipe.unet)
         pipe.load_lora_weights(lora.path, weight_name=LORA_WEIGHTS, adapter_name=name, use_safetensors=True)
     pipe.set_adapters(names, adapter_weights=[lora.scale for lora in loras])
+
+
+def check_fits(weights: Path, unet) -> None:
+    """Every UNet adapter in `weights` sits on a layer of `unet` with its sizes, or an LdmError.
+
+    A LoRA without its base note may come from another model: diffusers would stop at the first
+    layer whose sizes differ with torch's multi-line size-mismatch error, or skip layers whose
+    names it does not find. Only the file's header is read (safetensors' `safe_open`)."""
+    with safe_open(str(weights), framework="pt") as opened:
+        for key in opened.keys():
+            marker = next((m for m in ADAPTER_HALVES if m in key), None)
+            if not key.startswith("unet.") or marker is None:
+                continue  # text-encoder adapters, and formats other than diffusers' own
+            layer_name = key.removeprefix("unet.").partition(marker)[0]
+            shape = opened.get_slice(key).get_shape()
+            try:
+                layer = unet.get_submodule(layer_name)
+            except AttributeError:
+                raise LdmError(f"the LoRA {weights.parent} does not fit this pipeline's UNet: it has no layer "
+                               f"{layer_name} (was the LoRA trained on another model?)") from None
+            base = getattr(layer, "base_layer", layer).weight.shape  # peft wraps layers it adapted
+            # the down half reads the layer's input (rank x in), the up half writes its output (out x rank)
+            fits = shape[1] == base[1] if ADAPTER_HALVES[marker] == "down" else shape[0] == base[0]
+            if not fits:
+                raise LdmError(f"the LoRA {weights.parent} does not fit this pipeline's UNet: its adapter of "
+                               f"{layer_name} is {tuple(shape)}, the layer is {tuple(base)} (was the LoRA "
+                               "trained on another model?)")

@@ -28,7 +28,7 @@ from safetensors import SafetensorError, safe_open
 from ldm.components.autoencoder import AUTOENCODER_CLASSES, Autoencoder, load_vae
 from ldm.components.pretrained import weight_files
 from ldm.core.atomic import atomic_folder
-from ldm.core.errors import LdmError
+from ldm.core.errors import LdmError, first_line
 from ldm.core.model_kind import check_supported
 from ldm.core.trust import check_no_code
 from ldm.sampling.lora import LoraChoice, load_loras
@@ -166,8 +166,7 @@ def load_pipeline(path: str | Path, dtype: torch.dtype | None = None,
     try:
         pipe = LatentDiffusionPipeline.from_pretrained(path, dtype=dtype, use_safetensors=True, **parts)
     except (OSError, ValueError, SafetensorError) as err:  # a truncated or corrupt weights file
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise LdmError(f"cannot load the pipeline in {path}: {first}") from None
+        raise LdmError(f"cannot load the pipeline in {path}: {first_line(err)}") from None
     load_loras(pipe, list(loras))  # before moving: the adapters follow the models to the device
     for model in (pipe.vae, pipe.text_encoder, pipe.unet):
         model.requires_grad_(False).eval()

@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import warnings
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
 
+from ldm.core.atomic import atomic_file
 from ldm.core.errors import LdmError
 from ldm.data.sources import shard_files
 
@@ -45,17 +45,8 @@ _TEMPORARY = re.compile(r"^\..+\.(tmp|old)-(\d+)(\..*)?$")  # what atomic writes
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_file(path) as tmp:
+            torch.save(checkpoint, tmp)
 
 
 def read_checkpoint(path: Path) -> dict | None:

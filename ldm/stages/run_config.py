@@ -70,6 +70,9 @@ class TrainConfig:
                      "accumulate_grad_batches", "log_every_n_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be at least 1, got {getattr(self, name)}")
+        if 0 < self.max_steps <= self.warmup_steps:
+            raise ValueError(f"train.warmup_steps={self.warmup_steps} must be below train.max_steps={self.max_steps} "
+                             "(the run would end before its learning rate reached train.lr)")
         if self.precision is not None and str(self.precision) not in PRECISION_ALIASES:
             raise ValueError(f"train.precision must be one of {', '.join(PRECISION_ALIASES)}, "
                              f"got {self.precision!r}")

@@ -6,7 +6,8 @@ learning rate, wherever the machine's speed put the cut. So the budget plans the
 
   1. the first steps run with the schedule laid out over `train.max_steps`;
   2. after a warm-up (`WARMUP_SHARE` of the budget, and at least `MIN_MEASURED` steps after the
-     `SKIPPED` first ones, which pay for allocation and caches), the measured step time says how
+     `SKIPPED` first ones, which pay for allocation and caches), the step time measured over the
+     warm-up's second half (the first is slowed by whatever starts beside the run) says how
      many steps fit in the time left, with the validations to come counted at a training step's
      time a batch (`VAL_BATCH_COST`) and `MARGIN` of it kept for what comes after the last step;
   3. the schedule is laid out to end at that step (warmup, then cosine or linear decay to zero, or
@@ -31,7 +32,7 @@ import math
 from lightning.pytorch.callbacks import Callback, Timer
 from torch.optim.lr_scheduler import LambdaLR
 
-WARMUP_SHARE = 0.03  # of the budget, measured before planning
+WARMUP_SHARE = 0.05  # of the budget, measured before planning
 SKIPPED = 3  # first steps left out of the measurement
 MIN_MEASURED = 10  # steps measured at least
 MARGIN = 0.03  # of the budget, kept for checkpoints and the final save
@@ -75,7 +76,7 @@ class TimeBudget(Callback):
         self.max_steps, self.per_batch, self.name = max_steps, per_batch, name
         self.planned: int | None = None  # the step the schedule ends at and the run stops at
         self.step_seconds: float | None = None  # as measured when the plan was (re)made
-        self._start: tuple[int, float] | None = None  # (step, Timer elapsed) where measuring began
+        self._marks: list[tuple[int, float]] = []  # (step, Timer elapsed) at each measured step
 
     # ---- the clock and the count ------------------------------------------------------------------
 
@@ -98,15 +99,17 @@ class TimeBudget(Callback):
         if self.planned is not None:
             return
         done, elapsed = self.steps_done(trainer), self.elapsed(trainer)
-        if self._start is None:
-            if done >= SKIPPED:
-                self._start = (done, elapsed)
+        if done < SKIPPED:
             return
-        measured = done - self._start[0]
+        self._marks.append((done, elapsed))
+        measured = done - self._marks[0][0]
         ready = measured >= MIN_MEASURED and elapsed >= WARMUP_SHARE * self.budget
         # Every process must stop at the same step: the main process decides, the others follow.
         if trainer.strategy.broadcast(ready, src=0):
-            self._plan(trainer, done, elapsed, (elapsed - self._start[1]) / max(1, measured))
+            # the step time of the warm-up's second half: the first is slowed by what starts beside
+            # the run (the quickstart's other stage loading, data caches filling)
+            since, then = self._marks[len(self._marks) // 2]
+            self._plan(trainer, done, elapsed, (elapsed - then) / max(1, done - since))
 
     def state_dict(self) -> dict:
         return {"planned": self.planned, "step_seconds": self.step_seconds}

@@ -25,7 +25,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from ldm.core.config import recheck, to_dict
 from ldm.core.errors import LdmError
-from ldm.core.layout import METRICS_CSV
+from ldm.core.layout import LOSS_PLOT, METRICS_CSV
 from ldm.stages.checkpoints import (
     RECORD_KEY,
     ApplyAcceptedChanges,
@@ -128,7 +128,7 @@ def build_trainer(cfg: RunConfig, module: L.LightningModule, callbacks: list | N
         callbacks = [TimeBudget(train.max_minutes, train.max_steps, per_batch, cfg.stage), *(callbacks or [])]
     callbacks = [checkpoints, ExactResume(), NonFiniteGuard(train.max_bad_steps),
                  LearningRateMonitor(logging_interval="step"),
-                 LossPlot(csv_logger, stage_dir / "loss.png", f"{cfg.stage} losses"),
+                 LossPlot(csv_logger, stage_dir / LOSS_PLOT, f"{cfg.stage} losses"),
                  RunRecord(comparable_config(cfg), data_fingerprint(cfg.data.source)),
                  *(callbacks or []), StopOnSignal(cfg.checkpoint_dir / f"{LAST}.ckpt")]
     manual = not module.automatic_optimization  # manual optimization clips in the module itself

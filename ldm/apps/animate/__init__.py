@@ -1,1 +1,1 @@
-"""Latent walks: path maths, renderers, frames on disk and videos, and the render itself."""
+"""Latent walks: frame spacing along the path, renderers, frames on disk and videos, and the render itself."""

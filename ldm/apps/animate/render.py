@@ -24,7 +24,7 @@ Even motion (the default without audio) and audio motion (the default with it): 
 rendered at linear positions (pass 0, which is also the "linear" baseline in the report); the
 distances between its frames give the path's arc length, and the next pass places frames so that
 each step covers an equal share of it, or a share in proportion to the audio target
-(`ldm.apps.animate.path.paced_times`). Each later pass refines the estimate with every frame
+(`ldm.apps.animate.spacing.paced_times`). Each later pass refines the estimate with every frame
 rendered so far; the last pass is the walk itself. Each pass renders the walk once more (less the
 keyframes, which are copied): one pass doubles the cost of a linear render.
 
@@ -41,8 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ldm.apps.animate import path as walks
-from ldm.apps.animate import video
+from ldm.apps.animate import spacing, video
 from ldm.apps.animate.jumps import Jump, dissolve_positions, find_jumps, jump_at
 from ldm.apps.animate.settings import (
     SETTINGS_FILE,
@@ -132,7 +131,7 @@ def _load_autoencoder(path: str, device):
 
 def frame_metadata(s: WalkSettings, position: float, jumps: list[Jump] = ()) -> dict[str, str]:
     """PNG text: where the frame is on the walk and what made it."""
-    i, j, u = walks.locate(position, s.num_keyframes, s.loop)
+    i, j, u = spacing.locate(position, s.num_keyframes, s.loop)
     meta = {"ldm_walk": s.kind, "position": f"{position:.6f}", "keyframes": f"{i} -> {j}", "u": f"{u:.6f}"}
     jump = jump_at(jumps, position)
     if jump is not None:  # not sampled: a blend of the latents at the jump's ends
@@ -211,7 +210,7 @@ def probe_frames(s: WalkSettings, rendered: dict[float, Path]) -> tuple[list[flo
     positions = sorted(rendered)
     frames = [video.read_frame(rendered[p]) for p in positions]
     if s.loop:
-        positions.append(float(walks.segment_count(s.num_keyframes, s.loop)))
+        positions.append(float(spacing.segment_count(s.num_keyframes, s.loop)))
         frames.append(frames[0])
     return positions, frames
 
@@ -254,7 +253,7 @@ def next_times(s: WalkSettings, plan: WalkPlan, rendered: dict[float, Path]) -> 
     gaps = frame_distance(s).consecutive(frames)
     intervals = np.diff(plan.keyframe_frames).tolist() if plan.fixed else None
     weights = plan.target if s.motion == "audio" else None
-    return walks.paced_times(positions, gaps, s.num_keyframes, s.loop, plan.steps, intervals, weights)
+    return spacing.paced_times(positions, gaps, s.num_keyframes, s.loop, plan.steps, intervals, weights)
 
 
 # ---- the whole render ----------------------------------------------------------------------------

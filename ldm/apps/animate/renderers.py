@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from ldm.apps.animate import path as walks
+from ldm.apps.animate import spacing
 from ldm.apps.animate.jumps import Jump, jump_at
 from ldm.components import autoencoder as vae_lib
 from ldm.components.text_encoder import encode_each_once
@@ -67,15 +67,15 @@ class DiffusionWalk:
         for t, jump in zip(times, inside):
             if jump is not None:
                 start, end = self.jump_ends(jump)
-                latents[t] = walks.lerp(start, end, jump.weight(t))
+                latents[t] = spacing.lerp(start, end, jump.weight(t))
         images = self.pipe.latents_to_images(torch.stack([latents[t] for t in times]), output_type="np")
         return unit_to_uint8(images)
 
     def sample(self, times: list[float]) -> torch.Tensor:
         """The final latents of the frames at `times`, sampled from interpolated keyframes."""
-        embeddings = walks.interpolate(self.embeddings, times, self.loop, "lerp")
-        noises = walks.interpolate(self.noises, times, self.loop, "slerp")
-        scales = walks.interpolate(torch.tensor(self.guidances, dtype=torch.float64), times, self.loop,
+        embeddings = spacing.interpolate(self.embeddings, times, self.loop, "lerp")
+        noises = spacing.interpolate(self.noises, times, self.loop, "slerp")
+        scales = spacing.interpolate(torch.tensor(self.guidances, dtype=torch.float64), times, self.loop,
                                    "lerp").tolist()
         latents: list[torch.Tensor | None] = [None] * len(times)
         for scale in sorted(set(scales)):
@@ -108,7 +108,7 @@ class AutoencoderWalk:
 
     @torch.no_grad()
     def render(self, times: list[float]) -> np.ndarray:
-        latents = walks.interpolate(self.latents, times, self.loop, "lerp")
+        latents = spacing.interpolate(self.latents, times, self.loop, "lerp")
         pixels = vae_lib.decode(self.vae, latents.to(self.vae.device, self.vae.dtype))
         return to_uint8(pixels).permute(0, 2, 3, 1).cpu().numpy()
 

@@ -6,7 +6,7 @@ that says how far each frame should move.
     positions = linear_positions(plan.keyframe_frames, loop=False)
 
 Frame i of a walk is shown at i / fps seconds. Keyframe k sits on frame round(t_k * fps), so it
-is still exactly one rendered frame (position k on the path, see `ldm.apps.animate.path`); a plain
+is still exactly one rendered frame (position k on the path, see `ldm.apps.animate.spacing`); a plain
 walk ends on its last keyframe, a loop stops one frame before it is back at its first. With
 `--on-beats`, the keyframes between the walk's two ends first move to the nearest onset of the
 audio.
@@ -14,7 +14,7 @@ audio.
 The audio target is one number per step between consecutive frames: the audio's onset strength
 (or RMS energy), smoothed, averaged over the step's span of time, scaled to a peak of 1, with a
 floor (TARGET_FLOOR) so that quiet passages still move a little. With motion "audio", the
-re-spacing makes each step's distance proportional to it (`path.paced_times`), and the
+re-spacing makes each step's distance proportional to it (`spacing.paced_times`), and the
 smoothness report says how closely the frames followed it.
 
 The plan is saved as OUT/timeline.json: what the report, the plot and `ldm evaluate walk` read.
@@ -29,10 +29,10 @@ from pathlib import Path
 import numpy as np
 
 from ldm.apps.animate import audio as sound
-from ldm.apps.animate import path as walks
+from ldm.apps.animate import spacing
 from ldm.apps.animate.settings import WalkSettings
 from ldm.core.atomic import atomic_write_bytes
-from ldm.core.errors import LdmError
+from ldm.core.errors import LdmError, first_line
 
 TIMELINE_FILE = "timeline.json"
 TARGET_FLOOR = 0.1  # the quietest step moves this share of the loudest one
@@ -73,7 +73,7 @@ def read_timeline(path: str | Path) -> TimelineKeyframes:
     try:
         entries = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise LdmError(f"cannot read timeline {path}: {str(err).splitlines()[0]}") from None
+        raise LdmError(f"cannot read timeline {path}: {first_line(err)}") from None
     if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
         raise LdmError(f"timeline {path} must be a YAML list of keyframes like "
                        "{time: 0, prompt: a red circle}")
@@ -138,7 +138,7 @@ def plan_walk(s: WalkSettings) -> WalkPlan:
     """The plan of resolved settings; decodes the audio, if any. Raises LdmError for what only the
     audio can tell (a start past its end, a segment too short for the timeline, no onsets)."""
     if not s.timed:
-        segments = walks.segment_count(s.num_keyframes, s.loop)
+        segments = spacing.segment_count(s.num_keyframes, s.loop)
         keyframe_frames = [k * (s.frames - 1) for k in range(segments + 1)]
         frames = keyframe_frames[-1] + (0 if s.loop else 1)
         return WalkPlan(s.fps, frames, keyframe_frames, fixed=False, target=None, audio_start=None)
@@ -166,7 +166,7 @@ def _clock(s: WalkSettings, samples: np.ndarray | None) -> tuple[list[float], in
                            f"{until}")
         return s.times, frames
     frames = round(_seconds(samples) * s.fps)
-    segments = walks.segment_count(s.num_keyframes, s.loop)
+    segments = spacing.segment_count(s.num_keyframes, s.loop)
     last = frames if s.loop else frames - 1  # the frame of the last keyframe (a loop: its closing)
     if last < segments:
         raise LdmError(f"{_seconds(samples):.2f} s of audio at {s.fps:g} fps is {frames} frames: too few for "

@@ -17,7 +17,6 @@ matches one that was never interrupted).
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ import imageio.v3 as iio
 import numpy as np
 from PIL import Image
 
-from ldm.core.atomic import atomic_write_bytes
+from ldm.core.atomic import atomic_file, atomic_write_bytes
 from ldm.core.images import read_rgb, write_png
 
 FRAME_NAME = "frame_{:05d}.png"
@@ -99,7 +98,6 @@ def write_mp4(frames: list[np.ndarray], path: str | Path, fps: float,
     """H.264 in yuv420p, the format every player accepts; frame sides must be even. With a
     soundtrack, its audio from `start` for len(frames) / fps seconds goes in as AAC."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.mp4")
     audio, output_params = {}, list(BITEXACT)
     if soundtrack is not None:
         seconds = len(frames) / fps
@@ -111,14 +109,14 @@ def write_mp4(frames: list[np.ndarray], path: str | Path, fps: float,
         output_params += ["-af", cut]
     # macro_block_size=2: keep the frame size (yuv420p needs even sides) instead of imageio's
     # default of resizing to a multiple of 16, which would rescale small walks.
-    writer = imageio_v2.get_writer(tmp, fps=fps, codec="libx264", quality=8, macro_block_size=2,
-                                   ffmpeg_log_level="error", output_params=output_params, **audio)
-    try:
-        for frame in frames:
-            writer.append_data(frame)
-    finally:
-        writer.close()
-    os.replace(tmp, path)
+    with atomic_file(path, suffix=".mp4") as tmp:  # ffmpeg picks the container by extension
+        writer = imageio_v2.get_writer(tmp, fps=fps, codec="libx264", quality=8, macro_block_size=2,
+                                       ffmpeg_log_level="error", output_params=output_params, **audio)
+        try:
+            for frame in frames:
+                writer.append_data(frame)
+        finally:
+            writer.close()
     return path
 
 

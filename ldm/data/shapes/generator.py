@@ -68,6 +68,11 @@ HELD_OUT = (
     ("blue", "triangle", "in the bottom right"),
 )
 
+# The plain prompt for one object, e.g. "a red triangle in the top left": what evaluation prompts
+# with (the held-out combinations, CLIP's zero-shot attribute prompts, the real images described by
+# their attributes). It is also a caption template below, so models train on prompts worded so.
+PLAIN_PROMPT = "a {colour} {shape} {position}"
+
 ONE_OBJECT_TEMPLATES = (
     "a {size} {colour} {shape} {position} on a {background} background",
     "{position}, a {size} {colour} {shape} on {background}",
@@ -78,7 +83,7 @@ ONE_OBJECT_TEMPLATES = (
     # Captions that leave attributes out, as people's prompts do ("a red circle in the top left"):
     # without them a text encoder only ever sees every attribute named, and reads prompts that
     # omit one as something it has not seen.
-    "a {colour} {shape} {position}",
+    PLAIN_PROMPT,
     "a {size} {colour} {shape}",
     "a {colour} {shape} on a {background} background",
 )
@@ -101,9 +106,14 @@ def is_held_out(obj: ShapeObject) -> bool:
     return (obj.colour, obj.shape, obj.position) in HELD_OUT
 
 
+def plain_prompt(colour: str, shape: str, position: str) -> str:
+    """The plain prompt for one object (`PLAIN_PROMPT`), e.g. 'a red triangle in the top left'."""
+    return PLAIN_PROMPT.format(colour=colour, shape=shape, position=position)
+
+
 def held_out_prompts() -> list[str]:
     """Plain prompts for the held-out combinations, e.g. 'a red triangle in the top left'."""
-    return [f"a {colour} {shape} {position}" for colour, shape, position in HELD_OUT]
+    return [plain_prompt(colour, shape, position) for colour, shape, position in HELD_OUT]
 
 
 def _random_object(rng: random.Random, held_out: bool, size: str | None = None,

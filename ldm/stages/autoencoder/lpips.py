@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from ldm.core.errors import LdmError
+from ldm.core.errors import LdmError, first_line
 
 # VGG16's convolutional part: widths, with "M" for a 2x2 max-pool (torchvision's "D" config).
 VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
@@ -72,7 +72,7 @@ class LPIPS(nn.Module):
             self.load_state_dict(load_file(str(path)))
         except Exception as err:  # safetensors header errors, missing or misshapen keys
             raise LdmError(f"loss.lpips_weights: {path} does not hold LPIPS VGG16 weights: "
-                           f"{str(err).splitlines()[0]}") from None
+                           f"{first_line(err)}") from None
 
     def forward(self, reconstructions: torch.Tensor, originals: torch.Tensor) -> torch.Tensor:
         a = (reconstructions - self.shift) / self.scale

@@ -35,7 +35,7 @@ from ldm.core.errors import LdmError
 from ldm.sampling.lora import BaseModel
 from ldm.stages.diffusion.losses import DiffusionLoss
 from ldm.stages.diffusion.parts import trained_parameters
-from ldm.stages.diffusion.samples import (
+from ldm.stages.diffusion.validation_grid import (
     SamplesConfig,
     inference_scheduler,
     sample_grid,

@@ -22,7 +22,7 @@ from transformers import CLIPTextModel
 
 from ldm.components.autoencoder import FrozenAutoencoder
 from ldm.components.text_encoder import TextConditioner
-from ldm.core.errors import LdmError
+from ldm.core.errors import LdmError, first_line
 from ldm.stages.diffusion.config import EmaConfig, LoraConfig, LossConfig, NoiseConfig, UNetConfig
 from ldm.stages.diffusion.losses import DiffusionLoss
 
@@ -85,7 +85,7 @@ def add_unet_lora(unet: UNet2DConditionModel, cfg: LoraConfig) -> None:
     try:
         unet.add_adapter(_peft_config(cfg, cfg.target_modules))
     except ValueError as err:  # peft names the targets it did not find
-        raise LdmError(f"lora.target_modules: {str(err).splitlines()[0]}") from None
+        raise LdmError(f"lora.target_modules: {first_line(err)}") from None
 
 
 def add_text_encoder_lora(text_encoder: CLIPTextModel, cfg: LoraConfig) -> None:
@@ -94,7 +94,7 @@ def add_text_encoder_lora(text_encoder: CLIPTextModel, cfg: LoraConfig) -> None:
     try:
         peft.inject_adapter_in_model(_peft_config(cfg, cfg.text_encoder_target_modules), text_encoder)
     except ValueError as err:
-        raise LdmError(f"lora.text_encoder_target_modules: {str(err).splitlines()[0]}") from None
+        raise LdmError(f"lora.text_encoder_target_modules: {first_line(err)}") from None
 
 
 def enable_gradient_checkpointing(unet: UNet2DConditionModel, text_encoder: CLIPTextModel | None) -> None:

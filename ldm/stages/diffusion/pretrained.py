@@ -22,7 +22,7 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from ldm.components.autoencoder import FrozenAutoencoder
 from ldm.components.pretrained import local_folder, model_folder
 from ldm.components.text_encoder import TextConditioner
-from ldm.core.errors import LdmError
+from ldm.core.errors import LdmError, first_line
 from ldm.core.layout import SCHEDULER, UNET, VAE
 from ldm.sampling.lora import BaseModel, unet_fingerprint
 from ldm.stages.diffusion.config import Config
@@ -59,8 +59,7 @@ def load_unet(folder: Path) -> UNet2DConditionModel:
     try:
         return UNet2DConditionModel.from_pretrained(folder, use_safetensors=True)
     except (OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise LdmError(f"cannot load a UNet2DConditionModel from {folder}: {first}") from None
+        raise LdmError(f"cannot load a UNet2DConditionModel from {folder}: {first_line(err)}") from None
 
 
 def check_unet_fits(unet: UNet2DConditionModel, sources: Sources, autoencoder: FrozenAutoencoder,
