@@ -88,11 +88,12 @@ def test_a_slower_step_plans_fewer_steps_and_still_ends_its_cosine(tmp_path, sha
     assert slow_plan.step_seconds > 0.12
     for module, trainer, plan in ((fast_module, fast, fast_plan), (slow_module, slow, slow_plan)):
         # the run stops at its plan, and its cosine ends there; a loaded machine may let the clock
-        # (the safety net) cut a 5-second run a step or two early, where the rate is already ~0
-        assert plan.planned - 2 <= trainer.global_step <= plan.planned
+        # (the safety net) cut a 5-second run a few steps early (3% of 5 s is little margin), where
+        # the rate is already near 0
+        assert 0.95 * plan.planned <= trainer.global_step <= plan.planned
         assert len(module.rates) == trainer.global_step
         assert module.rates[-1] < 0.01 * max(module.rates)
-        assert trainer.lr_scheduler_configs[0].scheduler.get_last_lr()[0] < 1e-3 * max(module.rates)
+        assert trainer.lr_scheduler_configs[0].scheduler.get_last_lr()[0] < 0.01 * max(module.rates)
         # within the budget, steps included
         assert plan.planned * plan.step_seconds < minutes * 60
     assert "time budget planned at step" in capsys.readouterr().out
