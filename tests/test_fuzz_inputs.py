@@ -3,8 +3,9 @@ either accepted (and then the command does its work and writes whole outputs) or
 that names the key or option, before anything is written - never a traceback, never a partial or
 changed earlier output.
 
-The suite draws a small budget of values for each key and option. The full run draws many more and
-also trains one step on every accepted config value:
+The suite draws a small budget of values for each key and option. The full run draws more (50 a
+key, 300 command lines a command) and also runs `ldm train` for one step with two drawn values of
+every key of the shapes autoencoder config:
 
     LDM_FUZZ_FULL=1 python -m pytest tests/test_fuzz_inputs.py -m slow -s
 
@@ -36,7 +37,7 @@ from ldm.stages.registry import config_class, load_config
 FULL = os.environ.get("LDM_FUZZ_FULL") == "1"
 CONFIGS = ["autoencoder/kl_f4_shapes.yaml", "autoencoder/vq_f4_shapes.yaml", "clip/clip_shapes.yaml",
            "diffusion/ldm_shapes.yaml", "diffusion/lora_sd15.yaml"]
-CONFIG_EXAMPLES = 200 if FULL else 8  # values drawn per config key
+CONFIG_EXAMPLES = 50 if FULL else 8  # values drawn per config key
 OPTION_EXAMPLES = 300 if FULL else 30  # command lines drawn per command
 COUNTS: Counter = Counter()  # the full run's tally, printed at the end
 
@@ -232,20 +233,24 @@ def test_full_run_every_accepted_config_value_trains_a_step_or_is_refused(tmp_pa
             "train.val_every_n_steps=1",
             "train.limit_val_batches=1", f"data.source={data}"]
     failed = []
-    for config in CONFIGS[:4]:
+    for config in CONFIGS[:1]:
         stage = yaml.safe_load((Path(__file__).parents[1] / "configs" / config).read_text())["stage"]
         for key in config_keys(config_class(stage)):
-            @settings(max_examples=4, deadline=None, database=None)
+            @settings(max_examples=2, deadline=None, database=None)
             @given(raw=CONFIG_VALUES)
             def check(raw, key=key, config=config):
                 run = tmp_path_factory.mktemp("run")
                 code, stderr = run_ldm("train", config, *base, f"run_dir={run}", f"{key}={raw}")
                 COUNTS["train " + ("accepted" if code == 0 else "refused")] += 1
-                if code != 0:
-                    try:
+                exported = (run / "vae" / "config.json").is_file()
+                try:
+                    if code == 0:
+                        assert exported, "accepted, but no whole export"
+                    else:
                         one_clear_line(last_line(stderr), key.split(".")[-1], "data", "model", "run_dir")
-                    except AssertionError as err:
-                        failed.append(f"{key}={raw}: {err}")
+                        assert not exported, "refused, but exported"
+                except AssertionError as err:
+                    failed.append(f"{key}={raw}: {err}")
 
             check()
     print("\nfuzz counts:", dict(COUNTS), "failed:", len(failed))
