@@ -7,7 +7,7 @@ The suite draws a small budget of values for each key and option. The full run d
 key, 300 command lines a command) and also runs `ldm train` for one step with two drawn values of
 every key of the shapes autoencoder config:
 
-    LDM_FUZZ_FULL=1 python -m pytest tests/test_fuzz_inputs.py -m slow -s
+    LDM_FUZZ_FULL=1 python -m pytest tests/test_fuzz_inputs.py -s
 
 and prints its counts (cases, accepted, refused, failed).
 """
