@@ -236,25 +236,31 @@ def test_full_run_every_accepted_config_value_trains_a_step_or_is_refused(tmp_pa
     for config in CONFIGS[:1]:
         stage = yaml.safe_load((Path(__file__).parents[1] / "configs" / config).read_text())["stage"]
         for key in config_keys(config_class(stage)):
-            @settings(max_examples=2, deadline=None, database=None)
-            @given(raw=CONFIG_VALUES)
-            def check(raw, key=key, config=config):
-                run = tmp_path_factory.mktemp("run")
-                code, stderr = run_ldm("train", config, *base, f"run_dir={run}", f"{key}={raw}")
-                COUNTS["train " + ("accepted" if code == 0 else "refused")] += 1
-                exported = (run / "vae" / "config.json").is_file()
-                try:
-                    if code == 0:
-                        assert exported, "accepted, but no whole export"
-                    else:
-                        one_clear_line(last_line(stderr), key.split(".")[-1], "data", "model", "run_dir")
-                        assert not exported, "refused, but exported"
-                except AssertionError as err:
-                    failed.append(f"{key}={raw}: {err}")
-
-            check()
+            train_one_step(config, key, base, failed, tmp_path_factory)
     print("\nfuzz counts:", dict(COUNTS), "failed:", len(failed))
     assert not failed, "\n".join(failed[:20])
+
+
+def train_one_step(config: str, key: str, base: list[str], failed: list[str], tmp_path_factory) -> None:
+    """Two drawn values of `key`, each trained for a step: a whole export, or one line and none."""
+
+    @settings(max_examples=2, deadline=None, database=None)
+    @given(raw=CONFIG_VALUES)
+    def check(raw):
+        run = tmp_path_factory.mktemp("run")
+        code, stderr = run_ldm("train", config, *base, f"run_dir={run}", f"{key}={raw}")
+        COUNTS["train " + ("accepted" if code == 0 else "refused")] += 1
+        exported = (run / "vae" / "config.json").is_file()
+        try:
+            if code == 0:
+                assert exported, "accepted, but no whole export"
+            else:
+                one_clear_line(last_line(stderr), key.split(".")[-1], "data", "model", "run_dir")
+                assert not exported, "refused, but exported"
+        except AssertionError as err:
+            failed.append(f"{key}={raw!r}: {err}")
+
+    check()
 
 
 def teardown_module():

@@ -103,7 +103,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         try:
             node[parts[-1]] = yaml.safe_load(raw) if raw else None
         except yaml.YAMLError as err:
-            raise LdmError(f"override '{item}': {key}'s value is not valid YAML: {_yaml_problem(err)}") from None
+            raise LdmError(f"override {item!r}: {key}'s value is not valid YAML: {_yaml_problem(err)}") from None
     return data
 
 
