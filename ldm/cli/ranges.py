@@ -68,6 +68,6 @@ class OneLineParser(argparse.ArgumentParser):
         # argparse drops a "--" given as an option's value (`--n=--`) and hands the option an empty
         # list, unconverted, which no range type sees: said here instead of failing later
         if action.nargs is None and action.option_strings and arg_strings in (["--"], []):
-            self.error(f"argument {'/'.join(action.option_strings)}: expected a value, got {arg_strings[0]!r}"
-                       if arg_strings else f"argument {'/'.join(action.option_strings)}: expected a value")
+            got = f", got {arg_strings[0]!r}" if arg_strings else ""
+            self.error(f"argument {'/'.join(action.option_strings)}: expected a value{got}")
         return super()._get_values(action, arg_strings)

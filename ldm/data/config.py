@@ -39,9 +39,6 @@ class BucketConfig:
         if self.sizes is not None:
             if not self.sizes:
                 raise ValueError("data.buckets.sizes is empty: give [width, height] pairs, or leave it null")
-            small = [size for size in self.sizes if min(size) < 8]
-            if small:
-                raise ValueError(f"data.buckets.sizes: every side must be at least 8, not {list(small[0])}")
 
 
 @dataclass(config=SECTION)
