@@ -103,7 +103,8 @@ class TimeBudget(Callback):
             return
         self._marks.append((done, elapsed))
         measured = done - self._marks[0][0]
-        ready = measured >= MIN_MEASURED and elapsed >= WARMUP_SHARE * self.budget
+        # a run so fast that it reaches max_steps inside the warm-up is planned there (at max_steps)
+        ready = done >= self.max_steps or (measured >= MIN_MEASURED and elapsed >= WARMUP_SHARE * self.budget)
         # Every process must stop at the same step: the main process decides, the others follow.
         if trainer.strategy.broadcast(ready, src=0):
             # the step time of the warm-up's second half: the first is slowed by what starts beside
