@@ -100,11 +100,11 @@ def test_a_slower_step_plans_fewer_steps_and_still_ends_its_cosine(tmp_path, sha
 
 
 def test_max_steps_still_bounds_a_planned_run(tmp_path, shapes):
-    # The warm-up (5% of 30 s) ends by step 15 or so, slowed by the sleep; the plan it makes from
-    # 0.1-s steps would fit about 280: max_steps is the bound. (A 3-s budget with fast steps made
-    # this test depend on the machine's load: a loaded CI planned fewer than 30.)
-    cfg = config(tmp_path / "run", shapes, minutes=0.5, max_steps=30)
-    module, trainer = train(cfg, sleep=0.1, sleep_until=20)
+    # The warm-up (5% of 60 s) ends by step 16 or so, slowed by the sleep; the plan it makes from
+    # 0.25-s steps would fit about 230: max_steps is the bound, even on a machine 5x slower. (A 3-s
+    # budget with fast steps made this test depend on the machine's load: a loaded CI planned 28.)
+    cfg = config(tmp_path / "run", shapes, minutes=1.0, max_steps=30)
+    module, trainer = train(cfg, sleep=0.25, sleep_until=25)
     assert trainer.global_step == 30 and plan_of(trainer).planned == 30
     assert module.rates[-1] < 0.01 * max(module.rates)
 
