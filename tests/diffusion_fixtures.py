@@ -1,27 +1,28 @@
-"""Stage-1 and stage-1b stand-ins for the diffusion tests: tiny random models saved as the earlier
-stages export them (RUN/vae, RUN/text_encoder, RUN/tokenizer), and a small shapes dataset."""
+"""Stage-1 and stage-1b stand-ins for the diffusion tests: tiny random models exported by the stages'
+own export functions (RUN/vae with its measured scale; RUN/text_encoder, RUN/tokenizer, RUN/clip), and
+a small shapes dataset."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from tiny import IMAGE_SIZE, tiny_components
+from tiny import IMAGE_SIZE, TINY_UNET, latent_scale, tiny_autoencoder, tiny_clip, tiny_tokenizer
 
+from ldm.core import layout
 from ldm.data.shapes.generator import make_shapes_dataset
-
-TINY_UNET = {"block_out_channels": [16, 32], "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
-             "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"], "layers_per_block": 1,
-             "norm_num_groups": 8}
+from ldm.stages.autoencoder.export import save_vae
+from ldm.stages.clip.export import export as export_clip
 
 
 def build_stage1_run(root: Path, kind: str = "kl", n_images: int = 24) -> Path:
-    """root/run with vae/, text_encoder/, tokenizer/, and root/shapes (16 px). Tests take the
-    session-scoped `make_stage1_run` fixture (conftest.py), which builds each kind once and copies it."""
-    parts = tiny_components(kind)
+    """root/run with what stages 1 and 1b export (vae/, text_encoder/, tokenizer/, clip/), and
+    root/shapes (16 px). Tests take the session-scoped `make_stage1_run` fixture (conftest.py), which
+    builds each kind once and copies it."""
     run = root / "run"
-    parts["vae"].save_pretrained(run / "vae")
-    parts["text_encoder"].save_pretrained(run / "text_encoder")
-    parts["tokenizer"].save_pretrained(run / "tokenizer")
+    vae = tiny_autoencoder(kind)
+    save_vae(vae, run / layout.VAE, *latent_scale(vae))
+    tokenizer = tiny_tokenizer()
+    export_clip(tiny_clip(tokenizer), tokenizer, run, IMAGE_SIZE)
     make_shapes_dataset(root / "shapes", n=n_images, size=IMAGE_SIZE, seed=0, n_test=8)
     return run
 

@@ -1,31 +1,16 @@
-"""A tiny RUN for the evaluation tests: the shared tiny pipeline, a tiny CLIP exported as stage 1b
-exports it (RUN/clip with its processor), and a 16 px shapes dataset with its held-out split."""
+"""A tiny RUN for the evaluation tests: a tiny pipeline and a tiny CLIP, each written by its stage's
+export function (RUN/pipeline; RUN/clip with its processor), and a 16 px shapes dataset with its
+held-out split."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import torch
-from tiny import IMAGE_SIZE, make_tiny_pipeline, tiny_tokenizer
-from transformers import CLIPConfig, CLIPModel
+from tiny import IMAGE_SIZE, make_tiny_pipeline, tiny_clip, tiny_tokenizer
 
 from ldm.data.shapes.generator import make_shapes_dataset
 from ldm.stages.clip.export import export as export_clip
-
-CLIP_WIDTH = 32
-PROJECTION = 16
-
-
-def tiny_clip(tokenizer, seed: int = 0) -> CLIPModel:
-    torch.manual_seed(seed)
-    tower = dict(hidden_size=CLIP_WIDTH, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                 projection_dim=PROJECTION)
-    text = dict(tower, vocab_size=len(tokenizer), max_position_embeddings=tokenizer.model_max_length,
-                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id)
-    vision = dict(tower, image_size=IMAGE_SIZE, patch_size=4)
-    return CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=PROJECTION)).eval()
 
 
 def make_eval_run(root: Path) -> Path:

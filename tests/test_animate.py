@@ -10,8 +10,9 @@ import torch
 from tiny import IMAGE_SIZE, tiny_components
 
 from ldm.apps.animate import renderers, video
-from ldm.apps.animate import settings as walk_settings
-from ldm.apps.animate.render import WalkSettings, animate
+from ldm.apps.animate.render import animate
+from ldm.apps.animate.resolve import resolve
+from ldm.apps.animate.settings import DEFAULT_GUIDANCE, WalkSettings
 from ldm.cli import main
 from ldm.core.errors import LdmError
 from ldm.core.images import unit_to_uint8
@@ -87,8 +88,8 @@ def test_keyframe_matches_the_pipeline_sampled_with_its_seed(prompt_walk, kl_pip
 
     settings, result = prompt_walk
     pipe = load_pipeline(kl_pipeline_path)
-    pipe.scheduler = make_sampler(walk_settings.resolve(settings).sampler, pipe.scheduler.config)
-    image = pipe([PROMPTS[1]], num_inference_steps=FAST["steps"], guidance_scale=walk_settings.DEFAULT_GUIDANCE,
+    pipe.scheduler = make_sampler(resolve(settings).sampler, pipe.scheduler.config)
+    image = pipe([PROMPTS[1]], num_inference_steps=FAST["steps"], guidance_scale=DEFAULT_GUIDANCE,
                  generator=[torch.Generator().manual_seed(2)], output_type="np").images
     last = video.read_frames(result.out / "frames", 16)[-1].astype(int)
     assert np.abs(unit_to_uint8(image)[0].astype(int) - last).max() <= 1
@@ -144,22 +145,12 @@ def test_even_motion_is_the_default_and_halves_the_unevenness_of_linear_spacing(
 
 
 def test_even_motion_can_measure_motion_in_clip_features(kl_pipeline_path, tmp_path):
-    from tiny import tiny_tokenizer
-    from transformers import CLIPConfig, CLIPModel
+    from tiny import tiny_clip, tiny_tokenizer
 
     from ldm.stages.clip.export import export
 
     tokenizer = tiny_tokenizer()
-    torch.manual_seed(0)
-    config = CLIPConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=tokenizer.model_max_length,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=IMAGE_SIZE, patch_size=4),
-        projection_dim=16)
-    export(CLIPModel(config), tokenizer, tmp_path / "run", IMAGE_SIZE)
+    export(tiny_clip(tokenizer), tokenizer, tmp_path / "run", IMAGE_SIZE)
     result = animate(WalkSettings(pipeline=str(kl_pipeline_path), out=str(tmp_path / "clip_walk"),
                                   prompts=PROMPTS, seeds=[1, 2], frames=8,
                                   distance_model=str(tmp_path / "run" / "clip"), **FAST))
@@ -223,6 +214,32 @@ BAD_INPUT = [
     (dict(prompts=PROMPTS, height=15), "--height 15 is not a positive multiple"),
     (dict(prompts=PROMPTS, width=0), "--width 0 is not a positive multiple"),
 ]
+
+
+# Each value's own range, refused as the settings are made, in one line naming the option.
+OUT_OF_RANGE = [
+    (dict(frames=1), "--frames must be at least 2, got 1"),
+    (dict(fps=-1.0), "--fps must be positive, got -1.0"),
+    (dict(fps=float("inf")), "--fps must be a finite number, got inf"),
+    (dict(steps=0), "--steps must be at least 1, got 0"),
+    (dict(batch_size=0), "--batch-size must be at least 1, got 0"),
+    (dict(even_passes=0), "--even-passes must be at least 1, got 0"),
+    (dict(video_scale=0), "--video-scale must be at least 1, got 0"),
+    (dict(audio_start=-1.0), "--audio-start must be at least 0, got -1.0"),
+    (dict(audio_smooth=-0.5), "--audio-smooth must be at least 0, got -0.5"),
+    (dict(audio_feature="loudness"), "--audio-feature must be 'onsets' or 'energy', got 'loudness'"),
+    (dict(motion="fast"), "--motion must be 'even', 'audio' or 'linear', got 'fast'"),
+    (dict(kind="video"), "--kind must be 'prompt', 'seed', 'image' or 'autoencoder', got 'video'"),
+    (dict(seeds=["one", 2]), "--seeds[0] must be int, got 'one'"),
+    (dict(fsp=10.0), "unknown setting '--fsp'; did you mean '--fps'?"),
+]
+
+
+@pytest.mark.parametrize("bad, message", OUT_OF_RANGE, ids=[m.split(",")[0] for _, m in OUT_OF_RANGE])
+def test_walk_settings_refuse_a_value_out_of_range_when_made(bad, message):
+    with pytest.raises(LdmError) as err:
+        WalkSettings(pipeline="p", out="o", prompts=PROMPTS, **bad)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize("bad, message", BAD_INPUT, ids=[m for _, m in BAD_INPUT])

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from ldm.apps.animate import audio, spacing, timeline
-from ldm.apps.animate.settings import WalkSettings, resolve
+from ldm.apps.animate.resolve import resolve
+from ldm.apps.animate.settings import WalkSettings
 from ldm.core.errors import LdmError
 from ldm.metrics import smoothness
 
@@ -146,7 +147,8 @@ BAD_TIMELINES = [
     ("- {prompt: a}\n", "has no time"),
     ("- {time: 0, prompt: a}\n- {time: 1}\n- {time: 2, prompt: b}\n", "no prompt, image or seed"),
     ("time: 0\n", "must be a YAML list"),
-    ("- {time: [0, prompt: a\n", "cannot read timeline"),
+    ("- {time: soon, prompt: a}\n", "entry 1: time must be float, got 'soon'"),
+    ("- {time: [0, prompt: a\n", "timeline file .* is not valid YAML: line 2, column 1"),
 ]
 
 

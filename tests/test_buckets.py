@@ -23,7 +23,7 @@ from ldm.core.errors import LdmError
 from ldm.data.buckets import assign_buckets, bucket_sizes, cropped_share
 from ldm.data.config import DataConfig
 from ldm.data.datamodule import ImageCaptionDataModule, require_divisible_sizes
-from ldm.data.latent_cache import load_cache
+from ldm.data.latent_cache.read import load_cache
 from ldm.data.latent_datamodule import LatentCacheDataModule
 from ldm.data.sampler import BucketBatchSampler
 from ldm.stages.autoencoder.module import AutoencoderModule

@@ -15,19 +15,14 @@ from shards import write_webdataset
 from ldm.components.autoencoder import FrozenAutoencoder
 from ldm.components.text_encoder import TextConditioner
 from ldm.core.errors import LdmError
-from ldm.data import latent_cache
 from ldm.data.cache_share import PROBES, Share, cache_share, node_first, probe_share, share_from_views
 from ldm.data.config import DataConfig
-from ldm.data.latent_cache import (
-    build_shard,
-    cache_differences,
-    cached,
-    finish_cache,
-    load_cache,
-    plan_parts,
-    wait_for_shards,
-)
-from ldm.data.sources import drop_unusable, load_source
+from ldm.data.latent_cache import build
+from ldm.data.latent_cache.build import build_shard, finish_cache, plan_parts, wait_for_shards
+from ldm.data.latent_cache.compare import cache_differences
+from ldm.data.latent_cache.read import cached, load_cache
+from ldm.data.sources import load_source
+from ldm.data.sources.scan import drop_unusable
 
 
 class Inputs:
@@ -107,7 +102,7 @@ def test_an_interrupted_build_keeps_its_finished_shards(tmp_path, make_stage1_ru
     assert inputs.build(folder, 0, 2).rows == 12
 
     # Shard 1's build dies after its first batch: nothing of it is left behind.
-    real_encoder = latent_cache._encoder
+    real_encoder = build._encoder
 
     def dying_encoder(*args):
         encode, calls = real_encoder(*args), []
@@ -120,7 +115,7 @@ def test_an_interrupted_build_keeps_its_finished_shards(tmp_path, make_stage1_ru
 
         return encode_then_die
 
-    monkeypatch.setattr(latent_cache, "_encoder", dying_encoder)
+    monkeypatch.setattr(build, "_encoder", dying_encoder)
     with pytest.raises(KeyboardInterrupt):
         inputs.build(folder, 1, 2)
     monkeypatch.undo()

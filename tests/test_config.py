@@ -91,6 +91,29 @@ def test_an_out_of_range_value_is_one_line_naming_the_key(tmp_path, capsys, conf
     assert not any(tmp_path.iterdir())  # refused before anything was written
 
 
+TRAIN_COUNTS = ("max_steps", "val_every_n_steps", "checkpoint_every_n_steps", "accumulate_grad_batches",
+                "log_every_n_steps")
+# Ranges that only the fields' types (Count, Fraction, NonNegative) check: no __post_init__ repeats them.
+TYPED_RANGES = [
+    *(("autoencoder/kl_f4_shapes.yaml", f"train.{key}=0", f"train.{key} must be greater than or equal to 1, got 0")
+      for key in TRAIN_COUNTS),
+    ("diffusion/ldm_shapes.yaml", "lora.rank=0", "lora.rank must be greater than or equal to 1, got 0"),
+    ("diffusion/ldm_shapes.yaml", "lora.dropout=1", "lora.dropout must be less than 1, got 1"),
+    ("diffusion/ldm_shapes.yaml", "caption_dropout=1", "caption_dropout must be less than 1, got 1"),
+    ("autoencoder/kl_f4_shapes.yaml", "loss.kl=-1", "loss.kl must be greater than or equal to 0, got -1"),
+    ("autoencoder/kl_f4_shapes.yaml", "loss.disc=-0.5", "loss.disc must be greater than or equal to 0, got -0.5"),
+]
+
+
+@pytest.mark.parametrize(("config", "override", "message"), TYPED_RANGES, ids=[o for _, o, _ in TYPED_RANGES])
+def test_a_value_out_of_its_types_range_is_refused_naming_the_key(config, override, message):
+    from ldm.stages.registry import load_config
+
+    with pytest.raises(LdmError) as refused:
+        load_config(config, [override, "run_dir=unused"])
+    assert str(refused.value).endswith(f": {message}")
+
+
 def test_a_yaml_error_is_one_line_with_its_place(tmp_path, capsys):
     from ldm.cli import main
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import torch
@@ -20,8 +21,22 @@ from ldm.stages.diffusion.parts import NoiseConfig, build_noise_scheduler
 from ldm.stages.diffusion.train import train
 from ldm.stages.registry import load_config
 
+# The configs an export writes, which say what each part is (not what it learnt).
+CONFIGS = ("model_index.json", "scheduler/scheduler_config.json", "unet/config.json", "vae/config.json",
+           "text_encoder/config.json")
 
-def test_a_few_steps_then_export_loads_in_stable_diffusion(tmp_path, make_stage1_run):
+
+def configs(pipeline) -> dict[str, dict]:
+    read = {name: json.loads((pipeline / name).read_text()) for name in CONFIGS}
+    return {name: {key: value for key, value in config.items() if key != "_name_or_path"}
+            for name, config in read.items()}
+
+
+def files(pipeline) -> list[str]:
+    return sorted(str(path.relative_to(pipeline)) for path in pipeline.rglob("*") if path.is_file())
+
+
+def test_a_few_steps_then_export_loads_in_stable_diffusion(tmp_path, make_stage1_run, kl_pipeline_path):
     run = make_stage1_run(tmp_path)
     cfg = build(Config, diffusion_config(tmp_path, run))
     module = train(cfg).module
@@ -42,6 +57,11 @@ def test_a_few_steps_then_export_loads_in_stable_diffusion(tmp_path, make_stage1
     image = pipe("a red circle", num_inference_steps=2, guidance_scale=4.0, output_type="np",
                  generator=torch.Generator().manual_seed(0)).images
     assert image.shape == (1, 16, 16, 3)
+    # The tiny pipelines the other tests share (tests/tiny.py) are this export of the same tiny models,
+    # untrained: the same files, the same DPM-Solver++ scheduler, the same measured latent scale.
+    assert files(run / "pipeline") == files(kl_pipeline_path)
+    assert configs(run / "pipeline") == configs(kl_pipeline_path)
+    assert configs(kl_pipeline_path)["vae/config.json"]["scaling_factor"] != 1.0
 
     # Resume: the EMA comes back from the checkpoint and goes on counting.
     cfg = build(Config, diffusion_config(tmp_path, run, train={**diffusion_config(tmp_path, run)["train"],

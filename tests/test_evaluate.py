@@ -9,8 +9,10 @@ from eval_fixtures import check_schema, make_eval_run
 from PIL import Image
 from tiny import make_tiny_pipeline
 
-from ldm.apps.animate.render import WalkSettings, animate
-from ldm.apps.evaluate import evaluate_autoencoder, evaluate_diffusion, evaluate_walk
+from ldm.apps.animate.render import animate
+from ldm.apps.animate.settings import WalkSettings
+from ldm.apps.evaluate import evaluate, evaluate_autoencoder, evaluate_diffusion, evaluate_walk
+from ldm.apps.evaluate.settings import AutoencoderEvaluation, DiffusionEvaluation
 from ldm.cli import main
 from ldm.core.errors import LdmError
 from ldm.data.shapes.generator import HELD_OUT
@@ -97,6 +99,33 @@ def test_errors_name_the_problem_before_work(run, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         main(["evaluate", "autoencoder", str(tmp_path / "novae"), "--data", str(data)])
     assert exit_info.value.code == 2
+
+
+def test_outputs_never_replace_earlier_files_or_land_in_inputs(run, tmp_path):
+    """An --out that exists, --grid and --out one file, a --grid in the data, --samples with images in
+    it: each refused in one line before anything loads, and nothing written."""
+    run_dir, data = run
+    vae, earlier, new = str(run_dir / "pipeline" / "vae"), tmp_path / "earlier.json", str(tmp_path / "new.json")
+    earlier.write_text("{}")
+    for said, outputs in (("--out .* already exists", {"out": str(earlier)}),
+                          ("--grid and --out name the same file", {"out": new, "grid": new}),
+                          ("--grid .* is inside the data", {"grid": str(data / "grid.png")})):
+        with pytest.raises(LdmError, match=said):
+            evaluate(AutoencoderEvaluation(vae=vae, data=str(data), **outputs))
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    Image.new("RGB", (4, 4)).save(samples / "mine.png")
+    with pytest.raises(LdmError, match="--samples .* already holds"):
+        evaluate(DiffusionEvaluation(pipeline=str(run_dir / "pipeline"), data=str(data), samples=str(samples)))
+    assert earlier.read_text() == "{}" and sorted(p.name for p in tmp_path.iterdir()) == ["earlier.json", "samples"]
+    assert not (data / "grid.png").exists()
+
+
+def test_evaluate_options_are_checked_by_their_settings():
+    with pytest.raises(LdmError, match="--max-images must be at least 1, got 0"):
+        AutoencoderEvaluation(vae="v", data="d", max_images=0)
+    with pytest.raises(LdmError, match="--guidance must be at least 1, got 0.5"):
+        DiffusionEvaluation(pipeline="p", data="d", guidance=0.5)
 
 
 def test_json_round_trip_and_infinite_values_become_null(tmp_path):

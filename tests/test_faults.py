@@ -92,9 +92,9 @@ def test_a_single_bad_step_is_skipped_and_counted(tmp_path, make_stage1_run):
 
 
 def test_the_latent_scale_refuses_latents_that_do_not_vary():
-    from tiny import tiny_vq
+    from tiny import tiny_autoencoder
 
-    vae = tiny_vq(factor=2)
+    vae = tiny_autoencoder("vq")
     for layer in (vae.encoder.conv_out, vae.quant_conv):  # every image encodes to the same latent
         torch.nn.init.zeros_(layer.weight)
         torch.nn.init.zeros_(layer.bias)

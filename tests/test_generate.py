@@ -20,6 +20,7 @@ from ldm.apps.generate import (
     plan,
 )
 from ldm.cli import main
+from ldm.core.errors import LdmError
 from ldm.core.images import read_png_metadata
 
 PROMPTS = ["a red circle in the center", "a large blue square on a white background"]
@@ -60,11 +61,9 @@ def test_same_command_same_bytes_and_each_image_can_be_remade_alone(kl_pipeline_
 
 def test_generate_matches_stable_diffusion(kl_pipeline_path, tmp_path):
     run_generate(kl_pipeline_path, tmp_path, prompts=PROMPTS[:1], seed=5, steps=4)
+    # plain diffusers on the folder as exported, its DPM-Solver++ scheduler included
     sd = StableDiffusionPipeline.from_pretrained(kl_pipeline_path, safety_checker=None)
     sd.set_progress_bar_config(disable=True)
-    from ldm.sampling.samplers import make_sampler
-
-    sd.scheduler = make_sampler("dpmsolver++", sd.scheduler.config)
     theirs = sd(PROMPTS[0], num_inference_steps=4, guidance_scale=4.0,
                 generator=torch.Generator().manual_seed(5)).images[0]
     diff = np.abs(pixels(tmp_path / "0000-seed5.png") - np.asarray(theirs, dtype=np.int16))
@@ -109,6 +108,41 @@ def test_bad_input_is_one_line_before_loading(kl_pipeline_path, tmp_path, monkey
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1
     assert __import__("re").search(message, error), error
+
+
+# Each value's own range, refused as the options are made, in one line naming the option.
+OUT_OF_RANGE = [
+    (dict(n=0), "--n must be at least 1, got 0"),
+    (dict(seed=-1), "--seed must be at least 0, got -1"),
+    (dict(steps=0), "--steps must be at least 1, got 0"),
+    (dict(batch_size=0), "--batch-size must be at least 1, got 0"),
+    (dict(eta=1.5), "--eta must be at most 1, got 1.5"),
+    (dict(strength=0.0), "--strength must be positive, got 0.0"),
+    (dict(strength=2.0), "--strength must be at most 1, got 2.0"),
+    (dict(guidance=float("nan")), "--guidance must be a finite number, got nan"),
+    (dict(dtype="float64"), "--dtype must be 'float32', 'float16' or 'bfloat16', got 'float64'"),
+]
+
+
+@pytest.mark.parametrize("bad, message", OUT_OF_RANGE, ids=[m.split(",")[0] for _, m in OUT_OF_RANGE])
+def test_generate_options_refuse_a_value_out_of_range_when_made(bad, message):
+    with pytest.raises(LdmError) as err:
+        GenerateOptions("PIPE", ["a red circle"], **bad)
+    assert str(err.value) == message
+
+
+def test_options_not_given_take_the_settings_defaults(kl_pipeline_path, tmp_path, capsys):
+    """The command line repeats no default: an option left out is the GenerateOptions field's
+    default, and its help shows that default."""
+    main(["generate", str(kl_pipeline_path), PROMPTS[0], "--steps", "2", "--out", str(tmp_path / "out")])
+    meta = read_png_metadata(tmp_path / "out" / "0000-seed0.png")
+    defaults = GenerateOptions("PIPE", ["a"])
+    assert (meta["seed"], meta["guidance"], meta["sampler"]) == (str(defaults.seed), str(defaults.guidance),
+                                                                defaults.sampler)
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert f"(default {defaults.guidance:g})" in shown and f"(default {defaults.batch_size})" in shown
 
 
 def test_incomplete_pipeline_folder_names_the_missing_part(tmp_path, capsys):

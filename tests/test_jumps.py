@@ -9,7 +9,8 @@ import torch
 
 from ldm.apps.animate import spacing
 from ldm.apps.animate.jumps import BISECTIONS, Jump, dissolve_positions, find_jumps, jump_at
-from ldm.apps.animate.render import WalkSettings, animate
+from ldm.apps.animate.render import animate
+from ldm.apps.animate.settings import WalkSettings
 from ldm.metrics import smoothness
 from ldm.metrics.smoothness import frame_distance
 
@@ -102,10 +103,8 @@ def test_the_renderer_dissolves_frames_inside_a_jump(kl_pipeline_path):
     from ldm.apps.animate.renderers import prompt_walk
     from ldm.core.images import unit_to_uint8
     from ldm.sampling.pipeline_io import load_pipeline
-    from ldm.sampling.samplers import DEFAULT_SAMPLER, make_sampler
 
-    pipe = load_pipeline(kl_pipeline_path)
-    pipe.scheduler = make_sampler(DEFAULT_SAMPLER, pipe.scheduler.config)  # deterministic, as walks sample
+    pipe = load_pipeline(kl_pipeline_path)  # its scheduler is the walks' default sampler, DPM-Solver++
     pipe.set_progress_bar_config(disable=True)
     walk = prompt_walk(pipe, ["a red circle", "a blue square"], [1, 2], "", False, 2, [4.0, 4.0], (32, 32))
     walk.jumps = [Jump(0.3, 0.5, 1.0)]
@@ -129,7 +128,7 @@ def test_a_walk_records_its_jumps_and_a_rerun_reads_them_back(kl_pipeline_path, 
     def no_search(*args, **kwargs):
         raise AssertionError("searched again")
 
-    monkeypatch.setattr("ldm.apps.animate.render.find_jumps", no_search)
+    monkeypatch.setattr("ldm.apps.animate.passes.find_jumps", no_search)
     assert animate(settings).rendered == 0
 
 

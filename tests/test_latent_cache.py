@@ -12,7 +12,7 @@ from ldm.components.autoencoder import FrozenAutoencoder
 from ldm.components.text_encoder import TextConditioner
 from ldm.core.errors import LdmError
 from ldm.data.config import DataConfig
-from ldm.data.latent_cache import LatentCacheDataset, load_cache
+from ldm.data.latent_cache.read import LatentCacheDataset, load_cache
 from ldm.data.latent_datamodule import LatentCacheDataModule
 from ldm.data.transforms import preprocess
 

@@ -15,7 +15,7 @@ from shards import write_webdataset
 from ldm.components.autoencoder import FrozenAutoencoder
 from ldm.components.text_encoder import TextConditioner
 from ldm.data.config import DataConfig
-from ldm.data.latent_cache import cache_differences
+from ldm.data.latent_cache.compare import cache_differences
 from ldm.data.latent_datamodule import LatentCacheDataModule
 from ldm.data.shapes.generator import make_shapes_dataset
 

@@ -7,8 +7,7 @@ import math
 
 import pytest
 import torch
-from eval_fixtures import tiny_clip
-from tiny import tiny_tokenizer
+from tiny import tiny_clip, tiny_tokenizer
 from transformers import CLIPProcessor
 
 from ldm.components.clip import clip_image_features, clip_text_features

@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from ldm.apps.animate import audio, video
-from ldm.apps.animate.render import MOTION_PLOT, WalkSettings, animate
-from ldm.apps.animate.timeline import TIMELINE_FILE
+from ldm.apps.animate.layout import MOTION_PLOT, MP4_NAME, TIMELINE_FILE
+from ldm.apps.animate.render import animate
+from ldm.apps.animate.settings import WalkSettings
 from ldm.cli import main
 from ldm.core.errors import LdmError
 from ldm.core.images import unit_to_uint8
@@ -80,7 +81,8 @@ def test_kill_9_mid_render_then_rerun_gives_identical_frames_and_mp4(music_walk,
     # SIGKILL from inside the render, at its 14th batch: the 4th of the re-spaced pass.
     killer = ("import json, os, signal, sys\n"
               "from ldm.apps.animate import renderers\n"
-              "from ldm.apps.animate.render import WalkSettings, animate\n"
+              "from ldm.apps.animate.render import animate\n"
+              "from ldm.apps.animate.settings import WalkSettings\n"
               "real, calls = renderers.DiffusionWalk.render, []\n"
               "def render(self, times):\n"
               "    calls.append(1)\n"
@@ -92,7 +94,7 @@ def test_kill_9_mid_render_then_rerun_gives_identical_frames_and_mp4(music_walk,
     done = subprocess.run([sys.executable, "-c", killer, request], cwd=REPO, capture_output=True)
     assert done.returncode == -signal.SIGKILL, done.stderr.decode()[-2000:]
     on_disk = video.existing_frames(out / "frames")
-    assert 0 < len(on_disk) < full.frames and not (out / video.MP4_NAME).exists()
+    assert 0 < len(on_disk) < full.frames and not (out / MP4_NAME).exists()
 
     result = animate(WalkSettings(**{**settings.__dict__, "out": str(out)}))
     assert result.rendered == full.frames - len(on_disk)
@@ -148,14 +150,12 @@ def test_keyframes_can_have_their_own_guidance(kl_pipeline_path, tmp_path):
     from PIL import Image
 
     from ldm.sampling.pipeline_io import load_pipeline
-    from ldm.sampling.samplers import DEFAULT_SAMPLER, make_sampler
 
     result = animate(WalkSettings(pipeline=str(kl_pipeline_path), out=str(tmp_path / "g"), prompts=PROMPTS,
                                   seeds=[1, 2], guidances=[2.0, 6.0], frames=3, motion="linear", **FAST))
     middle = Image.open(video.frame_path(result.out / "frames", 1)).text
     assert middle["guidance"] == "4"
-    pipe = load_pipeline(kl_pipeline_path)
-    pipe.scheduler = make_sampler(DEFAULT_SAMPLER, pipe.scheduler.config)
+    pipe = load_pipeline(kl_pipeline_path)  # its scheduler is the walks' default sampler, DPM-Solver++
     image = pipe([PROMPTS[1]], num_inference_steps=FAST["steps"], guidance_scale=6.0,
                  generator=[torch.Generator().manual_seed(2)], output_type="np").images
     last = video.read_frames(result.out / "frames", 3)[-1].astype(int)

@@ -47,9 +47,11 @@ def test_every_imported_package_is_declared():
 
 
 def test_the_file_names_ldm_spells_are_the_ones_diffusers_writes():
+    from diffusers import DiffusionPipeline
     from diffusers.utils import CONFIG_NAME, SAFE_WEIGHTS_INDEX_NAME, SAFETENSORS_WEIGHTS_NAME
 
     from ldm.core import layout
 
     assert (layout.MODEL_CONFIG, layout.MODEL_WEIGHTS, layout.MODEL_WEIGHTS_INDEX) == (
         CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME)
+    assert layout.MODEL_INDEX == DiffusionPipeline.config_name

@@ -1,22 +1,18 @@
-"""scripts/plain_loop.py, the peer loop both stage-2 benchmarks measure against: it builds from a
+"""benchmarks/baselines/plain_loop.py, the peer loop both stage-2 benchmarks measure against: it builds from a
 stage's config and module and takes real steps (its EMA follows the UNet), so the benchmarks cannot
 rot unseen between the sessions that run them."""
 
 from __future__ import annotations
 
 import copy
-import sys
-from pathlib import Path
 
 import torch
 import yaml
 from diffusion_fixtures import diffusion_config
 
+from benchmarks.baselines.plain_loop import PlainLoop, train_for
 from ldm.stages.diffusion.train import build_module
 from ldm.stages.registry import load_config
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from plain_loop import PlainLoop, train_for  # noqa: E402
 
 
 def test_plain_loop_trains_the_unet_and_its_ema(tmp_path, make_stage1_run):

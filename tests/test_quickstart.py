@@ -11,7 +11,7 @@ from eval_fixtures import check_schema
 from ldm.apps.quickstart import DONE_DIR
 from ldm.cli import main
 
-STEPS = ["data", "autoencoder", "clip", "diffusion", "samples", "walk", "evaluate"]
+STEPS = ["data", "autoencoder", "decoder", "clip", "diffusion", "samples", "walk", "evaluate"]
 
 
 @pytest.mark.slow
@@ -22,7 +22,7 @@ def test_tiny_quickstart_runs_every_step_then_skips_them(tmp_path, capsys):
     for number, step in enumerate(STEPS, 1):
         assert f"[{number}] {step}: done in" in printed, step
         assert (out / DONE_DIR / f"{step}.json").is_file()
-    for export in ("vae", "clip", "text_encoder", "tokenizer", "pipeline"):
+    for export in ("vae", "decoder/vae", "clip", "text_encoder", "tokenizer", "pipeline"):
         assert (out / export).is_dir(), export
     assert (out / "samples" / "grid.png").is_file() and (out / "walk" / "walk.gif").is_file()
     items = json.loads((out / "evaluation.json").read_text())
@@ -70,32 +70,47 @@ def test_a_changed_step_reruns_it_and_the_steps_after_it(tmp_path):
 def test_an_interrupted_stage_resumes_and_a_changed_one_starts_over(tmp_path):
     import yaml
 
-    from ldm.apps.quickstart import STAGE_CONFIGS, _comparable, _prepare_stage_dir
+    from ldm.apps.quickstart import STAGE_CONFIGS, _prepare_stage_dir
     from ldm.core.config import packaged_configs, to_dict
     from ldm.stages.registry import load_config
+    from ldm.stages.run_config import comparable_config
 
     cfg = load_config(packaged_configs() / STAGE_CONFIGS["autoencoder"], [f"run_dir={tmp_path}"])
     cfg.checkpoint_dir.mkdir(parents=True)
     (cfg.checkpoint_dir / "last.ckpt").write_bytes(b"")
     (cfg.stage_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
-    _prepare_stage_dir(cfg, _comparable(to_dict(cfg)))
+    _prepare_stage_dir(cfg, comparable_config(cfg))
     assert cfg.train.ckpt_path == "last" and (cfg.checkpoint_dir / "last.ckpt").exists()
+    # How to resume is no part of the run, as the checkpoints' record has it: still the same run.
+    resuming = load_config(packaged_configs() / STAGE_CONFIGS["autoencoder"],
+                           [f"run_dir={tmp_path}", "train.accept_changes=[train.lr]"])
+    _prepare_stage_dir(resuming, comparable_config(resuming))
+    assert resuming.train.ckpt_path == "last" and (cfg.checkpoint_dir / "last.ckpt").exists()
 
     changed = load_config(packaged_configs() / STAGE_CONFIGS["autoencoder"], [f"run_dir={tmp_path}", "train.lr=0.5"])
-    _prepare_stage_dir(changed, _comparable(to_dict(changed)))
+    _prepare_stage_dir(changed, comparable_config(changed))
     assert changed.train.ckpt_path is None and not changed.checkpoint_dir.exists()
 
 
 def test_a_stage_trained_side_by_side_that_fails_is_named_with_its_log(tmp_path, monkeypatch):
-    """The autoencoder and the CLIP train in child processes: a failure names the stage, its log and
-    the log's last line, and records neither as done."""
+    """The lanes (autoencoder then decoder, and the CLIP) train in child processes: a failure names
+    the stage, its log and the log's last line, and is not recorded as done; the stage after it in
+    its lane (which reads it) does not start; the other lane finishes and is recorded."""
     from ldm.apps import quickstart
     from ldm.core.errors import LdmError
 
     run = quickstart.Quickstart(tmp_path, quickstart.SCALES["tiny"])
     run.data()
     overrides, nowhere = run.stage_overrides, f"data.source={tmp_path / 'nowhere'}"
-    monkeypatch.setattr(run, "stage_overrides", lambda name: overrides(name) + ([nowhere] if name == "clip" else []))
-    with pytest.raises(LdmError, match=r"training failed: clip \(log: .*train\.log: ldm train: error: .*nowhere"):
-        run.stages_side_by_side([("clip", ["data"], ["clip/config.json"], "training the CLIP")])
-    assert not (tmp_path / DONE_DIR / "clip.json").exists()
+    monkeypatch.setattr(run, "stage_overrides",
+                        lambda name: overrides(name) + ([nowhere] if name == "autoencoder" else []))
+    failed = r"training failed: autoencoder \(log: .*train\.log: ldm train: error: .*nowhere"
+    with pytest.raises(LdmError, match=failed):
+        run.stages_side_by_side([
+            [("autoencoder", ["data"], ["vae/config.json"], "training the autoencoder"),
+             ("decoder", ["autoencoder"], [f"{quickstart.FINAL_VAE}/config.json"], "sharpening its decoder")],
+            [("clip", ["data"], ["clip/config.json"], "training the CLIP")]])
+    done = tmp_path / DONE_DIR
+    assert not (done / "autoencoder.json").exists() and not (done / "decoder.json").exists()
+    assert not (tmp_path / quickstart.DECODER_RUN).exists()  # never started
+    assert (done / "clip.json").exists() and (tmp_path / "clip" / "config.json").exists()

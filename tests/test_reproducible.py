@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from diffusion_fixtures import TINY_UNET
 from launching import kill_after_first_checkpoint, ldm_train
 from safetensors.torch import load_file
+from tiny import TINY_UNET
 
 from ldm.data.shapes.generator import make_shapes_dataset
 from ldm.stages.registry import train

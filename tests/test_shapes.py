@@ -71,3 +71,26 @@ def test_composition_varies_and_held_out_combinations_stay_out_of_training(tmp_p
     openings = {" ".join(r["text"].lower().split()[:2]) for r in train}
     assert len(openings) >= 5
     assert len(held_out_prompts()) == len(HELD_OUT)
+
+
+def test_an_interrupted_run_leaves_the_earlier_dataset_whole(tmp_path, monkeypatch):
+    import pytest
+
+    from ldm.data.shapes import generator
+
+    out = make_shapes_dataset(tmp_path / "shapes", n=8, size=16, seed=0, n_test=4)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    made = []
+
+    def fail_on_the_fifth(*args, **kwargs):
+        made.append(1)
+        if len(made) == 5:
+            raise KeyboardInterrupt  # Ctrl-C halfway through the new dataset's images
+        return real(*args, **kwargs)
+
+    real = generator.make_example
+    monkeypatch.setattr(generator, "make_example", fail_on_the_fifth)
+    with pytest.raises(KeyboardInterrupt):
+        make_shapes_dataset(out, n=20, size=16, seed=1, n_test=4)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["shapes"]  # no temporary folder left

@@ -4,6 +4,7 @@ import torch
 from ldm.core.errors import LdmError
 from ldm.data.config import DataConfig
 from ldm.stages import launch
+from ldm.stages.checkpoints import check_resume
 from ldm.stages.launch import resolve_precision, resolve_processes
 from ldm.stages.run_config import RunConfig, TrainConfig
 from ldm.stages.trainer import resolve_checkpoint
@@ -67,3 +68,11 @@ def test_fresh_run_refuses_to_overwrite_and_resume_finds_last(tmp_path):
     cfg.train.ckpt_path = str(tmp_path / "nope.ckpt")
     with pytest.raises(LdmError, match="checkpoint not found"):
         resolve_checkpoint(cfg)
+
+
+def test_a_checkpoint_without_a_run_record_is_refused():
+    """Every checkpoint `ldm train` writes carries its run record: without one nothing says it is this run."""
+    config = {"train": {"lr": 1e-4}}
+    with pytest.raises(LdmError, match="holds no run record"):
+        check_resume(None, config, "data", processes=1)
+    assert check_resume({"config": config, "data": "data", "processes": 1}, config, "data", processes=1) == {}

@@ -1,7 +1,7 @@
 """Every user-facing mode of `ldm generate`, `ldm animate` and `ldm evaluate`, through the CLI as a user
 calls it, against pipelines that the project itself exports: the tiny quickstart's KL pipeline and a
-tiny VQ pipeline trained with `ldm train` on the shipped configs. (Hand-built fixture pipelines serve
-the unit tests; these are what a user has after training.)"""
+tiny VQ pipeline trained with `ldm train` on the shipped configs. (The unit tests use untrained
+exports of tiny models, tests/tiny.py; these are what a user has after training.)"""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ so any one image can be made again alone (`--seed 10 --n 1` remakes image 3 of `
 Files are named by prompt index and seed (`0002-seed10.png`) and carry prompt, negative prompt,
 seed, steps, guidance, sampler and model path in the PNG (`ldm.core.images.read_png_metadata`),
 and the LoRAs it was made with (`--lora DIR --lora-scale S`, checked against the pipeline's UNet
-before any model loads).
+before any model loads). What it is asked for is a `GenerateOptions` (ldm/apps/generate_settings.py).
 
 Under `accelerate launch`, the prompts are shared out among the processes; each writes only its own
 images, and the main process writes the contact sheet once all have finished.
@@ -14,45 +14,29 @@ images, and the main process writes the contact sheet once all have finished.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import get_args
 
 import torch
+from accelerate.utils import broadcast_object_list
 from PIL import Image
+from tqdm.auto import tqdm
 
+from ldm.apps.generate_settings import Dtype, GenerateOptions
 from ldm.apps.processes import inference_processes
 from ldm.core.errors import LdmError
 from ldm.core.images import contact_sheet, read_rgb, write_png
+from ldm.core.layout import SAMPLES
+from ldm.core.outputs import fresh_folder, refuse_earlier_results
 from ldm.data.decode import read_image_file
+from ldm.sampling import pipeline_io
 from ldm.sampling.lora import LoraChoice, check_loras
 from ldm.sampling.pipeline_io import check_autoencoder_swap, check_image_size, check_pipeline_folder, vae_factor
-from ldm.sampling.samplers import DEFAULT_SAMPLER, check_sampler
+from ldm.sampling.samplers import check_sampler, make_sampler
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = {name: getattr(torch, name) for name in get_args(Dtype)}
 GRID_NAME = "grid.png"
-
-
-@dataclass
-class GenerateOptions:
-    pipeline: str
-    prompts: list[str]
-    out: str | None = None  # default: samples/ beside the pipeline folder (samples-2/, ... when it holds images)
-    n: int = 1
-    seed: int = 0
-    steps: int = 20
-    guidance: float = 5.0
-    negative: str = ""
-    sampler: str = DEFAULT_SAMPLER
-    eta: float = 0.0
-    height: int | None = None
-    width: int | None = None
-    init_image: str | None = None
-    strength: float = 0.8
-    batch_size: int = 8
-    device: str | None = None
-    dtype: str = "float32"
-    loras: list[LoraChoice] = field(default_factory=list)  # loaded onto the pipeline, each at its scale
-    vae: str | None = None  # decode with this autoencoder (a fine-tuned decoder) instead of the pipeline's
 
 
 @dataclass(frozen=True)
@@ -85,15 +69,10 @@ def check_options(opts: GenerateOptions) -> None:
     check_pipeline_folder(opts.pipeline)
     if not opts.prompts:
         raise LdmError("no prompts: give prompts as arguments or --prompts-file with one per line")
-    for name in ("n", "steps", "batch_size"):
-        if getattr(opts, name) < 1:
-            raise LdmError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(opts, name)}")
     if opts.negative and opts.guidance <= 1:
         raise LdmError(f"--negative needs --guidance above 1 (got {opts.guidance}): without guidance "
                        "the negative prompt has no effect")
     check_sampler(opts.sampler)
-    if opts.dtype not in DTYPES:
-        raise LdmError(f"unknown --dtype {opts.dtype!r}; choose one of: {', '.join(DTYPES)}")
     if opts.device is not None:
         try:
             torch.device(opts.device)
@@ -102,8 +81,6 @@ def check_options(opts: GenerateOptions) -> None:
     check_image_size(vae_factor(opts.pipeline), opts.height, opts.width)
     if opts.init_image is not None:
         load_init_image(opts.init_image)
-        if not 0 < opts.strength <= 1:
-            raise LdmError(f"--strength must be in (0, 1], got {opts.strength}")
     check_loras(opts.loras, opts.pipeline)
     if opts.vae is not None:
         check_autoencoder_swap(opts.pipeline, opts.vae)
@@ -119,7 +96,7 @@ def plan(opts: GenerateOptions) -> list[ImageJob]:
 
 
 def output_folder(opts: GenerateOptions) -> Path:
-    return Path(opts.out) if opts.out else Path(opts.pipeline).resolve().parent / "samples"
+    return Path(opts.out) if opts.out else Path(opts.pipeline).resolve().parent / SAMPLES
 
 
 def claim_output_folder(opts: GenerateOptions, jobs: list[ImageJob], state) -> Path:
@@ -127,10 +104,6 @@ def claim_output_folder(opts: GenerateOptions, jobs: list[ImageJob], state) -> P
     images or a grid this run would replace is refused; without --out, samples/ beside the pipeline,
     or samples-2/, samples-3/, ... when an earlier run's images are there (they are kept). Decided by
     the main process, so every process writes to the same folder; `opts.out` is set to it."""
-    from accelerate.utils import broadcast_object_list
-
-    from ldm.core.outputs import fresh_folder, refuse_earlier_results
-
     if opts.out:
         refuse_earlier_results(opts.out, [job.file_name for job in jobs] + [GRID_NAME], "--out")
         folder = Path(opts.out)
@@ -198,12 +171,9 @@ def _process_device(device: str | None, state) -> torch.device:
 
 def _generate_jobs(opts: GenerateOptions, jobs: list[ImageJob], out: Path, device,
                    show_progress: bool) -> list[Path]:
-    from tqdm.auto import tqdm
-
-    from ldm.sampling.pipeline_io import load_pipeline
-    from ldm.sampling.samplers import make_sampler
-
-    pipe = load_pipeline(opts.pipeline, dtype=DTYPES[opts.dtype], device=device, loras=opts.loras, vae=opts.vae)
+    # through its module, which tests replace to check that nothing loads before the input is checked
+    pipe = pipeline_io.load_pipeline(opts.pipeline, dtype=DTYPES[opts.dtype], device=device, loras=opts.loras,
+                                     vae=opts.vae)
     pipe.scheduler = make_sampler(opts.sampler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     height, width = opts.height or pipe.image_size, opts.width or pipe.image_size

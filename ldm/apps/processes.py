@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from accelerate import PartialState
 
 
 def runs_on_cpu(device: str | None) -> bool:
@@ -18,6 +19,4 @@ def inference_processes(device: str | None = None):
     PartialState counts a torchrun-style launch as several CPU processes only when told `cpu`;
     otherwise, with no GPU, it would treat every process as a single one.
     """
-    from accelerate import PartialState
-
     return PartialState(cpu=runs_on_cpu(device))

@@ -32,15 +32,50 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
+from ldm.apps.animate import audio
+from ldm.apps.animate.layout import GIF_NAME, MOTION_PLOT
+from ldm.apps.animate.render import animate
+from ldm.apps.animate.settings import WalkSettings
+from ldm.apps.evaluate import evaluate_autoencoder, evaluate_diffusion, evaluate_walk
+from ldm.apps.evaluate.generated import generate_samples, held_out_requests
+from ldm.apps.generate import GRID_NAME
+from ldm.apps.report import ReportContent, find_loss_curves, write_report
+from ldm.core.atomic import read_json_mapping
 from ldm.core.config import packaged_configs
 from ldm.core.errors import LdmError
+from ldm.core.layout import (
+    CLIP,
+    MODEL_CONFIG,
+    MODEL_INDEX,
+    PIPELINE,
+    SAMPLES,
+    STAGE_CONFIG,
+    TEXT_ENCODER,
+    TOKENIZER,
+    VAE,
+)
+from ldm.data.shapes.generator import make_shapes_dataset
+from ldm.metrics.results import format_table, format_value, read_json, write_json
+from ldm.stages.registry import load_config, train_stage
+from ldm.stages.run_config import LAST, comparable_config
 
 STAGE_CONFIGS = {
     "autoencoder": "autoencoder/kl_f4_shapes.yaml",
+    "decoder": "autoencoder/kl_f4_shapes_decoder.yaml",  # the autoencoder's decoder sharpened alone
     "clip": "clip/clip_shapes.yaml",
     "diffusion": "diffusion/ldm_shapes.yaml",
 }
+# What OUT holds besides the RUN folder's exports (ldm.core.layout):
 DONE_DIR = "done"
+DATA_DIR = "data"
+DECODER_RUN = "decoder"  # the decoder fine-tune's RUN folder; its vae/ is the autoencoder used from then on
+FINAL_VAE = f"{DECODER_RUN}/{VAE}"
+WALK_DIR = "walk"
+RECONSTRUCTIONS = "reconstructions.png"
+EVALUATION = "evaluation.json"
+REPORT = "report.html"
 TRAIN_LOG = "train.log"  # in RUN/<stage>: the output of a stage trained side by side
 # figures shown first, in this order
 HEADLINE = ("prompt_fidelity", "fid", "fid_clip", "psnr", "walk_cv", "walk_audio_correlation")
@@ -73,17 +108,20 @@ SCALES = {
     # Time budgets, not step counts: each stage plans its steps to its minutes (train.max_minutes,
     # ldm/stages/time_budget.py) and its learning-rate schedule ends with them, so the quickstart
     # takes the same time on a slow CPU and a fast one, and a faster machine only trains more steps.
-    # The autoencoder and the CLIP train side by side, a core each; the diffusion stage then has
-    # both cores. Sized so that README command 1, install included, takes about 12 minutes on a
-    # quiet 2-core CPU (docs/benchmarks.md has each step's time on both CPU kinds measured).
+    # The autoencoder (then its decoder alone, sharpened at a smaller batch) and the CLIP train
+    # side by side, a core each; the diffusion stage then has both cores. Sized so that README
+    # command 1, install included, takes about 12 minutes on a quiet 2-core CPU (docs/benchmarks.md
+    # has each step's time measured).
     "toy": Scale(images=10000, test_images=None,
-                 overrides={"autoencoder": ("train.max_minutes=4",),
-                            "clip": ("train.max_minutes=4",),
+                 overrides={"autoencoder": ("train.max_minutes=3.5",),
+                            "decoder": ("train.max_minutes=1",),
+                            "clip": ("train.max_minutes=4.5",),
                             "diffusion": ("train.max_minutes=4.5",)},
                  images_per_prompt=16, sampling_steps=20, walk_audio=(1.0, 3.0)),
     # Seconds per stage, for tests: every number as small as the code accepts.
     "tiny": Scale(images=48, test_images=16,
                   overrides={"autoencoder": (*TINY_RUN, "latent_scale.samples=16"),
+                             "decoder": TINY_RUN,
                              "clip": TINY_RUN,
                              "diffusion": (*TINY_RUN, "samples.prompts=[]")},
                   images_per_prompt=1, sampling_steps=2, walk_audio=(0.5, 0.5)),
@@ -137,7 +175,7 @@ class Quickstart:
         fingerprint = _fingerprint([name, settings, [self.fingerprints[r] for r in reads]])
         self.fingerprints[name] = fingerprint
         output = ", ".join(str(p) for p in outputs)
-        done = _recorded(self.path(DONE_DIR, f"{name}.json"))
+        done = read_json_mapping(self.path(DONE_DIR, f"{name}.json"))  # {}: none, or unreadable
         if done.get("fingerprint") == fingerprint and all(p.exists() for p in outputs):
             print(f"[{number}] {name}: already done, skipped ({output})")
             took = f", took {_duration(done['seconds'])}" if "seconds" in done else ""
@@ -160,10 +198,8 @@ class Quickstart:
     # ---- the steps -----------------------------------------------------------------------------
 
     def data(self) -> None:
-        from ldm.data.shapes.generator import make_shapes_dataset
-
         s = self.scale
-        folder = self.path("data")
+        folder = self.path(DATA_DIR)
 
         def work():
             shutil.rmtree(folder, ignore_errors=True)  # a smaller dataset must not keep extra files
@@ -175,17 +211,12 @@ class Quickstart:
 
     def stage_config(self, name: str):
         """(config path, resolved config, its fingerprinted settings) of a training stage."""
-        from ldm.core.config import to_dict
-        from ldm.stages.registry import load_config
-
         config_path = packaged_configs() / STAGE_CONFIGS[name]
         cfg = load_config(config_path, self.stage_overrides(name))
-        return config_path, cfg, _comparable(to_dict(cfg))
+        return config_path, cfg, comparable_config(cfg)
 
     def stage(self, name: str, reads: list[str], outputs: list[str], what: str) -> None:
         """A training stage in this process, on every core."""
-        from ldm.stages.registry import train_stage
-
         config_path, cfg, settings = self.stage_config(name)
 
         def work():
@@ -195,69 +226,88 @@ class Quickstart:
         self.step(name, settings, reads, [self.path(o) for o in outputs],
                   f"{what} with {config_path} (logs in {cfg.stage_dir})", work)
 
-    def stages_side_by_side(self, stages: list[tuple[str, list[str], list[str], str]]) -> None:
-        """Training stages that do not read each other, trained at once, each in its own `ldm train`
-        process with its share of the cores. A small model's step gains little from a second thread
-        (the shapes autoencoder's: 1.2x on a 2-core CPU, docs/benchmarks.md), so two stages side by
-        side, a core each, take about the time of one: their budgets overlap instead of adding up.
-        Each writes its output to RUN/<stage>/train.log; the plan lines are printed at the end."""
+    def stages_side_by_side(self, lanes: list[list[tuple[str, list[str], list[str], str]]]) -> None:
+        """Lanes of training stages, trained at once: the stages of a lane one after the other (a
+        later one may read an earlier one), each in its own `ldm train` process with the lane's share
+        of the cores. A small model's step gains little from a second thread (the shapes
+        autoencoder's: 1.2x on a 2-core CPU, docs/benchmarks.md), so two lanes side by side, a core
+        each, take about the time of one: their budgets overlap instead of adding up. Each stage
+        writes its output to RUN/<stage>/train.log; its plan lines are printed when it ends."""
+        queues = [self._pending_runs(lane) for lane in lanes]
+        queues = [queue for queue in queues if queue]
+        threads = max(1, (os.cpu_count() or 1) // max(1, len(queues)))
+        running = {lane: self._start(queue.pop(0), threads) for lane, queue in enumerate(queues)}
+        failed = []
+        try:
+            while running:
+                time.sleep(0.2)
+                for lane, (pending, log, start, process) in list(running.items()):
+                    if process.poll() is None:
+                        continue
+                    del running[lane]
+                    if process.returncode != 0:  # the lane's later stages read this one: they wait
+                        failed.append(f"{pending.name} (log: {log}: {_last_line(log)})")
+                        continue
+                    _print_plan_lines(log)
+                    self.finish(pending, time.perf_counter() - start)
+                    if queues[lane]:
+                        running[lane] = self._start(queues[lane].pop(0), threads)
+        except KeyboardInterrupt:  # the children (same process group) save their checkpoints and stop
+            for _, _, _, process in running.values():
+                process.wait()
+            raise
+        if failed:
+            raise LdmError("training failed: " + "; ".join(failed))
+
+    def _pending_runs(self, lane: list[tuple[str, list[str], list[str], str]]) -> list[tuple]:
+        """The stages of a lane that are not done yet, announced, with what starting each needs."""
         runs = []
-        for name, reads, outputs, what in stages:
+        for name, reads, outputs, what in lane:
             config_path, cfg, settings = self.stage_config(name)
             log = cfg.stage_dir / TRAIN_LOG
             pending = self.begin(name, settings, reads, [self.path(o) for o in outputs],
                                  f"{what} with {config_path} (side by side; log: {log})")
             if pending is not None:
                 runs.append((pending, config_path, cfg, settings, log))
-        threads = max(1, (os.cpu_count() or 1) // max(1, len(runs)))
-        started = []
-        for pending, config_path, cfg, settings, log in runs:
-            _prepare_stage_dir(cfg, settings)
-            started.append((pending, log, time.perf_counter(),
-                            _train_in_process(config_path, self.stage_overrides(pending.name), cfg, log, threads)))
-        failed = []
-        for pending, log, start, process in started:
-            if _wait(process) != 0:
-                failed.append(f"{pending.name} (log: {log}: {_last_line(log)})")
-                continue
-            _print_plan_lines(log)
-            self.finish(pending, time.perf_counter() - start)
-        if failed:
-            raise LdmError("training failed: " + "; ".join(failed))
+        return runs
+
+    def _start(self, run: tuple, threads: int) -> tuple:
+        pending, config_path, cfg, settings, log = run
+        _prepare_stage_dir(cfg, settings)
+        process = _train_in_process(config_path, self.stage_overrides(pending.name), cfg, log, threads)
+        return pending, log, time.perf_counter(), process
 
     def stage_overrides(self, name: str) -> list[str]:
         out = self.out.resolve()
-        common = [f"run_dir={out}", f"data.source={out / 'data'}"]
+        common = [f"run_dir={out}", f"data.source={out / DATA_DIR}"]
+        if name == "decoder":  # its own RUN folder: its stage folder would be RUN/autoencoder too
+            common = [f"run_dir={out / DECODER_RUN}", f"data.source={out / DATA_DIR}",
+                      f"model.pretrained={out / VAE}"]
         if name == "diffusion":
-            common += [f"vae={out / 'vae'}", f"text_encoder={out}"]
+            common += [f"vae={out / FINAL_VAE}", f"text_encoder={out}"]
         return common + list(self.scale.overrides.get(name, ()))
 
     def samples(self) -> None:
-        from ldm.apps.evaluate import generate_samples, held_out_requests
-
         prompts, _ = held_out_requests()
-        folder = self.path("samples")
+        folder = self.path(SAMPLES)
         s = self.scale
         settings = {"n": s.images_per_prompt, "steps": s.sampling_steps, "guidance": GUIDANCE, "seed": SAMPLE_SEED}
 
         def work():
             shutil.rmtree(folder, ignore_errors=True)
-            generate_samples(str(self.path("pipeline")), prompts, folder, s.images_per_prompt, SAMPLE_SEED,
+            generate_samples(str(self.path(PIPELINE)), prompts, folder, s.images_per_prompt, SAMPLE_SEED,
                              s.sampling_steps, GUIDANCE)
 
-        self.step("samples", settings, ["diffusion"], [folder / "grid.png"],
+        self.step("samples", settings, ["diffusion"], [folder / GRID_NAME],
                   f"generating {s.images_per_prompt} images for each of the {len(prompts)} held-out prompts", work)
 
     def walk(self) -> None:
         """A looping walk to the project's own beat track: it moves little in the silence, on the
         beats after it, and walk.mp4 carries the track (the defaults: audio-driven motion)."""
-        from ldm.apps.animate import audio
-        from ldm.apps.animate.render import MOTION_PLOT, WalkSettings, animate
-
-        folder, track = self.path("walk"), self.path(WALK_AUDIO)
+        folder, track = self.path(WALK_DIR), self.path(WALK_AUDIO)
         s = self.scale
         silence, beats = s.walk_audio
-        walk = WalkSettings(pipeline=str(self.path("pipeline")), out=str(folder), kind="prompt",
+        walk = WalkSettings(pipeline=str(self.path(PIPELINE)), out=str(folder), kind="prompt",
                             prompts=WALK_PROMPTS, loop=True, steps=s.sampling_steps, guidance=GUIDANCE,
                             fps=WALK_FPS, video_scale=4, audio=str(track))
 
@@ -268,41 +318,34 @@ class Quickstart:
 
         settings = {"prompts": WALK_PROMPTS, "audio": [silence, beats, WALK_BPM], "fps": WALK_FPS,
                     "steps": s.sampling_steps}
-        self.step("walk", settings, ["diffusion"], [folder / "walk.gif", folder / MOTION_PLOT],
+        self.step("walk", settings, ["diffusion"], [folder / GIF_NAME, folder / MOTION_PLOT],
                   f"rendering a looping walk through three prompts to {silence:g} s of silence and "
                   f"{beats:g} s of beats at {WALK_BPM:g} bpm", work)
 
     def evaluate(self) -> list:
-        from ldm.apps import evaluate
-        from ldm.metrics.results import format_table, read_json, write_json
-
-        path = self.path("evaluation.json")
+        path = self.path(EVALUATION)
         s = self.scale
 
         def work():
             results = [
-                evaluate.evaluate_autoencoder(str(self.path("vae")), str(self.path("data")),
-                                              grid=self.path("reconstructions.png")),
-                evaluate.evaluate_diffusion(str(self.path("pipeline")), str(self.path("data")),
-                                            clip=str(self.path("clip")), n=s.images_per_prompt,
-                                            seed=SAMPLE_SEED, steps=s.sampling_steps, guidance=GUIDANCE,
-                                            samples=self.path("samples"), generate=False),
-                evaluate.evaluate_walk(self.path("walk")),
+                evaluate_autoencoder(str(self.path(FINAL_VAE)), str(self.path(DATA_DIR)),
+                                     grid=self.path(RECONSTRUCTIONS)),
+                evaluate_diffusion(str(self.path(PIPELINE)), str(self.path(DATA_DIR)),
+                                   clip=str(self.path(CLIP)), n=s.images_per_prompt,
+                                   seed=SAMPLE_SEED, steps=s.sampling_steps, guidance=GUIDANCE,
+                                   samples=self.path(SAMPLES), generate=False),
+                evaluate_walk(self.path(WALK_DIR)),
             ]
             write_json(results, path)
 
         self.step("evaluate", {}, ["autoencoder", "diffusion", "samples", "walk"],
-                  [path, self.path("reconstructions.png")],
+                  [path, self.path(RECONSTRUCTIONS)],
                   "measuring reconstructions, prompt fidelity, CLIP score, FID/KID and walk smoothness", work)
         results = read_json(path)
         print(format_table(results))
         return results
 
     def report(self, evaluations: list) -> Path:
-        from ldm.apps.animate.render import MOTION_PLOT
-        from ldm.apps.report import ReportContent, find_loss_curves, write_report
-        from ldm.metrics.results import format_value
-
         figures = {m.key: (e.kind, m.name, format_value(m)) for e in evaluations for m in e.metrics}
         content = ReportContent(
             title="ldm quickstart",
@@ -311,18 +354,18 @@ class Quickstart:
                    "this machine's CPU, then asked for colour, shape and position combinations that "
                    "training never showed."),
             headline=[figures[key] for key in HEADLINE if key in figures],
-            samples=self.path("samples", "grid.png"),
+            samples=self.path(SAMPLES, GRID_NAME),
             samples_caption="held-out prompts: colour, shape and position combinations never shown in "
                             f"training; {self.scale.images_per_prompt} seeds each",
-            reconstructions=self.path("reconstructions.png"),
-            animation=self.path("walk", "walk.gif"),
+            reconstructions=self.path(RECONSTRUCTIONS),
+            animation=self.path(WALK_DIR, GIF_NAME),
             animation_caption="a looping walk: " + " -> ".join(WALK_PROMPTS) + " (silent here; walk/walk.mp4 "
                               "carries the beat track it moves to)",
-            motion_plot=self.path("walk", MOTION_PLOT),
+            motion_plot=self.path(WALK_DIR, MOTION_PLOT),
             loss_curves=find_loss_curves(self.out),
             evaluations=evaluations,
             steps=[(r.name, r.status, r.output) for r in self.results])
-        return write_report(content, self.path("report.html"))
+        return write_report(content, self.path(REPORT))
 
 
 # ---- helpers -------------------------------------------------------------------------------------
@@ -331,32 +374,12 @@ def _fingerprint(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _recorded(record: Path) -> dict:
-    """What OUT/done/<step>.json says ({} when there is none or it is unreadable)."""
-    try:
-        done = json.loads(record.read_text())
-    except (OSError, ValueError):
-        return {}
-    return done if isinstance(done, dict) else {}
-
-
-def _comparable(config: dict) -> dict:
-    """A resolved stage config without what does not change the result (where to resume from)."""
-    config = json.loads(json.dumps(config))
-    config["train"].pop("ckpt_path", None)
-    return config
-
-
 def _prepare_stage_dir(cfg, settings: dict) -> None:
     """Resume an interrupted run of the same config; clear the checkpoints of another config."""
-    import yaml
-
-    from ldm.stages.run_config import LAST
-
     if not (cfg.checkpoint_dir / f"{LAST}.ckpt").exists():
         return
-    saved = cfg.stage_dir / "config.yaml"
-    if saved.is_file() and _comparable(yaml.safe_load(saved.read_text())) == settings:
+    saved = cfg.stage_dir / STAGE_CONFIG
+    if saved.is_file() and comparable_config(yaml.safe_load(saved.read_text())) == settings:
         print(f"  resuming the interrupted run in {cfg.stage_dir}")
         cfg.train.ckpt_path = LAST
     else:
@@ -366,8 +389,6 @@ def _prepare_stage_dir(cfg, settings: dict) -> None:
 
 def _train_in_process(config_path: Path, overrides: list[str], cfg, log: Path, threads: int):
     """`ldm train CONFIG OVERRIDES` as a child process on `threads` threads, writing to `log`."""
-    from ldm.stages.run_config import LAST
-
     command = [sys.executable, "-m", "ldm", "train", str(config_path), *overrides]
     if cfg.train.ckpt_path == LAST:  # _prepare_stage_dir found an interrupted run of this config
         command.append("--resume")
@@ -375,16 +396,6 @@ def _train_in_process(config_path: Path, overrides: list[str], cfg, log: Path, t
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}  # torch's thread count, read at start
     with open(log, "w") as out:
         return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-
-
-def _wait(process: subprocess.Popen) -> int:
-    """The child's exit status. On Ctrl-C the children (same process group) save their checkpoints
-    and stop: wait for them, then stop too."""
-    try:
-        return process.wait()
-    except KeyboardInterrupt:
-        process.wait()
-        raise
 
 
 def _last_line(log: Path) -> str:
@@ -411,10 +422,12 @@ def quickstart(out: str | Path = "quickstart", scale: str = "toy") -> Path:
     start = time.perf_counter()
     run.data()
     run.stages_side_by_side([
-        ("autoencoder", ["data"], ["vae/config.json"], "training the KL f=4 autoencoder"),
-        ("clip", ["data"], ["clip/config.json", "text_encoder/config.json", "tokenizer"],
-         "training a small CLIP and its tokenizer on the captions")])
-    run.stage("diffusion", ["data", "autoencoder", "clip"], ["pipeline/model_index.json"],
+        [("autoencoder", ["data"], [f"{VAE}/{MODEL_CONFIG}"], "training the KL f=4 autoencoder"),
+         ("decoder", ["autoencoder"], [f"{FINAL_VAE}/{MODEL_CONFIG}"],
+          "sharpening the autoencoder's decoder alone (its latents stay as they are)")],
+        [("clip", ["data"], [f"{CLIP}/{MODEL_CONFIG}", f"{TEXT_ENCODER}/{MODEL_CONFIG}", TOKENIZER],
+          "training a small CLIP and its tokenizer on the captions")]])
+    run.stage("diffusion", ["data", "decoder", "clip"], [f"{PIPELINE}/{MODEL_INDEX}"],
               "training the text-conditioned latent diffusion UNet")
     run.samples()
     run.walk()

@@ -11,14 +11,22 @@
 from __future__ import annotations
 
 import argparse
+from argparse import SUPPRESS
 
-from ldm.apps.animate.audio import FEATURES
-from ldm.apps.animate.settings import DEFAULT_AUDIO_SMOOTH, DEFAULT_FRAMES
 from ldm.cli.lora_args import add_lora_arguments, lora_choices_of
 from ldm.cli.ranges import COUNT, GUIDANCE, SECONDS, SEED, SIDE, STEPS, integer, number
+from ldm.cli.settings_help import given, show_defaults_of
+from ldm.core.errors import LdmError
+
+# Options that set the WalkSettings field of their name; one not given (SUPPRESS) is left to the
+# field's default (ldm/cli/settings_help.py).
+SETTINGS_OPTIONS = ("frames", "fps", "height", "width", "loop", "even_passes", "distance_model", "batch_size",
+                    "video_scale", "audio", "audio_start", "audio_end", "on_beats", "audio_smooth",
+                    "audio_feature", "steps", "guidance", "sampler", "negative_prompt", "vae")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    show_defaults_of(parser, "ldm.apps.animate.settings:WalkSettings")
     parser.add_argument("pipeline", help="RUN/pipeline folder (an --autoencoder walk also takes RUN/vae)")
     parser.add_argument("--out", required=True,
                         help="folder for frames/, walk.gif, walk.mp4 and smoothness.json; rerunning "
@@ -47,15 +55,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     frames.add_argument("--times", nargs="+", type=SECONDS, default=[], metavar="SECONDS",
                         help="when the walk reaches each keyframe, from 0 (a --loop adds the time it is back "
                              "at the first); the frame count is then fps x seconds")
-    frames.add_argument("--frames", type=integer(2, 100000), default=None,
+    frames.add_argument("--frames", type=integer(2, 100000), default=SUPPRESS,
                         help="frames per segment, both keyframes included, for walks without --times or "
-                             f"--audio (default {DEFAULT_FRAMES}; even motion shares the same total out "
+                             "--audio (default %(default)s; even motion shares the same total out "
                              "by each segment's length)")
-    frames.add_argument("--fps", type=number(0.0, 240.0, low_open=True), default=12.0,
-                        help="frames per second of the videos (default 12)")
-    frames.add_argument("--height", type=SIDE, help="frame height in pixels (default: the model's)")
-    frames.add_argument("--width", type=SIDE, help="frame width in pixels (default: the model's)")
-    frames.add_argument("--loop", action="store_true",
+    frames.add_argument("--fps", type=number(0.0, 240.0, low_open=True), default=SUPPRESS,
+                        help="frames per second of the videos (default %(default)s)")
+    frames.add_argument("--height", type=SIDE, default=SUPPRESS, help="frame height in pixels (default: the model's)")
+    frames.add_argument("--width", type=SIDE, default=SUPPRESS, help="frame width in pixels (default: the model's)")
+    frames.add_argument("--loop", action="store_true", default=SUPPRESS,
                         help="walk back from the last keyframe to the first, so the video repeats seamlessly")
     spacing = frames.add_mutually_exclusive_group()
     spacing.add_argument("--linear", action="store_true",
@@ -66,56 +74,57 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          help="frames that differ by about the same amount: the default without --audio; "
                               "with it, ignore the audio's loudness (the report compares with linear "
                               "spacing)")
-    frames.add_argument("--even-passes", type=integer(1, 16), default=1,
+    frames.add_argument("--even-passes", type=integer(1, 16), default=SUPPRESS,
                         help="re-spacing passes after the linear probe; each renders the walk once "
-                             "more (default 1; 2 evens out a little further)")
+                             "more (default %(default)s; 2 evens out a little further)")
     frames.add_argument("--keep-jumps", action="store_true",
                         help="leave the model's jumps (switches between two pictures that re-spacing cannot "
                              "spread, found by bisection after the probe pass) as they are, instead of "
                              "dissolving them over the frames that fall inside")
-    frames.add_argument("--distance-model", metavar="CLIP_FOLDER",
+    frames.add_argument("--distance-model", metavar="CLIP_FOLDER", default=SUPPRESS,
                         help="measure motion (even motion and the report) as the distance between CLIP "
                              "image features of this CLIP folder, e.g. RUN/clip (default: a multi-scale "
                              "pixel distance that needs no model)")
-    frames.add_argument("--batch-size", type=COUNT, default=4, help="frames per UNet batch (default 4)")
-    frames.add_argument("--video-scale", type=integer(1, 16), default=1,
-                        help="enlarge the GIF and MP4 by this factor, nearest-neighbour (default 1)")
+    frames.add_argument("--batch-size", type=COUNT, default=SUPPRESS,
+                        help="frames per UNet batch (default %(default)s)")
+    frames.add_argument("--video-scale", type=integer(1, 16), default=SUPPRESS,
+                        help="enlarge the GIF and MP4 by this factor, nearest-neighbour (default %(default)s)")
 
     sound = parser.add_argument_group("audio (a walk to music)")
-    sound.add_argument("--audio", metavar="FILE",
+    sound.add_argument("--audio", metavar="FILE", default=SUPPRESS,
                        help="WAV, FLAC, OGG, MP3 (anything ffmpeg reads): the walk lasts as long as the "
                             "audio (or its --times), moves further per frame where the audio is louder or "
                             "busier, and walk.mp4 carries it (the GIF stays silent)")
-    sound.add_argument("--audio-start", type=SECONDS, default=0.0, metavar="SECONDS",
-                       help="where in the audio the walk starts (default 0)")
-    sound.add_argument("--audio-end", type=SECONDS, default=None, metavar="SECONDS",
+    sound.add_argument("--audio-start", type=SECONDS, default=SUPPRESS, metavar="SECONDS",
+                       help="where in the audio the walk starts (default %(default)s)")
+    sound.add_argument("--audio-end", type=SECONDS, default=SUPPRESS, metavar="SECONDS",
                        help="where in the audio the walk ends (default: the end of the file, or of --times)")
-    sound.add_argument("--on-beats", action="store_true",
+    sound.add_argument("--on-beats", action="store_true", default=SUPPRESS,
                        help="move each keyframe but the first and last to the nearest onset (beat) of the "
                             "audio")
-    sound.add_argument("--audio-smooth", type=SECONDS, default=DEFAULT_AUDIO_SMOOTH, metavar="SECONDS",
-                       help=f"Gaussian smoothing of the audio target, so motion does not jitter (default "
-                            f"{DEFAULT_AUDIO_SMOOTH:g})")
-    sound.add_argument("--audio-feature", choices=FEATURES, default="onsets",
-                       help="what motion follows: onset strength (spectral flux: hits, notes) or RMS energy "
-                            "(loudness) (default onsets)")
+    sound.add_argument("--audio-smooth", type=SECONDS, default=SUPPRESS, metavar="SECONDS",
+                       help="Gaussian smoothing of the audio target, so motion does not jitter (default "
+                            "%(default)s)")
+    sound.add_argument("--audio-feature", default=SUPPRESS, metavar="FEATURE",
+                       help="what motion follows: onsets (onset strength, spectral flux: hits, notes) or "
+                            "energy (RMS: loudness) (default %(default)s)")
 
     sampling = parser.add_argument_group("sampling")
-    sampling.add_argument("--steps", type=STEPS, default=20, help="sampler steps (default 20)")
-    sampling.add_argument("--guidance", type=GUIDANCE, default=None,
-                          help="classifier-free guidance scale (default 4, image walks 1)")
-    sampling.add_argument("--sampler", default=None,
-                          help="deterministic sampler: dpmsolver++ (default), ddim (image walks: ddim only), ...")
-    sampling.add_argument("--negative-prompt", default="", help="negative prompt (default empty)")
+    sampling.add_argument("--steps", type=STEPS, default=SUPPRESS, help="sampler steps (default %(default)s)")
+    sampling.add_argument("--guidance", type=GUIDANCE, default=SUPPRESS,
+                          help="classifier-free guidance scale (default %(DEFAULT_GUIDANCE)s, image walks "
+                               "%(IMAGE_WALK_GUIDANCE)s)")
+    sampling.add_argument("--sampler", default=SUPPRESS,
+                          help="deterministic sampler: dpmsolver++ (default), ddim (image walks: "
+                               "%(IMAGE_WALK_SAMPLER)s only), ...")
+    sampling.add_argument("--negative-prompt", default=SUPPRESS, help="negative prompt (default %(default)s)")
     add_lora_arguments(sampling)
-    sampling.add_argument("--vae", metavar="DIR",
+    sampling.add_argument("--vae", metavar="DIR", default=SUPPRESS,
                           help="decode with this autoencoder (e.g. RUN/vae of a train.decoder_only run) instead of "
                                "the pipeline's; it must share the pipeline's latents")
 
 
 def walk_kind(args: argparse.Namespace, timeline=None) -> str:
-    from ldm.core.errors import LdmError
-
     if timeline is not None:
         return _timeline_kind(args, timeline)
     if args.autoencoder:
@@ -137,13 +146,11 @@ def walk_kind(args: argparse.Namespace, timeline=None) -> str:
 
 def _timeline_kind(args: argparse.Namespace, timeline) -> str:
     """The walk kind of --timeline keyframes; LdmError when flags also give keyframes."""
-    from ldm.core.errors import LdmError
-
     flags = (("--prompts", args.prompts), ("--seeds", args.seeds), ("--images", args.images),
              ("--captions", args.captions), ("--times", args.times), ("--seed-walk", args.seed_walk))
-    given = [flag for flag, value in flags if value]
-    if given:
-        raise LdmError(f"--timeline lists the keyframes and their times: drop {', '.join(given)}")
+    also = [flag for flag, value in flags if value]
+    if also:
+        raise LdmError(f"--timeline lists the keyframes and their times: drop {', '.join(also)}")
     if timeline.kind == "seed":
         if not args.prompt:
             raise LdmError("a --timeline of seeds alone is a seed walk: give its --prompt")
@@ -172,36 +179,27 @@ def _motion(args: argparse.Namespace) -> str | None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from ldm.apps.animate.render import WalkSettings, animate, format_report
+    from ldm.apps.animate.render import animate
+    from ldm.apps.animate.settings import WalkSettings
+    from ldm.apps.animate.smoothness_report import format_report
     from ldm.apps.animate.timeline import read_timeline
     from ldm.apps.animate.video import video_info
-    from ldm.core.errors import LdmError
 
     timeline = read_timeline(args.timeline) if args.timeline else None
     kind = walk_kind(args, timeline)
-    clock = args.times or args.timeline or args.audio
-    if args.frames is not None and clock:
+    if hasattr(args, "frames") and (args.times or args.timeline or hasattr(args, "audio")):
         raise LdmError("--frames is for walks without a clock: with --times, --timeline or --audio the frame "
                        "count is fps x seconds")
-    settings = WalkSettings(
-        pipeline=args.pipeline, out=args.out, kind=kind, **_keyframes(args, kind, timeline),
-        negative_prompt=args.negative_prompt, frames=DEFAULT_FRAMES if args.frames is None else args.frames,
-        loop=args.loop,
-        motion=_motion(args), even_passes=args.even_passes, dissolve_jumps=not args.keep_jumps,
-        distance_model=args.distance_model,
-        steps=args.steps, guidance=args.guidance, sampler=args.sampler, fps=args.fps,
-        height=args.height, width=args.width, batch_size=args.batch_size, video_scale=args.video_scale,
-        audio=args.audio, audio_start=args.audio_start, audio_end=args.audio_end, on_beats=args.on_beats,
-        audio_smooth=args.audio_smooth, audio_feature=args.audio_feature, loras=lora_choices_of(args),
-        vae=args.vae,
-    )
+    settings = WalkSettings(pipeline=args.pipeline, out=args.out, kind=kind, **_keyframes(args, kind, timeline),
+                            motion=_motion(args), dissolve_jumps=not args.keep_jumps, loras=lora_choices_of(args),
+                            **given(args, SETTINGS_OPTIONS))
     result = animate(settings)
     if result.gif is None:
         return  # not the main process: it rendered its share; the main one reports
     probes = "" if args.linear else " (the probe pass and jump search included)"
     print(f"{result.frames} frames in {result.out / 'frames'}; this run rendered {result.rendered}{probes}")
-    print(f"wrote {result.gif} and {result.mp4} at {args.fps:g} fps")
+    print(f"wrote {result.gif} and {result.mp4} at {settings.fps:g} fps")
     gif_fps = video_info(result.gif)["fps"]
-    if abs(gif_fps - args.fps) > 1e-6:
+    if abs(gif_fps - settings.fps) > 1e-6:
         print(f"  (the GIF plays at {gif_fps:g} fps: GIF frame times are whole hundredths of a second)")
     print(format_report(result.report))

@@ -1,4 +1,5 @@
 """`ldm data shapes OUT`: write the synthetic shapes dataset.
+`ldm data clipart OUT`: Debian's openclipart-png as a captioned imagefolder (ldm/data/clipart.py).
 `ldm data check SOURCE`: read a dataset as training will and report on it (ldm/data/check.py)."""
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ import re
 
 from ldm.cli.ranges import COUNT, SEED, SIDE, integer, number
 from ldm.core.errors import LdmError, first_line
+from ldm.core.layout import TOKENIZER
 
 SIZE = re.compile(r"^(\d+)x(\d+)$")  # a bucket size on the command line: WIDTHxHEIGHT
 # `ldm data check` options that set a `data:` key of the same name (dashes for underscores).
@@ -31,6 +33,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="draw only these colours, e.g. pink, which the default data never draws "
                              "(to teach a trained model a new word); default: the standard palette")
     shapes.set_defaults(data_run=run_shapes)
+
+    clipart = sub.add_parser(
+        "clipart", help="Debian's clip art (apt-get install openclipart-png) as captioned images",
+        description="Write OUT/train and OUT/test (a held-out share) from openclipart-png's PNGs, as they are, "
+                    "with metadata.jsonl: a caption from each drawing's title and category folders, the "
+                    "authors' names dropped. OUT is written whole or not at all.")
+    clipart.add_argument("out", help="folder to write (must not exist)")
+    clipart.add_argument("--source", default=None, help="the PNG folder (default /usr/share/openclipart/png)")
+    clipart.add_argument("--test-fraction", type=number(0.0, 0.99), default=0.1,
+                         help="held-out share (default 0.1)")
+    clipart.add_argument("--seed", type=SEED, default=0, help="random seed of the held-out draw (default 0)")
+    clipart.set_defaults(data_run=run_clipart)
 
     check = sub.add_parser(
         "check", help="read a dataset as training will and report what it holds",
@@ -70,6 +84,14 @@ def run_shapes(args: argparse.Namespace) -> None:
                               colours=args.colours)
     test = f"more {', '.join(args.colours)} images" if args.colours else "held-out combinations"
     print(f"wrote {args.n} training images to {out / 'train'} and {test} to {out / 'test'}")
+
+
+def run_clipart(args: argparse.Namespace) -> None:
+    from ldm.data.clipart import DEFAULT_SOURCE, make_clipart_dataset
+
+    made = make_clipart_dataset(args.out, args.source or DEFAULT_SOURCE, args.test_fraction, args.seed)
+    print(f"wrote {made.train} training and {made.test} held-out images to {made.out} "
+          f"({made.authors} author names recognised and dropped from captions)")
 
 
 def run_check(args: argparse.Namespace) -> None:
@@ -123,8 +145,8 @@ def token_counter(path: str):
     from transformers import AutoTokenizer
 
     folder = Path(path)
-    if (folder / "tokenizer").is_dir():  # a RUN folder or a pipeline: its tokenizer/
-        folder = folder / "tokenizer"
+    if (folder / TOKENIZER).is_dir():  # a RUN folder or a pipeline: its tokenizer/
+        folder = folder / TOKENIZER
     if not folder.is_dir():
         raise LdmError(f"--tokenizer {path}: no such folder")
     try:

@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import argparse
+from argparse import SUPPRESS
 
 from ldm.cli.ranges import COUNT, GUIDANCE, SEED, STEPS, integer
+from ldm.cli.settings_help import given, show_defaults_of
+
+# Each subcommand's settings model (ldm/apps/evaluate/settings.py), and the options that set the field
+# of their name; one not given (SUPPRESS) is left to the field's default (ldm/cli/settings_help.py).
+SETTINGS = {"autoencoder": "AutoencoderEvaluation", "diffusion": "DiffusionEvaluation", "walk": "WalkEvaluation"}
+SETTINGS_OPTIONS = ("data", "split", "max_images", "grid", "prompts_file", "clip", "inception", "n", "seed", "steps",
+                    "guidance", "samples", "out")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -13,11 +21,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ae = sub.add_parser("autoencoder", help="PSNR, SSIM (and codebook usage for VQ) of reconstructions",
                         description="Reconstruct a split of a dataset with RUN/vae and measure PSNR and "
                                     "SSIM (and codebook usage and perplexity for a VQ autoencoder).")
+    show_defaults_of(ae, f"ldm.apps.evaluate.settings:{SETTINGS['autoencoder']}")
     ae.add_argument("vae", help="autoencoder folder (RUN/vae)")
     ae.add_argument("--data", required=True, help="dataset folder (e.g. data/shapes)")
-    ae.add_argument("--split", default="test", help="split to reconstruct (default test)")
-    ae.add_argument("--max-images", type=COUNT, default=512, help="images to use at most (default 512)")
-    ae.add_argument("--grid", help="also write originals over reconstructions to this PNG")
+    ae.add_argument("--split", default=SUPPRESS, help="split to reconstruct (default %(default)s)")
+    ae.add_argument("--max-images", type=COUNT, default=SUPPRESS, help="images to use at most (default %(default)s)")
+    ae.add_argument("--grid", default=SUPPRESS, help="also write originals over reconstructions to this new PNG")
 
     dm = sub.add_parser("diffusion", help="prompt fidelity, CLIP score, FID and KID of a pipeline",
                         description="Generate images for a set of prompts and measure CLIP score, and "
@@ -26,47 +35,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                     "The prompts are --prompts-file's; else, on the shapes data, its "
                                     "held-out prompts, also read back for prompt fidelity (attribute "
                                     "checker); else the split's first distinct captions.")
+    show_defaults_of(dm, f"ldm.apps.evaluate.settings:{SETTINGS['diffusion']}")
     dm.add_argument("pipeline", help="pipeline folder (RUN/pipeline)")
     dm.add_argument("--data", required=True, help="dataset folder whose split is compared (e.g. data/shapes)")
-    dm.add_argument("--prompts-file", help="prompts to generate for, one per line (default: see above)")
-    dm.add_argument("--clip", help="CLIP folder for CLIP score and CLIP-feature FID (default: RUN/clip "
-                                   "beside the pipeline); a pretrained CLIP folder works too")
-    dm.add_argument("--inception", help="local Inception-v3 weights file (torch-fidelity's "
-                                        "weights-inception-2015-12-05-6726825d.pth) for standard FID/KID")
-    dm.add_argument("--split", default="test", help="split of real images to compare with (default test)")
-    dm.add_argument("--n", type=integer(1, 10000), default=8, help="images per prompt (default 8)")
-    dm.add_argument("--seed", type=SEED, default=0, help="first seed (default 0)")
-    dm.add_argument("--steps", type=STEPS, default=20, help="denoising steps (default 20)")
-    dm.add_argument("--guidance", type=GUIDANCE, default=4.0, help="guidance scale (default 4)")
-    dm.add_argument("--samples", help="keep the generated images in this folder (default: discarded)")
+    dm.add_argument("--prompts-file", default=SUPPRESS,
+                    help="prompts to generate for, one per line (default: see above)")
+    dm.add_argument("--clip", default=SUPPRESS,
+                    help="CLIP folder for CLIP score and CLIP-feature FID (default: RUN/clip beside the pipeline); "
+                         "a pretrained CLIP folder works too")
+    dm.add_argument("--inception", default=SUPPRESS,
+                    help="local Inception-v3 weights file (torch-fidelity's weights-inception-2015-12-05-6726825d.pth) "
+                         "for standard FID/KID")
+    dm.add_argument("--split", default=SUPPRESS, help="split of real images to compare with (default %(default)s)")
+    dm.add_argument("--n", type=integer(1, 10000), default=SUPPRESS, help="images per prompt (default %(default)s)")
+    dm.add_argument("--seed", type=SEED, default=SUPPRESS, help="first seed (default %(default)s)")
+    dm.add_argument("--steps", type=STEPS, default=SUPPRESS, help="denoising steps (default %(default)s)")
+    dm.add_argument("--guidance", type=GUIDANCE, default=SUPPRESS, help="guidance scale (default %(default)s)")
+    dm.add_argument("--samples", default=SUPPRESS,
+                    help="keep the generated images in this folder, new or without images (default: discarded)")
 
     walk = sub.add_parser("walk", help="smoothness of a rendered walk",
                           description="Adjacent-frame distances of a walk folder written by ldm animate.")
+    show_defaults_of(walk, f"ldm.apps.evaluate.settings:{SETTINGS['walk']}")
     walk.add_argument("folder", help="walk folder (holds settings.json and frames/)")
 
     for command in (ae, dm, walk):
-        command.add_argument("--out", help="write the results as JSON to this file")
+        command.add_argument("--out", default=SUPPRESS, help="write the results as JSON to this new file")
 
 
 def run(args: argparse.Namespace) -> None:
-    from ldm.apps import evaluate
-    from ldm.metrics.results import format_table, write_json
+    from ldm.apps.evaluate import evaluate, settings
+    from ldm.metrics.results import format_table
 
-    if args.what == "autoencoder":
-        result = evaluate.evaluate_autoencoder(args.vae, args.data, split=args.split,
-                                               max_images=args.max_images, grid=args.grid)
-    elif args.what == "diffusion":
-        from ldm.apps.generate import read_prompts
-
-        prompts = read_prompts([], args.prompts_file) if args.prompts_file else None
-        result = evaluate.evaluate_diffusion(args.pipeline, args.data, clip=args.clip, inception=args.inception,
-                                             split=args.split, n=args.n, seed=args.seed, steps=args.steps,
-                                             guidance=args.guidance, samples=args.samples, prompts=prompts)
-    else:
-        result = evaluate.evaluate_walk(args.folder)
+    model = getattr(settings, SETTINGS[args.what])
+    target = {"autoencoder": "vae", "diffusion": "pipeline", "walk": "folder"}[args.what]
+    result = evaluate(model(**{target: getattr(args, target)}, **given(args, SETTINGS_OPTIONS)))
     print(format_table([result]))
     for key, value in result.settings.items():
         if key == "skipped":
             print(f"skipped: {value}")
-    if args.out:
-        print(f"wrote {write_json(result, args.out)}")
+    if hasattr(args, "out"):
+        print(f"wrote {args.out}")

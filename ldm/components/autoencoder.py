@@ -28,6 +28,7 @@ import torch
 from diffusers import AutoencoderKL, VQModel
 
 from ldm.core.errors import LdmError, first_line
+from ldm.core.layout import MODEL_CONFIG
 from ldm.core.trust import check_no_code
 
 AUTOENCODER_CLASSES = {"AutoencoderKL": AutoencoderKL, "VQModel": VQModel}
@@ -37,7 +38,7 @@ Autoencoder = AutoencoderKL | VQModel
 def load_vae(path: str | Path, dtype: torch.dtype | None = None) -> Autoencoder:
     """Load RUN/vae (or any folder written by `save_pretrained`), KL or VQ, frozen in eval mode."""
     path = check_no_code(path)
-    config = path / "config.json"
+    config = path / MODEL_CONFIG
     if not config.is_file():
         raise LdmError(f"no autoencoder at {path}: {config} is missing (train stage 1 first)")
     name = json.loads(config.read_text()).get("_class_name")
@@ -87,6 +88,17 @@ def encode(vae: Autoencoder, pixels: torch.Tensor, sample: bool = False,
 def decode(vae: Autoencoder, latents: torch.Tensor) -> torch.Tensor:
     """Scaled latents -> images in [-1, 1] (not clamped)."""
     return vae.decode(unscale(vae, latents)).sample
+
+
+@torch.no_grad()
+def reconstruct(vae: Autoencoder, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(reconstructions, code indices or None) of images in [-1, 1], as the export decodes: the
+    posterior's mode for KL; for VQ, decode(encode(x)), which quantizes in decode as the pipeline does."""
+    if isinstance(vae, VQModel):
+        h = vae.encode(pixels).latents
+        _, _, (_, _, indices) = vae.quantize(h)
+        return vae.decode(h).sample, indices.flatten()
+    return vae(pixels).sample, None
 
 
 class FrozenAutoencoder:

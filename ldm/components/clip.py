@@ -25,6 +25,7 @@ from transformers import (
 
 from ldm.components import conv_vision  # noqa: F401  (registers the ResNet tower with AutoModel)
 from ldm.core.errors import LdmError, first_line
+from ldm.core.layout import MODEL_CONFIG
 from ldm.core.trust import check_no_code
 
 # The contrastive image-text models ldm reads: both have get_image_features / get_text_features.
@@ -34,7 +35,7 @@ ClipModel = CLIPModel | VisionTextDualEncoderModel
 def load_clip(path: str | Path, dtype: torch.dtype | None = None) -> tuple[ClipModel, CLIPProcessor]:
     """RUN/clip (or any CLIP folder with processor files): the model frozen in eval mode."""
     path = Path(path)
-    if not (path / "config.json").is_file():
+    if not (path / MODEL_CONFIG).is_file():
         raise LdmError(f"no CLIP model in {path}: config.json is missing (train stage 1b first)")
     try:
         # Built from its parts: CLIPProcessor.from_pretrained would pick transformers' torchvision

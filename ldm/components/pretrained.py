@@ -21,9 +21,9 @@ from pathlib import Path
 
 from ldm.core.errors import LdmError, first_line
 from ldm.core.layout import MODEL_CONFIG as CONFIG_NAME
+from ldm.core.layout import MODEL_INDEX, SCHEDULER, TOKENIZER, looks_like_hub_id
 from ldm.core.layout import MODEL_WEIGHTS as SAFETENSORS_WEIGHTS_NAME
 from ldm.core.layout import MODEL_WEIGHTS_INDEX as SAFE_WEIGHTS_INDEX_NAME
-from ldm.core.layout import looks_like_hub_id
 from ldm.core.model_kind import check_supported
 from ldm.core.trust import check_no_code
 
@@ -31,7 +31,7 @@ from ldm.core.trust import check_no_code
 # listed in their index file; fp16 variants ("*.fp16.safetensors") are left on the hub.
 _WEIGHTS = (SAFETENSORS_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, "diffusion_pytorch_model-*-of-*.safetensors",
             "model.safetensors", "model.safetensors.index.json", "model-*-of-*.safetensors")
-HUB_FILES = ["model_index.json", CONFIG_NAME, "*/" + CONFIG_NAME, "scheduler/*.json", "tokenizer/*",
+HUB_FILES = [MODEL_INDEX, CONFIG_NAME, "*/" + CONFIG_NAME, f"{SCHEDULER}/*.json", f"{TOKENIZER}/*",
              *_WEIGHTS, *("*/" + name for name in _WEIGHTS)]
 
 
@@ -43,6 +43,8 @@ def local_folder(path_or_hub_id: str | Path) -> Path:
     name = str(path_or_hub_id)
     if not looks_like_hub_id(name):
         raise LdmError(f"pretrained model not found: {name} is not a folder (nor a hub id)")
+    # Imported here: huggingface_hub's API takes 0.2 s to import, and `ldm generate -h` reads
+    # ldm.sampling.lora, which imports this module, before any model library loads.
     from huggingface_hub import snapshot_download
 
     try:

@@ -18,7 +18,7 @@ import torch
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from ldm.core.errors import LdmError, first_line, type_and_first_line
-from ldm.core.layout import TEXT_ENCODER, TOKENIZER, looks_like_hub_id
+from ldm.core.layout import MODEL_CONFIG, TEXT_ENCODER, TOKENIZER, looks_like_hub_id
 from ldm.core.trust import check_no_code
 
 MAX_LENGTH = 77  # CLIP's context length, and what Stable Diffusion pads every prompt to
@@ -61,7 +61,7 @@ def _local_folders(path: Path) -> tuple[Path, Path]:
                 raise LdmError(f"{path} has no {sub}/ folder: a run or pipeline folder needs both "
                                f"{TEXT_ENCODER}/ and {TOKENIZER}/ (train stage 1b first)")
         return path / TEXT_ENCODER, path / TOKENIZER
-    if not (path / "config.json").is_file():
+    if not (path / MODEL_CONFIG).is_file():
         raise LdmError(f"no text encoder in {path}: expected {TEXT_ENCODER}/ and {TOKENIZER}/ folders "
                        "(a run or pipeline folder) or a CLIP model folder with config.json")
     if not any((path / name).is_file() for name in ("tokenizer.json", "vocab.json")):

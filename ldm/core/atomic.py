@@ -3,11 +3,14 @@
 An export (RUN/vae, RUN/pipeline, ...) is written into a hidden temporary folder beside its target
 and renamed into place only when complete, so a crash mid-export leaves the previous export intact
 and never a half-written one. Files (a latent cache's shards, small records) go the same way: a
-temporary name beside the target, flushed to disk, then one rename.
+temporary name beside the target, flushed to disk, then one rename. `read_json_mapping` reads a
+small JSON file back leniently: a missing, unreadable or half-written one (a writer killed before
+these existed, or another tool's) counts as empty.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -58,3 +61,12 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write a file through a temporary name and rename it, so readers never see half of it."""
     with atomic_file(path) as tmp:
         tmp.write_bytes(data)
+
+
+def read_json_mapping(path: str | Path) -> dict:
+    """The JSON object in `path`; {} when the file is missing, unreadable, not JSON or not an object."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}

@@ -66,16 +66,21 @@ def find_config(path: str | Path) -> Path:
 
 def read_yaml(path: str | Path) -> dict:
     """Read a YAML mapping, with clear errors for a missing or malformed file."""
-    path = Path(path)
-    if not path.is_file():
-        raise LdmError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise LdmError(f"config file {path} is not valid YAML: {_yaml_problem(err)}") from None
+    data = load_yaml(path)
     if not isinstance(data, dict):
         raise LdmError(f"config file {path} must hold a mapping of keys to values")
     return data
+
+
+def load_yaml(path: str | Path, what: str = "config file"):
+    """What a YAML file holds; a missing or malformed file is an LdmError that calls it `what`."""
+    path = Path(path)
+    if not path.is_file():
+        raise LdmError(f"{what} not found: {path}")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise LdmError(f"{what} {path} is not valid YAML: {_yaml_problem(err)}") from None
 
 
 def _yaml_problem(err: yaml.YAMLError) -> str:

@@ -10,10 +10,11 @@ pipeline class in model_index.json and its components, and the UNet's config.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from ldm.core.atomic import read_json_mapping
 from ldm.core.errors import LdmError
+from ldm.core.layout import MODEL_CONFIG, MODEL_INDEX, UNET
 
 TAKES = ("ldm takes Stable Diffusion 1.x/2.x-style pipelines (one CLIP text encoder, a text-conditioned "
          "UNet) and its own exports")
@@ -36,7 +37,7 @@ def unsupported_kind(folder: str | Path) -> str | None:
     """What `folder` (a pipeline folder or one model's) is, when ldm cannot use it; None when it can
     or when its configs do not say (the loaders then say what is missing)."""
     folder = Path(folder)
-    index = _read_json(folder / "model_index.json")
+    index = read_json_mapping(folder / MODEL_INDEX)
     if index:
         name = str(index.get("_class_name", ""))
         for part, what in PIPELINE_KINDS:
@@ -46,8 +47,8 @@ def unsupported_kind(folder: str | Path) -> str | None:
             return f"a pipeline with a transformer instead of a UNet ({name})"
         if "text_encoder_2" in index:
             return f"a pipeline with two text encoders ({name})"
-    unet_config = folder / "unet" / "config.json" if (folder / "unet").is_dir() else folder / "config.json"
-    return _unet_kind(_read_json(unet_config))
+    unet_config = folder / UNET / MODEL_CONFIG if (folder / UNET).is_dir() else folder / MODEL_CONFIG
+    return _unet_kind(read_json_mapping(unet_config))
 
 
 def _unet_kind(config: dict) -> str | None:
@@ -72,10 +73,3 @@ def check_supported(folder: str | Path) -> Path:
         raise LdmError(f"{folder} is {what}: {TAKES}; this kind is not supported yet")
     return Path(folder)
 
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}

@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 from ldm.core.errors import LdmError
+from ldm.core.layout import MODEL_INDEX
 
 # Libraries whose classes a model_index.json may name; anything else would be imported from a file.
 KNOWN_LIBRARIES = {"diffusers", "transformers", None}
@@ -40,7 +41,7 @@ def check_no_code(folder: str | Path) -> Path:
         if "auto_map" in data:
             raise LdmError(f"{config} has an auto_map: it asks for model classes from code in the folder "
                            "or on the hub, which ldm never runs")
-        if config.name == "model_index.json":
+        if config.name == MODEL_INDEX:
             _check_model_index(config, data)
     return folder
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from ldm.core.errors import LdmError
 from ldm.data.config import DataConfig
-from ldm.data.sources import HEIGHT, WIDTH
+from ldm.data.sources.scan import HEIGHT, WIDTH
 
 Size = tuple[int, int]
 

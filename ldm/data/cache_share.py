@@ -1,6 +1,6 @@
 """Which processes build a latent cache together, and which of its shards is each one's.
 
-Every process of a run encodes a share of the latent cache (ldm/data/latent_cache.py): shard i of n,
+Every process of a run encodes a share of the latent cache (ldm/data/latent_cache/): shard i of n,
 where n counts the processes that write into the same cache folder. On one machine that is all of
 them. Across machines it depends on where RUN is:
   - on a file system the machines share (NFS, Lustre, ...), all processes build one cache

@@ -9,7 +9,7 @@ data also holds None, empty strings, numbers and lists of anything; one rule rea
 - anything else (None, a number, a mapping) is no caption.
 
 An image with no caption is skipped and counted, or trained with the empty prompt when
-`data.empty_captions: keep` says so; the scan of the data (ldm/data/sources.py) decides which, so
+`data.empty_captions: keep` says so; the scan of the data (ldm/data/sources/scan.py) decides which, so
 what reaches training always has at least one caption or is kept on purpose.
 """
 

@@ -37,7 +37,8 @@ from ldm.data.captions import clean_captions
 from ldm.data.config import BucketConfig, DataConfig
 from ldm.data.datamodule import decode_row, validation_rows
 from ldm.data.decode import NO_PATH, UndecodableImage, describe, inspect_image
-from ldm.data.sources import FORMAT, HEIGHT, MODE, WIDTH, find_skips, load_source, scan
+from ldm.data.sources import load_source
+from ldm.data.sources.scan import FORMAT, HEIGHT, MODE, WIDTH, find_skips, scan
 from ldm.data.transforms import resize_and_crop
 
 # CLIP's text encoders read 77 tokens (start and end included); what a caption is measured

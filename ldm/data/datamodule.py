@@ -40,7 +40,8 @@ from ldm.data.captions import NO_CAPTION, clean_captions, pick_caption
 from ldm.data.config import DataConfig
 from ldm.data.decode import UndecodableImage, decode_image, describe
 from ldm.data.sampler import BucketBatchSampler, ResumableShuffleSampler
-from ldm.data.sources import drop_unusable, load_source
+from ldm.data.sources import load_source
+from ldm.data.sources.scan import drop_unusable
 from ldm.data.transforms import preprocess
 
 STREAM_VAL_BATCHES = 2  # streamed data has no length: each process validates on its first few batches

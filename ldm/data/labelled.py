@@ -10,7 +10,8 @@ from ldm.core.errors import LdmError
 from ldm.data.config import DataConfig
 from ldm.data.datamodule import make_sample
 from ldm.data.decode import UndecodableImage
-from ldm.data.sources import drop_unusable, load_source
+from ldm.data.sources import load_source
+from ldm.data.sources.scan import drop_unusable
 
 
 def load_labelled_images(data: DataConfig, columns: list[str], max_images: int | None = None,

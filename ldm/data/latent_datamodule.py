@@ -30,19 +30,11 @@ from ldm.core.errors import LdmError
 from ldm.data.cache_share import Share, SharedSetting, cache_share, node_first
 from ldm.data.config import DataConfig
 from ldm.data.datamodule import make_loader, validation_rows
-from ldm.data.latent_cache import (
-    LatentCacheDataset,
-    ShardReport,
-    already_batched,
-    build_shard,
-    cached,
-    fingerprint,
-    finish_cache,
-    load_cache,
-    plan_parts,
-    wait_for_shards,
-)
-from ldm.data.sources import drop_unusable, load_source
+from ldm.data.latent_cache.build import ShardReport, build_shard, finish_cache, plan_parts, wait_for_shards
+from ldm.data.latent_cache.key import fingerprint
+from ldm.data.latent_cache.read import LatentCacheDataset, already_batched, cached, load_cache
+from ldm.data.sources import load_source
+from ldm.data.sources.scan import drop_unusable
 
 SCANS = ".scanned"  # in the cache root: a marker per source and machine whose scan is done
 

@@ -1,6 +1,6 @@
 """How well a CLIP matches images with captions: retrieval within batches of pairs, and zero-shot
 attribute accuracy (on the shapes data: colour, shape and position read from prompts such as
-"a red circle in the top left"). Stage 1b validates with these and `scripts/benchmark_clip.py`
+"a red circle in the top left"). Stage 1b validates with these and `python -m benchmarks clip`
 reports them."""
 
 from __future__ import annotations

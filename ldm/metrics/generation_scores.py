@@ -22,8 +22,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.fid import FrechetInceptionDistance, NoTrainInceptionV3
 from torchmetrics.image.kid import KernelInceptionDistance
+from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
 
 from ldm.components.clip import clip_image_features, clip_text_features
 from ldm.core.errors import LdmError
@@ -67,8 +68,6 @@ class InceptionFeatures(nn.Module):
 
     def __init__(self, weights_path: str | Path):
         super().__init__()
-        from torchmetrics.image.fid import NoTrainInceptionV3
-
         check_inception(weights_path)
         self.inception = NoTrainInceptionV3(name="inception-v3-compat", features_list=[str(INCEPTION_FEATURES)],
                                             feature_extractor_weights_path=str(weights_path))
@@ -81,8 +80,6 @@ class InceptionFeatures(nn.Module):
 
 def check_inception(weights_path: str | Path) -> None:
     """LdmError before any work if Inception FID cannot run here."""
-    from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
-
     if not Path(weights_path).is_file():
         raise LdmError(f"Inception weights not found: {weights_path}")
     if not _TORCH_FIDELITY_AVAILABLE:

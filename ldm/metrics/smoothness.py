@@ -29,6 +29,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+import torch
+
+from ldm.components.clip import clip_image_features, load_clip
+from ldm.core.images import frames_to_tensor
 
 PYRAMID_LEVELS = 4
 DISTANCE_NAME = f"multi-scale RMS pixel distance ({PYRAMID_LEVELS}-level 2x2 pyramid, pixels in [0, 1])"
@@ -71,11 +75,6 @@ PIXEL_DISTANCE = FrameDistance(DISTANCE_NAME, _pixel_consecutive)
 @lru_cache(maxsize=2)
 def clip_distance(clip_folder: str) -> FrameDistance:
     """Chord distance |f(a) - f(b)| between unit CLIP image embeddings (0 to 2), model loaded once."""
-    import torch
-
-    from ldm.components.clip import clip_image_features, load_clip
-    from ldm.core.images import frames_to_tensor
-
     clip, processor = load_clip(clip_folder)
 
     def consecutive(frames: Sequence[np.ndarray]) -> list[float]:

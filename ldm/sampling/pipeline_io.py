@@ -29,22 +29,22 @@ from ldm.components.autoencoder import AUTOENCODER_CLASSES, Autoencoder, load_va
 from ldm.components.pretrained import weight_files
 from ldm.core.atomic import atomic_folder
 from ldm.core.errors import LdmError, first_line
+from ldm.core.layout import MODEL_CONFIG, MODEL_INDEX, MODEL_WEIGHTS, SCHEDULER, TEXT_ENCODER, TOKENIZER, UNET, VAE
 from ldm.core.model_kind import check_supported
 from ldm.core.trust import check_no_code
 from ldm.sampling.lora import LoraChoice, load_loras
 from ldm.sampling.pipeline import LatentDiffusionPipeline
 
-MODEL_INDEX = "model_index.json"
 # The files `save_pretrained` writes for each component; a folder missing one cannot load.
 REQUIRED_FILES = (
-    "unet/config.json",
-    "unet/diffusion_pytorch_model.safetensors",
-    "vae/config.json",
-    "vae/diffusion_pytorch_model.safetensors",
-    "text_encoder/config.json",
-    "text_encoder/model.safetensors",
-    "tokenizer/tokenizer_config.json",
-    "scheduler/scheduler_config.json",
+    f"{UNET}/{MODEL_CONFIG}",
+    f"{UNET}/{MODEL_WEIGHTS}",
+    f"{VAE}/{MODEL_CONFIG}",
+    f"{VAE}/{MODEL_WEIGHTS}",
+    f"{TEXT_ENCODER}/{MODEL_CONFIG}",
+    f"{TEXT_ENCODER}/model.safetensors",  # transformers' name for its weights
+    f"{TOKENIZER}/tokenizer_config.json",
+    f"{SCHEDULER}/scheduler_config.json",
 )
 # What an autoencoder must share with the one a UNet was trained on to read and write its latents.
 LATENT_SETTINGS = ("_class_name", "latent_channels", "scaling_factor", "shift_factor")
@@ -88,12 +88,12 @@ def check_pipeline_folder(path: str | Path) -> Path:
 
 def vae_factor(path: str | Path) -> int:
     """The downsampling factor of RUN/pipeline's autoencoder, read from its config without loading it."""
-    return autoencoder_factor(Path(path) / "vae")
+    return autoencoder_factor(Path(path) / VAE)
 
 
 def autoencoder_factor(folder: str | Path) -> int:
     """The downsampling factor of the autoencoder in `folder` (RUN/vae, RUN/pipeline/vae), from its config."""
-    config = json.loads((Path(folder) / "config.json").read_text())
+    config = json.loads((Path(folder) / MODEL_CONFIG).read_text())
     if config.get("_class_name") not in AUTOENCODER_CLASSES:
         raise LdmError(f"{folder}/config.json: _class_name {config.get('_class_name')!r} is not one "
                        f"of {', '.join(AUTOENCODER_CLASSES)}")
@@ -112,7 +112,7 @@ def check_image_size(factor: int, height: int | None, width: int | None) -> None
 def image_size(path: str | Path) -> int:
     """The side of the square images the pipeline's UNet was trained at (pixels), read from the configs
     without loading weights; the pipeline takes other sizes too (any multiple of `vae_factor`)."""
-    unet = json.loads((Path(path) / "unet" / "config.json").read_text())
+    unet = json.loads((Path(path) / UNET / MODEL_CONFIG).read_text())
     return unet["sample_size"] * vae_factor(path)
 
 
@@ -121,10 +121,10 @@ def check_autoencoder_swap(pipeline: str | Path, vae: str | Path) -> Path:
     factor, scaling and shift as the pipeline's own autoencoder, or an LdmError naming what differs.
     Reads configs only."""
     vae = check_no_code(vae)
-    if not (vae / "config.json").is_file():
+    if not (vae / MODEL_CONFIG).is_file():
         raise LdmError(f"--vae {vae}: no autoencoder there (config.json is missing; RUN/vae is one)")
-    own_folder = Path(pipeline) / "vae"
-    own, new = (json.loads((folder / "config.json").read_text()) for folder in (own_folder, vae))
+    own_folder = Path(pipeline) / VAE
+    own, new = (json.loads((folder / MODEL_CONFIG).read_text()) for folder in (own_folder, vae))
     differ = [key for key in LATENT_SETTINGS if own.get(key) != new.get(key)]
     if autoencoder_factor(own_folder) != autoencoder_factor(vae):
         differ.append("downsampling factor")
@@ -137,7 +137,7 @@ def check_autoencoder_swap(pipeline: str | Path, vae: str | Path) -> Path:
 def warn_if_other_encoder(pipeline: str | Path, vae: str | Path) -> None:
     """Warn when `vae`'s encoder weights differ from the pipeline's: the UNet learnt the old encoder's
     latents, which a decoder trained with `train.decoder_only` keeps and another autoencoder may not."""
-    own, new = _encoder_weights(Path(pipeline) / "vae"), _encoder_weights(Path(vae))
+    own, new = _encoder_weights(Path(pipeline) / VAE), _encoder_weights(Path(vae))
     if own.keys() != new.keys() or not all(torch.equal(tensor, new[name]) for name, tensor in own.items()):
         warnings.warn(f"--vae {vae}: its encoder differs from {pipeline}'s, so its latents are not the ones "
                       "the UNet learnt (a decoder trained with train.decoder_only keeps them)", stacklevel=3)

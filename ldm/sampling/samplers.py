@@ -47,3 +47,9 @@ def make_sampler(name: str, config) -> SchedulerMixin:
     """The sampler `name`, built from a scheduler config (e.g. `pipe.scheduler.config`)."""
     scheduler_class, settings = SAMPLERS[check_sampler(name)]
     return scheduler_class.from_config(config, **settings)
+
+
+def inference_scheduler(training_scheduler) -> SchedulerMixin:
+    """The sampler an exported pipeline carries and the validation grids draw with: DEFAULT_SAMPLER
+    (DPM-Solver++, good in 20 steps) on the training schedule (same betas, same prediction type)."""
+    return make_sampler(DEFAULT_SAMPLER, training_scheduler.config)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,8 @@ from lightning.pytorch.callbacks import Callback
 
 from ldm.core.atomic import atomic_file
 from ldm.core.errors import LdmError
-from ldm.data.sources import shard_files
+from ldm.data.sources.shards import shard_files
+from ldm.stages.faults import process_alive
 
 RECORD_KEY = "ldm_run"  # where RunRecord puts its record in a checkpoint
 # Config keys a resumed run may change freely: they decide when training stops, where and what it
@@ -117,11 +119,11 @@ def check_resume(saved: dict | None, config: dict, data: str, processes: int,
                  accepted: tuple[str, ...] = ()) -> dict[str, tuple[Any, Any]]:
     """The accepted changes {key: (old, new)}; LdmError for any other change that matters.
 
-    `saved` is the checkpoint's record (None for checkpoints written before records existed, which
-    are let through unchecked).
+    `saved` is the checkpoint's record (RunRecord's); None, a checkpoint without one, is refused.
     """
     if saved is None:
-        return {}
+        raise LdmError("--resume: the checkpoint holds no run record (it was not written by `ldm train`, or "
+                       "cannot be read whole), so nothing says it is this run; start a new run_dir")
     before, now = flatten(saved["config"]), flatten(config)
     changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k) and k not in SAFE_TO_CHANGE)
     refused = [k for k in changed if k not in accepted]
@@ -139,7 +141,7 @@ def check_resume(saved: dict | None, config: dict, data: str, processes: int,
     if saved.get("data") != data:
         raise LdmError("--resume: the data changed since the checkpoint (files added, removed or modified): "
                        "the resumed run would not see what it saw; start a new run_dir")
-    if saved.get("processes") not in (None, processes):
+    if saved["processes"] != processes:
         raise LdmError(f"--resume with {processes} process(es), but the checkpoint was trained with "
                        f"{saved['processes']}: the data order and position are per process; resume with the same "
                        "number of processes")
@@ -168,10 +170,6 @@ class ApplyAcceptedChanges(Callback):
 
 def clean_stale_files(*folders: Path) -> list[Path]:
     """Remove temporary files and folders left by processes that no longer run; returns them."""
-    import shutil
-
-    from ldm.stages.faults import process_alive
-
     removed = []
     for folder in folders:
         if not folder.is_dir():

@@ -27,6 +27,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from ldm.core.atomic import read_json_mapping
 from ldm.core.errors import LdmError
 
 LOCK_NAME = "train.lock"
@@ -154,10 +155,7 @@ class RunLock:
                 self._take_over_if_dead()
 
     def _take_over_if_dead(self) -> None:
-        try:
-            holder = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            holder = {}  # half-written by a process that died while writing it
+        holder = read_json_mapping(self.path)  # {} when half-written by a process that died writing it
         pid, host = holder.get("pid"), holder.get("host")
         if host not in (None, socket.gethostname()):
             raise LdmError(f"{self.path.parent} is busy: another ldm train (pid {pid} on {host}, started "

@@ -67,9 +67,7 @@ class ExactResume(Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if self.restored is not None:
-            saved = self.restored["rng"]
-            # one state per process; a checkpoint from before that held one state for all
-            set_rng_states(saved[trainer.global_rank] if isinstance(saved, list) else saved)
+            set_rng_states(self.restored["rng"][trainer.global_rank])  # each process its own states
             self.restored = None
         elif self.between_batches is not None:
             set_rng_states(self.between_batches)

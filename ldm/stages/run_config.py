@@ -5,13 +5,15 @@ Each stage's Config (ldm/stages/<stage>/config.py) extends RunConfig with its ow
 
 from __future__ import annotations
 
+import json
 from dataclasses import field
 from pathlib import Path
 from typing import ClassVar, Literal
 
 from pydantic.dataclasses import dataclass
 
-from ldm.core.config import SECTION, Count, NonNegative, NonNegativeInt, Positive
+from ldm.core.config import SECTION, Count, NonNegative, NonNegativeInt, Positive, to_dict
+from ldm.core.layout import CHECKPOINTS
 from ldm.data.config import DataConfig
 
 # accelerate's --mixed_precision values, as Lightning precision settings.
@@ -21,6 +23,8 @@ PRECISION_ALIASES = {"32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed",
                      "bf16-true": "bf16-true", "16-true": "16-true", "64-true": "64-true",
                      "auto": "auto"}  # "auto": bf16-mixed where the hardware does bf16 natively, else fp32
 LAST = "last"
+# The train: settings that say how to resume (from where, accepting which changes), not what the run is.
+RESUME_SETTINGS = ("ckpt_path", "accept_changes")
 
 
 @dataclass(config=SECTION)
@@ -66,11 +70,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
 
     def __post_init__(self):
-        for name in ("max_steps", "val_every_n_steps", "checkpoint_every_n_steps",
-                     "accumulate_grad_batches", "log_every_n_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"train.{name} must be at least 1, got {getattr(self, name)}")
-        if 0 < self.max_steps <= self.warmup_steps:
+        if self.max_steps <= self.warmup_steps:
             raise ValueError(f"train.warmup_steps={self.warmup_steps} must be below train.max_steps={self.max_steps} "
                              "(the run would end before its learning rate reached train.lr)")
         if self.precision is not None and str(self.precision) not in PRECISION_ALIASES:
@@ -100,6 +100,16 @@ class RunConfig:
 
     @property
     def checkpoint_dir(self) -> Path:
-        return self.stage_dir / "checkpoints"
+        return self.stage_dir / CHECKPOINTS
+
+
+def comparable_config(config: RunConfig | dict) -> dict:
+    """What a run is, for comparing it with another: the resolved config (or its saved form,
+    RUN/<stage>/config.yaml) as plain data (tuples as the lists YAML and JSON make of them), without
+    RESUME_SETTINGS. Checkpoints record it; a resumed run and the quickstart compare with it."""
+    plain = json.loads(json.dumps(config if isinstance(config, dict) else to_dict(config)))
+    for key in RESUME_SETTINGS:
+        plain["train"].pop(key, None)
+    return plain
 
 

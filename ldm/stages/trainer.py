@@ -20,12 +20,13 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import lightning as L
+import yaml
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from ldm.core.config import recheck, to_dict
 from ldm.core.errors import LdmError
-from ldm.core.layout import LOSS_PLOT, METRICS_CSV
+from ldm.core.layout import LOSS_PLOT, METRICS_CSV, STAGE_CONFIG
 from ldm.stages.checkpoints import (
     RECORD_KEY,
     ApplyAcceptedChanges,
@@ -41,7 +42,7 @@ from ldm.stages.faults import NonFiniteGuard, RunLock, StopOnSignal, main_proces
 from ldm.stages.launch import resolve_precision, resolve_processes
 from ldm.stages.plots import plot_losses, read_metric_rows
 from ldm.stages.resume import ExactResume
-from ldm.stages.run_config import LAST, RunConfig, TrainConfig
+from ldm.stages.run_config import LAST, RunConfig, TrainConfig, comparable_config
 from ldm.stages.time_budget import TimeBudget, planned_lr_scheduler
 
 
@@ -52,7 +53,6 @@ class TrainedStage:
     export: Path  # the folder the next stage or the apps read (written by global rank 0)
     module: L.LightningModule  # as training left it (the EMA is not swapped in)
     trainer: L.Trainer
-
 
 
 def lr_scheduler(optimizer, train: TrainConfig) -> dict:
@@ -185,14 +185,6 @@ def begin(cfg: RunConfig):
         yield
 
 
-def comparable_config(cfg: RunConfig) -> dict:
-    """The resolved config as checkpoints record it (where to resume from is not part of the run)."""
-    config = to_dict(cfg)
-    config["train"].pop("ckpt_path", None)
-    config["train"].pop("accept_changes", None)
-    return config
-
-
 def keep_metrics_history(trainer: L.Trainer, csv_path: Path, up_to_step: int) -> None:
     """A resumed run's CSV log starts with the rows the run logged up to its checkpoint (Lightning's
     CSV logger empties metrics.csv when it starts in a folder that has one), so the loss plot and
@@ -226,10 +218,8 @@ def fit(cfg: RunConfig, module: L.LightningModule, datamodule: L.LightningDataMo
     L.seed_everything(cfg.train.seed + trainer.global_rank, workers=True, verbose=False)
     batch = describe_batch(cfg, trainer)
     if trainer.is_global_zero:
-        import yaml
-
         cfg.stage_dir.mkdir(parents=True, exist_ok=True)
-        (cfg.stage_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        (cfg.stage_dir / STAGE_CONFIG).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         print(f"[{cfg.stage}] batch {batch['batch_per_process']} per process x {batch['processes']} "
               f"process(es) x {batch['accumulate_grad_batches']} accumulation = {batch['global_batch']} "
               f"images per step; lr {batch['lr']:g} (not scaled by the batch)")

@@ -23,7 +23,9 @@ from __future__ import annotations
 import subprocess
 import wave
 from pathlib import Path
+from typing import Literal, get_args
 
+import imageio_ffmpeg
 import numpy as np
 
 from ldm.core.errors import LdmError
@@ -35,7 +37,8 @@ ENVELOPE_RATE = ANALYSIS_RATE / HOP  # envelope values per second
 # log(1 + LOG_COMPRESSION * magnitude): the loudness-like compression under spectral flux, so a
 # quiet note's onset counts, not only the loudest drum's.
 LOG_COMPRESSION = 100.0
-FEATURES = ("onsets", "energy")  # what the motion follows: onset strength or RMS energy
+Feature = Literal["onsets", "energy"]  # what the motion follows: onset strength or RMS energy
+FEATURES = get_args(Feature)
 
 # Peak picking (seconds, and a threshold on the envelope scaled to a maximum of 1): a peak is the
 # largest value within PEAK_WINDOW before and after it, exceeds the mean within MEAN_WINDOW by
@@ -49,8 +52,6 @@ MIN_GAP = 0.03
 # ---- decoding ------------------------------------------------------------------------------------
 
 def _ffmpeg() -> str:
-    import imageio_ffmpeg
-
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 

@@ -10,9 +10,11 @@
   (`ldm.apps.animate.jumps`) are dissolved: decoded from a blend of the latents at its ends.
 - `AutoencoderWalk`: encoded images lerped in the stage-1 latent space and decoded, no diffusion.
 
+`build_renderer` makes the one a walk's settings ask for: this is where the models load.
+
 Frames depend on their position and, by float rounding only, on the other frames of their batch
 (the samplers allowed are deterministic). A render's batches are fixed by frame index
-(`ldm.apps.animate.render.render_pass`), so a resumed or split render makes the same bytes.
+(`ldm.apps.animate.passes.render_pass`), so a resumed or split render makes the same bytes.
 """
 
 from __future__ import annotations
@@ -27,13 +29,17 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ldm.apps.animate import spacing
 from ldm.apps.animate.jumps import Jump, jump_at
+from ldm.apps.animate.settings import WalkSettings
 from ldm.components import autoencoder as vae_lib
 from ldm.components.text_encoder import encode_each_once
+from ldm.core.errors import LdmError
 from ldm.core.images import to_tensor, to_uint8, unit_to_uint8
 from ldm.data.decode import read_image_file
 from ldm.data.transforms import resize_and_crop
 from ldm.sampling.inversion import ddim_invert, inversion_sampler
 from ldm.sampling.pipeline import LatentDiffusionPipeline
+from ldm.sampling.pipeline_io import image_size, load_pipeline
+from ldm.sampling.samplers import make_sampler
 
 
 def load_image_tensor(path: str | Path, size: int | tuple[int, int]) -> torch.Tensor:
@@ -151,3 +157,37 @@ def autoencoder_walk(vae: vae_lib.Autoencoder, images: list[str], size: tuple[in
     with torch.no_grad():
         latents = vae_lib.encode(vae, pixels)
     return AutoencoderWalk(vae, latents, loop)
+
+
+# ---- the renderer a walk asks for ----------------------------------------------------------------
+
+def build_renderer(s: WalkSettings, device) -> DiffusionWalk | AutoencoderWalk:
+    """The walk's renderer, with its keyframes made (this is where models load)."""
+    if not s.uses_diffusion:
+        vae, native = _load_autoencoder(s.vae or s.pipeline, device)
+        return autoencoder_walk(vae, s.images, (s.width or native, s.height or native), s.loop)
+    pipe = load_pipeline(s.pipeline, device=device, loras=s.loras, vae=s.vae)
+    pipe.scheduler = make_sampler(s.sampler, pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)  # the bar that counts is the one over frames
+    size = (s.width or pipe.image_size, s.height or pipe.image_size)
+    if s.kind == "image":
+        return image_walk(pipe, s.images, s.captions, s.negative_prompt, s.loop, s.steps, s.guidances, size)
+    prompts = s.prompts if s.kind == "prompt" else s.prompts * len(s.seeds)
+    return prompt_walk(pipe, prompts, s.seeds, s.negative_prompt, s.loop, s.steps, s.guidances, size)
+
+
+def autoencoder_folder(path: str) -> Path:
+    """The autoencoder of RUN/pipeline (its vae/) or RUN/vae itself, or an LdmError."""
+    path = Path(path)
+    for folder in (path / "vae", path):
+        if (folder / "config.json").is_file():
+            return folder
+    raise LdmError(f"no autoencoder at {path}: expected RUN/pipeline (with vae/) or RUN/vae")
+
+
+def _load_autoencoder(path: str, device) -> tuple[vae_lib.Autoencoder, int]:
+    """(vae, image size): at the diffusion model's resolution when `path` is a pipeline."""
+    vae = vae_lib.load_vae(autoencoder_folder(path)).to(device)
+    if (Path(path) / "unet" / "config.json").is_file():
+        return vae, image_size(path)
+    return vae, vae.config.sample_size

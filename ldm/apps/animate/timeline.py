@@ -27,21 +27,55 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import pydantic.dataclasses
+from pydantic import ConfigDict
 
 from ldm.apps.animate import audio as sound
 from ldm.apps.animate import spacing
+from ldm.apps.animate.layout import TIMELINE_FILE, write_json
+from ldm.apps.animate.resolve import resolve
 from ldm.apps.animate.settings import WalkSettings
-from ldm.core.atomic import atomic_write_bytes
-from ldm.core.errors import LdmError, first_line
+from ldm.apps.options import PathText, read_entry
+from ldm.core.config import SECTION, load_yaml
+from ldm.core.errors import LdmError
 
-TIMELINE_FILE = "timeline.json"
 TARGET_FLOOR = 0.1  # the quietest step moves this share of the loudest one
 SAMPLES_PER_STEP = 8  # points of the envelope averaged over each step's span of time
-# The keys a --timeline entry may have; `time` alone is a loop's closing time.
-ENTRY_KEYS = ("time", "prompt", "seed", "image", "caption", "guidance")
 
 
 # ---- the --timeline file -------------------------------------------------------------------------
+
+# A prompt YAML reads as a number ("1984") is still the prompt's text.
+ENTRY = ConfigDict(**SECTION, coerce_numbers_to_str=True)
+
+
+@pydantic.dataclasses.dataclass(config=ENTRY)
+class TimelineEntry:
+    """One entry of a --timeline file: a keyframe at `time` seconds (a time alone: a loop's
+    closing time), each value checked as WalkSettings checks its own (`ldm.apps.options`)."""
+
+    time: float
+    prompt: str | None = None
+    seed: int | None = None
+    image: PathText | None = None  # relative to the timeline file
+    caption: str | None = None  # an image keyframe's prompt (image walks)
+    guidance: float | None = None
+
+    def __post_init__(self):
+        if self.prompt is not None and self.image is not None:
+            raise ValueError("has both a prompt and an image: a keyframe is one or the other")
+        if self.prompt is not None and self.caption is not None:
+            raise ValueError("a caption goes with an image, not a prompt")
+
+    @property
+    def kind(self) -> str | None:
+        """The walk kind this keyframe belongs to; None for a time alone."""
+        if self.image is not None:
+            return "image"
+        if self.prompt is not None:
+            return "prompt"
+        return "seed" if self.seed is not None else None
+
 
 @dataclass
 class TimelineKeyframes:
@@ -65,54 +99,27 @@ def read_timeline(path: str | Path) -> TimelineKeyframes:
 
     A prompt keyframe may carry a seed; an image keyframe takes a caption (image walks); seed
     keyframes alone make a seed walk (its prompt comes from --prompt). Raises LdmError."""
-    import yaml
-
     path = Path(path)
-    if not path.is_file():
-        raise LdmError(f"timeline file not found: {path}")
-    try:
-        entries = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise LdmError(f"cannot read timeline {path}: {first_line(err)}") from None
-    if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
-        raise LdmError(f"timeline {path} must be a YAML list of keyframes like "
-                       "{time: 0, prompt: a red circle}")
-    closing = entries[-1].get("time") if set(entries[-1]) == {"time"} else None
-    keyframes = entries[:-1] if closing is not None else entries
-    kinds = {_entry_kind(path, number, entry) for number, entry in enumerate(keyframes, 1)}
+    data = load_yaml(path, "timeline file")
+    if not isinstance(data, list) or not data:
+        raise LdmError(f"timeline {path} must be a YAML list of keyframes like {{time: 0, prompt: a red circle}}")
+    entries = [read_entry(TimelineEntry, entry, f"timeline {path}, entry {number}")
+               for number, entry in enumerate(data, 1)]
+    closing = entries.pop() if len(entries) > 1 and entries[-1] == TimelineEntry(entries[-1].time) else None
+    for number, entry in enumerate(entries, 1):
+        if entry.kind is None:
+            raise LdmError(f"timeline {path}, entry {number} has no prompt, image or seed (only a loop's last "
+                           "entry may be a time alone)")
+    kinds = {entry.kind for entry in entries}
     if len(kinds) > 1:
         raise LdmError(f"timeline {path} mixes {' and '.join(sorted(kinds))} keyframes: a walk is one kind")
-    kind = kinds.pop()
-    times = [entry["time"] for entry in keyframes] + ([closing] if closing is not None else [])
-    if not all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in times):
-        raise LdmError(f"timeline {path}: every time must be a number of seconds, got {times}")
-    images = [str(path.parent / entry["image"]) for entry in keyframes if "image" in entry]
     return TimelineKeyframes(
-        kind=kind, times=[float(t) for t in times],
-        prompts=[str(e["prompt"]) for e in keyframes if "prompt" in e],
-        seeds=[int(e["seed"]) for e in keyframes if "seed" in e],
-        images=images, captions=[str(e["caption"]) for e in keyframes if "caption" in e],
-        guidances=[e.get("guidance") for e in keyframes])
-
-
-def _entry_kind(path: Path, number: int, entry: dict) -> str:
-    where = f"timeline {path}, entry {number}"
-    unknown = sorted(set(entry) - set(ENTRY_KEYS))
-    if unknown:
-        raise LdmError(f"{where}: unknown key {unknown[0]!r} (the keys are {', '.join(ENTRY_KEYS)})")
-    if "time" not in entry:
-        raise LdmError(f"{where} has no time")
-    if "prompt" in entry and "image" in entry:
-        raise LdmError(f"{where} has both a prompt and an image: a keyframe is one or the other")
-    if "image" in entry:
-        return "image"
-    if "prompt" in entry:
-        if "caption" in entry:
-            raise LdmError(f"{where}: a caption goes with an image, not a prompt")
-        return "prompt"
-    if "seed" in entry:
-        return "seed"
-    raise LdmError(f"{where} has no prompt, image or seed (only a loop's last entry may be a time alone)")
+        kind=kinds.pop(), times=[e.time for e in entries] + ([closing.time] if closing else []),
+        prompts=[e.prompt for e in entries if e.prompt is not None],
+        seeds=[e.seed for e in entries if e.seed is not None],
+        images=[str(path.parent / e.image) for e in entries if e.image is not None],
+        captions=[e.caption for e in entries if e.caption is not None],
+        guidances=[e.guidance for e in entries])
 
 
 # ---- the plan of a walk --------------------------------------------------------------------------
@@ -238,8 +245,14 @@ def step_targets(envelope: np.ndarray, rate: float, steps: int, fps: float) -> n
 # ---- OUT/timeline.json ---------------------------------------------------------------------------
 
 def write_plan(plan: WalkPlan, path: str | Path) -> None:
-    atomic_write_bytes(path, (json.dumps(asdict(plan), indent=1) + "\n").encode())
+    write_json(Path(path), asdict(plan))
 
 
 def read_plan(path: str | Path) -> WalkPlan:
     return WalkPlan(**json.loads(Path(path).read_text()))
+
+
+def saved_plan(s: WalkSettings, out: Path) -> WalkPlan:
+    """The plan a walk folder was rendered with (a folder from before timelines: planned anew)."""
+    path = out / TIMELINE_FILE
+    return read_plan(path) if path.is_file() else plan_walk(resolve(s))

@@ -34,8 +34,6 @@ AUDIO_CODEC = "aac"  # ffmpeg's own AAC encoder: in every ffmpeg build, plays ev
 # No encoder version strings, creation times or copied tags: the same input, the same bytes.
 BITEXACT = ["-fflags", "+bitexact", "-flags", "+bitexact", "-map_metadata", "-1"]
 FRAME_PATTERN = re.compile(r"frame_(\d{5})\.png")
-GIF_NAME = "walk.gif"
-MP4_NAME = "walk.mp4"
 
 
 def frame_path(folder: str | Path, index: int) -> Path:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from ldm.core.atomic import atomic_folder
 from ldm.core.errors import LdmError
 
 COLOURS = {
@@ -229,6 +230,9 @@ def make_shapes_dataset(out: str | Path, n: int = 500, size: int = 32, seed: int
         raise LdmError(f"{out} exists and is not a shapes dataset; choose an empty or new folder")
     n_test = max(len(HELD_OUT) * 8, n // 5) if n_test is None else n_test
     rng = random.Random(seed)
-    write_split(out / "train", n, size, rng, held_out=False, colours=colours)
-    write_split(out / "test", n_test, size, rng, held_out=not colours, colours=colours)
+    # whole or not at all: an interrupted run leaves the folder as it was (an earlier dataset there
+    # is replaced only once the new one is complete)
+    with atomic_folder(out) as tmp:
+        write_split(tmp / "train", n, size, rng, held_out=False, colours=colours)
+        write_split(tmp / "test", n_test, size, rng, held_out=not colours, colours=colours)
     return out

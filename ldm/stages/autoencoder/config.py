@@ -48,7 +48,7 @@ class LossConfig:
     l1: NonNegative = 1.0
     l2: NonNegative = 0.0
     # Perceptual loss: LPIPS (VGG16) when `lpips_weights` names a local file (see
-    # scripts/make_lpips_weights.py), otherwise 1 - SSIM, which needs no pretrained weights.
+    # tools/make_lpips_weights.py), otherwise 1 - SSIM, which needs no pretrained weights.
     perceptual: NonNegative = 0.0
     lpips_weights: str | None = None
     # KL term per pixel (the KL summed over a latent, divided by the image's pixel count), so
@@ -65,17 +65,13 @@ class LossConfig:
     betas: list[float] = field(default_factory=lambda: [0.5, 0.9])
 
     def __post_init__(self):
-        weights = {k: getattr(self, k) for k in ("l1", "l2", "perceptual", "kl", "codebook", "commitment", "disc")}
-        negative = [k for k, v in weights.items() if v < 0]
-        if negative:
-            raise ValueError(f"loss.{negative[0]} must not be negative")
         if self.l1 == self.l2 == self.perceptual == 0:
             raise ValueError("loss: at least one of l1, l2, perceptual must be positive")
         if len(self.betas) != 2:
             raise ValueError(f"loss.betas must be two numbers, got {self.betas}")
         if self.lpips_weights and not Path(self.lpips_weights).is_file():
             raise ValueError(f"loss.lpips_weights: file not found: {self.lpips_weights} (make it with "
-                             "scripts/make_lpips_weights.py, or leave it unset for the SSIM loss)")
+                             "tools/make_lpips_weights.py, or leave it unset for the SSIM loss)")
 
 
 @dataclass(config=SECTION)

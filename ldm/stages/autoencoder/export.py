@@ -46,12 +46,20 @@ def measure_latent_scale(vae: vae_lib.Autoencoder, loader, samples: int, shift: 
     return 1.0 / std, mean
 
 
-def save_vae(vae: vae_lib.Autoencoder, out_dir: str | Path, scaling_factor: float,
-               shift_factor: float | None) -> Path:
-    """Write RUN/vae with save_pretrained (safetensors), whole or not at all."""
+def set_latent_scale(vae: vae_lib.Autoencoder, scaling_factor: float,
+                     shift_factor: float | None) -> vae_lib.Autoencoder:
+    """Record the factors in the autoencoder's config, where `encode`, `decode` and every later stage
+    read them (a VQ model has no shift)."""
     vae.register_to_config(scaling_factor=scaling_factor)
     if isinstance(vae, AutoencoderKL):
         vae.register_to_config(shift_factor=shift_factor)
+    return vae
+
+
+def save_vae(vae: vae_lib.Autoencoder, out_dir: str | Path, scaling_factor: float,
+               shift_factor: float | None) -> Path:
+    """Write RUN/vae with save_pretrained (safetensors), whole or not at all."""
+    set_latent_scale(vae, scaling_factor, shift_factor)
     with atomic_folder(out_dir) as tmp:
         vae.save_pretrained(tmp, safe_serialization=True)
     return Path(out_dir)

@@ -1,7 +1,7 @@
 """LPIPS (Zhang et al. 2018), VGG16 variant, loaded from one local safetensors file.
 
 LPIPS needs two sets of weights that cannot be fetched here: torchvision's ImageNet VGG16 and the
-`lpips` package's linear heads. `scripts/make_lpips_weights.py` merges the two files a user has
+`lpips` package's linear heads. `tools/make_lpips_weights.py` merges the two files a user has
 into one safetensors file, with torchvision's key names (`features.N.weight`) and lpips' names
 (`linK.model.1.weight`). The network is written out here because torchvision (which has VGG16)
 is not a dependency; the layer order matches torchvision's, so its state dict loads unchanged.
@@ -67,7 +67,7 @@ class LPIPS(nn.Module):
     def _load(self, path: Path) -> None:
         if not path.is_file():
             raise LdmError(f"loss.lpips_weights: file not found: {path} "
-                           "(make it with scripts/make_lpips_weights.py, or leave it unset for the SSIM loss)")
+                           "(make it with tools/make_lpips_weights.py, or leave it unset for the SSIM loss)")
         try:
             self.load_state_dict(load_file(str(path)))
         except Exception as err:  # safetensors header errors, missing or misshapen keys

@@ -23,7 +23,7 @@ from ldm.components import autoencoder as vae_lib
 from ldm.components.pretrained import local_folder, model_folder
 from ldm.core.errors import LdmError
 from ldm.core.images import image_grid, write_png
-from ldm.core.layout import VAE
+from ldm.core.layout import RECONSTRUCTION_GRIDS, VAE
 from ldm.data.datamodule import require_divisible
 from ldm.metrics.image_quality import psnr, ssim
 from ldm.stages.autoencoder.codebook import CodebookCare, perplexity, usage
@@ -226,13 +226,9 @@ class AutoencoderModule(L.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         pixels = batch["pixel_values"]
-        if self.is_vq:  # the export's own path: vae(x) = decode(encode(x)), quantizing in decode
-            h = self.vae.encode(pixels).latents
-            _, _, (_, _, indices) = self.vae.quantize(h)
-            self.val_counts += torch.bincount(indices.flatten(), minlength=self.num_codes)
-            reconstructions = self.vae.decode(h).sample
-        else:
-            reconstructions = self.vae(pixels).sample  # the posterior's mode
+        reconstructions, indices = vae_lib.reconstruct(self.vae, pixels)
+        if indices is not None:
+            self.val_counts += torch.bincount(indices, minlength=self.num_codes)
         n = len(pixels)
         self.log("val/psnr", psnr(reconstructions, pixels).mean(), batch_size=n, sync_dist=True, prog_bar=True)
         self.log("val/ssim", ssim(reconstructions, pixels).mean(), batch_size=n, sync_dist=True)
@@ -250,7 +246,7 @@ class AutoencoderModule(L.LightningModule):
 
     def write_grid(self) -> None:
         """Originals over reconstructions, as a PNG and in TensorBoard."""
-        path = self.cfg.stage_dir / "reconstructions" / f"step{self.step:08d}.png"
+        path = self.cfg.stage_dir / RECONSTRUCTION_GRIDS / f"step{self.step:08d}.png"
         grid = image_grid(self.val_grid, upscale=GRID_UPSCALE)
         write_png(path, grid, {"rows": "originals, reconstructions", "training_step": str(self.step)})
         for logger in self.loggers:

@@ -79,10 +79,6 @@ class LoraConfig:
     text_encoder_target_modules: list[str] = field(default_factory=lambda: list(TEXT_ENCODER_LORA_TARGETS))
 
     def __post_init__(self):
-        if self.rank < 1:
-            raise ValueError(f"lora.rank must be at least 1, got {self.rank}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"lora.dropout must be in [0, 1), got {self.dropout}")
         if not self.target_modules:
             raise ValueError("lora.target_modules must name at least one module (e.g. to_q)")
 
@@ -127,8 +123,6 @@ class Config(RunConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if not 0.0 <= self.caption_dropout < 1.0:
-            raise ValueError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
         for part in ("vae", "text_encoder"):
             if self.pretrained is None and getattr(self, part) is None:
                 raise ValueError(f"{part}: say where the {part.replace('_', ' ')} is, or give `pretrained:` "

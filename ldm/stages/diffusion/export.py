@@ -16,8 +16,8 @@ from peft.utils import get_peft_model_state_dict
 
 from ldm.sampling.lora import write_lora
 from ldm.sampling.pipeline_io import export_pipeline
+from ldm.sampling.samplers import inference_scheduler
 from ldm.stages.diffusion.module import LatentDiffusion
-from ldm.stages.diffusion.validation_grid import inference_scheduler
 
 ADAPTER = "default"  # the name peft gives the one adapter a LoRA run trains
 

@@ -33,14 +33,11 @@ from ldm.components.autoencoder import FrozenAutoencoder
 from ldm.components.text_encoder import TextConditioner
 from ldm.core.errors import LdmError
 from ldm.sampling.lora import BaseModel
+from ldm.sampling.samplers import inference_scheduler
+from ldm.stages.diffusion.config import SamplesConfig
 from ldm.stages.diffusion.losses import DiffusionLoss
 from ldm.stages.diffusion.parts import trained_parameters
-from ldm.stages.diffusion.validation_grid import (
-    SamplesConfig,
-    inference_scheduler,
-    sample_grid,
-    save_grid,
-)
+from ldm.stages.diffusion.validation_grid import sample_grid, save_grid
 from ldm.stages.optimizers import build_optimizer
 from ldm.stages.run_config import TrainConfig
 from ldm.stages.trainer import lr_scheduler

@@ -71,7 +71,8 @@ def build_module(cfg: Config) -> LatentDiffusion:
         enable_gradient_checkpointing(unet, trained_text_encoder)
     ema = build_ema(cfg.ema, trained_parameters(unet, trained_text_encoder))
     return LatentDiffusion(unet, scheduler, build_loss(cfg.loss, scheduler), autoencoder, conditioner,
-                           cfg.train, ema=ema, samples=cfg.samples, samples_dir=cfg.stage_dir / "samples",
+                           cfg.train, ema=ema, samples=cfg.samples,
+                           samples_dir=cfg.stage_dir / layout.SAMPLE_GRIDS,
                            train_text_encoder=trained_text_encoder is not None,
                            base=base_model(sources) if lora is not None else None)
 
@@ -79,8 +80,8 @@ def build_module(cfg: Config) -> LatentDiffusion:
 def build_datamodule(cfg: Config, module: LatentDiffusion) -> L.LightningDataModule:
     if not cfg.cache:
         return ImageCaptionDataModule(cfg.data)
-    return LatentCacheDataModule(cfg.data, cfg.stage_dir / "cache", module.autoencoder, module.conditioner,
-                                 cfg.cache_shared_filesystem)
+    return LatentCacheDataModule(cfg.data, cfg.stage_dir / layout.LATENT_CACHE, module.autoencoder,
+                                 module.conditioner, cfg.cache_shared_filesystem)
 
 
 def train(cfg: Config) -> TrainedStage:

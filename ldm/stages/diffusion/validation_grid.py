@@ -11,19 +11,15 @@ import json
 from pathlib import Path
 
 import torch
-from diffusers import DPMSolverMultistepScheduler, UNet2DConditionModel
+from diffusers import UNet2DConditionModel
 from PIL import Image
 
 from ldm.components.autoencoder import FrozenAutoencoder
 from ldm.components.text_encoder import TextConditioner
 from ldm.core.images import image_grid, write_png
 from ldm.sampling.pipeline import LatentDiffusionPipeline
+from ldm.sampling.samplers import inference_scheduler
 from ldm.stages.diffusion.config import SamplesConfig
-
-
-def inference_scheduler(training_scheduler) -> DPMSolverMultistepScheduler:
-    """DPM-Solver++ on the training schedule (same betas, same prediction type): good in 20 steps."""
-    return DPMSolverMultistepScheduler.from_config(training_scheduler.config)
 
 
 def sample_grid(cfg: SamplesConfig, unet: UNet2DConditionModel, autoencoder: FrozenAutoencoder,

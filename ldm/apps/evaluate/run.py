@@ -1,0 +1,33 @@
+"""`ldm evaluate`: one settings model in (`ldm.apps.evaluate.settings`), its Evaluation out, and
+with `out` written as JSON too. Where it writes is checked first (`ldm.apps.evaluate.outputs`).
+
+    evaluate(WalkEvaluation(folder="walks/demo", out="walks/demo-smoothness.json"))
+"""
+
+from __future__ import annotations
+
+from ldm.apps.evaluate.autoencoder import evaluate_autoencoder
+from ldm.apps.evaluate.diffusion import evaluate_diffusion
+from ldm.apps.evaluate.outputs import check_outputs, writing
+from ldm.apps.evaluate.settings import AutoencoderEvaluation, DiffusionEvaluation, WalkEvaluation
+from ldm.apps.evaluate.walk import evaluate_walk
+from ldm.metrics.results import Evaluation, write_json
+
+
+def evaluate(s: AutoencoderEvaluation | DiffusionEvaluation | WalkEvaluation) -> Evaluation:
+    check_outputs(s)
+    if isinstance(s, AutoencoderEvaluation):
+        result = evaluate_autoencoder(s.vae, s.data, split=s.split, max_images=s.max_images, grid=s.grid)
+    elif isinstance(s, DiffusionEvaluation):
+        from ldm.apps.generate import read_prompts
+
+        prompts = read_prompts([], s.prompts_file) if s.prompts_file is not None else None
+        result = evaluate_diffusion(s.pipeline, s.data, clip=s.clip, inception=s.inception, split=s.split, n=s.n,
+                                    seed=s.seed, steps=s.steps, guidance=s.guidance, samples=s.samples,
+                                    prompts=prompts)
+    else:
+        result = evaluate_walk(s.folder)
+    if s.out is not None:
+        with writing("--out", s.out):
+            write_json(result, s.out)
+    return result

@@ -1,0 +1,63 @@
+"""What `ldm evaluate autoencoder|diffusion|walk` is asked for: one settings model each, every value
+checked when it is made (`ldm.apps.options`: a mistake is one line naming the option), and the
+defaults the command line shows (ldm/cli/settings_help.py). `ldm.apps.evaluate.evaluate` runs one.
+
+    DiffusionEvaluation(pipeline="runs/shapes/pipeline", data="data/shapes", n=0)
+        ->  --n must be at least 1, got 0
+
+What depends on files (a folder that is no model, an --out that would replace an earlier result)
+is checked by `evaluate` before any model loads. This module imports no model code, so
+`ldm evaluate X -h` reads the defaults from here quickly.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field
+from pydantic.dataclasses import dataclass
+
+from ldm.apps.options import PathText, Settings
+from ldm.core.config import SECTION, Count, NonNegativeInt
+
+DEFAULT_SPLIT = "test"  # the shapes data's held-out combinations
+MAX_REAL_IMAGES = 512  # real images an evaluation compares with, at most
+IMAGES_PER_PROMPT = 8
+SAMPLING_STEPS = 20
+GUIDANCE = 4.0
+# A split's name as `datasets` takes it ("train", "test", "validation"): an empty one would make a
+# data folder's split pattern "/**", a glob of the whole file system.
+Split = Annotated[str, Field(pattern=r"^\w+(\.\w+)*$")]
+
+
+@dataclass(config=SECTION)
+class AutoencoderEvaluation(Settings):
+    vae: PathText  # RUN/vae
+    data: PathText  # the dataset whose split is reconstructed
+    split: Split = DEFAULT_SPLIT
+    max_images: Count = MAX_REAL_IMAGES
+    grid: PathText | None = None  # originals over reconstructions, as a PNG
+    out: PathText | None = None  # the results as JSON
+
+
+@dataclass(config=SECTION)
+class DiffusionEvaluation(Settings):
+    pipeline: PathText  # RUN/pipeline
+    data: PathText  # the dataset whose split the generated images are compared with
+    prompts_file: PathText | None = None  # None: the shapes data's held-out prompts, else the split's captions
+    clip: PathText | None = None  # None: RUN/clip beside the pipeline, if any
+    inception: PathText | None = None  # Inception-v3 weights for standard FID/KID; None: on CLIP features
+    split: Split = DEFAULT_SPLIT
+    n: Count = IMAGES_PER_PROMPT  # images per prompt
+    seed: NonNegativeInt = 0  # image i of a prompt has seed + i
+    steps: Count = SAMPLING_STEPS
+    # 1: no guidance; below 1 samples as 1 does, so it is refused rather than ignored
+    guidance: Annotated[float, Field(ge=1)] = GUIDANCE
+    samples: PathText | None = None  # keep the generated images here; None: discarded
+    out: PathText | None = None  # the results as JSON
+
+
+@dataclass(config=SECTION)
+class WalkEvaluation(Settings):
+    folder: PathText  # a walk folder written by ldm animate
+    out: PathText | None = None  # the results as JSON

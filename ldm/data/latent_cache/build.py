@@ -1,0 +1,198 @@
+"""Building the cache: each process encodes its shard of every part (`build_shard`), waits until
+every shard is marked done (`wait_for_shards`), then writes parts.json (`finish_cache`)."""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+from datasets.arrow_writer import ArrowWriter
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from ldm.components.autoencoder import FrozenAutoencoder
+from ldm.components.text_encoder import TextConditioner
+from ldm.core.atomic import atomic_file, atomic_write_bytes
+from ldm.data.buckets import Size, row_buckets
+from ldm.data.captions import captions_of
+from ldm.data.config import DataConfig
+from ldm.data.datamodule import decode_row
+from ldm.data.latent_cache.layout import (
+    CACHE_VERSION,
+    PARTS,
+    SHARD_DATA,
+    marker,
+    part_name,
+    shard_markers,
+    shard_name,
+)
+from ldm.data.transforms import preprocess
+
+TEXT_BATCH = 256  # captions per text-encoder call while building
+# How often a process that has finished its shards looks for the others' markers: one small file
+# read per poll and process, nothing next to the minutes a share takes.
+POLL_SECONDS = 0.5
+
+
+def cache_features(autoencoder: FrozenAutoencoder, conditioner: TextConditioner, size: Size) -> datasets.Features:
+    """The columns of a part whose images are `size` (width, height)."""
+    latent = (autoencoder.latent_channels, size[1] // autoencoder.factor, size[0] // autoencoder.factor)
+    text = (None, conditioner.tokenizer.model_max_length, conditioner.hidden_size)
+    features = {"mean": datasets.Array3D(latent, "float32")}
+    if autoencoder.is_kl:
+        features["std"] = datasets.Array3D(latent, "float32")
+    features["embeddings"] = datasets.Array3D(text, "float16")
+    features["captions"] = datasets.Sequence(datasets.Value("string"))
+    return datasets.Features(features)
+
+
+class DecodedRows(torch.utils.data.Dataset):
+    """Rows of a part as the encoders take them: (pixels at `size`, centre-cropped and unflipped, as
+    training would see them; every caption). Decoded in the DataLoader's workers (data.num_workers),
+    since for a GPU decoding the images can take longer than encoding them (docs/benchmarks.md)."""
+
+    def __init__(self, ds: datasets.Dataset, cfg: DataConfig, size: Size):
+        self.ds, self.cfg, self.size = ds, cfg, size
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, list[str]]:
+        row = self.ds[index]
+        rng = random.Random(0)  # unused: caching always centre-crops and never flips
+        pixels = preprocess(decode_row(row, self.cfg, self.size), self.size, True, False, rng)
+        return pixels, captions_of(row[self.cfg.caption_column])
+
+
+def decoded_batches(ds: datasets.Dataset, cfg: DataConfig, size: Size) -> DataLoader:
+    """`ds`'s rows in order, in batches of data.batch_size: (pixels, captions of each image)."""
+    return DataLoader(DecodedRows(ds, cfg, size), batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                      collate_fn=_stack_decoded)
+
+
+def _stack_decoded(items: list[tuple[torch.Tensor, list[str]]]) -> tuple[torch.Tensor, list[list[str]]]:
+    # a module function, not a lambda: workers started by spawn (macOS, Windows) receive it pickled
+    return torch.stack([pixels for pixels, _ in items]), [captions for _, captions in items]
+
+
+def _encoder(autoencoder: FrozenAutoencoder, conditioner: TextConditioner):
+    """The batch function: images -> latent moments, captions -> embeddings, as cache columns."""
+
+    def encode(batch: tuple[torch.Tensor, list[list[str]]]) -> dict:
+        pixels, captions = batch
+        mean, std = autoencoder.moments(pixels)
+        flat = [text for texts in captions for text in texts]
+        embedded = torch.cat([conditioner.encode(flat[i:i + TEXT_BATCH]).cpu()
+                              for i in range(0, len(flat), TEXT_BATCH)]).half().numpy()
+        bounds = np.cumsum([0] + [len(texts) for texts in captions])
+        out = {"mean": mean.float().cpu().numpy(),
+               "embeddings": [embedded[a:b] for a, b in zip(bounds[:-1], bounds[1:])],
+               "captions": captions}
+        if std is not None:
+            out["std"] = std.float().cpu().numpy()
+        return out
+
+    return encode
+
+
+def plan_parts(ds: datasets.Dataset, cfg: DataConfig) -> list[tuple[Size, np.ndarray]]:
+    """(size, rows of `ds`) of each part: the rows of each bucket that holds any, in order."""
+    sizes, bucket_of = row_buckets(ds, cfg)
+    return [(sizes[bucket], np.flatnonzero(bucket_of == bucket)) for bucket in np.unique(bucket_of)]
+
+
+def shard_block(rows: int, batch_size: int, index: int, count: int) -> slice:
+    """Which of a part's `rows` shard `index` of `count` holds: a contiguous block of whole encoder
+    batches, so that every batch any process encodes is one that a one-process build encodes too,
+    and the cache comes out the same to the bit (CPU kernels round differently for different batch
+    sizes: a batch of 1 and one of 5 give latents that differ in the last bits). The first shards
+    take one batch more when the batches do not divide evenly."""
+    batches = np.array_split(np.arange(-(-rows // batch_size)), count)[index]
+    if len(batches) == 0:
+        return slice(0, 0)
+    return slice(int(batches[0]) * batch_size, min((int(batches[-1]) + 1) * batch_size, rows))
+
+
+@torch.no_grad()
+def write_shard(batches: Iterable, encode: Callable[..., dict], features: datasets.Features, target: Path) -> int:
+    """Encode `batches` into the Arrow file `target`, whole or not at all; returns the number of
+    rows written."""
+    rows = 0
+    with atomic_file(target) as tmp:
+        with ArrowWriter(features=features, path=str(tmp)) as writer:
+            for batch in batches:
+                encoded = encode(batch)
+                writer.write_batch(encoded)
+                rows += len(encoded["mean"])
+            writer.finalize()
+    return rows
+
+
+@dataclass
+class ShardReport:
+    """What one process did towards a cache: rows encoded, in how long, and shards found done."""
+
+    rows: int = 0
+    seconds: float = 0.0
+    reused: int = 0  # shards finished by an earlier, interrupted build
+
+
+def build_shard(ds: datasets.Dataset, plan: list[tuple[Size, np.ndarray]], cfg: DataConfig,
+                autoencoder: FrozenAutoencoder, conditioner: TextConditioner, folder: Path, index: int,
+                count: int, progress: bool = True) -> ShardReport:
+    """Encode shard `index` of `count` of every part of `ds` (scanned: ldm.data.sources.scan; its
+    parts as `plan_parts` plans them) into `folder`, and mark each shard done; shards already
+    marked are kept."""
+    report = ShardReport()
+    for size, rows in plan:
+        target = folder / part_name(size) / shard_name(index, count)
+        if marker(target).is_file():
+            report.reused += 1
+            continue
+        remove_unfinished(target.with_suffix(SHARD_DATA))
+        mine = ds.select(rows[shard_block(len(rows), cfg.batch_size, index, count)])
+        started = time.perf_counter()
+        batches = tqdm(decoded_batches(mine, cfg, size), desc=f"caching latents and text embeddings "
+                       f"({part_name(size)})", disable=not progress)
+        written = write_shard(batches, _encoder(autoencoder, conditioner),
+                              cache_features(autoencoder, conditioner, size), target.with_suffix(SHARD_DATA))
+        seconds = time.perf_counter() - started
+        atomic_write_bytes(marker(target), json.dumps(
+            {"rows": written, "seconds": round(seconds, 3), "host": socket.gethostname()}).encode())
+        report.rows, report.seconds = report.rows + written, report.seconds + seconds
+    return report
+
+
+def remove_unfinished(data: Path) -> None:
+    """Remove what a killed build of this shard left: its temporary files (ldm.core.atomic names
+    them), and a shard renamed into place just before the kill but never marked. Only this process
+    writes this shard, so none of them is another's work in progress."""
+    for path in [data, *data.parent.glob(f".{data.name}.tmp-*")]:
+        path.unlink(missing_ok=True)
+
+
+def wait_for_shards(folder: Path, sizes: list[Size], count: int, poll: float = POLL_SECONDS) -> float:
+    """Wait, polling the file system, until every shard of the cache is marked done; returns the
+    seconds waited. No timeout: the wait lasts as long as the slowest process's share, and a
+    process that dies ends the run (the launcher stops the others)."""
+    started = time.perf_counter()
+    for path in shard_markers(folder, sizes, count):
+        while not path.is_file():
+            time.sleep(poll)
+    return time.perf_counter() - started
+
+
+def finish_cache(folder: Path, plan: list[tuple[Size, np.ndarray]], count: int) -> None:
+    """Write parts.json, which makes a cache whose shards are all marked readable (each process
+    that built it writes the same file; the rename makes that harmless)."""
+    parts = [{"name": part_name(size), "size": list(size), "rows": len(rows)} for size, rows in plan]
+    atomic_write_bytes(folder / PARTS, json.dumps({"version": CACHE_VERSION, "shards": count, "parts": parts},
+                                                  indent=1).encode())

@@ -1,0 +1,51 @@
+"""The cache key: a fingerprint of everything that decides a cache's content, so that the same inputs
+find the same folder and any changed input gives a new one."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import datasets
+import torch
+
+from ldm.components.autoencoder import FrozenAutoencoder
+from ldm.components.text_encoder import TextConditioner
+from ldm.core.config import to_dict
+from ldm.data.config import DataConfig
+from ldm.data.latent_cache.layout import CACHE_VERSION
+
+# The data settings that change a cache's pixels or captions (center_crop and random_flip cannot
+# differ: a cache refuses random crops and flips).
+CACHED_SETTINGS = ("source", "split", "image_column", "caption_column", "resolution", "max_samples",
+                   "background", "max_pixels", "empty_captions")
+
+
+def module_digest(module: torch.nn.Module) -> str:
+    """sha256 of a model's config and weights: identical for the same model, whatever its path."""
+    digest = hashlib.sha256(json.dumps(_plain(module.config), sort_keys=True, default=str).encode())
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _plain(config) -> dict:
+    return config.to_dict() if hasattr(config, "to_dict") else dict(config)
+
+
+def fingerprint(ds: datasets.Dataset, cfg: DataConfig, autoencoder: FrozenAutoencoder,
+                conditioner: TextConditioner) -> str:
+    """The cache key: data, data settings, autoencoder and text encoder (tokenizer included)."""
+    parts = {
+        "version": CACHE_VERSION,
+        "data": ds._fingerprint,  # datasets' own hash of the files and every transform applied
+        "settings": {key: getattr(cfg, key) for key in CACHED_SETTINGS},
+        "buckets": to_dict(cfg.buckets) if cfg.buckets is not None else None,
+        "autoencoder": module_digest(autoencoder.vae),
+        "text_encoder": module_digest(conditioner.text_encoder),
+        "tokenizer": hashlib.sha256(json.dumps(conditioner.tokenizer.get_vocab(), sort_keys=True)
+                                    .encode()).hexdigest(),
+        "max_length": conditioner.tokenizer.model_max_length,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
