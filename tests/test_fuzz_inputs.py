@@ -3,13 +3,20 @@ either accepted (and then the command does its work and writes whole outputs) or
 that names the key or option, before anything is written - never a traceback, never a partial or
 changed earlier output.
 
+The commands drawn: `ldm generate`, `ldm data shapes`, `ldm animate`, `ldm evaluate autoencoder|
+diffusion|walk` and `ldm data check`, each with one to three options of every kind (numbers, text,
+paths, lists, flags). A path is drawn text or one of the module's files (its models, data and the
+earlier results each command made); the commands run in an empty folder of their own, so what they
+write anywhere shows, and is removed once checked.
+
 The suite draws a small budget of values for each key and option. The full run draws more (50 a
-key, 300 command lines a command) and also runs `ldm train` for one step with two drawn values of
-every key of the shapes autoencoder config:
+key, 300 command lines a command, 100 for the commands that render) and also runs `ldm train` for
+one step with two drawn values of every key of the shapes autoencoder config:
 
     LDM_FUZZ_FULL=1 python -m pytest tests/test_fuzz_inputs.py -s
 
-and prints its counts (cases, accepted, refused, failed).
+and prints its counts (cases, accepted, refused, failed); a failed command line is counted and the
+draws go on, and the failures are listed at the end.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from ldm.cli import main as ldm_main
-from ldm.core.errors import LdmError
+from ldm.core.errors import LdmError, type_and_first_line
 from ldm.stages.registry import config_class, load_config
 
 FULL = os.environ.get("LDM_FUZZ_FULL") == "1"
@@ -45,6 +52,7 @@ CONFIG_EXAMPLES = 50 if FULL else 8  # values drawn per config key
 OPTION_EXAMPLES = 300 if FULL else 30  # command lines drawn per command
 SLOW_EXAMPLES = 100 if FULL else 12  # command lines drawn for a command that renders (animate, evaluate)
 COUNTS: Counter = Counter()  # the full run's tally, printed at the end
+FAILED: dict[str, list[str]] = {}  # the full run's failed command lines, by command
 PLAIN_NUMBER = re.compile(r"\d+(\.\d+)?")
 NEGATIVE_NUMBER = re.compile(r"-\d+|-\d*\.\d+")  # what argparse reads as a value, not an option
 
@@ -81,8 +89,9 @@ PLACES = ["{new}", "{new}/deeper", "{earlier}", "{walk}", "{pipeline}", "{vae}",
 
 def inside_cwd(text: str) -> bool:
     """A drawn path stays inside the folder the command runs in: the suite may run as root, and no
-    drawn path may write to (or scan) the machine's own folders."""
-    return not text.startswith(("/", "~")) and ".." not in text
+    drawn path may write to (or scan) the machine's own folders. Nor does it hold a newline: every
+    command quotes a path as it is, so its refusal would be two lines (left to ldm/cli's printing)."""
+    return not text.startswith(("/", "~")) and ".." not in text and "\n" not in text
 
 
 PATH_VALUES = st.one_of(st.sampled_from(PLACES), OPTION_VALUES.filter(inside_cwd))
@@ -159,7 +168,8 @@ def config_cases() -> list[tuple[str, str]]:
 def one_clear_line(message: str, *names: str) -> None:
     assert message and "\n" not in message.strip(), f"not one line: {message!r}"
     assert "Traceback" not in message, message
-    assert any(name in message for name in names), f"does not name {' or '.join(names)}: {message!r}"
+    said = message.lower()  # "Inception weights not found" names --inception
+    assert any(name.lower() in said for name in names), f"does not name {' or '.join(names)}: {message!r}"
 
 
 def run_ldm(*args: str) -> tuple[int, str]:
@@ -175,7 +185,8 @@ def run_ldm(*args: str) -> tuple[int, str]:
 
 
 def last_line(stderr: str) -> str:
-    lines = [line for line in stderr.strip().splitlines() if line.startswith("ldm ")]
+    # lines end at "\n" (what splitlines also ends them at, "\x1e" or "\x85", may be in a path the user gave)
+    lines = [line for line in stderr.strip().split("\n") if line.startswith("ldm ")]
     return lines[-1] if lines else stderr
 
 
@@ -344,13 +355,33 @@ def given_path(args: list[str], option: str, root: Path) -> Path | None:
     return root / "cwd" / values[-1] if values else None
 
 
+def path_named(drawn: str, places: dict[str, Path]) -> list[str]:
+    """A refusal that names the path the user gave names the argument: a place, not text so short
+    that any line holds it (".", "-")."""
+    return [placed(drawn, places)] if drawn in PLACES[:-1] else []
+
+
 def run_drawn(root: Path, args: list[str], choices: list[tuple], whole, *also_named: str,
               may_change: tuple[str, ...] = ()) -> None:
-    """`ldm ARGS`, run in root/cwd, and the contract: accepted, `whole()` holds and no earlier file
-    changed (but `may_change`, what a resumed command rewrites), then what it wrote is removed; or
-    refused in one line naming a drawn option (or `also_named`), with nothing written."""
+    """`ldm ARGS`, run in root/cwd, held to the contract (`check_contract`). The suite fails at the
+    first broken draw (hypothesis then shrinks it); the full run counts it and goes on, to report
+    every kind of failure at once (`no_failures`)."""
     command = " ".join(args[:2] if args[0] in ("evaluate", "data") else args[:1])
     COUNTS[command] += 1
+    try:
+        check_contract(root, args, command, choices, whole, also_named, may_change)
+    except Exception as failure:  # a traceback from the command, or a broken contract
+        if not FULL:
+            raise
+        COUNTS[f"{command} failed"] += 1
+        FAILED.setdefault(command, []).append(f"{' '.join(args)}\n    {type_and_first_line(failure)}")
+
+
+def check_contract(root: Path, args: list[str], command: str, choices: list[tuple], whole, also_named: tuple,
+                   may_change: tuple[str, ...]) -> None:
+    """Accepted: `whole()` holds and no earlier file changed (but `may_change`, what a resumed
+    command rewrites), then what it wrote is removed; or refused in one line naming a drawn option
+    (or `also_named`), with nothing written, changed or removed."""
     before = fingerprint(root)
     with contextlib.chdir(root / "cwd"):
         code, stderr = run_ldm(*args)
@@ -367,6 +398,11 @@ def run_drawn(root: Path, args: list[str], choices: list[tuple], whole, *also_na
         left = sorted(path for path in after.keys() | before.keys() if after.get(path) != before.get(path))
         assert not left, f"a refused run wrote, changed or removed {left[:5]}"
         COUNTS[f"{command} refused"] += 1
+
+
+def no_failures(command: str) -> None:
+    failed = FAILED.get(command, [])
+    assert not failed, f"{len(failed)} of {COUNTS[command]} draws failed:\n" + "\n".join(failed[:20])
 
 
 def whole_walk(out: Path) -> None:
@@ -395,6 +431,12 @@ def whole_previews(preview: Path | None) -> None:
     assert preview is None or whole_images(preview), "accepted, but no preview images"
 
 
+def drawn(examples: int):
+    """The settings of a command's draws (an inner function of the test: the fixtures stay outside)."""
+    return settings(max_examples=examples, deadline=None, derandomize=not FULL, database=None,
+                    suppress_health_check=[HealthCheck.too_slow])
+
+
 ANIMATE = Options(values=("--frames", "--fps", "--height", "--width", "--steps", "--guidance", "--batch-size",
                           "--video-scale", "--even-passes", "--audio-start", "--audio-end", "--audio-smooth",
                           "--audio-feature", "--sampler", "--negative-prompt", "--prompt", "--lora-scale"),
@@ -406,22 +448,25 @@ ANIMATE = Options(values=("--frames", "--fps", "--height", "--width", "--steps",
 ANIMATE_CAPS = {"--frames": 4, "--fps": 8, "--even-passes": 2, "--steps": 3, "--height": 32, "--width": 32,
                 "--video-scale": 3, "--times": 1}
 CLOCKS = ("--times", "--timeline", "--audio")  # a walk on a clock takes no --frames
+# resumed, the earlier walk keeps its frames; its videos are made anew (another fps, --video-scale)
+RESUMED = tuple(str(Path("walks", "earlier", name)) for name in ("walk.gif", "walk.mp4", "smoothness.json"))
 
 
-@settings(max_examples=SLOW_EXAMPLES, deadline=None, derandomize=not FULL, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(choices=ANIMATE.draw(), with_audio=st.booleans())
-def test_animate_renders_a_whole_walk_or_refuses_in_one_line(root, places, choices, with_audio):
-    at = for_test(places, "walk")
-    clock = with_audio or any(option in CLOCKS for option, _ in choices)
-    args = ["animate", str(at["pipeline"]), "--prompts", "a red circle", "a blue square", "--steps=2",
-            f"--out={at['new']}", *(["--fps=4"] if clock else ["--frames=2"]),
-            *([f"--audio={at['audio']}"] if with_audio else []), *as_args(choices, at, ANIMATE_CAPS)]
-    out = given_path(args, "--out", root)
-    # resumed, the earlier walk keeps its frames; its videos may be made anew (fps, --video-scale)
-    delivery = tuple(str(Path("walks", "earlier", name)) for name in ("walk.gif", "walk.mp4", "smoothness.json"))
-    run_drawn(root, args, choices, lambda: whole_walk(out), "keyframe", "prompt", "seed", "audio",
-              may_change=delivery)
+def test_animate_renders_a_whole_walk_or_refuses_in_one_line(root, places):
+    @drawn(SLOW_EXAMPLES)
+    @given(choices=ANIMATE.draw(), with_audio=st.booleans())
+    def draw(choices, with_audio):
+        at = for_test(places, "walk")
+        clock = with_audio or any(option in CLOCKS for option, _ in choices)
+        args = ["animate", str(at["pipeline"]), "--prompts", "a red circle", "a blue square", "--steps=2",
+                f"--out={at['new']}", *(["--fps=4"] if clock else ["--frames=2"]),
+                *([f"--audio={at['audio']}"] if with_audio else []), *as_args(choices, at, ANIMATE_CAPS)]
+        out = given_path(args, "--out", root)
+        run_drawn(root, args, choices, lambda: whole_walk(out), "keyframe", "prompt", "seed", "audio",
+                  may_change=RESUMED)
+
+    draw()
+    no_failures("animate")
 
 
 SPLITS = ("--split", ("train", "test"))
@@ -429,13 +474,16 @@ EVALUATE_AUTOENCODER = Options(values=("--split", "--max-images"), paths=("--dat
                                words=(SPLITS,))
 
 
-@settings(max_examples=OPTION_EXAMPLES, deadline=None, derandomize=not FULL, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(choices=EVALUATE_AUTOENCODER.draw(), vae=st.one_of(st.just("{vae}"), PATH_VALUES))
-def test_evaluate_autoencoder_measures_or_refuses_in_one_line(root, places, choices, vae):
-    at = for_test(places, "evaluation")
-    args = ["evaluate", "autoencoder", f"--data={at['data']}", *as_args(choices, at), "--", placed(vae, at)]
-    run_drawn(root, args, choices, lambda: whole_evaluation(args, root), "autoencoder")
+def test_evaluate_autoencoder_measures_or_refuses_in_one_line(root, places):
+    @drawn(OPTION_EXAMPLES)
+    @given(choices=EVALUATE_AUTOENCODER.draw(), vae=st.one_of(st.just("{vae}"), PATH_VALUES))
+    def draw(choices, vae):
+        at = for_test(places, "evaluation")
+        args = ["evaluate", "autoencoder", f"--data={at['data']}", *as_args(choices, at), "--", placed(vae, at)]
+        run_drawn(root, args, choices, lambda: whole_evaluation(args, root), "autoencoder", *path_named(vae, at))
+
+    draw()
+    no_failures("evaluate autoencoder")
 
 
 EVALUATE_DIFFUSION = Options(values=("--n", "--seed", "--steps", "--guidance", "--split"),
@@ -443,23 +491,29 @@ EVALUATE_DIFFUSION = Options(values=("--n", "--seed", "--steps", "--guidance", "
                              words=(SPLITS,))
 
 
-@settings(max_examples=SLOW_EXAMPLES, deadline=None, derandomize=not FULL, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(choices=EVALUATE_DIFFUSION.draw(), pipeline_path=st.one_of(st.just("{pipeline}"), PATH_VALUES))
-def test_evaluate_diffusion_measures_or_refuses_in_one_line(root, places, choices, pipeline_path):
-    at = for_test(places, "samples")
-    args = ["evaluate", "diffusion", f"--data={at['data']}", f"--prompts-file={at['prompts']}", "--n=2",
-            "--steps=2", *as_args(choices, at, caps={"--n": 2, "--steps": 3}), "--", placed(pipeline_path, at)]
-    run_drawn(root, args, choices, lambda: whole_evaluation(args, root), "pipeline")
+def test_evaluate_diffusion_measures_or_refuses_in_one_line(root, places):
+    @drawn(SLOW_EXAMPLES)
+    @given(choices=EVALUATE_DIFFUSION.draw(), pipeline=st.one_of(st.just("{pipeline}"), PATH_VALUES))
+    def draw(choices, pipeline):
+        at = for_test(places, "samples")
+        args = ["evaluate", "diffusion", f"--data={at['data']}", f"--prompts-file={at['prompts']}", "--n=2",
+                "--steps=2", *as_args(choices, at, caps={"--n": 2, "--steps": 3}), "--", placed(pipeline, at)]
+        run_drawn(root, args, choices, lambda: whole_evaluation(args, root), "pipeline", *path_named(pipeline, at))
+
+    draw()
+    no_failures("evaluate diffusion")
 
 
-@settings(max_examples=SLOW_EXAMPLES, deadline=None, derandomize=not FULL, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(choices=Options(paths=("--out",)).draw(), folder=st.one_of(st.just("{walk}"), PATH_VALUES))
-def test_evaluate_walk_measures_or_refuses_in_one_line(root, places, choices, folder):
-    at = for_test(places, "evaluation")
-    args = ["evaluate", "walk", *as_args(choices, at), "--", placed(folder, at)]
-    run_drawn(root, args, choices, lambda: whole_evaluation(args, root), "walk")
+def test_evaluate_walk_measures_or_refuses_in_one_line(root, places):
+    @drawn(SLOW_EXAMPLES)
+    @given(choices=Options(paths=("--out",)).draw(), folder=st.one_of(st.just("{walk}"), PATH_VALUES))
+    def draw(choices, folder):
+        at = for_test(places, "evaluation")
+        args = ["evaluate", "walk", *as_args(choices, at), "--", placed(folder, at)]
+        run_drawn(root, args, choices, lambda: whole_evaluation(args, root), "walk", *path_named(folder, at))
+
+    draw()
+    no_failures("evaluate walk")
 
 
 DATA_CHECK = Options(values=("--split", "--resolution", "--background", "--max-pixels", "--empty-captions",
@@ -469,14 +523,17 @@ DATA_CHECK = Options(values=("--split", "--resolution", "--background", "--max-p
                             ("--image-column", ("image",)), ("--caption-column", ("text",))))
 
 
-@settings(max_examples=OPTION_EXAMPLES, deadline=None, derandomize=not FULL, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(choices=DATA_CHECK.draw(), source=st.one_of(st.just("{data}"), PATH_VALUES))
-def test_data_check_reports_or_refuses_in_one_line(root, places, choices, source):
-    at = for_test(places, "previews")
-    args = ["data", "check", *as_args(choices, at, caps={"--resolution": 64}), "--", placed(source, at)]
-    preview = given_path(args, "--preview", root)
-    run_drawn(root, args, choices, lambda: whole_previews(preview), "source", placed(source, at))
+def test_data_check_reports_or_refuses_in_one_line(root, places):
+    @drawn(OPTION_EXAMPLES)
+    @given(choices=DATA_CHECK.draw(), source=st.one_of(st.just("{data}"), PATH_VALUES))
+    def draw(choices, source):
+        at = for_test(places, "previews")
+        args = ["data", "check", *as_args(choices, at, caps={"--resolution": 64}), "--", placed(source, at)]
+        preview = given_path(args, "--preview", root)
+        run_drawn(root, args, choices, lambda: whole_previews(preview), "source", *path_named(source, at))
+
+    draw()
+    no_failures("data check")
 
 
 # ---- the full run: every accepted config value trains one step ------------------------------------

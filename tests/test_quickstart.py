@@ -11,7 +11,7 @@ from eval_fixtures import check_schema
 from ldm.apps.quickstart import DONE_DIR
 from ldm.cli import main
 
-STEPS = ["data", "autoencoder", "decoder", "clip", "diffusion", "samples", "walk", "evaluate"]
+STEPS = ["data", "autoencoder", "clip", "diffusion", "samples", "walk", "evaluate"]
 
 
 @pytest.mark.slow
@@ -22,7 +22,7 @@ def test_tiny_quickstart_runs_every_step_then_skips_them(tmp_path, capsys):
     for number, step in enumerate(STEPS, 1):
         assert f"[{number}] {step}: done in" in printed, step
         assert (out / DONE_DIR / f"{step}.json").is_file()
-    for export in ("vae", "decoder/vae", "clip", "text_encoder", "tokenizer", "pipeline"):
+    for export in ("vae", "clip", "text_encoder", "tokenizer", "pipeline"):
         assert (out / export).is_dir(), export
     assert (out / "samples" / "grid.png").is_file() and (out / "walk" / "walk.gif").is_file()
     items = json.loads((out / "evaluation.json").read_text())
@@ -93,7 +93,7 @@ def test_an_interrupted_stage_resumes_and_a_changed_one_starts_over(tmp_path):
 
 
 def test_a_stage_trained_side_by_side_that_fails_is_named_with_its_log(tmp_path, monkeypatch):
-    """The lanes (autoencoder then decoder, and the CLIP) train in child processes: a failure names
+    """The lanes (here the autoencoder then the UNet, and the CLIP) train in child processes: a failure names
     the stage, its log and the log's last line, and is not recorded as done; the stage after it in
     its lane (which reads it) does not start; the other lane finishes and is recorded."""
     from ldm.apps import quickstart
@@ -108,9 +108,9 @@ def test_a_stage_trained_side_by_side_that_fails_is_named_with_its_log(tmp_path,
     with pytest.raises(LdmError, match=failed):
         run.stages_side_by_side([
             [("autoencoder", ["data"], ["vae/config.json"], "training the autoencoder"),
-             ("decoder", ["autoencoder"], [f"{quickstart.FINAL_VAE}/config.json"], "sharpening its decoder")],
+             ("diffusion", ["autoencoder"], ["pipeline/model_index.json"], "training the UNet")],
             [("clip", ["data"], ["clip/config.json"], "training the CLIP")]])
     done = tmp_path / DONE_DIR
-    assert not (done / "autoencoder.json").exists() and not (done / "decoder.json").exists()
-    assert not (tmp_path / quickstart.DECODER_RUN).exists()  # never started
+    assert not (done / "autoencoder.json").exists() and not (done / "diffusion.json").exists()
+    assert not (tmp_path / "diffusion").exists()  # never started
     assert (done / "clip.json").exists() and (tmp_path / "clip" / "config.json").exists()

@@ -63,15 +63,12 @@ from ldm.stages.run_config import LAST, comparable_config
 
 STAGE_CONFIGS = {
     "autoencoder": "autoencoder/kl_f4_shapes.yaml",
-    "decoder": "autoencoder/kl_f4_shapes_decoder.yaml",  # the autoencoder's decoder sharpened alone
     "clip": "clip/clip_shapes.yaml",
     "diffusion": "diffusion/ldm_shapes.yaml",
 }
 # What OUT holds besides the RUN folder's exports (ldm.core.layout):
 DONE_DIR = "done"
 DATA_DIR = "data"
-DECODER_RUN = "decoder"  # the decoder fine-tune's RUN folder; its vae/ is the autoencoder used from then on
-FINAL_VAE = f"{DECODER_RUN}/{VAE}"
 WALK_DIR = "walk"
 RECONSTRUCTIONS = "reconstructions.png"
 EVALUATION = "evaluation.json"
@@ -108,20 +105,17 @@ SCALES = {
     # Time budgets, not step counts: each stage plans its steps to its minutes (train.max_minutes,
     # ldm/stages/time_budget.py) and its learning-rate schedule ends with them, so the quickstart
     # takes the same time on a slow CPU and a fast one, and a faster machine only trains more steps.
-    # The autoencoder (then its decoder alone, sharpened at a smaller batch) and the CLIP train
-    # side by side, a core each; the diffusion stage then has both cores. Sized so that README
-    # command 1, install included, takes about 12 minutes on a quiet 2-core CPU (docs/benchmarks.md
-    # has each step's time measured).
+    # The autoencoder and the CLIP train side by side, a core each; the diffusion stage then has
+    # both cores. Sized so that README command 1, install included, takes about 12 minutes on a
+    # quiet 2-core CPU (docs/benchmarks.md has each step's time measured).
     "toy": Scale(images=10000, test_images=None,
-                 overrides={"autoencoder": ("train.max_minutes=3.5",),
-                            "decoder": ("train.max_minutes=1",),
-                            "clip": ("train.max_minutes=4.5",),
+                 overrides={"autoencoder": ("train.max_minutes=4",),
+                            "clip": ("train.max_minutes=4",),
                             "diffusion": ("train.max_minutes=4.5",)},
                  images_per_prompt=16, sampling_steps=20, walk_audio=(1.0, 3.0)),
     # Seconds per stage, for tests: every number as small as the code accepts.
     "tiny": Scale(images=48, test_images=16,
                   overrides={"autoencoder": (*TINY_RUN, "latent_scale.samples=16"),
-                             "decoder": TINY_RUN,
                              "clip": TINY_RUN,
                              "diffusion": (*TINY_RUN, "samples.prompts=[]")},
                   images_per_prompt=1, sampling_steps=2, walk_audio=(0.5, 0.5)),
@@ -280,11 +274,8 @@ class Quickstart:
     def stage_overrides(self, name: str) -> list[str]:
         out = self.out.resolve()
         common = [f"run_dir={out}", f"data.source={out / DATA_DIR}"]
-        if name == "decoder":  # its own RUN folder: its stage folder would be RUN/autoencoder too
-            common = [f"run_dir={out / DECODER_RUN}", f"data.source={out / DATA_DIR}",
-                      f"model.pretrained={out / VAE}"]
         if name == "diffusion":
-            common += [f"vae={out / FINAL_VAE}", f"text_encoder={out}"]
+            common += [f"vae={out / VAE}", f"text_encoder={out}"]
         return common + list(self.scale.overrides.get(name, ()))
 
     def samples(self) -> None:
@@ -328,7 +319,7 @@ class Quickstart:
 
         def work():
             results = [
-                evaluate_autoencoder(str(self.path(FINAL_VAE)), str(self.path(DATA_DIR)),
+                evaluate_autoencoder(str(self.path(VAE)), str(self.path(DATA_DIR)),
                                      grid=self.path(RECONSTRUCTIONS)),
                 evaluate_diffusion(str(self.path(PIPELINE)), str(self.path(DATA_DIR)),
                                    clip=str(self.path(CLIP)), n=s.images_per_prompt,
@@ -422,12 +413,10 @@ def quickstart(out: str | Path = "quickstart", scale: str = "toy") -> Path:
     start = time.perf_counter()
     run.data()
     run.stages_side_by_side([
-        [("autoencoder", ["data"], [f"{VAE}/{MODEL_CONFIG}"], "training the KL f=4 autoencoder"),
-         ("decoder", ["autoencoder"], [f"{FINAL_VAE}/{MODEL_CONFIG}"],
-          "sharpening the autoencoder's decoder alone (its latents stay as they are)")],
+        [("autoencoder", ["data"], [f"{VAE}/{MODEL_CONFIG}"], "training the KL f=4 autoencoder")],
         [("clip", ["data"], [f"{CLIP}/{MODEL_CONFIG}", f"{TEXT_ENCODER}/{MODEL_CONFIG}", TOKENIZER],
           "training a small CLIP and its tokenizer on the captions")]])
-    run.stage("diffusion", ["data", "decoder", "clip"], [f"{PIPELINE}/{MODEL_INDEX}"],
+    run.stage("diffusion", ["data", "autoencoder", "clip"], [f"{PIPELINE}/{MODEL_INDEX}"],
               "training the text-conditioned latent diffusion UNet")
     run.samples()
     run.walk()

@@ -95,6 +95,8 @@ def saved_walk_settings(folder: str | Path) -> WalkSettings:
 def check_saved_settings(out: Path, current: dict) -> bool:
     """True if OUT holds a render of these settings, False if OUT is new; LdmError if it holds
     anything else (so a resumed render can never mix frames of two walks)."""
+    if out.exists() and not out.is_dir():
+        raise LdmError(f"--out {out} is a file, not a folder: choose a new --out")
     path = out / SETTINGS_FILE
     if not path.is_file():
         if out.exists() and any(out.iterdir()):

@@ -11,9 +11,16 @@ prompt fidelity on the shapes data, are `generated`'s (the quickstart's samples 
 `settings`, and where it writes is checked before any model loads (`outputs`).
 """
 
-from ldm.apps.evaluate.autoencoder import evaluate_autoencoder
-from ldm.apps.evaluate.diffusion import evaluate_diffusion
-from ldm.apps.evaluate.run import evaluate
-from ldm.apps.evaluate.walk import evaluate_walk
+import importlib
 
-__all__ = ["evaluate", "evaluate_autoencoder", "evaluate_diffusion", "evaluate_walk"]
+# Each function from its module, imported when first asked for: `ldm evaluate X -h` reads the
+# defaults from `settings`, and importing this package must not load torch and diffusers for it.
+MODULE_OF = {"evaluate": "run", "evaluate_autoencoder": "autoencoder", "evaluate_diffusion": "diffusion",
+             "evaluate_walk": "walk"}
+__all__ = list(MODULE_OF)
+
+
+def __getattr__(name: str):
+    if name not in MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{MODULE_OF[name]}"), name)

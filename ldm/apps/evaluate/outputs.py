@@ -32,13 +32,13 @@ def check_outputs(s) -> None:
 
 def check_new_file(path: str, option: str) -> None:
     """A file this run will write: not there yet (an earlier result, or a folder), under folders."""
-    target = Path(path)
+    target, shown = Path(path), path or "''"
     if target.exists() or target.is_symlink():
         what = "a folder" if target.is_dir() else "a file this run would replace"
-        raise LdmError(f"{option} {path} already exists ({what}): choose a new file name")
+        raise LdmError(f"{option} {shown} already exists ({what}): choose a new file name")
     above = next(parent for parent in target.absolute().parents if parent.exists())
     if not above.is_dir():
-        raise LdmError(f"{option} {path}: {above} is a file, not a folder")
+        raise LdmError(f"{option} {shown}: {above} is a file, not a folder")
 
 
 @contextmanager

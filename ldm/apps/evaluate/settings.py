@@ -12,9 +12,10 @@ is checked by `evaluate` before any model loads. This module imports no model co
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 from pydantic.dataclasses import dataclass
 
 from ldm.apps.options import PathText, Settings
@@ -25,9 +26,17 @@ MAX_REAL_IMAGES = 512  # real images an evaluation compares with, at most
 IMAGES_PER_PROMPT = 8
 SAMPLING_STEPS = 20
 GUIDANCE = 4.0
-# A split's name as `datasets` takes it ("train", "test", "validation"): an empty one would make a
-# data folder's split pattern "/**", a glob of the whole file system.
-Split = Annotated[str, Field(pattern=r"^\w+(\.\w+)*$")]
+SPLIT_NAME = re.compile(r"\w+(\.\w+)*")  # a split's name as `datasets` takes it: train, test, validation
+
+
+def _split_name(name: str) -> str:
+    # An empty name would make a data folder's split pattern "/**": a glob of the whole file system.
+    if not SPLIT_NAME.fullmatch(name):
+        raise ValueError(f"--split must be the name of a split (letters, digits and _: train, test), got {name!r}")
+    return name
+
+
+Split = Annotated[str, AfterValidator(_split_name)]
 
 
 @dataclass(config=SECTION)
