@@ -530,7 +530,8 @@ def test_data_check_reports_or_refuses_in_one_line(root, places):
         at = for_test(places, "previews")
         args = ["data", "check", *as_args(choices, at, caps={"--resolution": 64}), "--", placed(source, at)]
         preview = given_path(args, "--preview", root)
-        run_drawn(root, args, choices, lambda: whole_previews(preview), "source", *path_named(source, at))
+        run_drawn(root, args, choices, lambda: whole_previews(preview), "source", "data folder",
+                  *path_named(source, at))
 
     draw()
     no_failures("data check")
