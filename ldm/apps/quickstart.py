@@ -42,7 +42,7 @@ from ldm.apps.evaluate import evaluate_autoencoder, evaluate_diffusion, evaluate
 from ldm.apps.evaluate.generated import generate_samples, held_out_requests
 from ldm.apps.generate import GRID_NAME
 from ldm.apps.report import ReportContent, find_loss_curves, write_report
-from ldm.core.atomic import read_json_mapping
+from ldm.core.atomic import atomic_write_bytes, read_json_mapping
 from ldm.core.config import packaged_configs
 from ldm.core.errors import LdmError
 from ldm.core.layout import (
@@ -184,7 +184,9 @@ class Quickstart:
         """Record a step that ran: OUT/done/<name>.json with its fingerprint and time."""
         record = self.path(DONE_DIR, f"{pending.name}.json")
         record.parent.mkdir(parents=True, exist_ok=True)
-        record.write_text(json.dumps({"fingerprint": pending.fingerprint, "seconds": round(seconds, 1)}) + "\n")
+        # whole or not at all: a half-written record would be read as "not done" and rerun the step
+        atomic_write_bytes(record, (json.dumps({"fingerprint": pending.fingerprint,
+                                                "seconds": round(seconds, 1)}) + "\n").encode())
         print(f"[{pending.number}] {pending.name}: done in {_duration(seconds)} -> {pending.output}")
         self.results[pending.number - 1] = StepResult(pending.name, f"ran in {_duration(seconds)}", seconds,
                                                       pending.output)

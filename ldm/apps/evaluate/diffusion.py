@@ -27,6 +27,7 @@ from ldm.apps.evaluate.settings import DEFAULT_SPLIT, GUIDANCE, IMAGES_PER_PROMP
 from ldm.components.clip import load_clip
 from ldm.core.errors import LdmError
 from ldm.core.images import to_pil, to_tensor
+from ldm.core.layout import CLIP, MODEL_CONFIG
 from ldm.data.shapes.checker import prompt_fidelity
 from ldm.metrics.generation_scores import (
     ClipImageFeatures,
@@ -51,8 +52,8 @@ def percent(key: str, name: str, fraction: float, note: str = "") -> Metric:
 
 def default_clip(pipeline: str | Path) -> Path | None:
     """RUN/clip beside RUN/pipeline, when stage 1b trained one."""
-    path = Path(pipeline).resolve().parent / "clip"
-    return path if (path / "config.json").is_file() else None
+    path = Path(pipeline).resolve().parent / CLIP
+    return path if (path / MODEL_CONFIG).is_file() else None
 
 
 def fidelity_metrics(images: list[Image.Image], wanted: list[dict], real_images: list[Image.Image],

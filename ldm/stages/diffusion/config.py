@@ -5,12 +5,16 @@ the validation samples (`samples:`)."""
 from __future__ import annotations
 
 from dataclasses import field
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
+from pydantic import Field
 from pydantic.dataclasses import dataclass
 
-from ldm.core.config import SECTION, Count, Fraction, NonNegative, Positive, require_divides
+from ldm.core.config import SECTION, Count, Fraction, NonNegative, NonNegativeInt, Positive, require_divides
 from ldm.stages.run_config import RunConfig
+
+# 1: no guidance; below 1 samples as 1 does (diffusers' pipelines), so it is refused rather than ignored
+Guidance = Annotated[float, Field(ge=1)]
 
 
 @dataclass(config=SECTION)
@@ -86,13 +90,11 @@ class LoraConfig:
 @dataclass(config=SECTION)
 class SamplesConfig:
     prompts: list[str] = field(default_factory=list)  # none: no sample grids
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
-    steps: int = 20
-    guidance_scale: float = 4.0
+    seeds: list[NonNegativeInt] = field(default_factory=lambda: [0, 1, 2, 3])
+    steps: Count = 20
+    guidance_scale: Guidance = 4.0
 
     def __post_init__(self):
-        if self.steps < 1:
-            raise ValueError(f"samples.steps must be at least 1, got {self.steps}")
         if self.prompts and not self.seeds:
             raise ValueError("samples.seeds must name at least one seed")
 
