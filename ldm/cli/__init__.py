@@ -24,18 +24,24 @@ COMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The `ldm` parser. Only the subcommand that `argv` names gets its options (each command's
+    module imports its settings, and some are slow to import): `ldm generate --help` does not pay
+    for animate's. Without `argv` (the docs, tests) every subcommand gets them."""
     from ldm.cli.ranges import OneLineParser
 
     parser = OneLineParser(
         prog="ldm", description="Latent diffusion: train on your own images, generate, animate."
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    # ldm takes no option of its own but -h: the first word that is not one is the subcommand
+    chosen = None if argv is None else next((word for word in argv if not word.startswith("-")), "")
     for name, help_text in COMMANDS.items():
-        module = importlib.import_module(f"ldm.cli.{name}")
         command = sub.add_parser(name, help=help_text, description=help_text)
-        module.add_arguments(command)
-        command.set_defaults(run=module.run)
+        if chosen is None or name == chosen:
+            module = importlib.import_module(f"ldm.cli.{name}")
+            module.add_arguments(command)
+            command.set_defaults(run=module.run)
     return parser
 
 
@@ -49,7 +55,8 @@ ON_INTERRUPT = {
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     formatwarning, warnings.formatwarning = warnings.formatwarning, _one_line_warning(args.command)
     try:
         args.run(args)
