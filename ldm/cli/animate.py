@@ -20,7 +20,8 @@ from ldm.core.errors import LdmError
 
 # Options that set the WalkSettings field of their name; one not given (SUPPRESS) is left to the
 # field's default (ldm/cli/settings_help.py).
-SETTINGS_OPTIONS = ("frames", "fps", "height", "width", "loop", "even_passes", "distance_model", "batch_size",
+SETTINGS_OPTIONS = ("interpolation", "frames", "fps", "height", "width", "loop", "even_passes", "distance_model",
+                    "batch_size",
                     "video_scale", "audio", "audio_start", "audio_end", "on_beats", "audio_smooth",
                     "audio_feature", "steps", "guidance", "sampler", "negative_prompt", "vae")
 
@@ -78,9 +79,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="re-spacing passes after the linear probe; each renders the walk once "
                              "more (default %(default)s; 2 evens out a little further)")
     frames.add_argument("--keep-jumps", action="store_true",
-                        help="leave the model's jumps (switches between two pictures that re-spacing cannot "
-                             "spread, found by bisection after the probe pass) as they are, instead of "
-                             "dissolving them over the frames that fall inside")
+                        help="--interpolation dissolve: leave the model's jumps (switches between two pictures "
+                             "that re-spacing cannot spread, found by bisection after the probe pass) as they "
+                             "are, instead of dissolving them over the frames that fall inside")
     frames.add_argument("--distance-model", metavar="CLIP_FOLDER", default=SUPPRESS,
                         help="measure motion (even motion and the report) as the distance between CLIP "
                              "image features of this CLIP folder, e.g. RUN/clip (default: a multi-scale "
@@ -110,6 +111,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "energy (RMS: loudness) (default %(default)s)")
 
     sampling = parser.add_argument_group("sampling")
+    sampling.add_argument("--interpolation", default=SUPPRESS, metavar="METHOD",
+                          help="how frames between keyframes are made (default %(default)s): dissolve (lerped "
+                               "text, slerped noise, and the model's jumps dissolved), slerp (the same, no "
+                               "dissolves), blend (latent blending: neighbouring frames share their early "
+                               "steps and branch late) or attention (AID: attention interpolated between the "
+                               "keyframes'); the frames at the keyframes are the keyframe images in every case")
     sampling.add_argument("--steps", type=STEPS, default=SUPPRESS, help="sampler steps (default %(default)s)")
     sampling.add_argument("--guidance", type=GUIDANCE, default=SUPPRESS,
                           help="classifier-free guidance scale (default %(DEFAULT_GUIDANCE)s, image walks "

@@ -51,10 +51,10 @@ class TextKeyValueCacheProcessor(AttnProcessor2_0):
                                     *args, **kwargs)
         if encoder_hidden_states is not self.text:
             self.text = encoder_hidden_states
-            self.keys_values = (_split_heads(attn, attn.to_k(encoder_hidden_states)),
-                                _split_heads(attn, attn.to_v(encoder_hidden_states)))
+            self.keys_values = (split_heads(attn, attn.to_k(encoder_hidden_states)),
+                                split_heads(attn, attn.to_v(encoder_hidden_states)))
         key, value = self.keys_values
-        query = _split_heads(attn, attn.to_q(hidden_states))
+        query = split_heads(attn, attn.to_q(hidden_states))
         if query.device.type == "cpu":
             weights = torch.softmax(query @ key.transpose(-1, -2) * attn.scale, dim=-1)
             out = weights @ value
@@ -73,7 +73,7 @@ def _is_plain_cross_attention(attn: Attention, hidden_states, encoder_hidden_sta
             and attn.norm_q is None and attn.norm_k is None and not attn.residual_connection)
 
 
-def _split_heads(attn: Attention, x: torch.Tensor) -> torch.Tensor:
+def split_heads(attn: Attention, x: torch.Tensor) -> torch.Tensor:
     """(batch, tokens, heads * head_dim) -> (batch, heads, tokens, head_dim)."""
     batch, tokens, width = x.shape
     return x.view(batch, tokens, attn.heads, width // attn.heads).transpose(1, 2)

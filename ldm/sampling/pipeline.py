@@ -124,6 +124,17 @@ class LatentDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin)
             self.scheduler.set_begin_index(start)
         return self.scheduler.timesteps[start:]
 
+    def partial_timesteps(self, num_inference_steps: int, start_step: int, end_step: int | None) -> torch.Tensor:
+        """The timesteps of steps [start_step, end_step) of the schedule (after `set_timesteps`)."""
+        end_step = num_inference_steps if end_step is None else end_step
+        if not 0 <= start_step < end_step <= num_inference_steps:
+            raise ValueError(f"need 0 <= start_step < end_step <= {num_inference_steps} steps, "
+                             f"got {start_step} and {end_step}")
+        order = self.scheduler.order
+        if start_step and hasattr(self.scheduler, "set_begin_index"):
+            self.scheduler.set_begin_index(start_step * order)
+        return self.scheduler.timesteps[start_step * order: end_step * order]
+
     def step_kwargs(self, generator: Generators, eta: float) -> dict:
         """eta (DDIM) and generator (stochastic samplers) for the schedulers whose `step` takes them."""
         accepted = inspect.signature(self.scheduler.step).parameters
@@ -152,6 +163,8 @@ class LatentDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin)
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Callable | None = None,
+        start_step: int = 0,
+        end_step: int | None = None,
     ):
         """Generate images; the arguments mean what they mean in `StableDiffusionPipeline`.
 
@@ -159,6 +172,13 @@ class LatentDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin)
         `strength` share of the schedule, and only that share is denoised. `callback_on_step_end`
         is called as `callback(pipe, step, timestep, {"latents": latents})` and may return new
         latents in its dict.
+
+        `start_step` and `end_step` denoise only part of the schedule, as SDXL's `denoising_start`
+        and `denoising_end` do, but in whole steps (so that every trajectory of a walk branches at
+        the same step, `ldm.apps.animate.blend`): `latents` are taken as already denoised by
+        `start_step` steps (not scaled as noise), and the output is the latents after `end_step`
+        steps (`output_type="latent"`). The sampler starts fresh at `start_step` (a multistep
+        sampler's first step there is first order, as after img2img's skip).
         """
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
@@ -179,7 +199,15 @@ class LatentDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin)
         # 2. Timesteps and starting latents.
         self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
         timesteps = self.scheduler.timesteps
-        if image is None:
+        if start_step or end_step is not None:
+            timesteps = self.partial_timesteps(num_inference_steps, start_step, end_step)
+            if start_step and (image is not None or latents is None):
+                raise ValueError("start_step > 0 continues given latents: pass latents, not an image")
+            if end_step is not None and output_type != "latent":
+                raise ValueError("end_step stops before the end: use output_type='latent'")
+        if image is None and start_step:
+            latents = latents.to(self._execution_device)  # already partly denoised: not scaled as noise
+        elif image is None:
             shape = (batch, self.unet.config.in_channels,
                      height // self.vae_scale_factor, width // self.vae_scale_factor)
             latents = self.prepare_latents(shape, generator, latents)

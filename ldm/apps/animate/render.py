@@ -85,7 +85,7 @@ def animate(settings: WalkSettings) -> AnimationResult:
         desc = "frames" if passes == 0 else f"{'frames' if last else 'probe'} (pass {p + 1}/{passes + 1})"
         rendered_total += render_pass(s, renderer, times, folder, state, rendered_frames, desc)
         rendered_frames.update({t: video.frame_path(folder, i) for i, t in enumerate(times)})
-        if p == 0 and not last and s.dissolve_jumps and s.uses_diffusion:
+        if p == 0 and not last and s.dissolves:
             searched, made = dissolve_jumps(s, renderer, rendered_frames, out, state)
             rendered_frames.update(searched)
             rendered_total += made

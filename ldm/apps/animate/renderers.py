@@ -6,8 +6,11 @@
   between keyframes, starting noise is slerped, and each batch of frames goes through the pipeline
   in one call (one UNet batch per sampler step; frames whose guidance differs, between keyframes
   of different guidance, take one call each, as the pipeline takes one scale per call). Keyframes
-  come from prompts and seeds, or from the user's images by DDIM inversion. Frames inside a jump
-  (`ldm.apps.animate.jumps`) are dissolved: decoded from a blend of the latents at its ends.
+  come from prompts and seeds, or from the user's images by DDIM inversion. How a frame between
+  keyframes is sampled is the walk's interpolation method (`METHODS`): on its own (`SlerpPath`),
+  branched from its neighbours' trajectories (`ldm.apps.animate.blend`) or with interpolated
+  attention (`ldm.apps.animate.attention_walk`). Frames inside a jump (`ldm.apps.animate.jumps`,
+  method "dissolve" only) are dissolved: decoded from a blend of the latents at its ends.
 - `AutoencoderWalk`: encoded images lerped in the stage-1 latent space and decoded, no diffusion.
 
 `build_renderer` makes the one a walk's settings ask for: this is where the models load.
@@ -28,6 +31,8 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from ldm.apps.animate import spacing
+from ldm.apps.animate.attention_walk import AttentionPath
+from ldm.apps.animate.blend import BlendTree
 from ldm.apps.animate.jumps import Jump, jump_at
 from ldm.apps.animate.settings import WalkSettings
 from ldm.components import autoencoder as vae_lib
@@ -51,7 +56,8 @@ def load_image_tensor(path: str | Path, size: int | tuple[int, int]) -> torch.Te
 
 @dataclass
 class DiffusionWalk:
-    """Frames sampled by the pipeline from interpolated keyframe embeddings and noises."""
+    """Frames sampled by the pipeline between keyframe embeddings and noises, by one of the
+    interpolation methods (`METHODS`)."""
 
     pipe: LatentDiffusionPipeline
     embeddings: torch.Tensor  # (K, tokens, width): one text embedding per keyframe
@@ -60,9 +66,18 @@ class DiffusionWalk:
     loop: bool
     steps: int
     guidances: list[float]  # classifier-free guidance scale of each keyframe
+    interpolation: str = "dissolve"  # a key of METHODS (WalkSettings.interpolation)
 
     jumps: list[Jump] = field(default_factory=list)  # dissolved intervals (ldm.apps.animate.jumps)
     _jump_ends: dict[Jump, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
+    _method: object = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self._method = METHODS[self.interpolation]()
+
+    @property
+    def num_keyframes(self) -> int:
+        return len(self.embeddings)
 
     @torch.no_grad()
     def render(self, times: list[float]) -> np.ndarray:
@@ -78,21 +93,8 @@ class DiffusionWalk:
         return unit_to_uint8(images)
 
     def sample(self, times: list[float]) -> torch.Tensor:
-        """The final latents of the frames at `times`, sampled from interpolated keyframes."""
-        embeddings = spacing.interpolate(self.embeddings, times, self.loop, "lerp")
-        noises = spacing.interpolate(self.noises, times, self.loop, "slerp")
-        scales = spacing.interpolate(torch.tensor(self.guidances, dtype=torch.float64), times, self.loop,
-                                   "lerp").tolist()
-        latents: list[torch.Tensor | None] = [None] * len(times)
-        for scale in sorted(set(scales)):
-            rows = [i for i, s in enumerate(scales) if s == scale]
-            negative = self.negative.expand(len(rows), -1, -1)
-            out = self.pipe(prompt_embeds=embeddings[rows], negative_prompt_embeds=negative,
-                            latents=noises[rows], num_inference_steps=self.steps, guidance_scale=scale,
-                            output_type="latent").images
-            for i, latent in zip(rows, out):
-                latents[i] = latent
-        return torch.stack(latents)
+        """The final latents of the frames at `times`, by the walk's interpolation method."""
+        return self._method.sample(self, times)
 
     def jump_ends(self, jump: Jump) -> tuple[torch.Tensor, torch.Tensor]:
         """The latents at a jump's two ends, sampled once (together, so always alike)."""
@@ -100,6 +102,49 @@ class DiffusionWalk:
             start, end = self.sample([jump.start, jump.end])
             self._jump_ends[jump] = (start, end)
         return self._jump_ends[jump]
+
+    # ---- the parts every method uses -------------------------------------------------------------
+
+    def at(self, times: list[float]) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+        """(text embeddings, starting noises, guidance scales) at `times`: embeddings and scales
+        lerped between keyframes, noises slerped (Gaussian noise lives near a sphere)."""
+        embeddings = spacing.interpolate(self.embeddings, times, self.loop, "lerp")
+        noises = spacing.interpolate(self.noises, times, self.loop, "slerp")
+        scales = spacing.interpolate(torch.tensor(self.guidances, dtype=torch.float64), times, self.loop,
+                                     "lerp").tolist()
+        return embeddings, noises, scales
+
+    def denoise(self, embeddings: torch.Tensor, latents: torch.Tensor, scale: float, **call) -> torch.Tensor:
+        """One pipeline call on rows of embeddings and latents at one guidance scale: final latents
+        (or, with `end_step`, partly denoised ones); `call` is passed on (start_step, callbacks)."""
+        negative = self.negative.expand(len(embeddings), -1, -1)
+        return self.pipe(prompt_embeds=embeddings, negative_prompt_embeds=negative, latents=latents,
+                         num_inference_steps=self.steps, guidance_scale=scale, output_type="latent",
+                         **call).images
+
+    @staticmethod
+    def by_scale(scales: list[float], run) -> torch.Tensor:
+        """`run(rows, scale)` once per distinct guidance scale (the pipeline takes one scale a
+        call), in a fixed order; its outputs put back in row order."""
+        latents: list[torch.Tensor | None] = [None] * len(scales)
+        for scale in sorted(set(scales)):
+            rows = [i for i, s in enumerate(scales) if s == scale]
+            for i, latent in zip(rows, run(rows, scale)):
+                latents[i] = latent
+        return torch.stack(latents)
+
+
+class SlerpPath:
+    """stable-diffusion-videos' walk: each frame sampled on its own from the lerped embedding and
+    the slerped noise (methods "dissolve" and "slerp"; the first also dissolves jumps)."""
+
+    def sample(self, walk: DiffusionWalk, times: list[float]) -> torch.Tensor:
+        embeddings, noises, scales = walk.at(times)
+        return walk.by_scale(scales, lambda rows, scale: walk.denoise(embeddings[rows], noises[rows], scale))
+
+
+# How each WalkSettings.interpolation makes the frames between keyframes.
+METHODS = {"dissolve": SlerpPath, "slerp": SlerpPath, "blend": BlendTree, "attention": AttentionPath}
 
 
 @dataclass
@@ -129,17 +174,19 @@ def seed_noise(pipe: LatentDiffusionPipeline, seeds: list[int], height: int, wid
 
 
 def prompt_walk(pipe: LatentDiffusionPipeline, prompts: list[str], seeds: list[int], negative_prompt: str,
-                loop: bool, steps: int, guidances: list[float], size: tuple[int, int]) -> DiffusionWalk:
+                loop: bool, steps: int, guidances: list[float], size: tuple[int, int],
+                interpolation: str = "dissolve") -> DiffusionWalk:
     """Keyframe k is prompts[k] with seeds[k] (a seed walk repeats one prompt); frames of `size`
     (width, height)."""
     embeddings = encode_each_once(pipe.tokenizer, pipe.text_encoder, prompts + [negative_prompt])
     embeddings, negative = embeddings[:-1], embeddings[-1:]
     noises = seed_noise(pipe, seeds, height=size[1], width=size[0])
-    return DiffusionWalk(pipe, embeddings, noises, negative, loop, steps, guidances)
+    return DiffusionWalk(pipe, embeddings, noises, negative, loop, steps, guidances, interpolation)
 
 
 def image_walk(pipe: LatentDiffusionPipeline, images: list[str], captions: list[str], negative_prompt: str,
-               loop: bool, steps: int, guidances: list[float], size: tuple[int, int]) -> DiffusionWalk:
+               loop: bool, steps: int, guidances: list[float], size: tuple[int, int],
+               interpolation: str = "dissolve") -> DiffusionWalk:
     """Keyframe k is images[k] (resized to cover `size`, (width, height), and centre-cropped) inverted
     to noise by DDIM under its caption; the pipeline samples with the DDIM sampler that mirrors the
     inversion, so the walk passes through the images."""
@@ -149,7 +196,7 @@ def image_walk(pipe: LatentDiffusionPipeline, images: list[str], captions: list[
     latents = vae_lib.encode(pipe.vae, pixels)
     noises = ddim_invert(pipe.unet, pipe.scheduler.config, latents, embeddings, steps)
     pipe.scheduler = inversion_sampler(pipe.scheduler.config)
-    return DiffusionWalk(pipe, embeddings, noises, negative, loop, steps, guidances)
+    return DiffusionWalk(pipe, embeddings, noises, negative, loop, steps, guidances, interpolation)
 
 
 def autoencoder_walk(vae: vae_lib.Autoencoder, images: list[str], size: tuple[int, int], loop: bool) -> AutoencoderWalk:
@@ -171,9 +218,11 @@ def build_renderer(s: WalkSettings, device) -> DiffusionWalk | AutoencoderWalk:
     pipe.set_progress_bar_config(disable=True)  # the bar that counts is the one over frames
     size = (s.width or pipe.image_size, s.height or pipe.image_size)
     if s.kind == "image":
-        return image_walk(pipe, s.images, s.captions, s.negative_prompt, s.loop, s.steps, s.guidances, size)
+        return image_walk(pipe, s.images, s.captions, s.negative_prompt, s.loop, s.steps, s.guidances, size,
+                          s.interpolation)
     prompts = s.prompts if s.kind == "prompt" else s.prompts * len(s.seeds)
-    return prompt_walk(pipe, prompts, s.seeds, s.negative_prompt, s.loop, s.steps, s.guidances, size)
+    return prompt_walk(pipe, prompts, s.seeds, s.negative_prompt, s.loop, s.steps, s.guidances, size,
+                       s.interpolation)
 
 
 def autoencoder_folder(path: str) -> Path:

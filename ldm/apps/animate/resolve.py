@@ -34,6 +34,9 @@ def resolve(settings: WalkSettings) -> WalkSettings:
         sampler=settings.sampler or (IMAGE_WALK_SAMPLER if image_walk else DEFAULT_SAMPLER),
         motion=settings.motion or ("audio" if settings.audio is not None else "even"),
     )
+    if settings.interpolation != "dissolve" and not settings.uses_diffusion:
+        raise LdmError(f"--interpolation {settings.interpolation} is for walks through the diffusion model; an "
+                       "--autoencoder walk lerps its latents")
     _check_keyframes(settings)
     if settings.loras and not settings.uses_diffusion:
         raise LdmError("--lora is for walks through the diffusion model, not an --autoencoder walk")

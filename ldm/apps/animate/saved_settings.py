@@ -33,11 +33,13 @@ def render_settings(s: WalkSettings) -> dict:
     if not s.respaced:  # then none of them changes a frame
         saved.pop("even_passes")
         saved.pop("distance_model")
+    if not (s.respaced and s.uses_diffusion and s.interpolation == "dissolve"):  # no jump search
         saved.pop("dissolve_jumps")
-    elif not s.uses_diffusion:  # its frames are blends already: no jumps to dissolve
-        saved.pop("dissolve_jumps")
-    elif s.distance_model is not None:
+    if s.respaced and s.uses_diffusion and s.distance_model is not None:
         saved["distance_model"] = str(Path(s.distance_model).resolve())
+    if s.interpolation == "dissolve" or not s.uses_diffusion:
+        # Walks rendered before `interpolation` existed were all "dissolve": they still resume.
+        saved.pop("interpolation")
     if not s.uses_diffusion:
         for key in ("steps", "guidance", "guidances", "sampler", "negative_prompt", "prompts", "seeds",
                     "captions"):
@@ -85,6 +87,7 @@ def saved_walk_settings(folder: str | Path) -> WalkSettings:
     plain = {f.name for f in fields(WalkSettings)} - {"out", "images", "audio", "vae", "loras"}
     if "even_motion" in saved:  # a walk rendered before `motion` existed
         saved["motion"] = "even" if saved["even_motion"] else "linear"
+    saved.setdefault("interpolation", "dissolve")  # not saved for "dissolve" (render_settings)
     return WalkSettings(out=str(folder), **{k: v for k, v in saved.items() if k in plain},
                         images=[image["path"] for image in saved.get("images", [])],
                         audio=saved["audio"]["path"] if saved.get("audio") else None,

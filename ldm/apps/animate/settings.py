@@ -18,8 +18,19 @@ How long a walk is, and so how many frames it has:
 steps of the frame distance, measured on a linear probe render, which costs one more render of
 the walk per `even_passes`), "audio" (the default with audio: steps in proportion to the audio's
 onset strength or energy, re-spaced the same way) or "linear" (equal steps of the interpolation
-weight: one render, uneven motion). Re-spaced diffusion walks dissolve their jumps
-(`dissolve_jumps`, `ldm.apps.animate.jumps`).
+weight: one render, uneven motion).
+
+`interpolation` is how a diffusion walk makes a frame between two keyframes (the frames at the
+keyframes are the keyframe images, `ldm generate`'s, whichever it is):
+- "dissolve" (the default): text embeddings lerped and starting noises slerped, and where the
+  model still jumps between two pictures, the frames dissolved (`dissolve_jumps`,
+  `ldm.apps.animate.jumps`: found after the probe pass of a re-spaced walk);
+- "slerp": the same path without dissolves (stable-diffusion-videos' walk);
+- "blend": latent blending (`ldm.apps.animate.blend`): neighbouring frames share their early
+  denoising steps and branch late, so the layout cannot flip between neighbours;
+- "attention": attention interpolation, AID (`ldm.apps.animate.attention_walk`): attention keys
+  and values interpolated between the two keyframes' and fused with them, coefficients spread by
+  a Beta prior.
 
 This module imports no model code, so `ldm animate -h` reads the defaults from here quickly.
 """
@@ -39,6 +50,8 @@ from ldm.sampling.lora import LoraChoice
 
 WalkKind = Literal["prompt", "seed", "image", "autoencoder"]
 Motion = Literal["even", "audio", "linear"]  # how frames are spaced between keyframes (module docstring)
+Interpolation = Literal["dissolve", "slerp", "blend", "attention"]  # how frames between keyframes are made
+DEFAULT_INTERPOLATION = "dissolve"
 DEFAULT_GUIDANCE = 4.0
 # Inverted noise reproduces its image only without guidance (see ldm.sampling.inversion).
 IMAGE_WALK_GUIDANCE = 1.0
@@ -63,7 +76,8 @@ class WalkSettings(Settings):
     loop: bool = False
     motion: Motion | None = None  # None: "audio" with audio, else "even"
     even_passes: Count = 1  # re-spacing passes after the linear probe (motion "even" and "audio")
-    dissolve_jumps: bool = True  # re-spaced diffusion walks: dissolve jumps (ldm.apps.animate.jumps)
+    interpolation: Interpolation = DEFAULT_INTERPOLATION  # diffusion walks (module docstring)
+    dissolve_jumps: bool = True  # re-spaced walks with interpolation "dissolve": dissolve jumps
     distance_model: PathText | None = None  # a CLIP folder: measure motion in its image features
     steps: Count = 20
     guidance: float | None = None  # None: DEFAULT_GUIDANCE, or IMAGE_WALK_GUIDANCE for image walks
@@ -99,6 +113,11 @@ class WalkSettings(Settings):
     def timed(self) -> bool:
         """True when the walk runs on a clock (times or audio) rather than `frames` per segment."""
         return bool(self.times) or self.audio is not None
+
+    @property
+    def dissolves(self) -> bool:
+        """True when the walk searches its probe pass for jumps and dissolves them."""
+        return self.uses_diffusion and self.respaced and self.dissolve_jumps and self.interpolation == "dissolve"
 
     @property
     def respaced(self) -> bool:
