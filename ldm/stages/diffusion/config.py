@@ -56,6 +56,11 @@ class NoiseConfig:
 class LossConfig:
     snr_gamma: Positive | None = 5.0  # min-SNR weighting; null trains on the plain MSE
     noise_offset: NonNegative = 0.0
+    # Weight of Smooth Diffusion's step-wise variation regulariser (ldm/stages/diffusion/
+    # smoothness_loss.py): the output moves in proportion to the noise's move, for smoother walks.
+    # 0: off (the default: it costs about 2x a step, and has not yet been shown to pay here, see
+    # docs/benchmarks.md); the paper trains with 1.
+    smoothness: Annotated[float, Field(ge=0, le=100)] = 0.0
 
 
 @dataclass(config=SECTION)

@@ -4,6 +4,7 @@ section (`parts.py`), as Stability AI's generative-models composes its diffusion
     network       UNet2DConditionModel                (trained; `unet:`, or `pretrained:`)
     noise         DDPMScheduler                       (`noise:`)
     loss          DiffusionLoss: target, min-SNR, noise offset                 (`loss:`)
+    smoothness    StepVariationLoss, Smooth Diffusion's regulariser; None when off (`loss.smoothness`)
     conditioner   frozen CLIP text encoder of stage 1b, caption dropout  (`text_encoder:`)
     autoencoder   frozen autoencoder of stage 1                          (`vae:`)
     ema           EMAModel of the trained weights, used for validation and export   (`ema:`)
@@ -20,7 +21,7 @@ step (`cache: false`, for streamed data and a text encoder that trains)."""
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import lightning as L
 import numpy as np
@@ -37,6 +38,7 @@ from ldm.sampling.samplers import inference_scheduler
 from ldm.stages.diffusion.config import SamplesConfig
 from ldm.stages.diffusion.losses import DiffusionLoss
 from ldm.stages.diffusion.parts import trained_parameters
+from ldm.stages.diffusion.smoothness_loss import StepVariationLoss, twice_differentiable
 from ldm.stages.diffusion.validation_grid import sample_grid, save_grid
 from ldm.stages.optimizers import build_optimizer
 from ldm.stages.run_config import TrainConfig
@@ -50,7 +52,8 @@ class LatentDiffusion(L.LightningModule):
     def __init__(self, unet: UNet2DConditionModel, noise_scheduler: DDPMScheduler, loss: DiffusionLoss,
                  autoencoder: FrozenAutoencoder, conditioner: TextConditioner, train_cfg: TrainConfig,
                  ema: EMAModel | None = None, samples: SamplesConfig | None = None,
-                 samples_dir=None, train_text_encoder: bool = False, base: BaseModel | None = None):
+                 samples_dir=None, train_text_encoder: bool = False, base: BaseModel | None = None,
+                 smoothness: StepVariationLoss | None = None):
         super().__init__()
         # Children in training mode (a pretrained model loads in eval mode, and Lightning keeps the
         # mode it finds): dropout, the LoRA adapters' included, applies while training.
@@ -63,6 +66,9 @@ class LatentDiffusion(L.LightningModule):
         self.train_cfg, self.ema = train_cfg, ema
         self.samples, self.samples_dir = samples, samples_dir
         self.base = base  # a LoRA run's pretrained base (its frozen weights are not checkpointed)
+        # A child module when on, so that checkpoints hold its running mean; absent when off, so
+        # that a default run's checkpoints are as they were.
+        self.smoothness = smoothness
 
     def trained_parameters(self) -> list[torch.nn.Parameter]:
         """What the optimizer and the EMA update, in the order `build_ema` was given them."""
@@ -91,19 +97,35 @@ class LatentDiffusion(L.LightningModule):
             embeddings = self.conditioner.embed(captions)
         return self.autoencoder.sample_latents(mean, std), embeddings
 
-    def diffusion_loss(self, latents: torch.Tensor, embeddings: torch.Tensor,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
+    def denoise(self, latents: torch.Tensor, embeddings: torch.Tensor, generator: torch.Generator | None = None,
+                track_noise: bool = False) -> tuple[torch.Tensor, ...]:
+        """One training denoising: (prediction, noisy latents, noise, timesteps). `track_noise`: the
+        noise requires a gradient (the smoothness loss differentiates through it)."""
         noise = self.loss.sample_noise(latents, generator)
+        if track_noise:
+            noise.requires_grad_(True)
         timesteps = self.loss.sample_timesteps(latents, generator)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
-        prediction = self.unet(noisy, timesteps, encoder_hidden_states=embeddings).sample
+        with twice_differentiable() if track_noise else nullcontext():
+            prediction = self.unet(noisy, timesteps, encoder_hidden_states=embeddings).sample
+        return prediction, noisy, noise, timesteps
+
+    def diffusion_loss(self, latents: torch.Tensor, embeddings: torch.Tensor,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+        prediction, _, noise, timesteps = self.denoise(latents, embeddings, generator)
         return self.loss(prediction, latents, noise, timesteps)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         latents, embeddings = self.latents_and_embeddings(batch, drop_captions=True)
-        loss = self.diffusion_loss(latents, embeddings)
+        smooth = self.smoothness is not None
+        prediction, noisy, noise, timesteps = self.denoise(latents, embeddings, track_noise=smooth)
+        loss = self.loss(prediction, latents, noise.detach(), timesteps)
         self.log("train/loss", loss, prog_bar=True, batch_size=latents.shape[0])
-        return loss
+        if not smooth:
+            return loss
+        penalty = self.smoothness(prediction, noisy, noise, timesteps)
+        self.log("train/smoothness", penalty, batch_size=latents.shape[0])
+        return loss + self.smoothness.weight * penalty
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         # The same noise and timesteps at every validation, so the curve shows the model, not the dice.

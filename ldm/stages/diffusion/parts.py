@@ -3,7 +3,8 @@
     unet:   the denoising network, a diffusers `UNet2DConditionModel`; its input size, channels and
             cross-attention width come from the autoencoder and the text encoder, not the config
     noise:  the training noise schedule, a diffusers `DDPMScheduler`
-    loss:   prediction target, min-SNR weighting, noise offset (`ldm.stages.diffusion.losses`)
+    loss:   prediction target, min-SNR weighting, noise offset (`ldm.stages.diffusion.losses`), and
+            the smoothness regulariser (`ldm.stages.diffusion.smoothness_loss`, `loss.smoothness`)
     ema:    the exponential moving average of the trained weights (diffusers' `EMAModel`)
     lora:   low-rank adapters on the UNet (and optionally the text encoder), added with peft
 
@@ -25,6 +26,7 @@ from ldm.components.text_encoder import TextConditioner
 from ldm.core.errors import LdmError, first_line
 from ldm.stages.diffusion.config import EmaConfig, LoraConfig, LossConfig, NoiseConfig, UNetConfig
 from ldm.stages.diffusion.losses import DiffusionLoss
+from ldm.stages.diffusion.smoothness_loss import StepVariationLoss
 
 
 def build_unet(cfg: UNetConfig, autoencoder: FrozenAutoencoder, conditioner: TextConditioner,
@@ -56,6 +58,11 @@ def build_noise_scheduler(cfg: NoiseConfig) -> DDPMScheduler:
 
 def build_loss(cfg: LossConfig, scheduler: DDPMScheduler) -> DiffusionLoss:
     return DiffusionLoss(scheduler, scheduler.config.prediction_type, cfg.snr_gamma, cfg.noise_offset)
+
+
+def build_smoothness_loss(cfg: LossConfig, scheduler: DDPMScheduler) -> StepVariationLoss | None:
+    """The step-wise variation regulariser, or None when `loss.smoothness` is 0 (the default)."""
+    return StepVariationLoss(scheduler, cfg.smoothness) if cfg.smoothness > 0 else None
 
 
 def trained_parameters(*models: torch.nn.Module | None) -> list[torch.nn.Parameter]:

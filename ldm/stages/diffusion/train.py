@@ -21,6 +21,7 @@ from ldm.stages.diffusion.parts import (
     build_ema,
     build_loss,
     build_noise_scheduler,
+    build_smoothness_loss,
     build_unet,
     enable_gradient_checkpointing,
     trained_parameters,
@@ -74,7 +75,8 @@ def build_module(cfg: Config) -> LatentDiffusion:
                            cfg.train, ema=ema, samples=cfg.samples,
                            samples_dir=cfg.stage_dir / layout.SAMPLE_GRIDS,
                            train_text_encoder=trained_text_encoder is not None,
-                           base=base_model(sources) if lora is not None else None)
+                           base=base_model(sources) if lora is not None else None,
+                           smoothness=build_smoothness_loss(cfg.loss, scheduler))
 
 
 def build_datamodule(cfg: Config, module: LatentDiffusion) -> L.LightningDataModule:
