@@ -17,5 +17,5 @@ BENCHMARKS = (
     "compare",  # the speed comparisons below in one table, each in its own process
     "generate", "diffusion_speed", "animate",  # ... those it compares
     "autoencoder", "clip", "diffusion_quality", "diffusion_peer", "quality_per_minute", "stage2_variants",
-    "finetune", "image_walk", "cache", "memory", "step_levers",
+    "finetune", "image_walk", "walks", "smoothness_cost", "cache", "memory", "step_levers",
 )

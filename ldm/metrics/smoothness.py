@@ -20,6 +20,10 @@ The coefficient of variation (std / mean) of adjacent-frame distances is the rep
 A walk to music is meant to move unevenly, as much as its audio target says at each step:
 `against_target` measures how closely it did (the correlation of distance and target, and the CV
 of their ratio, which is 0 when every step moved in exact proportion to its target).
+
+`perceptual_smoothness` is the figure AID (Attention Interpolation of Text-to-Image Diffusion,
+NeurIPS 2024) reports for walks: 1 - the Gini coefficient of the adjacent-frame distances, 1 when
+every step is as long as the next, towards 0 when one step holds all the motion.
 """
 
 from __future__ import annotations
@@ -97,6 +101,22 @@ def summarize(distances: Sequence[float]) -> dict[str, float]:
     mean = float(d.mean())
     return {"steps": len(d), "mean": mean, "max": float(d.max()), "min": float(d.min()),
             "cv": float(d.std() / mean) if mean > 0 else 0.0}
+
+
+def gini(values: Sequence[float]) -> float:
+    """The Gini coefficient of non-negative values: mean absolute difference of all pairs over twice
+    the mean (0: all equal). Written out because numpy and scipy have none; a walk has at most a
+    few thousand steps, so the all-pairs form is cheap."""
+    v = np.asarray(values, dtype=np.float64)
+    mean = v.mean() if v.size else 0.0
+    if mean <= 0:
+        return 0.0
+    return float(np.abs(v[:, None] - v[None, :]).mean() / (2 * mean))
+
+
+def perceptual_smoothness(distances: Sequence[float]) -> float:
+    """1 - Gini of the adjacent-frame distances (AID's smoothness): 1 for a walk of equal steps."""
+    return 1.0 - gini(distances)
 
 
 def against_target(distances: Sequence[float], target: Sequence[float]) -> dict[str, float]:
