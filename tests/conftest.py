@@ -3,7 +3,13 @@ tiny stage-1 run that the diffusion tests train on, built once per session."""
 
 from __future__ import annotations
 
+import os
 import shutil
+
+# No test may reach the network: a drawn or mistyped name that looks like a hub id ("26", "a/b")
+# fails at once instead of retrying a download (set before huggingface_hub and datasets are imported).
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 import pytest
 import torch

@@ -36,7 +36,9 @@ def test_autoencoder_cli_prints_a_table_and_writes_schema_json(run, tmp_path, ca
     item = json.loads(out.read_text())
     check_schema(item)
     assert item["kind"] == "autoencoder" and item["settings"]["images"] == 16
-    assert [m["key"] for m in item["metrics"]] == ["psnr", "ssim"]
+    # on the shapes data, also the checker on the reconstructions (the ceiling of a pipeline's fidelity)
+    assert [m["key"] for m in item["metrics"]] == ["psnr", "ssim", "reconstruction_fidelity"]
+    assert 0 <= item["metrics"][2]["value"] <= 100
     assert grid.is_file()  # originals over reconstructions
 
 

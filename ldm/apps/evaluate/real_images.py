@@ -28,14 +28,6 @@ def check_data_folder(data: str) -> None:
         raise LdmError(f"data folder not found: {data}")
 
 
-def load_pixels(data: str, split: str, resolution: int, max_images: int | None) -> torch.Tensor:
-    """[-1, 1] images of a split, centre-cropped to `resolution`."""
-    check_data_folder(data)
-    pixels, _ = load_labelled_images(DataConfig(source=str(data), split=split, resolution=resolution), [],
-                                     max_images)
-    return pixels
-
-
 @dataclass
 class RealImages:
     """The real images of a split: pixels in [-1, 1], a prompt describing each, and on the shapes
@@ -46,14 +38,19 @@ class RealImages:
     attributes: list[dict[str, str]] | None
 
 
-def load_real(data: str, split: str, resolution: int) -> RealImages:
-    """The split's images, described by their shapes attributes when it has them, else by their captions."""
+def load_real(data: str, split: str, resolution: int, max_images: int | None = MAX_REAL_IMAGES,
+              captions: bool = True) -> RealImages:
+    """The split's images, described by their shapes attributes when it has them, else by their
+    captions (`captions=False`: by nothing, for an evaluation that only needs the pixels)."""
+    check_data_folder(data)
     cfg = DataConfig(source=str(data), split=split, resolution=resolution)
     ds = load_source(cfg)  # loaded once: its columns decide what describes the images
     if all(column in ds.column_names for column in SHAPES_COLUMNS):
-        pixels, labels = load_labelled_images(cfg, SHAPES_COLUMNS, MAX_REAL_IMAGES, ds)
+        pixels, labels = load_labelled_images(cfg, SHAPES_COLUMNS, max_images, ds)
         attributes = [dict(zip(SHAPES_COLUMNS, values)) for values in zip(*labels.values())]
         prompts = [plain_prompt(a["colour"], a["shape"], a["position"]) for a in attributes]
         return RealImages(pixels, prompts, attributes)
-    pixels, labels = load_labelled_images(cfg, [cfg.caption_column], MAX_REAL_IMAGES, ds)
+    if not captions:
+        return RealImages(load_labelled_images(cfg, [], max_images, ds)[0], [], None)
+    pixels, labels = load_labelled_images(cfg, [cfg.caption_column], max_images, ds)
     return RealImages(pixels, [captions_of(value)[0] for value in labels[cfg.caption_column]], None)
