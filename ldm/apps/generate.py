@@ -5,7 +5,9 @@ so any one image can be made again alone (`--seed 10 --n 1` remakes image 3 of `
 Files are named by prompt index and seed (`0002-seed10.png`) and carry prompt, negative prompt,
 seed, steps, guidance, sampler and model path in the PNG (`ldm.core.images.read_png_metadata`),
 and the LoRAs it was made with (`--lora DIR --lora-scale S`, checked against the pipeline's UNet
-before any model loads). What it is asked for is a `GenerateOptions` (ldm/apps/generate_settings.py).
+before any model loads). With `--init-image` it starts from that image; with `--mask` too, it
+repaints only the mask's white part and keeps the rest (`ldm.sampling.inpaint`). What it is
+asked for is a `GenerateOptions` (ldm/apps/generate_settings.py).
 
 Under `accelerate launch`, the prompts are shared out among the processes; each writes only its own
 images, and the main process writes the contact sheet once all have finished.
@@ -31,6 +33,7 @@ from ldm.core.layout import SAMPLES
 from ldm.core.outputs import fresh_folder, refuse_earlier_results
 from ldm.data.decode import read_image_file
 from ldm.sampling import pipeline_io
+from ldm.sampling.inpaint import Inpainting, check_mask_size, composite, read_mask
 from ldm.sampling.lora import LoraChoice, check_loras
 from ldm.sampling.pipeline_io import check_autoencoder_swap, check_image_size, check_pipeline_folder, vae_factor
 from ldm.sampling.samplers import check_sampler, make_sampler
@@ -80,7 +83,13 @@ def check_options(opts: GenerateOptions) -> None:
             raise LdmError(f"--device {opts.device!r} is not a device torch knows (cpu, cuda, cuda:1, mps)") from None
     check_image_size(vae_factor(opts.pipeline), opts.height, opts.width)
     if opts.init_image is not None:
-        load_init_image(opts.init_image)
+        init = load_init_image(opts.init_image)
+        if opts.mask is not None:
+            check_mask_size(read_mask(opts.mask), init.size, opts.mask)
+    elif opts.mask is not None:
+        raise LdmError("--mask needs --init-image: the mask marks the part of that image to repaint")
+    if opts.repaint and opts.mask is None:
+        raise LdmError("--repaint needs --mask: it resamples the masked part")
     check_loras(opts.loras, opts.pipeline)
     if opts.vae is not None:
         check_autoencoder_swap(opts.pipeline, opts.vae)
@@ -125,6 +134,8 @@ def image_metadata(opts: GenerateOptions, job: ImageJob) -> dict[str, str]:
         meta["eta"] = opts.eta
     if opts.init_image is not None:
         meta.update(init_image=str(Path(opts.init_image).resolve()), strength=opts.strength)
+    if opts.mask is not None:
+        meta.update(mask=str(Path(opts.mask).resolve()), feather=opts.feather, repaint=opts.repaint)
     if opts.loras:
         meta["loras"] = json.dumps([asdict(LoraChoice(str(Path(lora.path).resolve()), lora.scale))
                                     for lora in opts.loras])
@@ -177,22 +188,27 @@ def _generate_jobs(opts: GenerateOptions, jobs: list[ImageJob], out: Path, devic
     pipe.scheduler = make_sampler(opts.sampler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     height, width = opts.height or pipe.image_size, opts.width or pipe.image_size
-    init = None
+    init = mask = None
     if opts.init_image is not None:
         init = load_init_image(opts.init_image).resize((width, height), Image.Resampling.LANCZOS)
+        if opts.mask is not None:  # to the generated size, as the init image
+            mask = read_mask(opts.mask).resize((width, height), Image.Resampling.LANCZOS)
 
     written = []
     with tqdm(total=len(jobs), unit="image", desc="generating", disable=not show_progress) as bar:
         for start in range(0, len(jobs), opts.batch_size):
             batch = jobs[start:start + opts.batch_size]
+            # CPU generators: the same seed gives the same noise on any device
+            generators = [torch.Generator().manual_seed(job.seed) for job in batch]
+            inpainting = Inpainting(pipe, init, mask, generators, opts.repaint) if mask is not None else None
             images = pipe(
                 [job.prompt for job in batch], height=height, width=width,
                 num_inference_steps=opts.steps, guidance_scale=opts.guidance,
                 negative_prompt=[opts.negative] * len(batch), eta=opts.eta,
-                # CPU generators: the same seed gives the same noise on any device
-                generator=[torch.Generator().manual_seed(job.seed) for job in batch],
-                image=init, strength=opts.strength,
+                generator=generators, image=init, strength=opts.strength, step_wrapper=inpainting,
             ).images
+            if mask is not None:
+                images = [composite(image, init, mask, opts.feather) for image in images]
             for job, image in zip(batch, images):
                 written.append(write_png(out / job.file_name, image, image_metadata(opts, job)))
             bar.update(len(batch))

@@ -45,6 +45,9 @@ class GenerateOptions(Settings):
     width: int | None = None
     init_image: PathText | None = None  # start from this image (image-to-image)
     strength: Annotated[float, Field(gt=0, le=1)] = 0.8  # with init_image: how much of it to repaint
+    mask: PathText | None = None  # with init_image: repaint only its white part (inpainting)
+    feather: Annotated[int, Field(ge=0, le=256)] = 2  # with mask: its edge's blur radius, pixels (blends ~2.5x it)
+    repaint: Annotated[int, Field(ge=0, le=100)] = 0  # with mask: RePaint's resampling: times each step is redone
     batch_size: Count = 8
     device: str | None = None  # None: the accelerator if any, one per process
     dtype: Dtype = "float32"

@@ -12,7 +12,7 @@ from ldm.cli.settings_help import given, show_defaults_of
 # Options that set the GenerateOptions field of their name; one not given (SUPPRESS) is left to the
 # field's default (ldm/cli/settings_help.py).
 SETTINGS_OPTIONS = ("n", "seed", "steps", "guidance", "negative", "sampler", "eta", "height", "width", "init_image",
-                    "strength", "out", "batch_size", "device", "dtype", "vae")
+                    "strength", "mask", "feather", "repaint", "out", "batch_size", "device", "dtype", "vae")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +37,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init-image", default=SUPPRESS, help="start from this image (image-to-image)")
     parser.add_argument("--strength", type=number(0.0, 1.0, low_open=True), default=SUPPRESS,
                         help="with --init-image: how much of it to repaint, 0-1 (default %(default)s)")
+    parser.add_argument("--mask", default=SUPPRESS,
+                        help="with --init-image: repaint only the mask's white part and keep the rest (inpainting)")
+    parser.add_argument("--feather", type=integer(0, 256), default=SUPPRESS,
+                        help="with --mask: the blur radius, in pixels, of the mask's edge; the repainted part "
+                             "blends into the image over about 2.5 times that outside the mask; 0: a sharp "
+                             "edge (default %(default)s)")
+    parser.add_argument("--repaint", type=integer(0, 100), default=SUPPRESS,
+                        help="with --mask: RePaint's resampling, times each step is noised back and redone; "
+                             "slower, the repainted part fits the rest better (default %(default)s)")
     parser.add_argument("--out", default=SUPPRESS,
                         help="output folder (default: samples/ beside the pipeline folder)")
     parser.add_argument("--batch-size", type=COUNT, default=SUPPRESS,

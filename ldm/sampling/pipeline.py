@@ -105,16 +105,19 @@ class LatentDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin)
         With one generator per image, each image's posterior sample and noise come from its own
         generator, so an image does not depend on the others in its batch.
         """
+        init = self.encode_image(image, batch, generator)
+        noise = randn_tensor(init.shape, generator=generator, device=init.device, dtype=init.dtype)
+        return self.scheduler.add_noise(init, noise, timestep.repeat(batch))
+
+    def encode_image(self, image, batch: int, generator: Generators) -> torch.Tensor:
+        """An init image's clean latents, one row per image (a KL posterior sample from each image's generator)."""
         pixels = self.image_processor.preprocess(image).to(self._execution_device, self.vae.dtype)
         if pixels.shape[0] != batch:
             pixels = pixels.repeat(batch // pixels.shape[0], 1, 1, 1)
         if isinstance(generator, list):
-            init = torch.cat([vae_lib.encode(self.vae, pixels[i:i + 1], sample=True, generator=g)
+            return torch.cat([vae_lib.encode(self.vae, pixels[i:i + 1], sample=True, generator=g)
                               for i, g in enumerate(generator)])
-        else:
-            init = vae_lib.encode(self.vae, pixels, sample=True, generator=generator)
-        noise = randn_tensor(init.shape, generator=generator, device=init.device, dtype=init.dtype)
-        return self.scheduler.add_noise(init, noise, timestep.repeat(batch))
+        return vae_lib.encode(self.vae, pixels, sample=True, generator=generator)
 
     def img2img_timesteps(self, num_inference_steps: int, strength: float) -> torch.Tensor:
         """The last `strength` share of the schedule: the init image stands in for the steps skipped."""
@@ -165,6 +168,7 @@ class LatentDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin)
         callback_on_step_end: Callable | None = None,
         start_step: int = 0,
         end_step: int | None = None,
+        step_wrapper: Callable | None = None,
     ):
         """Generate images; the arguments mean what they mean in `StableDiffusionPipeline`.
 
@@ -179,6 +183,10 @@ class LatentDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin)
         `start_step` steps (not scaled as noise), and the output is the latents after `end_step`
         steps (`output_type="latent"`). The sampler starts fresh at `start_step` (a multistep
         sampler's first step there is first order, as after img2img's skip).
+
+        `step_wrapper(step, timesteps)` returns what the loop calls instead of `step(i, latents)`
+        (one sampler step from `timesteps[i]`): a hook that works around each step, as inpainting's
+        blending and resampling do (`ldm.sampling.inpaint`).
         """
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
@@ -217,11 +225,17 @@ class LatentDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin)
         extra = self.step_kwargs(generator, eta)
 
         # 3. Denoise.
+        def step(i: int, latents: torch.Tensor) -> torch.Tensor:
+            t = timesteps[i]
+            noise = denoiser(self.scheduler.scale_model_input(latents, t), t)
+            return self.scheduler.step(noise, t, latents, **extra, return_dict=False)[0]
+
+        if step_wrapper is not None:
+            step = step_wrapper(step, timesteps)
         steps = len(timesteps) // self.scheduler.order
         with self.progress_bar(total=steps) as bar, text_keys_values_cached(self.unet):
             for i, t in enumerate(timesteps):
-                noise = denoiser(self.scheduler.scale_model_input(latents, t), t)
-                latents = self.scheduler.step(noise, t, latents, **extra, return_dict=False)[0]
+                latents = step(i, latents)
                 if callback_on_step_end is not None:
                     latents = callback_on_step_end(self, i, t, {"latents": latents}).get("latents", latents)
                 if i == len(timesteps) - 1 or (i + 1) % self.scheduler.order == 0:
