@@ -152,6 +152,7 @@ class Inpainting:
         holds for the variance-preserving samplers (a = sqrt(alpha_bar)) and for the sigma ones
         (Euler, Heun: a = 1, b = sigma) alike: from level p to level t,
         x_t = (a_t / a_p) x_p + sqrt(b_t^2 - (a_t / a_p)^2 b_p^2) noise.
+        Heun's steps come in halves at the same level for the second half, where this is no change.
         """
         scheduler = self.pipe.scheduler
         a_p, b_p = self._level(timesteps[i + 1]) if i + 1 < len(timesteps) else (1.0, 0.0)
