@@ -75,7 +75,8 @@ EVALUATION = "evaluation.json"
 REPORT = "report.html"
 TRAIN_LOG = "train.log"  # in RUN/<stage>: the output of a stage trained side by side
 # figures shown first, in this order
-HEADLINE = ("prompt_fidelity", "fid", "fid_clip", "psnr", "reconstruction_fidelity", "walk_cv", "walk_audio_correlation")
+HEADLINE = (
+    "prompt_fidelity", "fid", "fid_clip", "psnr", "reconstruction_fidelity", "walk_cv", "walk_audio_correlation")
 IMAGE_SIZE = 32
 DATA_SEED = 0
 SAMPLE_SEED = 0

@@ -120,14 +120,24 @@ class BlendTree:
             starts = torch.stack([mix(nodes[k - stride][begin], nodes[k + stride][begin], 0.5) for k in ks])
             trajectories = [{begin: latent} for latent in starts]
             if end > begin:
-                embeddings, _, scales = walk.at([segment + k / size for k in ks])
                 wanted = set(branch[level:])  # where its children and the frames branch
-                walk.by_scale(scales, lambda rows, scale: walk.denoise(
-                    embeddings[rows], starts[rows], scale, start_step=begin, end_step=end,
-                    callback_on_step_end=_recorder(walk, begin, wanted, [trajectories[r] for r in rows])))
+                _denoise_nodes(walk, [segment + k / size for k in ks], starts, begin, end, wanted, trajectories)
             nodes.update(zip(ks, trajectories))
         self._grids[segment] = nodes
         return nodes
+
+
+def _denoise_nodes(walk: DiffusionWalk, times: list[float], starts: torch.Tensor, begin: int, end: int,
+                   wanted: set[int], trajectories: list[Trajectory]) -> None:
+    """Denoise the nodes at `times` from their `starts` (step `begin`) to step `end`, keeping their
+    latents at the `wanted` steps in `trajectories`."""
+    embeddings, _, scales = walk.at(times)
+
+    def denoise(rows: list[int], scale: float):
+        return walk.denoise(embeddings[rows], starts[rows], scale, start_step=begin, end_step=end,
+                            callback_on_step_end=_recorder(walk, begin, wanted, [trajectories[r] for r in rows]))
+
+    walk.by_scale(scales, denoise)
 
 
 def _recorder(walk: DiffusionWalk, start: int, wanted: set[int], trajectories: list[Trajectory]):

@@ -39,6 +39,7 @@ from ldm.components import autoencoder as vae_lib
 from ldm.components.text_encoder import encode_each_once
 from ldm.core.errors import LdmError
 from ldm.core.images import to_tensor, to_uint8, unit_to_uint8
+from ldm.core.layout import MODEL_CONFIG, UNET, VAE
 from ldm.data.decode import read_image_file
 from ldm.data.transforms import resize_and_crop
 from ldm.sampling.inversion import ddim_invert, inversion_sampler
@@ -228,8 +229,8 @@ def build_renderer(s: WalkSettings, device) -> DiffusionWalk | AutoencoderWalk:
 def autoencoder_folder(path: str) -> Path:
     """The autoencoder of RUN/pipeline (its vae/) or RUN/vae itself, or an LdmError."""
     path = Path(path)
-    for folder in (path / "vae", path):
-        if (folder / "config.json").is_file():
+    for folder in (path / VAE, path):
+        if (folder / MODEL_CONFIG).is_file():
             return folder
     raise LdmError(f"no autoencoder at {path}: expected RUN/pipeline (with vae/) or RUN/vae")
 
@@ -237,6 +238,6 @@ def autoencoder_folder(path: str) -> Path:
 def _load_autoencoder(path: str, device) -> tuple[vae_lib.Autoencoder, int]:
     """(vae, image size): at the diffusion model's resolution when `path` is a pipeline."""
     vae = vae_lib.load_vae(autoencoder_folder(path)).to(device)
-    if (Path(path) / "unet" / "config.json").is_file():
+    if (Path(path) / UNET / MODEL_CONFIG).is_file():
         return vae, image_size(path)
     return vae, vae.config.sample_size

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ldm.apps.animate.settings import DEFAULT_GUIDANCE, IMAGE_WALK_GUIDANCE, IMAGE_WALK_SAMPLER, WalkSettings
 from ldm.core.errors import LdmError
+from ldm.core.layout import MODEL_CONFIG
 from ldm.data.decode import read_image_file
 from ldm.sampling.samplers import DEFAULT_SAMPLER, STOCHASTIC, check_sampler
 
@@ -62,7 +63,7 @@ def _check_keyframes(s: WalkSettings) -> None:
                        "one caption per image (the prompt its inversion is conditioned on)")
     for path in s.images:
         read_image_file(path)  # an unreadable image is an LdmError now, not after the models load
-    if s.distance_model is not None and not (Path(s.distance_model) / "config.json").is_file():
+    if s.distance_model is not None and not (Path(s.distance_model) / MODEL_CONFIG).is_file():
         raise LdmError(f"--distance-model {s.distance_model}: no CLIP model there (config.json is missing)")
     if s.guidances and len(s.guidances) != s.num_keyframes:
         raise LdmError(f"got {len(s.guidances)} guidance values for {s.num_keyframes} keyframes: give one "
