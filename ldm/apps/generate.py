@@ -36,7 +36,7 @@ from ldm.sampling import pipeline_io
 from ldm.sampling.inpaint import Inpainting, check_mask_size, composite, read_mask
 from ldm.sampling.lora import LoraChoice, check_loras
 from ldm.sampling.pipeline_io import check_autoencoder_swap, check_image_size, check_pipeline_folder, vae_factor
-from ldm.sampling.samplers import check_sampler, make_sampler
+from ldm.sampling.samplers import check_sampler_follows, guidance_rescale_of, make_sampler
 
 DTYPES = {name: getattr(torch, name) for name in get_args(Dtype)}
 GRID_NAME = "grid.png"
@@ -75,7 +75,7 @@ def check_options(opts: GenerateOptions) -> None:
     if opts.negative and opts.guidance <= 1:
         raise LdmError(f"--negative needs --guidance above 1 (got {opts.guidance}): without guidance "
                        "the negative prompt has no effect")
-    check_sampler(opts.sampler)
+    check_sampler_follows(opts.sampler, pipeline_io.scheduler_config(opts.pipeline))
     if opts.device is not None:
         try:
             torch.device(opts.device)
@@ -130,6 +130,8 @@ def image_metadata(opts: GenerateOptions, job: ImageJob) -> dict[str, str]:
     meta = {"prompt": job.prompt, "negative_prompt": opts.negative, "seed": job.seed, "steps": opts.steps,
             "guidance": opts.guidance, "sampler": opts.sampler,
             "model": str(Path(opts.pipeline).resolve())}
+    if opts.guidance_rescale:
+        meta["guidance_rescale"] = opts.guidance_rescale
     if opts.sampler == "ddim":
         meta["eta"] = opts.eta
     if opts.init_image is not None:
@@ -186,6 +188,8 @@ def _generate_jobs(opts: GenerateOptions, jobs: list[ImageJob], out: Path, devic
     pipe = pipeline_io.load_pipeline(opts.pipeline, dtype=DTYPES[opts.dtype], device=device, loras=opts.loras,
                                      vae=opts.vae)
     pipe.scheduler = make_sampler(opts.sampler, pipe.scheduler.config)
+    if opts.guidance_rescale is None:  # the pipeline's own, written into the PNGs as used
+        opts.guidance_rescale = guidance_rescale_of(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     height, width = opts.height or pipe.image_size, opts.width or pipe.image_size
     init = mask = None
@@ -206,6 +210,7 @@ def _generate_jobs(opts: GenerateOptions, jobs: list[ImageJob], out: Path, devic
                 num_inference_steps=opts.steps, guidance_scale=opts.guidance,
                 negative_prompt=[opts.negative] * len(batch), eta=opts.eta,
                 generator=generators, image=init, strength=opts.strength, step_wrapper=inpainting,
+                guidance_rescale=opts.guidance_rescale,
             ).images
             if mask is not None:
                 images = [composite(image, init, mask, opts.feather) for image in images]

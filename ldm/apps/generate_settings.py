@@ -38,6 +38,7 @@ class GenerateOptions(Settings):
     seed: NonNegativeInt = 0  # image i of a prompt has seed + i
     steps: Count = 20
     guidance: float = 5.0  # 1: no guidance
+    guidance_rescale: UnitInterval | None = None  # None: the pipeline's own (its scheduler config's)
     negative: str = ""
     sampler: str = field(default_factory=_default_sampler)
     eta: UnitInterval = 0.0  # DDIM's: 0 deterministic, 1 DDPM-like

@@ -11,7 +11,7 @@ from ldm.cli.settings_help import given, show_defaults_of
 
 # Options that set the GenerateOptions field of their name; one not given (SUPPRESS) is left to the
 # field's default (ldm/cli/settings_help.py).
-SETTINGS_OPTIONS = ("n", "seed", "steps", "guidance", "negative", "sampler", "eta", "height", "width", "init_image",
+SETTINGS_OPTIONS = ("n", "seed", "steps", "guidance", "guidance_rescale", "negative", "sampler", "eta", "height", "width", "init_image",
                     "strength", "mask", "feather", "repaint", "out", "batch_size", "device", "dtype", "vae")
 
 
@@ -27,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=STEPS, default=SUPPRESS, help="denoising steps (default %(default)s)")
     parser.add_argument("--guidance", type=GUIDANCE, default=SUPPRESS,
                         help="classifier-free guidance scale; 1 turns guidance off (default %(default)s)")
+    parser.add_argument("--guidance-rescale", type=number(0.0, 1.0), default=SUPPRESS,
+                        help="guidance rescale, 0-1: 0 plain guidance (default: the pipeline's own, 0.7 for "
+                             "a noise.zero_terminal_snr model, else 0)")
     parser.add_argument("--negative", default=SUPPRESS, help="negative prompt (needs --guidance above 1)")
     parser.add_argument("--sampler", default=SUPPRESS,
                         help="sampler name (default dpmsolver++); a wrong name lists the valid ones")

@@ -11,6 +11,10 @@ is decided here and nowhere else:
 
     noise = uncond + scale * (cond - uncond)        (Ho & Salimans; Stable Diffusion's formula)
 
+and, with `rescale` above 0, its standard deviation brought back towards the conditional one's
+(Lin et al. 2024, section 3.4, diffusers' `rescale_noise_cfg`, as `guidance_rescale` does in
+`StableDiffusionPipeline`): high guidance on a zero-terminal-SNR model over-exposes without it.
+
 With guidance, the negative and the positive rows go through the UNet as one batch, as diffusers'
 pipelines do. The text tensor is built once and passed as the same object at every step, which is
 what lets `ldm.sampling.attention_cache` keep its keys and values.
@@ -20,14 +24,15 @@ from __future__ import annotations
 
 import torch
 from diffusers import UNet2DConditionModel
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 
 
 class GuidedDenoiser:
     """(latents, timestep) -> the noise prediction, guided when a negative is given and scale > 1."""
 
     def __init__(self, unet: UNet2DConditionModel, text: torch.Tensor, negative: torch.Tensor | None = None,
-                 scale: float = 1.0):
-        self.unet, self.scale = unet, scale
+                 scale: float = 1.0, rescale: float = 0.0):
+        self.unet, self.scale, self.rescale = unet, scale, rescale
         self.guided = negative is not None and scale > 1.0
         # [negative; positive] rows: one UNet call makes both predictions.
         self.text = torch.cat([negative.to(text), text]) if self.guided else text
@@ -38,4 +43,5 @@ class GuidedDenoiser:
         if not self.guided:
             return noise
         uncond, cond = noise.chunk(2)
-        return uncond + self.scale * (cond - uncond)
+        guided = uncond + self.scale * (cond - uncond)
+        return rescale_noise_cfg(guided, cond, self.rescale) if self.rescale > 0 else guided

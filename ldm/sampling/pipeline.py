@@ -34,6 +34,7 @@ from ldm.components import autoencoder as vae_lib
 from ldm.components.text_encoder import encode_each_once
 from ldm.sampling.attention_cache import text_keys_values_cached
 from ldm.sampling.guidance import GuidedDenoiser
+from ldm.sampling.samplers import guidance_rescale_of
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 Generators = torch.Generator | list[torch.Generator] | None
@@ -169,6 +170,7 @@ class LatentDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin)
         start_step: int = 0,
         end_step: int | None = None,
         step_wrapper: Callable | None = None,
+        guidance_rescale: float | None = None,
     ):
         """Generate images; the arguments mean what they mean in `StableDiffusionPipeline`.
 
@@ -187,6 +189,9 @@ class LatentDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin)
         `step_wrapper(step, timesteps)` returns what the loop calls instead of `step(i, latents)`
         (one sampler step from `timesteps[i]`): a hook that works around each step, as inpainting's
         blending and resampling do (`ldm.sampling.inpaint`).
+
+        `guidance_rescale` (diffusers' argument; None: the one the scheduler config carries, which a
+        zero-terminal-SNR export sets, see `ldm.sampling.samplers.guidance_rescale_of`).
         """
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
@@ -199,7 +204,9 @@ class LatentDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin)
         # 1. Conditioning, and the UNet wrapped with guidance.
         positive, negative = self.conditioning(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
                                                num_images_per_prompt, guidance)
-        denoiser = GuidedDenoiser(self.unet, positive, negative, guidance_scale)
+        if guidance_rescale is None:
+            guidance_rescale = guidance_rescale_of(self.scheduler.config)
+        denoiser = GuidedDenoiser(self.unet, positive, negative, guidance_scale, guidance_rescale)
         batch = positive.shape[0]
         if isinstance(generator, list) and len(generator) != batch:
             raise ValueError(f"got {len(generator)} generators for {batch} images")

@@ -86,6 +86,11 @@ def check_pipeline_folder(path: str | Path) -> Path:
     return path
 
 
+def scheduler_config(path: str | Path) -> dict:
+    """RUN/pipeline's scheduler config (what its samplers are built from), read without loading anything."""
+    return json.loads((Path(path) / SCHEDULER / "scheduler_config.json").read_text())
+
+
 def vae_factor(path: str | Path) -> int:
     """The downsampling factor of RUN/pipeline's autoencoder, read from its config without loading it."""
     return autoencoder_factor(Path(path) / VAE)

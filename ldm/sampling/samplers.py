@@ -4,9 +4,16 @@
 schedule, the prediction type) and changes only how the reverse process is stepped.
 
     pipe.scheduler = make_sampler("ddim", pipe.scheduler.config)
+
+A zero-terminal-SNR schedule (`rescale_betas_zero_snr` in the config) is followed by every sampler
+whose diffusers class has that flag; one without it (Heun's) would sample another schedule than
+the model learnt, so it is refused. The guidance rescale the model should be sampled with is kept
+in the same config under GUIDANCE_RESCALE (`guidance_rescale_of`).
 """
 
 from __future__ import annotations
+
+import inspect
 
 from diffusers import (
     DDIMScheduler,
@@ -34,6 +41,11 @@ SAMPLERS = {
 }
 # Samplers whose steps draw fresh noise: their images depend on the generator at every step.
 STOCHASTIC = ("euler-ancestral", "ddpm")
+# diffusers' pipelines take guidance_rescale as a call argument, and no scheduler has it; kept in the
+# scheduler config as a private key (diffusers keeps "_" keys through from_config and save_pretrained
+# without its "not expected and will be ignored" warning), so the sampler of an export carries it.
+GUIDANCE_RESCALE = "_guidance_rescale"
+ZERO_SNR = "rescale_betas_zero_snr"
 
 
 def check_sampler(name: str) -> str:
@@ -43,10 +55,26 @@ def check_sampler(name: str) -> str:
     return name
 
 
+def check_sampler_follows(name: str, config) -> str:
+    """The name, or an LdmError when its class cannot follow the config's zero-terminal-SNR schedule."""
+    scheduler_class, _ = SAMPLERS[check_sampler(name)]
+    if config.get(ZERO_SNR) and ZERO_SNR not in inspect.signature(scheduler_class.__init__).parameters:
+        followers = [other for other, (cls, _) in SAMPLERS.items()
+                     if ZERO_SNR in inspect.signature(cls.__init__).parameters]
+        raise LdmError(f"sampler {name!r} cannot follow this model's zero-terminal-SNR schedule "
+                       f"({ZERO_SNR}); choose one of: {', '.join(followers)}")
+    return name
+
+
 def make_sampler(name: str, config) -> SchedulerMixin:
     """The sampler `name`, built from a scheduler config (e.g. `pipe.scheduler.config`)."""
-    scheduler_class, settings = SAMPLERS[check_sampler(name)]
+    scheduler_class, settings = SAMPLERS[check_sampler_follows(name, config)]
     return scheduler_class.from_config(config, **settings)
+
+
+def guidance_rescale_of(config) -> float:
+    """The guidance rescale a scheduler config says its model samples with (0: plain guidance)."""
+    return float(config.get(GUIDANCE_RESCALE, 0.0))
 
 
 def inference_scheduler(training_scheduler) -> SchedulerMixin:

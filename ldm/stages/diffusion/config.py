@@ -50,6 +50,27 @@ class NoiseConfig:
     beta_start: Positive = 0.00085
     beta_end: Positive = 0.012
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    # Lin et al. 2024 ("Common Diffusion Noise Schedules and Sample Steps Are Flawed"): the betas
+    # rescaled (diffusers' `rescale_betas_zero_snr`) so that the last step is pure noise (SNR 0), as
+    # sampling starts from; the model then learns to set an image's overall brightness, so samples
+    # can be really dark or bright. Needs v_prediction; the export samples with trailing timesteps.
+    zero_terminal_snr: bool = False
+    # Guidance rescale (the paper's section 3.4, diffusers' `guidance_rescale`): 0 is plain guidance.
+    # null: 0.7 with zero_terminal_snr (the paper's value), else 0. Saved in the export's scheduler
+    # config, which `ldm generate` and the validation grids read.
+    guidance_rescale: Annotated[float, Field(ge=0, le=1)] | None = None
+
+    def __post_init__(self):
+        if self.zero_terminal_snr and self.prediction_type == "epsilon":
+            raise ValueError("noise.zero_terminal_snr needs noise.prediction_type: v_prediction (at SNR 0 the "
+                             "noisy latent is pure noise, so epsilon-prediction learns nothing there)")
+
+    @property
+    def sampling_guidance_rescale(self) -> float:
+        """The guidance rescale the export samples with."""
+        if self.guidance_rescale is not None:
+            return self.guidance_rescale
+        return 0.7 if self.zero_terminal_snr else 0.0
 
 
 @dataclass(config=SECTION)

@@ -24,6 +24,7 @@ from transformers import CLIPTextModel
 from ldm.components.autoencoder import FrozenAutoencoder
 from ldm.components.text_encoder import TextConditioner
 from ldm.core.errors import LdmError, first_line
+from ldm.sampling.samplers import GUIDANCE_RESCALE
 from ldm.stages.diffusion.config import EmaConfig, LoraConfig, LossConfig, NoiseConfig, UNetConfig
 from ldm.stages.diffusion.losses import DiffusionLoss
 from ldm.stages.diffusion.smoothness_loss import StepVariationLoss
@@ -50,10 +51,18 @@ def build_unet(cfg: UNetConfig, autoencoder: FrozenAutoencoder, conditioner: Tex
 
 
 def build_noise_scheduler(cfg: NoiseConfig) -> DDPMScheduler:
+    """The training schedule; its config is what the export's samplers are built from, so what
+    sampling needs rides along in it: with `noise.zero_terminal_snr`, diffusers' own rescaled betas
+    (`rescale_betas_zero_snr`) and trailing timesteps (the paper's: sampling starts at the last
+    training step, the one of SNR 0), and the guidance rescale (GUIDANCE_RESCALE)."""
     # clip_sample off: latents are not bounded to [-1, 1] as pixels are.
-    return DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
-                         beta_start=cfg.beta_start, beta_end=cfg.beta_end,
-                         prediction_type=cfg.prediction_type, clip_sample=False)
+    zero_snr = {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing"} if cfg.zero_terminal_snr else {}
+    scheduler = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
+                              beta_start=cfg.beta_start, beta_end=cfg.beta_end,
+                              prediction_type=cfg.prediction_type, clip_sample=False, **zero_snr)
+    if cfg.sampling_guidance_rescale:
+        scheduler.register_to_config(**{GUIDANCE_RESCALE: cfg.sampling_guidance_rescale})
+    return scheduler
 
 
 def build_loss(cfg: LossConfig, scheduler: DDPMScheduler) -> DiffusionLoss:
