@@ -12,9 +12,12 @@ import pytest
 from PIL import Image
 
 from ldm.core.errors import LdmError
-from ldm.data.captions import captions_of, clean_captions, pick_caption
+from ldm.core.config import build
+from ldm.data.captions import captions_of, clean_captions, pick_caption, vary_tags
 from ldm.data.config import DataConfig
 from ldm.data.datamodule import load_splits
+from ldm.data.latent_datamodule import check_cacheable
+from ldm.data.sampler import ResumableShuffleSampler
 
 
 def test_caption_rules():
@@ -95,3 +98,52 @@ def test_a_caption_file_that_is_not_utf8_is_named(tmp_path):
         (folder / f"{i}.txt").write_bytes(text)
     with pytest.raises(LdmError, match=r"caption file .*1\.txt is not UTF-8 text"):
         load_splits(DataConfig(source=str(folder), resolution=16, val_fraction=0.0))
+
+
+# ---- tag captions (data.caption_tags) --------------------------------------------------------------
+
+TAGS = "sks dog, red collar, sitting, grass, sunny, park, smiling, close-up"
+
+
+def test_shuffled_tags_keep_the_first_in_place_and_follow_the_seed():
+    orders = set()
+    for seed in range(20):
+        varied = vary_tags(TAGS, random.Random(seed), keep=1, separator=",")
+        tags = varied.split(", ")
+        assert tags[0] == "sks dog" and sorted(tags) == sorted(TAGS.split(", "))
+        assert varied == vary_tags(TAGS, random.Random(seed), keep=1, separator=",")  # same seed, same order
+        orders.add(varied)
+    assert len(orders) > 10
+    assert vary_tags("a; b ;; c", random.Random(0), keep=3, separator=";") == "a; b; c"  # all kept: as written
+    dropped = vary_tags(TAGS, random.Random(0), keep=2, separator=",", shuffle=False, dropout=0.5).split(", ")
+    assert dropped[:2] == ["sks dog", "red collar"] and 2 < len(dropped) < 8
+
+
+def test_tag_captions_change_across_epochs_and_resume_the_same(tmp_path):
+    source = saved_dataset(tmp_path / "saved", [TAGS] * 2)
+    cfg = DataConfig(source=str(source), resolution=16, val_fraction=0.0, batch_size=1,
+                     caption_tags={"keep": 1})
+    train, _ = loaded(cfg)
+    sampler = ResumableShuffleSampler(len(train), seed=cfg.seed)
+
+    def epoch(number):
+        sampler.set_epoch(number)
+        return {index: train[(index, seed)]["caption"] for index, seed in sampler}
+
+    first, second = epoch(0), epoch(1)
+    assert all(caption.startswith("sks dog, ") for caption in [*first.values(), *second.values()])
+    assert first != second  # reshuffled every epoch
+    assert epoch(1) == second  # from the seed and epoch alone: a resumed epoch draws the same
+    plain, _ = loaded(DataConfig(source=str(source), resolution=16, val_fraction=0.0))
+    assert plain[(0, 0)]["caption"] == TAGS
+
+
+def test_tag_captions_refuse_the_latent_cache_in_one_line():
+    cfg = DataConfig(source="data", caption_tags={"keep": 1})
+    with pytest.raises(LdmError, match="data.caption_tags needs cache: false") as err:
+        check_cacheable(cfg)
+    assert "\n" not in str(err.value)
+    with pytest.raises(LdmError, match="caption_tags.keep"):
+        build(DataConfig, {"source": "data", "caption_tags": {"keep": -1}})
+    with pytest.raises(LdmError, match="caption_tags.separator"):
+        build(DataConfig, {"source": "data", "caption_tags": {"separator": ""}})

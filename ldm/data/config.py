@@ -42,6 +42,22 @@ class BucketConfig:
 
 
 @dataclass(config=SECTION)
+class CaptionTagsConfig:
+    """Captions as comma-separated tags ("1girl, red hair, smiling"), as kohya's sd-scripts
+    (`shuffle_caption`, `keep_tokens`, `caption_separator`, `caption_tag_dropout_rate`) and OneTrainer
+    treat them: per training sample, redrawn every epoch, the tags after the first `keep` are shuffled
+    and may be dropped, so the model does not tie a concept to a tag's position. Validation captions
+    are left as written. Needs cache: false (the latent cache encodes each caption once)."""
+
+    shuffle: bool = True
+    # The first tags kept in place and never dropped (a trigger word, a subject).
+    keep: Annotated[int, Field(ge=0, le=255)] = 0
+    separator: Annotated[str, Field(min_length=1, max_length=8)] = ","
+    # The share of the other tags left out of each sample.
+    dropout: Fraction = 0.0
+
+
+@dataclass(config=SECTION)
 class DataConfig:
     # A local imagefolder (metadata.jsonl, or a caption .txt beside each image), a folder written by
     # `Dataset.save_to_disk`, WebDataset .tar or .parquet shards (a glob such as shards/*.tar, a file,
@@ -76,6 +92,8 @@ class DataConfig:
     # Aspect-ratio buckets; null (the default): every image resized and cropped to a square of
     # data.resolution. `buckets: {}` turns them on with the defaults.
     buckets: BucketConfig | None = None
+    # Shuffle (and drop) the tags of tag-style captions per sample and epoch; null: captions as written.
+    caption_tags: CaptionTagsConfig | None = None
 
     def __post_init__(self):
         try:

@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from ldm.core.distributed import gather
 from ldm.core.errors import LdmError
 from ldm.data.buckets import Size, bucket_sizes, row_buckets
-from ldm.data.captions import NO_CAPTION, clean_captions, pick_caption
+from ldm.data.captions import NO_CAPTION, clean_captions, pick_caption, vary_tags
 from ldm.data.config import DataConfig
 from ldm.data.decode import UndecodableImage, decode_image, describe
 from ldm.data.sampler import BucketBatchSampler, ResumableShuffleSampler
@@ -63,7 +63,11 @@ def make_sample(row: dict, cfg: DataConfig, train: bool, seed: int | None = None
     size = size or (cfg.resolution, cfg.resolution)
     pixels = preprocess(decode_row(row, cfg, size), size, cfg.center_crop or not train,
                         cfg.random_flip and train, rng)
-    return {"pixel_values": pixels, "caption": pick_caption(row[cfg.caption_column], rng, train)}
+    caption = pick_caption(row[cfg.caption_column], rng, train)
+    tags = cfg.caption_tags
+    if train and tags is not None:  # after the crop, flip and pick: their draws stay as without tags
+        caption = vary_tags(caption, rng, tags.keep, tags.separator, tags.shuffle, tags.dropout)
+    return {"pixel_values": pixels, "caption": caption}
 
 
 def collate(samples: list[dict]) -> dict:

@@ -48,6 +48,13 @@ def check_cacheable(cfg: DataConfig) -> None:
     if not cfg.center_crop:
         raise LdmError("data.center_crop: false (random crops) needs cache: false "
                        "(cached latents are of centre crops)")
+    # The cache holds one text embedding per caption as written, encoded once: a caption whose tags
+    # are shuffled per sample would need the text encoder at every step, which is what cache: false
+    # does (its latents then too). Refused, as kohya's sd-scripts refuses cache_text_encoder_outputs
+    # with shuffle_caption, rather than silently training on the unshuffled embeddings.
+    if cfg.caption_tags is not None:
+        raise LdmError("data.caption_tags needs cache: false (the latent cache encodes each caption once, "
+                       "as written, so its tags cannot be shuffled or dropped per sample)")
 
 
 class LatentCacheDataModule(L.LightningDataModule):
