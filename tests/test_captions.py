@@ -11,8 +11,8 @@ import datasets
 import pytest
 from PIL import Image
 
-from ldm.core.errors import LdmError
 from ldm.core.config import build
+from ldm.core.errors import LdmError
 from ldm.data.captions import captions_of, clean_captions, pick_caption, vary_tags
 from ldm.data.config import DataConfig
 from ldm.data.datamodule import load_splits

@@ -51,7 +51,9 @@ def test_zero_terminal_snr_with_epsilon_is_refused_naming_both_keys(tmp_path):
 
 def test_guidance_rescale_is_diffusers_and_off_at_zero():
     torch.manual_seed(0)
-    unet = lambda x, t, encoder_hidden_states, return_dict: (x * encoder_hidden_states.mean((1, 2))[:, None, None, None],)  # noqa: E731
+    def unet(x, t, encoder_hidden_states, return_dict):  # a prediction that depends on the text
+        return (x * encoder_hidden_states.mean((1, 2))[:, None, None, None],)
+
     text, negative = torch.randn(1, 3, 4) + 2, torch.randn(1, 3, 4)
     latents = torch.randn(1, 4, 8, 8)
     plain = GuidedDenoiser(unet, text, negative, scale=7.0)(latents, 0)

@@ -11,7 +11,8 @@ from ldm.cli.settings_help import given, show_defaults_of
 
 # Options that set the GenerateOptions field of their name; one not given (SUPPRESS) is left to the
 # field's default (ldm/cli/settings_help.py).
-SETTINGS_OPTIONS = ("n", "seed", "steps", "guidance", "guidance_rescale", "negative", "sampler", "eta", "height", "width", "init_image",
+SETTINGS_OPTIONS = ("n", "seed", "steps", "guidance", "guidance_rescale", "negative", "sampler", "eta", "height",
+                    "width", "init_image",
                     "strength", "mask", "feather", "repaint", "out", "batch_size", "device", "dtype", "vae")
 
 
