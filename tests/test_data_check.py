@@ -105,6 +105,15 @@ def test_exit_status_is_non_zero_where_training_would_fail(tmp_path, capsys):
     assert "--buckets 64: give sizes as WIDTHxHEIGHT" in capsys.readouterr().err
 
 
+def test_an_option_out_of_the_data_configs_range_is_named_as_typed(tmp_path, capsys):
+    # the range is the data config's (data.max_pixels); the user typed --max-pixels (found by the fuzz run)
+    with pytest.raises(SystemExit):
+        main(["data", "check", str(tmp_path), "--max-pixels", "483716203518"])
+    assert capsys.readouterr().err.strip() == (
+        "ldm data: error: --max-pixels must be between 1 and 178956970 (PIL refuses to open larger images), "
+        "got 483716203518")
+
+
 def test_a_preview_folder_inside_the_data_or_holding_previews_is_refused(kinds, tmp_path, capsys):
     """`--preview DIR` once replaced every image of DIR when DIR was the data folder itself."""
     folder, good, _ = kinds

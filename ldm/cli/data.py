@@ -113,11 +113,24 @@ def check_settings(args: argparse.Namespace):
     from ldm.data.config import DataConfig
 
     data = dict(read_yaml(find_config(args.config)).get("data") or {}) if args.config else {}
-    data.update({name: getattr(args, name) for name in DATA_OPTIONS if getattr(args, name) is not None})
+    typed = {name: getattr(args, name) for name in DATA_OPTIONS if getattr(args, name) is not None}
+    data.update(typed)
     data["source"] = args.source
     if args.buckets is not None:
         data["buckets"] = bucket_settings(args.buckets)
-    return build(DataConfig, data, where="data")
+    try:
+        return build(DataConfig, data, where="data")
+    except LdmError as err:
+        raise LdmError(named_as_typed(str(err), typed)) from None
+
+
+def named_as_typed(message: str, typed: dict) -> str:
+    """A value the user typed as an option (--max-pixels) is named so, not by its config key
+    (data.max_pixels), which the user never wrote; a value from --config keeps its key."""
+    key = re.match(r"data: data\.(\w+)", message)
+    if key and key[1] in typed:
+        return "--" + key[1].replace("_", "-") + message[key.end():]
+    return message
 
 
 def bucket_settings(specs: list[str]) -> dict:
