@@ -212,23 +212,10 @@ class LatentDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin)
             raise ValueError(f"got {len(generator)} generators for {batch} images")
 
         # 2. Timesteps and starting latents.
-        self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
-        timesteps = self.scheduler.timesteps
-        if start_step or end_step is not None:
-            timesteps = self.partial_timesteps(num_inference_steps, start_step, end_step)
-            if start_step and (image is not None or latents is None):
-                raise ValueError("start_step > 0 continues given latents: pass latents, not an image")
-            if end_step is not None and output_type != "latent":
-                raise ValueError("end_step stops before the end: use output_type='latent'")
-        if image is None and start_step:
-            latents = latents.to(self._execution_device)  # already partly denoised: not scaled as noise
-        elif image is None:
-            shape = (batch, self.unet.config.in_channels,
-                     height // self.vae_scale_factor, width // self.vae_scale_factor)
-            latents = self.prepare_latents(shape, generator, latents)
-        else:
-            timesteps = self.img2img_timesteps(num_inference_steps, strength)
-            latents = self.prepare_image_latents(image, batch, timesteps[:1], generator)
+        if end_step is not None and output_type != "latent":
+            raise ValueError("end_step stops before the end: use output_type='latent'")
+        timesteps, latents = self.starting_point(num_inference_steps, start_step, end_step, image, strength,
+                                                 latents, (batch, height, width), generator)
         extra = self.step_kwargs(generator, eta)
 
         # 3. Denoise.
@@ -252,6 +239,27 @@ class LatentDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin)
         images = latents if output_type == "latent" else self.latents_to_images(latents, output_type)
         self.maybe_free_model_hooks()
         return ImagePipelineOutput(images=images) if return_dict else (images,)
+
+    def starting_point(self, num_inference_steps: int, start_step: int, end_step: int | None, image,
+                       strength: float, latents: torch.Tensor | None, size: tuple[int, int, int],
+                       generator: Generators) -> tuple[torch.Tensor, torch.Tensor]:
+        """(timesteps to run, latents to start from): noise (drawn, or `latents`), latents already
+        denoised by `start_step` steps, or `image` encoded and noised to `strength`."""
+        self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
+        timesteps = self.scheduler.timesteps
+        if start_step or end_step is not None:
+            timesteps = self.partial_timesteps(num_inference_steps, start_step, end_step)
+            if start_step and (image is not None or latents is None):
+                raise ValueError("start_step > 0 continues given latents: pass latents, not an image")
+        batch, height, width = size
+        if image is None and start_step:
+            return timesteps, latents.to(self._execution_device)  # partly denoised: not scaled as noise
+        if image is None:
+            shape = (batch, self.unet.config.in_channels,
+                     height // self.vae_scale_factor, width // self.vae_scale_factor)
+            return timesteps, self.prepare_latents(shape, generator, latents)
+        timesteps = self.img2img_timesteps(num_inference_steps, strength)
+        return timesteps, self.prepare_image_latents(image, batch, timesteps[:1], generator)
 
     def latents_to_images(self, latents: torch.Tensor, output_type: str = "pil"):
         """Decode sampled latents (as `output_type="latent"` returns them) to images, as a call does."""
