@@ -70,7 +70,7 @@ class LossConfig:
         if len(self.betas) != 2:
             raise ValueError(f"loss.betas must be two numbers, got {self.betas}")
         if self.lpips_weights and not Path(self.lpips_weights).is_file():
-            raise ValueError(f"loss.lpips_weights: file not found: {self.lpips_weights} (make it with "
+            raise ValueError(f"loss.lpips_weights: file not found: {self.lpips_weights!r} (make it with "
                              "tools/make_lpips_weights.py, or leave it unset for the SSIM loss)")
 
 
