@@ -117,15 +117,20 @@ class LatentDiffusion(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         latents, embeddings = self.latents_and_embeddings(batch, drop_captions=True)
-        smooth = self.smoothness is not None
-        prediction, noisy, noise, timesteps = self.denoise(latents, embeddings, track_noise=smooth)
-        loss = self.loss(prediction, latents, noise.detach(), timesteps)
+        if self.smoothness is None:
+            loss = self.diffusion_loss(latents, embeddings)
+        else:
+            loss = self.smoothed_diffusion_loss(latents, embeddings)
         self.log("train/loss", loss, prog_bar=True, batch_size=latents.shape[0])
-        if not smooth:
-            return loss
+        return loss
+
+    def smoothed_diffusion_loss(self, latents: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        """The diffusion loss plus the weighted smoothness penalty (logged on its own as
+        train/smoothness), both from one UNet call."""
+        prediction, noisy, noise, timesteps = self.denoise(latents, embeddings, track_noise=True)
         penalty = self.smoothness(prediction, noisy, noise, timesteps)
         self.log("train/smoothness", penalty, batch_size=latents.shape[0])
-        return loss + self.smoothness.weight * penalty
+        return self.loss(prediction, latents, noise.detach(), timesteps) + self.smoothness.weight * penalty
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         # The same noise and timesteps at every validation, so the curve shows the model, not the dice.
