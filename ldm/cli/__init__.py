@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 import warnings
 
@@ -54,8 +55,16 @@ ON_INTERRUPT = {
 }
 
 
+# transformers warns, on import, that image processors fall back to PIL without torchvision: ldm
+# never uses them (diffusers' IP-adapter loader imports them), and a user's first screen should not
+# start with two lines about a package they do not need.
+QUIET_LOGGERS = ("transformers.utils.import_utils",)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
     args = build_parser(argv).parse_args(argv)
     formatwarning, warnings.formatwarning = warnings.formatwarning, _one_line_warning(args.command)
     try:
