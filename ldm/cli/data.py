@@ -14,7 +14,7 @@ from ldm.core.layout import TOKENIZER
 SIZE = re.compile(r"^(\d+)x(\d+)$")  # a bucket size on the command line: WIDTHxHEIGHT
 # `ldm data check` options that set a `data:` key of the same name (dashes for underscores).
 DATA_OPTIONS = ("split", "image_column", "caption_column", "resolution", "background", "max_pixels",
-                "empty_captions", "val_fraction", "max_samples")
+                "empty_captions", "val_fraction", "max_samples", "mask", "mask_column")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,6 +67,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     check.add_argument("--caption-column", help="caption column (default text)")
     check.add_argument("--val-fraction", type=number(0.0, 0.99), help="share held out for validation (default 0.1)")
     check.add_argument("--max-samples", type=COUNT, help="read only the first N images")
+    check.add_argument("--mask", choices=["none", "alpha", "file", "column"],
+                       help="loss masks to report on (data.mask): the images' alpha, cat.mask.png files beside "
+                            "them, or a column; --preview dims each image where its mask leaves it out")
+    check.add_argument("--mask-column", help="the column of mask images with --mask column (default mask)")
     check.add_argument("--tokenizer", help="a tokenizer folder (RUN/tokenizer, a CLIP model) to count caption "
                                            "tokens with; without it, they are estimated from words")
     check.add_argument("--preview", metavar="DIR", help="write each image as training sees it to DIR")

@@ -9,9 +9,11 @@ assignment and caption rules: `ldm.data.sources`, `ldm.data.decode`, `ldm.data.b
 - sizes and aspect ratios as histograms, how many images are enlarged;
 - the bucket each image goes to and the share of its pixels the crop cuts away;
 - captions: missing or empty, repeated, and their length against the text encoder's limit;
+- with `data.mask`, the loss masks (ldm/data/masks.py): found, missing, unreadable, empty (all black);
 
 and, with a preview folder, writes each usable image as training will see it (decoded, resized to
-cover its bucket and centre-cropped, as validation crops it) as a PNG named after its source file.
+cover its bucket and centre-cropped, as validation crops it; with `data.mask`, dimmed where its
+mask leaves it out) as a PNG named after its source file.
 `fatal` says why training would fail on this data (no usable image, too few to hold out for
 validation), or is None.
 """
@@ -35,11 +37,12 @@ from ldm.core.outputs import refuse_earlier_results, refuse_inside_inputs
 from ldm.data.buckets import Size, cropped_share, row_buckets
 from ldm.data.captions import clean_captions
 from ldm.data.config import BucketConfig, DataConfig
-from ldm.data.datamodule import decode_row, validation_rows
+from ldm.data.datamodule import validation_rows
 from ldm.data.decode import NO_PATH, UndecodableImage, describe, inspect_image
+from ldm.data.masks import EMPTY, FOUND, MISSING, UNREADABLE, decode_with_mask, dim_masked_out, mask_status
 from ldm.data.sources import load_source
 from ldm.data.sources.scan import FORMAT, HEIGHT, MODE, WIDTH, find_skips, scan
-from ldm.data.transforms import resize_and_crop
+from ldm.data.transforms import resize_and_crop_with_mask
 
 # CLIP's text encoders read 77 tokens (start and end included); what a caption is measured
 # against when no tokenizer is given.
@@ -90,6 +93,8 @@ class DataReport:
     tokenizer: bool = False  # counted by a tokenizer, or estimated from words
     over_limit: list[tuple[str, int]] = field(default_factory=list)  # (caption, tokens)
     previews: int = 0
+    mask: str = "none"  # data.mask
+    masks: dict[str, list[str]] = field(default_factory=dict)  # found / missing / ... -> image files
     fatal: str | None = None
 
 
@@ -124,6 +129,9 @@ def check_data(cfg: DataConfig, count_tokens: Callable[[str], int] | None = None
     report.widths, report.heights = usable[WIDTH], usable[HEIGHT]
     _measure_buckets(report, usable, cfg)
     _measure_captions(report, usable[cfg.caption_column], count_tokens or word_tokens)
+    report.mask = cfg.mask
+    if cfg.mask != "none":
+        report.masks = count_masks(usable, cfg)
     report.fatal = _fatal(report, cfg)
     if preview is not None:
         report.previews = write_previews(usable, cfg, Path(preview))
@@ -166,6 +174,15 @@ def _measure_captions(report: DataReport, values: list, count_tokens: Callable[[
                                key=lambda item: -item[1])
 
 
+def count_masks(usable, cfg: DataConfig) -> dict[str, list[str]]:
+    """The image files of each mask status (FOUND, MISSING, UNREADABLE, EMPTY), each mask decoded."""
+    found: dict[str, list[str]] = {}
+    for row in range(len(usable)):
+        record = usable[row]
+        found.setdefault(mask_status(record, cfg), []).append(describe(record[cfg.image_column]))
+    return found
+
+
 def _fatal(report: DataReport, cfg: DataConfig) -> str | None:
     if report.usable == 0:
         return f"dataset {cfg.source} (split '{cfg.split}') has no usable images"
@@ -184,7 +201,10 @@ def write_previews(usable, cfg: DataConfig, folder: Path) -> int:
     for row in range(len(usable)):
         record = usable[row]
         size = sizes[bucket_of[row]]
-        image = resize_and_crop(decode_row(record, cfg, size), size, center_crop=True, rng=random.Random(0))
+        image, mask = resize_and_crop_with_mask(*decode_with_mask(record, cfg, size), size, center_crop=True,
+                                                rng=random.Random(0))
+        if mask is not None:
+            image = dim_masked_out(image, mask)
         write_png(folder / f"{_preview_stem(record[cfg.image_column], row, taken)}.png", image)
     return len(usable)
 
@@ -213,7 +233,7 @@ def format_report(report: DataReport) -> str:
         lines += [f"  {reason}: {detail}" for _, reason, detail in report.skipped]
     if report.usable:
         lines += _size_lines(report) + _bucket_lines(report)
-    lines += _caption_lines(report)
+    lines += _caption_lines(report) + _mask_lines(report)
     if report.previews:
         lines += ["", f"wrote {report.previews} preview images"]
     lines += ["", f"training would fail: {report.fatal}" if report.fatal else "ready to train"]
@@ -271,4 +291,18 @@ def _caption_lines(report: DataReport) -> list[str]:
     if report.over_limit:
         lines.append(f"  {len(report.over_limit)} captions are longer and will be cut, e.g. "
                      f"{report.over_limit[0][1]} tokens: {report.over_limit[0][0][:80]!r}")
+    return lines
+
+
+def _mask_lines(report: DataReport) -> list[str]:
+    if report.mask == "none":
+        return []
+    what = {FOUND: "found", MISSING: "missing (train at full weight)",
+            UNREADABLE: "unreadable (train at full weight)",
+            EMPTY: "empty, all black (train only at loss.mask_floor)"}
+    counts = ", ".join(f"{len(report.masks.get(status, []))} {what[status]}" for status in what
+                       if status == FOUND or report.masks.get(status))
+    lines = ["", f"masks (data.mask: {report.mask}): {counts}"]
+    lines += [f"  {what[status].split(' (')[0]}: e.g. {report.masks[status][0]}"
+              for status in (MISSING, UNREADABLE, EMPTY) if report.masks.get(status)]
     return lines

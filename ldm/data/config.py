@@ -94,6 +94,13 @@ class DataConfig:
     buckets: BucketConfig | None = None
     # Shuffle (and drop) the tags of tag-style captions per sample and epoch; null: captions as written.
     caption_tags: CaptionTagsConfig | None = None
+    # A loss mask per image (ldm/data/masks.py): the diffusion stage's loss weighs each latent pixel by
+    # it (white or opaque: full weight; loss.mask_floor the weight of the rest). none; alpha (the
+    # image's own transparency, read before it is composited over `background`); file (cat.png's mask
+    # is cat.mask.png beside it: caption-files and imagefolder sources); column (mask images in
+    # data.mask_column). An image without one trains at full weight, and is counted.
+    mask: Literal["none", "alpha", "file", "column"] = "none"
+    mask_column: str = "mask"  # read with mask: column only
 
     def __post_init__(self):
         try:

@@ -1,7 +1,8 @@
 """The Lightning datamodule that every stage trains on: batches of images and captions.
 
 Each batch is a dict with `pixel_values` (B, 3, H, W) in [-1, 1] and `caption` (a list of B
-strings). Map-style training data is shuffled and sharded across processes by
+strings), and with `data.mask` set `mask` (B, 1, H, W) in [0, 1], cropped and flipped with the images
+(ldm/data/masks.py). Map-style training data is shuffled and sharded across processes by
 ResumableShuffleSampler, validation data by torch's DistributedSampler; streamed data is sharded
 with `datasets.distributed.split_dataset_by_node` (by shard files when their number divides among
 the processes, else every process reads all and keeps its n-th rows), and each process holds out
@@ -39,10 +40,11 @@ from ldm.data.buckets import Size, bucket_sizes, row_buckets
 from ldm.data.captions import NO_CAPTION, clean_captions, pick_caption, vary_tags
 from ldm.data.config import DataConfig
 from ldm.data.decode import UndecodableImage, decode_image, describe
+from ldm.data.masks import MASK, decode_with_mask, warn_unmasked
 from ldm.data.sampler import BucketBatchSampler, ResumableShuffleSampler
 from ldm.data.sources import load_source
-from ldm.data.sources.scan import drop_unusable
-from ldm.data.transforms import preprocess
+from ldm.data.sources.scan import MODE, drop_unusable
+from ldm.data.transforms import preprocess_with_mask
 
 STREAM_VAL_BATCHES = 2  # streamed data has no length: each process validates on its first few batches
 STREAM_POSITION = "stream_position"  # the key of a streamed training batch's position
@@ -61,13 +63,17 @@ def make_sample(row: dict, cfg: DataConfig, train: bool, seed: int | None = None
     # generator (seeded by Lightning per worker), so runs stay reproducible either way.
     rng = random.Random(int(torch.randint(0, 2**62, ()).item()) if seed is None else seed)
     size = size or (cfg.resolution, cfg.resolution)
-    pixels = preprocess(decode_row(row, cfg, size), size, cfg.center_crop or not train,
-                        cfg.random_flip and train, rng)
+    image, mask = decode_with_mask(row, cfg, size)  # mask None with data.mask: none
+    pixels, mask = preprocess_with_mask(image, mask, size, cfg.center_crop or not train,
+                                        cfg.random_flip and train, rng)
     caption = pick_caption(row[cfg.caption_column], rng, train)
     tags = cfg.caption_tags
     if train and tags is not None:  # after the crop, flip and pick: their draws stay as without tags
         caption = vary_tags(caption, rng, tags.keep, tags.separator, tags.shuffle, tags.dropout)
-    return {"pixel_values": pixels, "caption": caption}
+    sample = {"pixel_values": pixels, "caption": caption}
+    if mask is not None:
+        sample[MASK] = mask
+    return sample
 
 
 def collate(samples: list[dict]) -> dict:
@@ -75,6 +81,8 @@ def collate(samples: list[dict]) -> dict:
         "pixel_values": torch.stack([s["pixel_values"] for s in samples]),
         "caption": [s["caption"] for s in samples],
     }
+    if MASK in samples[0]:
+        batch[MASK] = torch.stack([s[MASK] for s in samples])
     if STREAM_POSITION in samples[-1]:  # the stream after the batch's last row
         batch[STREAM_POSITION] = samples[-1][STREAM_POSITION]
     return batch
@@ -191,7 +199,9 @@ def load_splits(cfg: DataConfig, rank: int = 0, world_size: int = 1):
             train = train.shuffle(seed=cfg.seed, buffer_size=cfg.shuffle_buffer)
         val = StreamingImageCaptionDataset(mine.take(val_count), cfg, False, rank) if val_count else None
         return StreamingImageCaptionDataset(train, cfg, True, rank), val
-    train, val = split_validation(drop_unusable(ds, cfg), cfg)
+    usable = drop_unusable(ds, cfg)
+    warn_unmasked(usable, cfg, usable[MODE] if cfg.mask == "alpha" else None)
+    train, val = split_validation(usable, cfg)
     return ImageCaptionDataset(train, cfg, True), (ImageCaptionDataset(val, cfg, False) if val else None)
 
 

@@ -91,12 +91,25 @@ def decode_image(value, background: str = DEFAULT_BACKGROUND, max_pixels: int = 
     that size in both directions is decoded at reduced size (never below it). Raises UndecodableImage.
     """
     with _reading(value):
-        image = _open(value, max_pixels)
-        if cover is not None:
-            _draft(image, cover)
-        image.load()
-        image = ImageOps.exif_transpose(image)
-        return _to_rgb(image, background_rgb(background))
+        return _to_rgb(_upright(value, max_pixels, cover), background_rgb(background))
+
+
+def decode_image_and_alpha(value, background: str = DEFAULT_BACKGROUND, max_pixels: int = DEFAULT_MAX_PIXELS,
+                           cover: tuple[int, int] | None = None) -> tuple[Image.Image, Image.Image | None]:
+    """`decode_image`'s RGB image and, read before it is composited over the background, the
+    image's own alpha as an L image of the same size (None for an image without transparency).
+    A loss mask (`data.mask: alpha`, ldm/data/masks.py) is this alpha. Raises UndecodableImage."""
+    with _reading(value):
+        image = _upright(value, max_pixels, cover)
+        alpha = image.convert("RGBA").getchannel("A") if _has_alpha(image) else None
+        return _to_rgb(image, background_rgb(background)), alpha
+
+
+def has_alpha(value, max_pixels: int = DEFAULT_MAX_PIXELS) -> bool:
+    """Whether an image carries transparency, read from its header (no pixel decoded; for counting
+    the images that `data.mask: alpha` trains at full weight). Raises UndecodableImage."""
+    with _reading(value):
+        return _has_alpha(_open(value, max_pixels))
 
 
 def read_image_file(path: str | Path, what: str = "image") -> Image.Image:
@@ -196,9 +209,21 @@ def _draft(image: Image.Image, cover: tuple[int, int]) -> None:
         image.draft(image.mode, needed)
 
 
+def _upright(value, max_pixels: int, cover: tuple[int, int] | None) -> Image.Image:
+    """The image decoded (at reduced size where `cover` allows), EXIF orientation applied, in 8 bits."""
+    image = _open(value, max_pixels)
+    if cover is not None:
+        _draft(image, cover)
+    image.load()
+    return _to_eight_bits(ImageOps.exif_transpose(image))
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode in ALPHA_MODES or "transparency" in image.info
+
+
 def _to_rgb(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
-    image = _to_eight_bits(image)
-    if image.mode in ALPHA_MODES or "transparency" in image.info:
+    if _has_alpha(image):
         rgba = image.convert("RGBA")
         return Image.alpha_composite(Image.new("RGBA", rgba.size, (*background, 255)), rgba).convert("RGB")
     return image if image.mode == "RGB" else image.convert("RGB")

@@ -12,7 +12,8 @@ for validation, split by `data.seed`. With aspect-ratio buckets the cache has on
 and every batch comes from one (BucketBatchSampler).
 
 Batches are dicts of `mean` (and `std` for KL) latent moments and `embeddings`, one caption's
-embedding per image; the diffusion module draws the latent and applies caption dropout.
+embedding per image (and `mask`, the loss masks at the latent grid, with data.mask); the diffusion
+module draws the latent and applies caption dropout.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ from ldm.data.datamodule import make_loader, validation_rows
 from ldm.data.latent_cache.build import ShardReport, build_shard, finish_cache, plan_parts, wait_for_shards
 from ldm.data.latent_cache.key import fingerprint
 from ldm.data.latent_cache.read import LatentCacheDataset, already_batched, cached, load_cache
+from ldm.data.masks import warn_unmasked
 from ldm.data.sources import load_source
-from ldm.data.sources.scan import drop_unusable
+from ldm.data.sources.scan import MODE, drop_unusable
 
 SCANS = ".scanned"  # in the cache root: a marker per source and machine whose scan is done
 
@@ -73,7 +75,9 @@ class LatentCacheDataModule(L.LightningDataModule):
     def _source(self) -> datasets.Dataset:
         source = load_source(self.cfg)
         marker = self.cache_root / SCANS / source._fingerprint  # orders the scans: one per machine first
-        return node_first(self.trainer, marker, lambda: drop_unusable(source, self.cfg))
+        usable = node_first(self.trainer, marker, lambda: drop_unusable(source, self.cfg))
+        warn_unmasked(usable, self.cfg, usable[MODE] if self.cfg.mask == "alpha" else None)
+        return usable
 
     def cache_folder(self, ds: datasets.Dataset | None = None) -> Path:
         if self.folder is None:

@@ -13,6 +13,7 @@ processes that build it together (ldm/data/cache_share.py decides which those ar
         shard-00001-of-00002.arrow   encoder batches), in the data's order; one row per image:
             mean        (C, h, w) float32   the latent's posterior mean (KL) or pre-quantization value (VQ)
             std         (C, h, w) float32   the posterior's standard deviation (KL only)
+            mask        (1, h, w) float32   the loss mask at the latent grid (with data.mask only)
             embeddings  (n, L, D) float16   one text embedding per caption (n >= 1: every caption is kept)
             captions    n strings
         shard-00000-of-00002.json    its marker, written once the shard is whole: rows, seconds, host
@@ -31,8 +32,10 @@ whatever the number of processes that built it (a cache built by 2 processes equ
 
 The fingerprint covers all that decides the cache's content: the dataset's own `datasets`
 fingerprint (its files), the data settings that change the pixels or the captions, and the weights
-and configs of the autoencoder and the text encoder. The same inputs find the same folder and reuse
-it; any changed input gives a new fingerprint and a new cache. Embeddings are stored in float16,
+and configs of the autoencoder and the text encoder; with `data.mask`, the mask settings (and the
+mask files' names, sizes and times), so that a cache without masks never serves a run with them.
+The same inputs find the same folder and reuse it; any changed input gives a new fingerprint and a
+new cache. Embeddings are stored in float16,
 halving the largest part of the cache (CLIP's hidden states lose nothing that matters).
 
 One module per job:

@@ -24,7 +24,6 @@ from ldm.core.atomic import atomic_file, atomic_write_bytes
 from ldm.data.buckets import Size, row_buckets
 from ldm.data.captions import captions_of
 from ldm.data.config import DataConfig
-from ldm.data.datamodule import decode_row
 from ldm.data.latent_cache.layout import (
     CACHE_VERSION,
     PARTS,
@@ -34,7 +33,8 @@ from ldm.data.latent_cache.layout import (
     shard_markers,
     shard_name,
 )
-from ldm.data.transforms import preprocess
+from ldm.data.masks import MASK, decode_with_mask, to_latent_grid
+from ldm.data.transforms import preprocess_with_mask
 
 TEXT_BATCH = 256  # captions per text-encoder call while building
 # How often a process that has finished its shards looks for the others' markers: one small file
@@ -42,13 +42,16 @@ TEXT_BATCH = 256  # captions per text-encoder call while building
 POLL_SECONDS = 0.5
 
 
-def cache_features(autoencoder: FrozenAutoencoder, conditioner: TextConditioner, size: Size) -> datasets.Features:
-    """The columns of a part whose images are `size` (width, height)."""
+def cache_features(autoencoder: FrozenAutoencoder, conditioner: TextConditioner, size: Size,
+                   masked: bool = False) -> datasets.Features:
+    """The columns of a part whose images are `size` (width, height); `masked`: with loss masks."""
     latent = (autoencoder.latent_channels, size[1] // autoencoder.factor, size[0] // autoencoder.factor)
     text = (None, conditioner.tokenizer.model_max_length, conditioner.hidden_size)
     features = {"mean": datasets.Array3D(latent, "float32")}
     if autoencoder.is_kl:
         features["std"] = datasets.Array3D(latent, "float32")
+    if masked:  # at the latent grid, as the loss weighs it
+        features[MASK] = datasets.Array3D((1, *latent[1:]), "float32")
     features["embeddings"] = datasets.Array3D(text, "float16")
     features["captions"] = datasets.Sequence(datasets.Value("string"))
     return datasets.Features(features)
@@ -56,8 +59,9 @@ def cache_features(autoencoder: FrozenAutoencoder, conditioner: TextConditioner,
 
 class DecodedRows(torch.utils.data.Dataset):
     """Rows of a part as the encoders take them: (pixels at `size`, centre-cropped and unflipped, as
-    training would see them; every caption). Decoded in the DataLoader's workers (data.num_workers),
-    since for a GPU decoding the images can take longer than encoding them (docs/benchmarks.md)."""
+    training would see them; every caption; the loss mask cropped alike, or None). Decoded in the
+    DataLoader's workers (data.num_workers), since for a GPU decoding the images can take longer
+    than encoding them (docs/benchmarks.md)."""
 
     def __init__(self, ds: datasets.Dataset, cfg: DataConfig, size: Size):
         self.ds, self.cfg, self.size = ds, cfg, size
@@ -65,11 +69,12 @@ class DecodedRows(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.ds)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, list[str]]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, list[str], torch.Tensor | None]:
         row = self.ds[index]
         rng = random.Random(0)  # unused: caching always centre-crops and never flips
-        pixels = preprocess(decode_row(row, self.cfg, self.size), self.size, True, False, rng)
-        return pixels, captions_of(row[self.cfg.caption_column])
+        image, mask = decode_with_mask(row, self.cfg, self.size)
+        pixels, mask = preprocess_with_mask(image, mask, self.size, True, False, rng)
+        return pixels, captions_of(row[self.cfg.caption_column]), mask
 
 
 def decoded_batches(ds: datasets.Dataset, cfg: DataConfig, size: Size) -> DataLoader:
@@ -78,16 +83,17 @@ def decoded_batches(ds: datasets.Dataset, cfg: DataConfig, size: Size) -> DataLo
                       collate_fn=_stack_decoded)
 
 
-def _stack_decoded(items: list[tuple[torch.Tensor, list[str]]]) -> tuple[torch.Tensor, list[list[str]]]:
+def _stack_decoded(items: list[tuple]) -> tuple[torch.Tensor, list[list[str]], torch.Tensor | None]:
     # a module function, not a lambda: workers started by spawn (macOS, Windows) receive it pickled
-    return torch.stack([pixels for pixels, _ in items]), [captions for _, captions in items]
+    masks = None if items[0][2] is None else torch.stack([mask for _, _, mask in items])
+    return torch.stack([pixels for pixels, _, _ in items]), [captions for _, captions, _ in items], masks
 
 
 def _encoder(autoencoder: FrozenAutoencoder, conditioner: TextConditioner):
     """The batch function: images -> latent moments, captions -> embeddings, as cache columns."""
 
-    def encode(batch: tuple[torch.Tensor, list[list[str]]]) -> dict:
-        pixels, captions = batch
+    def encode(batch: tuple[torch.Tensor, list[list[str]], torch.Tensor | None]) -> dict:
+        pixels, captions, masks = batch
         mean, std = autoencoder.moments(pixels)
         flat = [text for texts in captions for text in texts]
         embedded = torch.cat([conditioner.encode(flat[i:i + TEXT_BATCH]).cpu()
@@ -98,6 +104,8 @@ def _encoder(autoencoder: FrozenAutoencoder, conditioner: TextConditioner):
                "captions": captions}
         if std is not None:
             out["std"] = std.float().cpu().numpy()
+        if masks is not None:
+            out[MASK] = to_latent_grid(masks, mean.shape[-2:]).float().numpy()
         return out
 
     return encode
@@ -163,7 +171,8 @@ def build_shard(ds: datasets.Dataset, plan: list[tuple[Size, np.ndarray]], cfg: 
         batches = tqdm(decoded_batches(mine, cfg, size), desc=f"caching latents and text embeddings "
                        f"({part_name(size)})", disable=not progress)
         written = write_shard(batches, _encoder(autoencoder, conditioner),
-                              cache_features(autoencoder, conditioner, size), target.with_suffix(SHARD_DATA))
+                              cache_features(autoencoder, conditioner, size, cfg.mask != "none"),
+                              target.with_suffix(SHARD_DATA))
         seconds = time.perf_counter() - started
         atomic_write_bytes(marker(target), json.dumps(
             {"rows": written, "seconds": round(seconds, 3), "host": socket.gethostname()}).encode())

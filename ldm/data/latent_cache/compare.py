@@ -20,6 +20,7 @@ def cache_contents(folder: Path) -> list[dict]:
         rows = np.arange(len(part))
         read.append({"mean": columns.mean.take(rows),
                      "std": columns.std.take(rows) if columns.std is not None else None,
+                     "mask": columns.mask.take(rows) if columns.mask is not None else None,
                      "embeddings": columns.embeddings.take(np.arange(columns.caption_count.sum())),
                      "caption_count": columns.caption_count, "captions": part["captions"]})
     return read
@@ -35,7 +36,7 @@ def cache_differences(a: Path, b: Path) -> list[str]:
     for index, (x, y) in enumerate(zip(first, second)):
         if x["captions"] != y["captions"]:
             differences.append(f"part {index}: captions")
-        for name in ("mean", "std", "embeddings", "caption_count"):
+        for name in ("mean", "std", "mask", "embeddings", "caption_count"):
             same = (x[name] is None and y[name] is None) or (
                 x[name] is not None and y[name] is not None and x[name].shape == y[name].shape
                 and np.array_equal(x[name], y[name]))

@@ -14,6 +14,7 @@ from ldm.components.text_encoder import TextConditioner
 from ldm.core.config import to_dict
 from ldm.data.config import DataConfig
 from ldm.data.latent_cache.layout import CACHE_VERSION
+from ldm.data.masks import mask_key
 
 # The data settings that change a cache's pixels or captions (center_crop and random_flip cannot
 # differ: a cache refuses random crops and flips).
@@ -36,7 +37,8 @@ def _plain(config) -> dict:
 
 def fingerprint(ds: datasets.Dataset, cfg: DataConfig, autoencoder: FrozenAutoencoder,
                 conditioner: TextConditioner) -> str:
-    """The cache key: data, data settings, autoencoder and text encoder (tokenizer included)."""
+    """The cache key: data, data settings (loss masks included), autoencoder and text encoder
+    (tokenizer included)."""
     parts = {
         "version": CACHE_VERSION,
         "data": ds._fingerprint,  # datasets' own hash of the files and every transform applied
@@ -48,4 +50,7 @@ def fingerprint(ds: datasets.Dataset, cfg: DataConfig, autoencoder: FrozenAutoen
                                     .encode()).hexdigest(),
         "max_length": conditioner.tokenizer.model_max_length,
     }
+    masks = mask_key(ds, cfg)
+    if masks is not None:  # only then: a cache without masks keeps the key it had before masks existed
+        parts["masks"] = masks
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]

@@ -14,6 +14,7 @@ import torch
 
 from ldm.core.errors import LdmError
 from ldm.data.latent_cache.layout import PARTS, SHARD_DATA, shard_name
+from ldm.data.masks import MASK
 
 
 def cached(folder: Path) -> bool:
@@ -88,6 +89,8 @@ class CachePart:
         latent_shape = tuple(part.features["mean"].shape)
         self.mean = CachedColumn.of(table, "mean", latent_shape)
         self.std = CachedColumn.of(table, "std", latent_shape) if "std" in table.column_names else None
+        # loss masks at the latent grid (data.mask), or None
+        self.mask = CachedColumn.of(table, MASK, (1, *latent_shape[1:])) if MASK in table.column_names else None
         # Captions of all rows numbered in one sequence: row r's are first_caption[r] + 0..count-1.
         self.embeddings = CachedColumn.of(table, "embeddings", tuple(part.features["embeddings"].shape[1:]))
         self.caption_count = np.concatenate([np.diff(_storage(chunk).offsets.to_numpy())
@@ -104,6 +107,8 @@ class CachePart:
                  "embeddings": torch.from_numpy(self.embeddings.take(captions)).float()}
         if self.std is not None:
             batch["std"] = torch.from_numpy(self.std.take(rows))
+        if self.mask is not None:
+            batch[MASK] = torch.from_numpy(self.mask.take(rows))
         return batch
 
 

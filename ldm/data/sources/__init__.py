@@ -22,7 +22,8 @@ not UTF-8, a metadata.jsonl line that is not a JSON object with a file_name, a f
 the data folder.
 
 One module per loader (shards, saved, imagefolder, caption_files, hub), `load_source` here choosing
-among them; the scan and what it leaves out in `scan`.
+among them; the scan and what it leaves out in `scan`. With `data.mask: column` the mask column is
+kept undecoded too; with `data.mask: file` the mask files (ldm/data/masks.py) are not images to train on.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import datasets
 from ldm.core.errors import LdmError
 from ldm.core.layout import looks_like_hub_id
 from ldm.data.config import DataConfig
+from ldm.data.masks import is_mask_file
 from ldm.data.sources.caption_files import load_caption_files
 from ldm.data.sources.hub import load_hub
 from ldm.data.sources.imagefolder import load_imagefolder, metadata_files
@@ -47,6 +49,9 @@ def load_source(cfg: DataConfig) -> datasets.Dataset | datasets.IterableDataset:
     """The split `cfg.split` of `cfg.source`, with its image column undecoded."""
     files = shard_files(cfg.source)
     path = Path(cfg.source).expanduser() if isinstance(cfg.source, str) else None
+    if cfg.mask == "file" and (files is not None or not path.is_dir() or is_saved(path)):
+        raise LdmError(f"data.mask: file reads mask files (cat.mask.png) beside the images of a local folder, "
+                       f"and {cfg.source} is not one: use data.mask: column (a column of mask images) or alpha")
     if files is not None:
         ds = load_shards(files, cfg)
     elif path.exists():
@@ -56,13 +61,18 @@ def load_source(cfg: DataConfig) -> datasets.Dataset | datasets.IterableDataset:
     else:
         raise LdmError(f"data folder not found: {cfg.source}")
     columns = ds.column_names or list(ds.features or {})
-    for column, what in ((cfg.image_column, "image"), (cfg.caption_column, "caption")):
+    wanted = [(cfg.image_column, "image"), (cfg.caption_column, "caption")]
+    if cfg.mask == "column":
+        wanted.append((cfg.mask_column, "mask"))
+    for column, what in wanted:
         if column not in columns:
             raise LdmError(
                 f"{what} column '{column}' not found in {cfg.source} (columns: {', '.join(columns)});"
                 f" set data.{what}_column"
             )
     ds = ds.cast_column(cfg.image_column, datasets.Image(decode=False))
+    if cfg.mask == "column":
+        ds = ds.cast_column(cfg.mask_column, datasets.Image(decode=False))
     if cfg.max_samples is not None:
         ds = ds.take(cfg.max_samples) if cfg.streaming else ds.select(range(min(cfg.max_samples, len(ds))))
     return ds
@@ -74,7 +84,8 @@ def _load_local(path: Path, cfg: DataConfig):
         raise LdmError(f"data source {path} is a file; give the folder that holds the images")
     if is_saved(path):
         return load_saved(path, cfg)
-    images = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    images = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS
+                    and not (cfg.mask == "file" and is_mask_file(p)))  # masks are not images to train on
     if not images:
         raise LdmError(f"no images found in data folder {path}")
     metadata = metadata_files(path)

@@ -82,6 +82,9 @@ class LossConfig:
     # 0: off (the default: it costs about 2x a step, and has not yet been shown to pay here, see
     # docs/benchmarks.md); the paper trains with 1.
     smoothness: Annotated[float, Field(ge=0, le=100)] = 0.0
+    # With data.mask: the weight of the masked-out part of each image (OneTrainer's "unmasked
+    # weight"): each latent pixel weighs mask_floor + (1 - mask_floor) * mask. 0 trains on the mask only.
+    mask_floor: Annotated[float, Field(ge=0, le=1)] = 0.0
 
 
 @dataclass(config=SECTION)

@@ -12,7 +12,10 @@ this file adds what diffusers' training scripts write inline and no library clas
 - min-SNR weighting (Hang et al. 2023): each timestep's MSE weighted by min(SNR, gamma) / SNR
   (epsilon) or min(SNR, gamma) / (SNR + 1) (v), which stops easy low-noise steps dominating,
 - noise offset (Guttenberg 2023): a per-channel constant added to the noise, so the model learns
-  to change an image's overall brightness and colour, which plain Gaussian noise hardly moves.
+  to change an image's overall brightness and colour, which plain Gaussian noise hardly moves,
+- masked loss (kohya's `--masked_loss`, OneTrainer's masked training): an optional weight per latent
+  pixel, from a loss mask (`data.mask`) as mask_floor + (1 - mask_floor) * mask, the squared error
+  averaged over the weighted pixels of each sample.
 """
 
 from __future__ import annotations
@@ -23,17 +26,21 @@ from diffusers import DDPMScheduler
 from diffusers.training_utils import compute_snr
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
+# A sample's weights sum to at least this in the division: an all-zero mask gives 0 / MIN_WEIGHT = 0
+# (and a zero gradient), never 0 / 0.
+MIN_WEIGHT = 1e-12
 
 
 class DiffusionLoss:
     def __init__(self, scheduler: DDPMScheduler, prediction_type: str = "epsilon",
-                 snr_gamma: float | None = None, noise_offset: float = 0.0):
+                 snr_gamma: float | None = None, noise_offset: float = 0.0, mask_floor: float = 0.0):
         if prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
         self.scheduler = scheduler
         self.prediction_type = prediction_type
         self.snr_gamma = snr_gamma
         self.noise_offset = noise_offset
+        self.mask_floor = mask_floor  # the weight of a masked-out pixel
 
     def sample_noise(self, latents: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
@@ -63,11 +70,26 @@ class DiffusionLoss:
         # v-prediction's MSE already carries a factor (SNR + 1) relative to x0's; epsilon's carries SNR.
         return clipped / (snr + 1) if self.prediction_type == "v_prediction" else clipped / snr
 
+    def mask_weights(self, mask: torch.Tensor) -> torch.Tensor:
+        """Per-pixel weights from loss masks in [0, 1] (at the latent grid): the masked-in part at full
+        weight, the rest at `mask_floor`."""
+        return self.mask_floor + (1 - self.mask_floor) * mask.float()
+
     def __call__(self, prediction: torch.Tensor, latents: torch.Tensor, noise: torch.Tensor,
-                 timesteps: torch.Tensor) -> torch.Tensor:
+                 timesteps: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """The loss of a batch; `weight` (B, 1, h, w), optional, weighs each latent pixel (all channels)."""
         target = self.target(latents, noise, timesteps)
-        per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        error = F.mse_loss(prediction.float(), target.float(), reduction="none")
+        per_sample = error.mean(dim=(1, 2, 3)) if weight is None else weighted_mean(error, weight)
         weights = self.weights(timesteps)
         if weights is not None:
             per_sample = per_sample * weights.to(per_sample)
         return per_sample.mean()
+
+
+def weighted_mean(error: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Per sample, the mean of `error` (B, C, h, w) weighted per pixel by `weight` (B, 1, h, w):
+    normalised by the sum of the sample's weights, so that the loss's scale does not depend on how
+    much of the image a mask covers (a small subject trains as hard as a large one)."""
+    weight = weight.to(error).expand_as(error)
+    return (error * weight).sum(dim=(1, 2, 3)) / weight.sum(dim=(1, 2, 3)).clamp_min(MIN_WEIGHT)

@@ -3,7 +3,7 @@ section (`parts.py`), as Stability AI's generative-models composes its diffusion
 
     network       UNet2DConditionModel                (trained; `unet:`, or `pretrained:`)
     noise         DDPMScheduler                       (`noise:`)
-    loss          DiffusionLoss: target, min-SNR, noise offset                 (`loss:`)
+    loss          DiffusionLoss: target, min-SNR, noise offset, mask weights   (`loss:`)
     smoothness    StepVariationLoss, Smooth Diffusion's regulariser; None when off (`loss.smoothness`)
     conditioner   frozen CLIP text encoder of stage 1b, caption dropout  (`text_encoder:`)
     autoencoder   frozen autoencoder of stage 1                          (`vae:`)
@@ -17,7 +17,8 @@ fingerprint of its weights) that it is the same base.
 
 Data arrive either from the latent cache (`cache: true`, the default: latent moments and caption
 embeddings computed once, see `ldm.data.latent_cache`) or as images and captions, encoded at every
-step (`cache: false`, for streamed data and a text encoder that trains)."""
+step (`cache: false`, for streamed data and a text encoder that trains). With `data.mask` the batches
+also carry loss masks, and the loss weighs each latent pixel by its mask (`loss_weights`)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from ldm.components.autoencoder import FrozenAutoencoder
 from ldm.components.text_encoder import TextConditioner
 from ldm.core.errors import LdmError
+from ldm.data.masks import MASK, to_latent_grid
 from ldm.sampling.lora import BaseModel
 from ldm.sampling.samplers import inference_scheduler
 from ldm.stages.diffusion.config import SamplesConfig
@@ -110,33 +112,45 @@ class LatentDiffusion(L.LightningModule):
             prediction = self.unet(noisy, timesteps, encoder_hidden_states=embeddings).sample
         return prediction, noisy, noise, timesteps
 
+    def loss_weights(self, batch: dict, latents: torch.Tensor) -> dict:
+        """{"weight": per-latent-pixel loss weights} from the batch's masks (data.mask), or {} without
+        masks: diffusion_loss is then called as it was before masks existed (the fault drills wrap it)."""
+        mask = batch.get(MASK)
+        if mask is None:
+            return {}
+        return {"weight": self.loss.mask_weights(to_latent_grid(mask.to(latents.device), latents.shape[-2:]))}
+
     def diffusion_loss(self, latents: torch.Tensor, embeddings: torch.Tensor,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
+                       generator: torch.Generator | None = None, weight: torch.Tensor | None = None
+                       ) -> torch.Tensor:
         prediction, _, noise, timesteps = self.denoise(latents, embeddings, generator)
-        return self.loss(prediction, latents, noise, timesteps)
+        return self.loss(prediction, latents, noise, timesteps, weight)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         latents, embeddings = self.latents_and_embeddings(batch, drop_captions=True)
+        masked = self.loss_weights(batch, latents)
         if self.smoothness is None:
-            loss = self.diffusion_loss(latents, embeddings)
+            loss = self.diffusion_loss(latents, embeddings, **masked)
         else:
-            loss = self.smoothed_diffusion_loss(latents, embeddings)
+            loss = self.smoothed_diffusion_loss(latents, embeddings, **masked)
         self.log("train/loss", loss, prog_bar=True, batch_size=latents.shape[0])
         return loss
 
-    def smoothed_diffusion_loss(self, latents: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
-        """The diffusion loss plus the weighted smoothness penalty (logged on its own as
-        train/smoothness), both from one UNet call."""
+    def smoothed_diffusion_loss(self, latents: torch.Tensor, embeddings: torch.Tensor,
+                                weight: torch.Tensor | None = None) -> torch.Tensor:
+        """The diffusion loss (masked by `weight`, if given) plus the weighted smoothness penalty (logged
+        on its own as train/smoothness; a property of the whole output, so unmasked), both from one
+        UNet call."""
         prediction, noisy, noise, timesteps = self.denoise(latents, embeddings, track_noise=True)
         penalty = self.smoothness(prediction, noisy, noise, timesteps)
         self.log("train/smoothness", penalty, batch_size=latents.shape[0])
-        return self.loss(prediction, latents, noise.detach(), timesteps) + self.smoothness.weight * penalty
+        return self.loss(prediction, latents, noise.detach(), timesteps, weight) + self.smoothness.weight * penalty
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         # The same noise and timesteps at every validation, so the curve shows the model, not the dice.
         generator = torch.Generator(self.device).manual_seed(batch_idx)
         latents, embeddings = self.latents_and_embeddings(batch)
-        loss = self.diffusion_loss(latents, embeddings, generator)
+        loss = self.diffusion_loss(latents, embeddings, generator, **self.loss_weights(batch, latents))
         self.log("val/loss", loss, sync_dist=True, batch_size=latents.shape[0])
 
     # ---- optimizer --------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
     unet:   the denoising network, a diffusers `UNet2DConditionModel`; its input size, channels and
             cross-attention width come from the autoencoder and the text encoder, not the config
     noise:  the training noise schedule, a diffusers `DDPMScheduler`
-    loss:   prediction target, min-SNR weighting, noise offset (`ldm.stages.diffusion.losses`), and
+    loss:   prediction target, min-SNR weighting, noise offset, the masked loss's floor
+            (`ldm.stages.diffusion.losses`), and
             the smoothness regulariser (`ldm.stages.diffusion.smoothness_loss`, `loss.smoothness`)
     ema:    the exponential moving average of the trained weights (diffusers' `EMAModel`)
     lora:   low-rank adapters on the UNet (and optionally the text encoder), added with peft
@@ -66,7 +67,8 @@ def build_noise_scheduler(cfg: NoiseConfig) -> DDPMScheduler:
 
 
 def build_loss(cfg: LossConfig, scheduler: DDPMScheduler) -> DiffusionLoss:
-    return DiffusionLoss(scheduler, scheduler.config.prediction_type, cfg.snr_gamma, cfg.noise_offset)
+    return DiffusionLoss(scheduler, scheduler.config.prediction_type, cfg.snr_gamma, cfg.noise_offset,
+                         cfg.mask_floor)
 
 
 def build_smoothness_loss(cfg: LossConfig, scheduler: DDPMScheduler) -> StepVariationLoss | None:
