@@ -8,6 +8,7 @@ import dataclasses
 import random
 import warnings
 
+import datasets
 import numpy as np
 import pytest
 import torch
@@ -20,6 +21,7 @@ from PIL import Image
 from ldm.cli import main
 from ldm.components.autoencoder import FrozenAutoencoder
 from ldm.components.text_encoder import TextConditioner
+from ldm.core.errors import LdmError
 from ldm.data.check import check_data, format_report
 from ldm.data.config import DataConfig
 from ldm.data.datamodule import ImageCaptionDataModule, load_splits, make_sample
@@ -204,9 +206,12 @@ def test_mask_files_beside_the_images(tmp_path):
     for i in range(3):
         assert torch.allclose(train[i]["mask"][0] * 255, torch.from_numpy(alpha_pattern(16, 16, i)).float())
     assert torch.equal(train[3]["mask"], torch.ones(1, 16, 16))
-    report = check_data(cfg)
+    report = check_data(cfg, preview=tmp_path / "preview")
     assert {status: len(files) for status, files in report.masks.items()} == {"found": 3, "missing": 1}
     assert "masks (data.mask: file): 3 found, 1 missing (train at full weight)" in format_report(report)
+    with Image.open(tmp_path / "preview" / "00.png") as preview:  # white, dimmed where masked out
+        red, pattern = np.asarray(preview)[..., 0], alpha_pattern(16, 16, 0)
+    assert (red[pattern == 255] == 255).all() and (red[pattern == 0] < 70).all()
 
     key = mask_key(load_source(cfg), cfg)
     Image.new("L", (16, 16)).save(folder / "03.mask.png")
@@ -220,6 +225,26 @@ def test_mask_files_beside_the_images(tmp_path):
         imagefolder, _ = load_splits(cfg)
     assert not [w for w in caught if "skipped" in str(w.message)]  # no mask file taken for an image
     assert len(imagefolder) == 4 and torch.equal(imagefolder[0]["mask"], train[0]["mask"])
+
+
+def test_a_mask_column(tmp_path):
+    folder = write_rgba_folder(tmp_path / "images", 3, sizes=[(16, 16)], opaque=3)
+    for i in range(2):
+        Image.fromarray(alpha_pattern(16, 16, i)).save(tmp_path / f"matte{i}.png")
+    datasets.Dataset.from_dict({
+        "image": [str(folder / f"{i:02d}.png") for i in range(3)], "text": ["a cat"] * 3,
+        "matte": [str(tmp_path / "matte0.png"), str(tmp_path / "matte1.png"), None],
+    }).cast_column("image", datasets.Image()).cast_column("matte", datasets.Image()).save_to_disk(tmp_path / "saved")
+    cfg = DataConfig(source=str(tmp_path / "saved"), resolution=16, val_fraction=0.0, mask="column",
+                     mask_column="matte")
+    with pytest.warns(UserWarning, match=r"1 of 3 image\(s\) have no mask in column 'matte'"):
+        train, _ = load_splits(cfg)
+    assert torch.allclose(train[1]["mask"][0] * 255, torch.from_numpy(alpha_pattern(16, 16, 1)).float())
+    assert torch.equal(train[2]["mask"], torch.ones(1, 16, 16))
+    with pytest.raises(LdmError, match=r"mask column 'mask' not found .* set data.mask_column"):
+        load_source(dataclasses.replace(cfg, mask_column="mask"))
+    with pytest.raises(LdmError, match="data.mask: file reads mask files .* use data.mask: column"):
+        load_source(dataclasses.replace(cfg, mask="file"))
 
 
 def test_bad_values_are_refused_in_one_line(tmp_path, capsys):
