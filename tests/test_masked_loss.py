@@ -193,7 +193,7 @@ def test_masks_survive_the_latent_cache_whose_key_changes_with_them(tmp_path, st
     assert again.folder == cached.folder and again.reused is True
 
 
-def test_mask_files_beside_the_images(tmp_path):
+def test_mask_files_beside_the_images(tmp_path, capsys):
     """cat.png + cat.mask.png, in caption files and in an imagefolder: the mask read (and counted
     where missing), the mask files not trained on, and their changes in the cache key."""
     folder = write_rgba_folder(tmp_path / "files", 4, sizes=[(16, 16)], opaque=4)
@@ -212,6 +212,8 @@ def test_mask_files_beside_the_images(tmp_path):
     with Image.open(tmp_path / "preview" / "00.png") as preview:  # white, dimmed where masked out
         red, pattern = np.asarray(preview)[..., 0], alpha_pattern(16, 16, 0)
     assert (red[pattern == 255] == 255).all() and (red[pattern == 0] < 70).all()
+    main(["data", "check", str(folder), "--mask", "file", "--resolution", "16", "--val-fraction", "0"])
+    assert "masks (data.mask: file): 3 found, 1 missing" in capsys.readouterr().out
 
     key = mask_key(load_source(cfg), cfg)
     Image.new("L", (16, 16)).save(folder / "03.mask.png")
