@@ -21,6 +21,7 @@ from PIL import Image
 from ldm.cli import main
 from ldm.components.autoencoder import FrozenAutoencoder
 from ldm.components.text_encoder import TextConditioner
+from ldm.core.config import packaged_configs
 from ldm.core.errors import LdmError
 from ldm.data.check import check_data, format_report
 from ldm.data.config import DataConfig
@@ -280,3 +281,13 @@ def test_a_masked_stage2_run_through_ldm_train(tmp_path, make_stage1_run, monkey
     main(["train", str(path)])
     assert (run / "pipeline" / "model_index.json").is_file()
     assert seen and all(shape is not None and shape[1:] == (1, 8, 8) for shape in seen)
+
+
+@pytest.mark.parametrize("stage_config", ["autoencoder/kl_f4_shapes.yaml", "clip/clip_shapes.yaml"])
+def test_a_mask_on_a_stage_whose_loss_does_not_read_it_is_refused(tmp_path, capsys, stage_config):
+    """The autoencoder and the CLIP train on whole images: a data.mask there is refused, not ignored."""
+    with pytest.raises(SystemExit) as stop:
+        main(["train", str(packaged_configs() / stage_config), f"run_dir={tmp_path / 'run'}", "data.mask=alpha"])
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and "data.mask" in err and "diffusion stage" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "run").exists()

@@ -83,6 +83,7 @@ class RunConfig:
     """The sections every stage's config has; each stage adds its own (model, loss, ...)."""
 
     STAGE: ClassVar[str] = ""  # each stage's Config names its stage here
+    MASKED_LOSS: ClassVar[bool] = False  # whether the stage's loss reads data.mask (the diffusion stage's)
 
     stage: str
     run_dir: str  # RUN: every stage of one model writes its exports and logs here
@@ -92,6 +93,10 @@ class RunConfig:
     def __post_init__(self):
         if self.STAGE and self.stage != self.STAGE:
             raise ValueError(f"stage must be '{self.STAGE}' for this config, got {self.stage!r}")
+        if self.data.mask != "none" and not self.MASKED_LOSS:
+            # refused rather than ignored: a user who sets a mask expects it to change what trains
+            raise ValueError(f"data.mask weighs the diffusion stage's loss only; the {self.stage} stage trains "
+                             "on whole images: leave data.mask out of its config")
 
     @property
     def stage_dir(self) -> Path:

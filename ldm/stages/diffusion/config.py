@@ -131,6 +131,7 @@ class SamplesConfig:
 @dataclass(config=SECTION, kw_only=True)
 class Config(RunConfig):
     STAGE: ClassVar[str] = "diffusion"
+    MASKED_LOSS: ClassVar[bool] = True
 
     stage: str = "diffusion"
     # A diffusers pipeline folder (RUN/pipeline, a Stable Diffusion 1.x/2.x folder) or hub id to
