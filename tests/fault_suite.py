@@ -206,8 +206,8 @@ def poisoned(module, bad_step):
     """`module`'s diffusion loss, NaN in training at the steps where `bad_step(global_step)` holds."""
     plain = module.diffusion_loss
 
-    def loss(*args):
-        value = plain(*args)
+    def loss(*args, **kwargs):
+        value = plain(*args, **kwargs)
         return value * float("nan") if module.training and bad_step(module.global_step) else value
 
     return loss

@@ -112,13 +112,12 @@ class LatentDiffusion(L.LightningModule):
             prediction = self.unet(noisy, timesteps, encoder_hidden_states=embeddings).sample
         return prediction, noisy, noise, timesteps
 
-    def loss_weights(self, batch: dict, latents: torch.Tensor) -> dict:
-        """{"weight": per-latent-pixel loss weights} from the batch's masks (data.mask), or {} without
-        masks: diffusion_loss is then called as it was before masks existed (the fault drills wrap it)."""
+    def loss_weights(self, batch: dict, latents: torch.Tensor) -> torch.Tensor | None:
+        """Per-latent-pixel loss weights from the batch's masks (data.mask), or None without masks."""
         mask = batch.get(MASK)
         if mask is None:
-            return {}
-        return {"weight": self.loss.mask_weights(to_latent_grid(mask.to(latents.device), latents.shape[-2:]))}
+            return None
+        return self.loss.mask_weights(to_latent_grid(mask.to(latents.device), latents.shape[-2:]))
 
     def diffusion_loss(self, latents: torch.Tensor, embeddings: torch.Tensor,
                        generator: torch.Generator | None = None, weight: torch.Tensor | None = None
@@ -128,11 +127,11 @@ class LatentDiffusion(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         latents, embeddings = self.latents_and_embeddings(batch, drop_captions=True)
-        masked = self.loss_weights(batch, latents)
+        weight = self.loss_weights(batch, latents)
         if self.smoothness is None:
-            loss = self.diffusion_loss(latents, embeddings, **masked)
+            loss = self.diffusion_loss(latents, embeddings, weight=weight)
         else:
-            loss = self.smoothed_diffusion_loss(latents, embeddings, **masked)
+            loss = self.smoothed_diffusion_loss(latents, embeddings, weight)
         self.log("train/loss", loss, prog_bar=True, batch_size=latents.shape[0])
         return loss
 
@@ -150,7 +149,7 @@ class LatentDiffusion(L.LightningModule):
         # The same noise and timesteps at every validation, so the curve shows the model, not the dice.
         generator = torch.Generator(self.device).manual_seed(batch_idx)
         latents, embeddings = self.latents_and_embeddings(batch)
-        loss = self.diffusion_loss(latents, embeddings, generator, **self.loss_weights(batch, latents))
+        loss = self.diffusion_loss(latents, embeddings, generator, self.loss_weights(batch, latents))
         self.log("val/loss", loss, sync_dist=True, batch_size=latents.shape[0])
 
     # ---- optimizer --------------------------------------------------------------------------------
