@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
+import pytest
 import torch
 import yaml
 from diffusers import StableDiffusionPipeline
 from diffusion_fixtures import diffusion_config
+from tiny import TINY_UNET
 from safetensors.torch import load_file
 
 from ldm.components.text_encoder import TextConditioner
+from ldm.core.errors import LdmError
 from ldm.core.config import build
 from ldm.stages.diffusion import train as diffusion_train  # the module, where train() builds its LatentDiffusion
 from ldm.stages.diffusion.config import Config
@@ -175,3 +179,30 @@ def test_shipped_configs_validate():
         cfg = load_config(path)
         assert cfg.stage == "diffusion"
         assert yaml.safe_load(open(path))["stage"] == "diffusion"
+
+
+def test_pooled_prompt_in_the_time_embedding_trains_and_loads_in_plain_diffusers(tmp_path, make_stage1_run):
+    run = make_stage1_run(tmp_path)
+    unet = {**TINY_UNET, "addition_embed_type": "text", "addition_embed_type_num_heads": 4}
+    cfg = build(Config, diffusion_config(tmp_path, run, unet=unet, samples={"prompts": []}))
+    module = train(cfg).module
+    # The pooled prompt reaches the time embedding: another prompt moves it, and it trained.
+    embeddings = module.conditioner.encode(["a red circle", "a blue square"])
+    pooled = module.unet.add_embedding(embeddings.to(module.device))
+    assert not torch.allclose(pooled[0], pooled[1])
+    trained = {id(p) for p in module.trained_parameters()}
+    assert all(id(p) in trained for p in module.unet.add_embedding.parameters())
+
+    pipe = StableDiffusionPipeline.from_pretrained(run / "pipeline", safety_checker=None)
+    assert pipe.unet.config.addition_embed_type == "text"
+    image = pipe("a red circle", num_inference_steps=2, guidance_scale=4.0, output_type="np",
+                 generator=torch.Generator().manual_seed(0)).images
+    assert image.shape == (1, 16, 16, 3) and np.isfinite(image).all()
+
+
+def test_pooling_heads_must_divide_the_text_width(tmp_path, make_stage1_run):
+    run = make_stage1_run(tmp_path)
+    unet = {**TINY_UNET, "addition_embed_type": "text", "addition_embed_type_num_heads": 5}
+    cfg = build(Config, diffusion_config(tmp_path, run, unet=unet))
+    with pytest.raises(LdmError, match=r"^unet.addition_embed_type_num_heads: 5 does not divide the text encoder's width 32"):
+        train(cfg)

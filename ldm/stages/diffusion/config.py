@@ -32,6 +32,13 @@ class UNetConfig:
     attention_head_dim: Count = 8
     transformer_layers_per_block: Count = 1
     norm_num_groups: Count = 32
+    # "text": the prompt also enters through the time embedding, pooled from its token embeddings by
+    # attention (diffusers' TextTimeEmbedding, as in Kandinsky and unCLIP), so every ResNet block sees
+    # it, not only the blocks that cross-attend. For a small UNet that cross-attends only at its
+    # lowest resolution this pays many times its cost (docs/benchmarks.md, session 12). Plain
+    # diffusers pipelines load and run such a UNet unchanged.
+    addition_embed_type: Literal["text"] | None = None
+    addition_embed_type_num_heads: Count = 64  # heads of that attention pooling (diffusers' name)
 
     def __post_init__(self):
         if not len(self.block_out_channels) == len(self.down_block_types) == len(self.up_block_types):

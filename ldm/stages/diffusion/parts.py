@@ -33,6 +33,10 @@ from ldm.stages.diffusion.smoothness_loss import StepVariationLoss
 
 def build_unet(cfg: UNetConfig, autoencoder: FrozenAutoencoder, conditioner: TextConditioner,
                resolution: int) -> UNet2DConditionModel:
+    if cfg.addition_embed_type == "text" and conditioner.hidden_size % cfg.addition_embed_type_num_heads:
+        # diffusers would only fail at the first step, in a reshape
+        raise LdmError(f"unet.addition_embed_type_num_heads: {cfg.addition_embed_type_num_heads} does not divide "
+                       f"the text encoder's width {conditioner.hidden_size}")
     try:
         return UNet2DConditionModel(
             sample_size=resolution // autoencoder.factor,
@@ -46,6 +50,8 @@ def build_unet(cfg: UNetConfig, autoencoder: FrozenAutoencoder, conditioner: Tex
             attention_head_dim=cfg.attention_head_dim,
             transformer_layers_per_block=cfg.transformer_layers_per_block,
             norm_num_groups=cfg.norm_num_groups,
+            addition_embed_type=cfg.addition_embed_type,
+            addition_embed_type_num_heads=cfg.addition_embed_type_num_heads,
         )
     except ValueError as err:  # diffusers checks block names and sizes
         raise LdmError(f"unet: {err}") from None
