@@ -100,7 +100,7 @@ def test_a_slower_step_plans_fewer_steps_and_still_ends_its_cosine(tmp_path, sha
 
 
 def test_max_steps_still_bounds_a_planned_run(tmp_path, shapes):
-    # The warm-up (5% of 60 s) ends by step 16 or so, slowed by the sleep; the plan it makes from
+    # The warm-up (10% of 60 s) ends by step 24 or so, slowed by the sleep; the plan it makes from
     # 0.25-s steps would fit about 230: max_steps is the bound, even on a machine 5x slower. (A 3-s
     # budget with fast steps made this test depend on the machine's load: a loaded CI planned 28.)
     cfg = config(tmp_path / "run", shapes, minutes=1.0, max_steps=30)
@@ -110,7 +110,7 @@ def test_max_steps_still_bounds_a_planned_run(tmp_path, shapes):
 
 
 def test_a_run_that_reaches_max_steps_inside_its_warm_up_is_planned_there(tmp_path, shapes):
-    # 30 fast steps end long before 5% of a 10-minute budget (the CI machine's fast moments made
+    # 30 fast steps end long before 10% of a 10-minute budget (the CI machine's fast moments made
     # the test above meet this case by chance: no plan was made at all)
     _, trainer = train(config(tmp_path / "run", shapes, minutes=10.0, max_steps=30), sleep=0.0)
     assert trainer.global_step == 30 and plan_of(trainer).planned == 30
