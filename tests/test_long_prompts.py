@@ -26,7 +26,7 @@ from ldm.data.latent_datamodule import LatentCacheDataModule
 from ldm.sampling.pipeline_io import PROMPT_CHUNKS, load_pipeline
 
 # 150 tokens of the tiny tokenizer (each word one token): two windows of 75.
-LONG = " ".join(["a red circle"] * 49 + ["a big red circle"])
+LONG = " ".join(["a red circle"] * 50)
 CHANGED_END = LONG.rsplit(" ", 2)[0] + " blue square"  # the same but its last two tokens
 WINDOW = 77
 
@@ -41,7 +41,7 @@ def pipe(pipeline):
     return load_pipeline(pipeline)
 
 
-def png(folder, name="0000-seed0.png") -> np.ndarray:
+def png(folder, name="0000-seed3.png") -> np.ndarray:
     return np.asarray(Image.open(folder / name), dtype=np.float32)
 
 

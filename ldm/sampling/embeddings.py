@@ -22,7 +22,11 @@ from ldm.core.errors import LdmError, first_line
 def embedding_token(path: str | Path) -> tuple[str, int, int]:
     """(token, vectors, width) of a textual-inversion file, from its header, or an LdmError."""
     path = Path(path)
-    if not path.is_file():
+    try:
+        found = path.is_file()
+    except OSError:  # a name too long for the file system
+        found = False
+    if not found:
         raise LdmError(f"--embedding {path}: file not found")
     if path.suffix != ".safetensors":  # a .bin or .pt would be unpickled: never from a user's path
         raise LdmError(f"--embedding {path}: not a .safetensors file (learned_embeds.safetensors of a "
