@@ -59,6 +59,15 @@ def vector_token_names(token: str, vectors: int) -> list[str]:
     return [token] + [f"{token}_{i}" for i in range(1, vectors)]
 
 
+def is_known_word(tokenizer: CLIPTokenizer, token: str) -> bool:
+    """Whether `token` is already one token of the tokenizer ("red" is, as "red</w>"; "<pink>" is not):
+    a learned word of that name would take its place in every prompt."""
+    if token in tokenizer.get_vocab():
+        return True
+    pieces = tokenizer.tokenize(token)
+    return len(pieces) == 1 and pieces[0] != tokenizer.unk_token
+
+
 def expand_learned_tokens(tokenizer: CLIPTokenizer, prompts: list[str]) -> list[str]:
     """Prompts with each multi-vector learned token written out as all its tokens ("<pink>" ->
     "<pink> <pink>_1"), as diffusers' `maybe_convert_prompt` does before its pipelines tokenize;

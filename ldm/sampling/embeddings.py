@@ -15,7 +15,7 @@ from pathlib import Path
 from safetensors import SafetensorError, safe_open
 from transformers import CLIPTokenizer
 
-from ldm.components.prompt_tokens import vector_token_names
+from ldm.components.prompt_tokens import is_known_word, vector_token_names
 from ldm.core.errors import LdmError, first_line
 
 
@@ -52,7 +52,7 @@ def check_embeddings(paths: list[str], tokenizer: CLIPTokenizer, width: int) -> 
         if size != width:
             raise LdmError(f"--embedding {path}: its vectors are {size} wide, the pipeline's text encoder's "
                            f"{width} (it was trained for another text encoder)")
-        if token in tokenizer.get_vocab() or token in tokens:
+        if is_known_word(tokenizer, token) or token in tokens:
             raise LdmError(f"--embedding {path}: its token {token!r} is already a word of the pipeline's "
                            "tokenizer (or of another --embedding)")
         tokens.append(token)

@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from ldm.components.prompt_tokens import vector_token_names
+from ldm.components.prompt_tokens import is_known_word, vector_token_names
 from ldm.core.atomic import atomic_folder
 from ldm.core.errors import LdmError
 from ldm.core.layout import LEARNED_EMBEDS
@@ -36,7 +36,7 @@ class LearnedTokens(torch.nn.Module):
     def __init__(self, tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, cfg: TextualInversionConfig):
         super().__init__()
         names = vector_token_names(cfg.token, cfg.vectors)
-        if any(name in tokenizer.get_vocab() for name in names):
+        if any(is_known_word(tokenizer, name) for name in names):
             raise LdmError(f"textual_inversion.token {cfg.token!r} is already a word of the tokenizer: choose "
                            f"a new one (e.g. <{cfg.token}>)")
         table = text_encoder.get_input_embeddings().weight
