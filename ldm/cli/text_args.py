@@ -3,7 +3,6 @@ options `ldm generate` and `ldm animate` share."""
 
 from __future__ import annotations
 
-import argparse
 from argparse import SUPPRESS
 
 from ldm.cli.ranges import integer

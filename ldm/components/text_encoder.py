@@ -164,7 +164,6 @@ def encode_each_once(tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, prom
     return table[[distinct.index(prompt) for prompt in prompts]]
 
 
-
 class TextConditioner:
     """The frozen CLIP text encoder of stage 1b, and caption dropout.
 

@@ -24,12 +24,11 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline
 from safetensors import SafetensorError, safe_open
-
 from transformers import CLIPTokenizer
 
 from ldm.components.autoencoder import AUTOENCODER_CLASSES, Autoencoder, load_vae
-from ldm.components.prompt_tokens import check_prompt_lengths
 from ldm.components.pretrained import weight_files
+from ldm.components.prompt_tokens import check_prompt_lengths
 from ldm.core.atomic import atomic_folder
 from ldm.core.errors import LdmError, first_line
 from ldm.core.layout import MODEL_CONFIG, MODEL_INDEX, MODEL_WEIGHTS, SCHEDULER, TEXT_ENCODER, TOKENIZER, UNET, VAE
