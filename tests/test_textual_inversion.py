@@ -122,6 +122,8 @@ def test_mistakes_are_named(tmp_path, base, shapes, capsys):
         build(Config, ti_config(tmp_path, base, shapes, cache=True))
     with pytest.raises(LdmError, match="textual_inversion and lora"):
         build(Config, ti_config(tmp_path, base, shapes, lora={}))
+    with pytest.raises(LdmError, match="textual_inversion: give token"):
+        build(Config, ti_config(tmp_path, base, shapes, textual_inversion={"initializer": "red"}))
     with pytest.raises(LdmError, match="textual_inversion.vectors"):
         build(Config, ti_config(tmp_path, base, shapes, textual_inversion={"token": TOKEN, "vectors": 0}))
     with pytest.raises(LdmError, match="already a word"):

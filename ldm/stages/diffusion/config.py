@@ -138,11 +138,15 @@ class TextualInversionConfig:
     examples/textual_inversion): only its vectors train, the UNet and the text encoder stay frozen.
     Needs a pretrained pipeline and cache: false (captions are encoded at every step)."""
 
-    token: str  # the new word, e.g. "<pink>"; the captions name it, and prompts then use it
+    # The new word, e.g. "<pink>": the captions name it, and prompts then use it. Required (checked
+    # below, so that a section given without it is one line naming the section).
+    token: str | None = None
     initializer: str | None = None  # a word whose embedding the vectors start from; null: the vocabulary's mean
     vectors: Annotated[int, Field(ge=1, le=16)] = 1  # embedding vectors (tokens) the word stands for
 
     def __post_init__(self):
+        if self.token is None:
+            raise ValueError("textual_inversion: give token, the new word to learn (e.g. token: <pink>)")
         if not self.token.strip() or any(c.isspace() for c in self.token):
             raise ValueError(f"textual_inversion.token must be one word without spaces, got {self.token!r}")
 
