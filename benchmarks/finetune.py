@@ -16,9 +16,10 @@ From QUICKSTART/pipeline (trained on the six colours of `ldm data shapes`), it
      and on the default data's held-out prompts (colour, shape and position combinations the base
      never saw in training), with the base's own decoder and with the new one,
   4. fine-tunes that pipeline on the pink data with `configs/diffusion/ldm_shapes.yaml` (its batch,
-     loss and EMA; `pretrained:` the base with the new decoder), twice, each for at most --minutes
+     loss and EMA; `pretrained:` the base with the new decoder), three times, each for at most --minutes
      of training (the latent cache is built before the clock starts): LoRA adapters on the UNet's
-     attention (`lora:`), and every UNet weight; then both again on the pink images mixed with as
+     attention (`lora:`), every UNet weight, and textual inversion (`textual_inversion:`, the word
+     "pink" learned as a new token, everything else frozen); then all again on the pink images mixed with as
      many of the base's own training images (--replay; what DreamBooth's prior preservation and
      kohya's regularisation images do against forgetting),
   5. measures both prompt sets again after each, the LoRA through `ldm generate --lora`.
@@ -43,7 +44,7 @@ from ldm.apps.evaluate.generated import held_out_requests, shapes_fidelity
 from ldm.components.autoencoder import load_vae
 from ldm.core.errors import LdmError
 from ldm.core.images import contact_sheet
-from ldm.core.layout import PIPELINE, VAE
+from ldm.core.layout import LEARNED_EMBEDS, PIPELINE, VAE
 from ldm.data.shapes.generator import ALL_COLOURS, POSITIONS, SHAPES, make_shapes_dataset, plain_prompt
 from ldm.sampling.lora import LoraChoice
 from ldm.sampling.pipeline_io import export_pipeline
@@ -55,7 +56,10 @@ DECODER_CONFIG = "autoencoder/kl_f4_shapes.yaml"
 IMAGE_SIZE = 32
 DATA_SEED = 1
 DECODER_DATA_SEED = 2  # another draw than the pink data's
-METHODS = ("lora", "full")
+METHODS = ("lora", "full", "ti")
+# Textual inversion learns the colour's name itself as a new word ("pink", which the base's tokenizer
+# spells out of pieces), started from the embedding of a colour it knows.
+TI_INITIALIZER = "red"
 METADATA = "metadata.jsonl"
 
 
@@ -66,12 +70,13 @@ def pink_requests() -> tuple[list[str], list[dict]]:
     return [plain_prompt(a["colour"], a["shape"], a["position"]) for a in attributes], attributes
 
 
-def measure(pipeline: Path, out: Path, args, loras: list[LoraChoice] = ()) -> dict:
+def measure(pipeline: Path, out: Path, args, loras: list[LoraChoice] = (), embeddings: list[Path] = ()) -> dict:
     """Prompt fidelity on the pink prompts and on the held-out prompts."""
     scores = {}
     for name, (prompts, attributes) in (("pink", pink_requests()), ("held_out", held_out_requests())):
         scores[name] = shapes_fidelity(str(pipeline), prompts, attributes, out / name, n=args.seeds,
-                                       seed=0, steps=args.steps, guidance=args.guidance, loras=loras)
+                                       seed=0, steps=args.steps, guidance=args.guidance, loras=loras,
+                                       embeddings=embeddings)
     return scores
 
 
@@ -133,6 +138,9 @@ def fine_tune(name: str, base: Path, data: Path, out: Path, args) -> tuple[Path,
                  f"train.max_minutes={args.minutes}", f"train.max_steps={args.max_steps}", "samples.prompts=[]"]
     if name.startswith("lora"):
         overrides += [f"lora.rank={args.rank}", f"train.lr={args.lr_lora}"]
+    elif name.startswith("ti"):  # only the new word's embedding trains; captions encoded at every step
+        overrides += [f"textual_inversion={{token: {NEW_COLOUR}, initializer: {TI_INITIALIZER}}}", "cache=false",
+                      f"train.lr={args.lr_ti}"]
     else:
         overrides += [f"train.lr={args.lr_full}"]
     return timed_run(CONFIG, out / name, overrides)
@@ -181,6 +189,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--rank", type=int, default=8, help="LoRA rank")
     parser.add_argument("--lr-lora", type=float, default=1e-3)
     parser.add_argument("--lr-full", type=float, default=5e-4)
+    parser.add_argument("--lr-ti", type=float, default=5e-3, help="textual inversion's learning rate")
     parser.add_argument("--seeds", type=int, default=8, help="images per prompt")
     parser.add_argument("--steps", type=int, default=20, help="sampling steps")
     parser.add_argument("--guidance", type=float, default=4.0)
@@ -198,9 +207,12 @@ def fine_tunings(base: Path, pink: Path, out: Path, args) -> tuple[dict, dict]:
             samples = out / "samples" / name
             if method == "lora":
                 scores = measure(base, samples, args, loras=[LoraChoice(str(export))])
+            elif method == "ti":
+                scores = measure(base, samples, args, embeddings=[export / LEARNED_EMBEDS])
             else:
                 scores = measure(export, samples, args)
-            title = f"LoRA (rank {args.rank})" if method == "lora" else "full fine-tune"
+            title = {"lora": f"LoRA (rank {args.rank})", "full": "full fine-tune",
+                     "ti": "textual inversion (the word pink)"}[method]
             if suffix:
                 title += f", with {args.replay} base images"
             results[title] = {**scores, "run": trained}

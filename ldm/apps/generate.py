@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from ldm.apps.generate_settings import Dtype, GenerateOptions
 from ldm.apps.processes import inference_processes
+from ldm.components.prompt_tokens import chunk_counts
 from ldm.core.errors import LdmError
 from ldm.core.images import contact_sheet, read_rgb, write_png
 from ldm.core.layout import SAMPLES
@@ -35,7 +36,13 @@ from ldm.data.decode import read_image_file
 from ldm.sampling import pipeline_io
 from ldm.sampling.inpaint import Inpainting, check_mask_size, composite, read_mask
 from ldm.sampling.lora import LoraChoice, check_loras
-from ldm.sampling.pipeline_io import check_autoencoder_swap, check_image_size, check_pipeline_folder, vae_factor
+from ldm.sampling.pipeline_io import (
+    check_autoencoder_swap,
+    check_image_size,
+    check_pipeline_folder,
+    check_prompts,
+    vae_factor,
+)
 from ldm.sampling.samplers import check_sampler_follows, guidance_rescale_of, make_sampler
 
 DTYPES = {name: getattr(torch, name) for name in get_args(Dtype)}
@@ -91,6 +98,7 @@ def check_options(opts: GenerateOptions) -> None:
     if opts.repaint and opts.mask is None:
         raise LdmError("--repaint needs --mask: it resamples the masked part")
     check_loras(opts.loras, opts.pipeline)
+    check_prompts(opts.pipeline, opts.prompts + [opts.negative], opts.prompt_chunks, opts.embeddings)
     if opts.vae is not None:
         check_autoencoder_swap(opts.pipeline, opts.vae)
 
@@ -143,6 +151,10 @@ def image_metadata(opts: GenerateOptions, job: ImageJob) -> dict[str, str]:
                                     for lora in opts.loras])
     if opts.vae is not None:
         meta["vae"] = str(Path(opts.vae).resolve())
+    if opts.prompt_chunks is not None:
+        meta["prompt_chunks"] = opts.prompt_chunks
+    if opts.embeddings:
+        meta["embeddings"] = json.dumps([str(Path(path).resolve()) for path in opts.embeddings])
     return {key: str(value) for key, value in meta.items()}
 
 
@@ -186,7 +198,7 @@ def _generate_jobs(opts: GenerateOptions, jobs: list[ImageJob], out: Path, devic
                    show_progress: bool) -> list[Path]:
     # through its module, which tests replace to check that nothing loads before the input is checked
     pipe = pipeline_io.load_pipeline(opts.pipeline, dtype=DTYPES[opts.dtype], device=device, loras=opts.loras,
-                                     vae=opts.vae)
+                                     vae=opts.vae, prompt_chunks=opts.prompt_chunks, embeddings=opts.embeddings)
     pipe.scheduler = make_sampler(opts.sampler, pipe.scheduler.config)
     if opts.guidance_rescale is None:  # the pipeline's own, written into the PNGs as used
         opts.guidance_rescale = guidance_rescale_of(pipe.scheduler.config)
@@ -200,8 +212,7 @@ def _generate_jobs(opts: GenerateOptions, jobs: list[ImageJob], out: Path, devic
 
     written = []
     with tqdm(total=len(jobs), unit="image", desc="generating", disable=not show_progress) as bar:
-        for start in range(0, len(jobs), opts.batch_size):
-            batch = jobs[start:start + opts.batch_size]
+        for batch in batches_of_one_length(jobs, opts, pipe):
             # CPU generators: the same seed gives the same noise on any device
             generators = [torch.Generator().manual_seed(job.seed) for job in batch]
             inpainting = Inpainting(pipe, init, mask, generators, opts.repaint) if mask is not None else None
@@ -218,6 +229,19 @@ def _generate_jobs(opts: GenerateOptions, jobs: list[ImageJob], out: Path, devic
                 written.append(write_png(out / job.file_name, image, image_metadata(opts, job)))
             bar.update(len(batch))
     return written
+
+
+def batches_of_one_length(jobs: list[ImageJob], opts: GenerateOptions, pipe) -> list[list[ImageJob]]:
+    """The jobs in batches of at most `batch_size`, each of prompts of one window count: a batch's
+    embeddings are padded to its longest prompt (`ldm.components.text_encoder.embed_prompts`), so a
+    short prompt batched with a long one would give another image than alone."""
+    counts = chunk_counts(pipe.tokenizer, [job.prompt for job in jobs] + [opts.negative], pipe.prompt_chunks)
+    length = {job: max(count, counts[-1]) for job, count in zip(jobs, counts)}
+    batches = []
+    for count in sorted(set(length.values())):
+        same = [job for job in jobs if length[job] == count]
+        batches += [same[i:i + opts.batch_size] for i in range(0, len(same), opts.batch_size)]
+    return batches
 
 
 def write_contact_sheet(opts: GenerateOptions, jobs: list[ImageJob], out: Path) -> Path:

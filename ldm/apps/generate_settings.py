@@ -14,7 +14,7 @@ from pydantic import Field
 from pydantic.dataclasses import dataclass
 
 from ldm.apps.options import PathText, Settings
-from ldm.core.config import SECTION, Count, NonNegativeInt
+from ldm.core.config import SECTION, Count, NonNegativeInt, PromptChunks
 from ldm.sampling.lora import LoraChoice
 
 Dtype = Literal["float32", "float16", "bfloat16"]  # the weights' precision while sampling
@@ -40,6 +40,7 @@ class GenerateOptions(Settings):
     guidance: float = 5.0  # 1: no guidance
     guidance_rescale: UnitInterval | None = None  # None: the pipeline's own (its scheduler config's)
     negative: str = ""
+    prompt_chunks: PromptChunks | None = None  # windows of 75 tokens a prompt may take; None: the pipeline's
     sampler: str = field(default_factory=_default_sampler)
     eta: UnitInterval = 0.0  # DDIM's: 0 deterministic, 1 DDPM-like
     height: int | None = None  # None: the model's (any multiple of its autoencoder's factor)
@@ -54,3 +55,4 @@ class GenerateOptions(Settings):
     dtype: Dtype = "float32"
     loras: list[LoraChoice] = field(default_factory=list)  # loaded onto the pipeline, each at its scale
     vae: PathText | None = None  # decode with this autoencoder (a fine-tuned decoder) instead of the pipeline's
+    embeddings: list[PathText] = field(default_factory=list)  # textual-inversion files, their tokens usable in prompts

@@ -16,6 +16,7 @@ from argparse import SUPPRESS
 from ldm.cli.lora_args import add_lora_arguments, lora_choices_of
 from ldm.cli.ranges import COUNT, GUIDANCE, SECONDS, SEED, SIDE, STEPS, integer, number
 from ldm.cli.settings_help import given, show_defaults_of
+from ldm.cli.text_args import TEXT_OPTIONS, add_text_arguments
 from ldm.core.errors import LdmError
 
 # Options that set the WalkSettings field of their name; one not given (SUPPRESS) is left to the
@@ -23,7 +24,7 @@ from ldm.core.errors import LdmError
 SETTINGS_OPTIONS = ("interpolation", "frames", "fps", "height", "width", "loop", "even_passes", "distance_model",
                     "batch_size",
                     "video_scale", "audio", "audio_start", "audio_end", "on_beats", "audio_smooth",
-                    "audio_feature", "steps", "guidance", "sampler", "negative_prompt", "vae")
+                    "audio_feature", "steps", "guidance", "sampler", "negative_prompt", "vae", *TEXT_OPTIONS)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -125,6 +126,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           help="deterministic sampler: dpmsolver++ (default), ddim (image walks: "
                                "%(IMAGE_WALK_SAMPLER)s only), ...")
     sampling.add_argument("--negative-prompt", default=SUPPRESS, help="negative prompt (default %(default)s)")
+    add_text_arguments(sampling)
     add_lora_arguments(sampling)
     sampling.add_argument("--vae", metavar="DIR", default=SUPPRESS,
                           help="decode with this autoencoder (e.g. RUN/vae of a train.decoder_only run) instead of "

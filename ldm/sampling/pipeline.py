@@ -11,7 +11,10 @@ class lacks and this one adds: a VQ autoencoder (decoded through `ldm.components
 same call (`image=`, `strength=`, as `StableDiffusionImg2ImgPipeline` does it), and prompts that
 repeat in a batch encoded once each, and the text's cross-attention keys and values computed once
 per call instead of once per step (`ldm.sampling.attention_cache`). LoRA adapters load through
-Stable Diffusion's own loader mixin (`load_lora_weights`, `set_adapters`; see `ldm.sampling.lora`).
+Stable Diffusion's own loader mixin (`load_lora_weights`, `set_adapters`; see `ldm.sampling.lora`),
+textual-inversion embeddings through diffusers' (`load_textual_inversion`, `ldm.sampling.embeddings`).
+Prompts longer than the text encoder's 77 tokens are encoded in windows (`prompt_chunks`,
+`ldm.components.prompt_tokens`), which Stable Diffusion's class does not do.
 
 Export and loading live in `ldm.sampling.pipeline_io`.
 """
@@ -25,13 +28,13 @@ import PIL.Image
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput, UNet2DConditionModel
 from diffusers.image_processor import VaeImageProcessor
-from diffusers.loaders import StableDiffusionLoraLoaderMixin
+from diffusers.loaders import StableDiffusionLoraLoaderMixin, TextualInversionLoaderMixin
 from diffusers.schedulers import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from ldm.components import autoencoder as vae_lib
-from ldm.components.text_encoder import encode_each_once
+from ldm.components.text_encoder import EMPTY_PROMPT, encode_each_once, encode_prompts, pad_embeddings
 from ldm.sampling.attention_cache import text_keys_values_cached
 from ldm.sampling.guidance import GuidedDenoiser
 from ldm.sampling.samplers import guidance_rescale_of
@@ -40,7 +43,7 @@ OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 Generators = torch.Generator | list[torch.Generator] | None
 
 
-class LatentDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
+class LatentDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, TextualInversionLoaderMixin):
     """Text-to-image (and image-to-image) with a CLIP text encoder, a UNet and a KL or VQ autoencoder."""
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
@@ -52,6 +55,9 @@ class LatentDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin)
                               scheduler=scheduler)
         self.vae_scale_factor = vae_lib.downsampling_factor(vae)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+        # Windows of 75 tokens a prompt may take (ldm.components.prompt_tokens); `load_pipeline`
+        # sets the one the model trained with, `ldm generate --prompt-chunks` another.
+        self.prompt_chunks = 1
 
     @property
     def image_size(self) -> int:
@@ -64,9 +70,11 @@ class LatentDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin)
                       num_images_per_prompt: int, guidance: bool
                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(prompt embeddings, negative embeddings), one row per image; every distinct text is
-        encoded once (Stable Diffusion's pipeline encodes each row of the batch)."""
+        encoded once (Stable Diffusion's pipeline encodes each row of the batch). Prompts longer
+        than a window are encoded in windows, up to `prompt_chunks`; every row, the negatives'
+        too, is padded to the longest with the empty prompt's window."""
         texts = list(prompts) + (list(negative_prompts) if guidance else [])
-        embeds = encode_each_once(self.tokenizer, self.text_encoder, texts).to(self.unet.dtype)
+        embeds = encode_each_once(self.tokenizer, self.text_encoder, texts, self.prompt_chunks).to(self.unet.dtype)
         embeds = embeds.repeat_interleave(num_images_per_prompt, dim=0)
         if not guidance:
             return embeds, None
@@ -87,7 +95,17 @@ class LatentDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin)
                 negative = self.encode_prompt(negatives, None, 1, guidance=False)[0]
             if guidance:
                 negative = negative.to(positive).repeat_interleave(num_images_per_prompt, dim=0)
+                positive, negative = self.same_length(positive, negative)
         return positive, (negative if guidance else None)
+
+    def same_length(self, *embeddings: torch.Tensor) -> list[torch.Tensor]:
+        """Embeddings of prompts of different window counts padded to the longest with the empty
+        prompt's window (as `encode_prompt` pads them): a long prompt's negative, a walk's keyframes."""
+        length = max(e.shape[1] for e in embeddings)
+        if all(e.shape[1] == length for e in embeddings):
+            return list(embeddings)
+        empty = encode_prompts(self.tokenizer, self.text_encoder, [EMPTY_PROMPT])
+        return [pad_embeddings(e, length, empty) for e in embeddings]
 
     # ---- latents ----------------------------------------------------------------------------------
 

@@ -24,14 +24,17 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline
 from safetensors import SafetensorError, safe_open
+from transformers import CLIPTokenizer
 
 from ldm.components.autoencoder import AUTOENCODER_CLASSES, Autoencoder, load_vae
 from ldm.components.pretrained import weight_files
+from ldm.components.prompt_tokens import check_prompt_lengths
 from ldm.core.atomic import atomic_folder
 from ldm.core.errors import LdmError, first_line
 from ldm.core.layout import MODEL_CONFIG, MODEL_INDEX, MODEL_WEIGHTS, SCHEDULER, TEXT_ENCODER, TOKENIZER, UNET, VAE
 from ldm.core.model_kind import check_supported
 from ldm.core.trust import check_no_code
+from ldm.sampling.embeddings import check_embeddings, load_embeddings
 from ldm.sampling.lora import LoraChoice, load_loras
 from ldm.sampling.pipeline import LatentDiffusionPipeline
 
@@ -50,14 +53,20 @@ REQUIRED_FILES = (
 LATENT_SETTINGS = ("_class_name", "latent_channels", "scaling_factor", "shift_factor")
 # The weights that make the latents (the encoder side): a decoder-only fine-tune leaves them as they were.
 ENCODER_PREFIXES = ("encoder.", "quant_conv.", "quantize.")
+# The windows a prompt may take (ldm.components.prompt_tokens), kept in model_index.json as a private
+# key: diffusers drops "_" keys when it builds a pipeline from the file, so plain diffusers loads the
+# folder as before (its pipelines encode one window only: long prompts need ldm generate).
+PROMPT_CHUNKS = "_prompt_chunks"
 # Scheduler settings that suit latents (which are not bounded to [-1, 1]); Stable Diffusion's
 # loader rewrites them to these values anyway, so both kinds of export store them the same way.
 LATENT_SCHEDULER_SETTINGS = {"steps_offset": 1, "clip_sample": False}
 
 
 def export_pipeline(out_dir: str | Path, vae: Autoencoder, text_encoder, tokenizer, unet,
-                    scheduler) -> Path:
-    """Write RUN/pipeline (safetensors), replacing a previous export only once the new one is whole."""
+                    scheduler, prompt_chunks: int = 1) -> Path:
+    """Write RUN/pipeline (safetensors), replacing a previous export only once the new one is whole.
+    `prompt_chunks` above 1 (a model trained on long captions) is noted in model_index.json
+    (`PROMPT_CHUNKS`), whence `load_pipeline` takes it."""
     settings = {key: value for key, value in LATENT_SCHEDULER_SETTINGS.items() if key in scheduler.config}
     scheduler = type(scheduler).from_config(scheduler.config, **settings)  # a copy: the caller's is kept
     if isinstance(vae, AutoencoderKL):
@@ -70,7 +79,15 @@ def export_pipeline(out_dir: str | Path, vae: Autoencoder, text_encoder, tokeniz
     out_dir = Path(out_dir)
     with atomic_folder(out_dir) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
+        if prompt_chunks > 1:
+            index = json.loads((tmp / MODEL_INDEX).read_text())
+            (tmp / MODEL_INDEX).write_text(json.dumps({**index, PROMPT_CHUNKS: prompt_chunks}, indent=2))
     return out_dir
+
+
+def prompt_chunks_of(path: str | Path) -> int:
+    """The windows of 75 tokens a pipeline's prompts may take, as it was trained (1 when not noted)."""
+    return int(json.loads((Path(path) / MODEL_INDEX).read_text()).get(PROMPT_CHUNKS, 1))
 
 
 def check_pipeline_folder(path: str | Path) -> Path:
@@ -157,12 +174,28 @@ def _encoder_weights(folder: Path) -> dict[str, torch.Tensor]:
     return weights
 
 
+def check_prompts(path: str | Path, prompts: list[str], prompt_chunks: int | None = None,
+                  embeddings: list[str] = ()) -> int:
+    """The windows a prompt may take (`prompt_chunks`, or the pipeline's own), after checking that
+    the textual-inversion `embeddings` fit the pipeline and that every prompt fits the windows, or
+    an LdmError. Reads the tokenizer and configs, no weights."""
+    tokenizer = CLIPTokenizer.from_pretrained(Path(path) / TOKENIZER)
+    width = json.loads((Path(path) / TEXT_ENCODER / MODEL_CONFIG).read_text())["hidden_size"]
+    check_embeddings(list(embeddings), tokenizer, width)
+    limit = prompt_chunks or prompt_chunks_of(path)
+    check_prompt_lengths(tokenizer, prompts, limit)
+    return limit
+
+
 def load_pipeline(path: str | Path, dtype: torch.dtype | None = None,
                   device: str | torch.device | None = None,
-                  loras: list[LoraChoice] = (), vae: str | Path | None = None) -> LatentDiffusionPipeline:
+                  loras: list[LoraChoice] = (), vae: str | Path | None = None,
+                  prompt_chunks: int | None = None, embeddings: list[str] = ()) -> LatentDiffusionPipeline:
     """Load a checked RUN/pipeline as a `LatentDiffusionPipeline`, frozen, on `device`, with
-    `loras` (checked beforehand with `ldm.sampling.lora.check_loras`) loaded at their scales, and
-    decoding with `vae` instead of its own autoencoder when given (checked here)."""
+    `loras` (checked beforehand with `ldm.sampling.lora.check_loras`) loaded at their scales,
+    decoding with `vae` instead of its own autoencoder when given (checked here), prompts of up to
+    `prompt_chunks` windows (None: as many as it was trained with) and the tokens of the
+    textual-inversion `embeddings` files (checked beforehand with `check_prompts`)."""
     path = check_pipeline_folder(path)
     parts = {}
     if vae is not None:
@@ -172,6 +205,8 @@ def load_pipeline(path: str | Path, dtype: torch.dtype | None = None,
         pipe = LatentDiffusionPipeline.from_pretrained(path, dtype=dtype, use_safetensors=True, **parts)
     except (OSError, ValueError, SafetensorError) as err:  # a truncated or corrupt weights file
         raise LdmError(f"cannot load the pipeline in {path}: {first_line(err)}") from None
+    pipe.prompt_chunks = prompt_chunks or prompt_chunks_of(path)
+    load_embeddings(pipe, list(embeddings))
     load_loras(pipe, list(loras))  # before moving: the adapters follow the models to the device
     for model in (pipe.vae, pipe.text_encoder, pipe.unet):
         model.requires_grad_(False).eval()

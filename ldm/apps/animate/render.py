@@ -47,6 +47,7 @@ from ldm.sampling.pipeline_io import (
     check_autoencoder_swap,
     check_image_size,
     check_pipeline_folder,
+    check_prompts,
 )
 
 
@@ -104,6 +105,7 @@ def _check_models(s: WalkSettings) -> None:
     if s.uses_diffusion:
         check_pipeline_folder(s.pipeline)
         check_loras(s.loras, s.pipeline)
+        check_prompts(s.pipeline, s.prompts + s.captions + [s.negative_prompt], s.prompt_chunks, s.embeddings)
         if s.vae is not None:
             check_autoencoder_swap(s.pipeline, s.vae)
     check_image_size(autoencoder_factor(autoencoder_folder(s.pipeline)), s.height, s.width)

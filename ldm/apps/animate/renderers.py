@@ -179,7 +179,8 @@ def prompt_walk(pipe: LatentDiffusionPipeline, prompts: list[str], seeds: list[i
                 interpolation: str = "dissolve") -> DiffusionWalk:
     """Keyframe k is prompts[k] with seeds[k] (a seed walk repeats one prompt); frames of `size`
     (width, height)."""
-    embeddings = encode_each_once(pipe.tokenizer, pipe.text_encoder, prompts + [negative_prompt])
+    # every keyframe and the negative padded to the longest prompt's windows, so that they lerp
+    embeddings = encode_each_once(pipe.tokenizer, pipe.text_encoder, prompts + [negative_prompt], pipe.prompt_chunks)
     embeddings, negative = embeddings[:-1], embeddings[-1:]
     noises = seed_noise(pipe, seeds, height=size[1], width=size[0])
     return DiffusionWalk(pipe, embeddings, noises, negative, loop, steps, guidances, interpolation)
@@ -191,7 +192,7 @@ def image_walk(pipe: LatentDiffusionPipeline, images: list[str], captions: list[
     """Keyframe k is images[k] (resized to cover `size`, (width, height), and centre-cropped) inverted
     to noise by DDIM under its caption; the pipeline samples with the DDIM sampler that mirrors the
     inversion, so the walk passes through the images."""
-    embeddings = encode_each_once(pipe.tokenizer, pipe.text_encoder, captions + [negative_prompt])
+    embeddings = encode_each_once(pipe.tokenizer, pipe.text_encoder, captions + [negative_prompt], pipe.prompt_chunks)
     embeddings, negative = embeddings[:-1], embeddings[-1:]
     pixels = torch.cat([load_image_tensor(path, size) for path in images]).to(pipe.device, pipe.vae.dtype)
     latents = vae_lib.encode(pipe.vae, pixels)
@@ -214,7 +215,8 @@ def build_renderer(s: WalkSettings, device) -> DiffusionWalk | AutoencoderWalk:
     if not s.uses_diffusion:
         vae, native = _load_autoencoder(s.vae or s.pipeline, device)
         return autoencoder_walk(vae, s.images, (s.width or native, s.height or native), s.loop)
-    pipe = load_pipeline(s.pipeline, device=device, loras=s.loras, vae=s.vae)
+    pipe = load_pipeline(s.pipeline, device=device, loras=s.loras, vae=s.vae, prompt_chunks=s.prompt_chunks,
+                         embeddings=s.embeddings)
     pipe.scheduler = make_sampler(s.sampler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)  # the bar that counts is the one over frames
     size = (s.width or pipe.image_size, s.height or pipe.image_size)

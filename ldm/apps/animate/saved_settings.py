@@ -60,6 +60,12 @@ def render_settings(s: WalkSettings) -> dict:
         vae = Path(s.vae).resolve()
         stamps = {p.name: _file_stamp(p) for p in sorted(vae.glob("*.safetensors"))}
         saved["vae"] = {"path": str(vae), "weights": stamps}
+    for key in ("prompt_chunks", "embeddings"):  # only when used: walks rendered before them still resume
+        if not saved[key]:
+            saved.pop(key)
+    if s.embeddings:  # like a LoRA's weights: a retrained embedding must not mix with older frames
+        saved["embeddings"] = [{"path": str(Path(path).resolve()), "weights": _file_stamp(Path(path))}
+                               for path in s.embeddings]
     saved.pop("loras")
     if s.loras:  # like the pipeline's weights: a retrained LoRA must not mix with older frames
         saved["loras"] = [{"path": str(Path(lora.path).resolve()), "scale": lora.scale,
@@ -84,7 +90,7 @@ def saved_walk_settings(folder: str | Path) -> WalkSettings:
         raise LdmError(f"{folder} is not a walk folder: {SETTINGS_FILE} is missing (render one with "
                        "ldm animate)")
     saved = json.loads(path.read_text())
-    plain = {f.name for f in fields(WalkSettings)} - {"out", "images", "audio", "vae", "loras"}
+    plain = {f.name for f in fields(WalkSettings)} - {"out", "images", "audio", "vae", "loras", "embeddings"}
     if "even_motion" in saved:  # a walk rendered before `motion` existed
         saved["motion"] = "even" if saved["even_motion"] else "linear"
     saved.setdefault("interpolation", "dissolve")  # not saved for "dissolve" (render_settings)
@@ -92,7 +98,8 @@ def saved_walk_settings(folder: str | Path) -> WalkSettings:
                         images=[image["path"] for image in saved.get("images", [])],
                         audio=saved["audio"]["path"] if saved.get("audio") else None,
                         vae=saved["vae"]["path"] if saved.get("vae") else None,
-                        loras=[LoraChoice(lora["path"], lora["scale"]) for lora in saved.get("loras", [])])
+                        loras=[LoraChoice(lora["path"], lora["scale"]) for lora in saved.get("loras", [])],
+                        embeddings=[embedding["path"] for embedding in saved.get("embeddings", [])])
 
 
 def check_saved_settings(out: Path, current: dict) -> bool:

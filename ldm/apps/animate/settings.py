@@ -45,7 +45,7 @@ from pydantic.dataclasses import dataclass
 
 from ldm.apps.animate.audio import Feature
 from ldm.apps.options import PathText, Settings
-from ldm.core.config import SECTION, Count, NonNegative, Positive
+from ldm.core.config import SECTION, Count, NonNegative, Positive, PromptChunks
 from ldm.sampling.lora import LoraChoice
 
 WalkKind = Literal["prompt", "seed", "image", "autoencoder"]
@@ -100,6 +100,8 @@ class WalkSettings(Settings):
     audio_feature: Feature = "onsets"  # what motion follows: onset strength or RMS "energy"
     loras: list[LoraChoice] = field(default_factory=list)  # LoRA folders, each at its scale
     vae: PathText | None = None  # decode (an autoencoder walk: encode too) with this autoencoder, not the pipeline's
+    prompt_chunks: PromptChunks | None = None  # windows of 75 tokens a prompt may take; None: the pipeline's
+    embeddings: list[PathText] = field(default_factory=list)  # textual-inversion files, their tokens usable in prompts
 
     @property
     def num_keyframes(self) -> int:

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ldm.components.autoencoder import FrozenAutoencoder
+from ldm.components.prompt_tokens import chunk_counts
 from ldm.components.text_encoder import TextConditioner
 from ldm.core.atomic import atomic_file, atomic_write_bytes
 from ldm.data.buckets import Size, row_buckets
@@ -28,6 +29,7 @@ from ldm.data.latent_cache.layout import (
     CACHE_VERSION,
     PARTS,
     SHARD_DATA,
+    TEXT_LENGTH,
     marker,
     part_name,
     shard_markers,
@@ -46,7 +48,7 @@ def cache_features(autoencoder: FrozenAutoencoder, conditioner: TextConditioner,
                    masked: bool = False) -> datasets.Features:
     """The columns of a part whose images are `size` (width, height); `masked`: with loss masks."""
     latent = (autoencoder.latent_channels, size[1] // autoencoder.factor, size[0] // autoencoder.factor)
-    text = (None, conditioner.tokenizer.model_max_length, conditioner.hidden_size)
+    text = (None, conditioner.max_tokens, conditioner.hidden_size)
     features = {"mean": datasets.Array3D(latent, "float32")}
     if autoencoder.is_kl:
         features["std"] = datasets.Array3D(latent, "float32")
@@ -54,6 +56,8 @@ def cache_features(autoencoder: FrozenAutoencoder, conditioner: TextConditioner,
         features[MASK] = datasets.Array3D((1, *latent[1:]), "float32")
     features["embeddings"] = datasets.Array3D(text, "float16")
     features["captions"] = datasets.Sequence(datasets.Value("string"))
+    if conditioner.max_chunks > 1:  # only then: a one-window cache keeps the layout it always had
+        features[TEXT_LENGTH] = datasets.Sequence(datasets.Value("int32"))
     return datasets.Features(features)
 
 
@@ -96,12 +100,19 @@ def _encoder(autoencoder: FrozenAutoencoder, conditioner: TextConditioner):
         pixels, captions, masks = batch
         mean, std = autoencoder.moments(pixels)
         flat = [text for texts in captions for text in texts]
-        embedded = torch.cat([conditioner.encode(flat[i:i + TEXT_BATCH]).cpu()
-                              for i in range(0, len(flat), TEXT_BATCH)]).half().numpy()
+        # Long captions: each stored padded to the most windows allowed (the column's width) with
+        # the empty prompt's window, and its own length beside it, so that a training batch is
+        # cut to its longest caption (`ldm.data.latent_cache.read`), as encoding it would pad it.
+        embedded = torch.cat([conditioner.padded(conditioner.encode(flat[i:i + TEXT_BATCH]), conditioner.max_tokens)
+                              .cpu() for i in range(0, len(flat), TEXT_BATCH)]).half().numpy()
         bounds = np.cumsum([0] + [len(texts) for texts in captions])
         out = {"mean": mean.float().cpu().numpy(),
                "embeddings": [embedded[a:b] for a, b in zip(bounds[:-1], bounds[1:])],
                "captions": captions}
+        if conditioner.max_chunks > 1:
+            lengths = np.array(chunk_counts(conditioner.tokenizer, flat, conditioner.max_chunks)) \
+                * conditioner.window_tokens
+            out[TEXT_LENGTH] = [lengths[a:b].tolist() for a, b in zip(bounds[:-1], bounds[1:])]
         if std is not None:
             out["std"] = std.float().cpu().numpy()
         if masks is not None:

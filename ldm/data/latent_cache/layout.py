@@ -11,6 +11,9 @@ CACHE_VERSION = 3  # bump when the layout of a cache changes, so old caches are 
 PARTS = "parts.json"
 SHARD = "shard-{index:05d}-of-{count:05d}"
 SHARD_DATA, SHARD_MARKER = ".arrow", ".json"
+# A cache of long captions (prompt_chunks above 1): each caption's own embedding rows, beside its
+# embedding padded to the column's width.
+TEXT_LENGTH = "text_length"
 
 
 def part_name(size: Size) -> str:

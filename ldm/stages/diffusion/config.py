@@ -10,7 +10,16 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import Field
 from pydantic.dataclasses import dataclass
 
-from ldm.core.config import SECTION, Count, Fraction, NonNegative, NonNegativeInt, Positive, require_divides
+from ldm.core.config import (
+    SECTION,
+    Count,
+    Fraction,
+    NonNegative,
+    NonNegativeInt,
+    Positive,
+    PromptChunks,
+    require_divides,
+)
 from ldm.stages.run_config import RunConfig
 
 # 1: no guidance; below 1 samples as 1 does (diffusers' pipelines), so it is refused rather than ignored
@@ -124,6 +133,25 @@ class LoraConfig:
 
 
 @dataclass(config=SECTION)
+class TextualInversionConfig:
+    """Learn a new word as an embedding (textual inversion, Gal et al. 2022; diffusers'
+    examples/textual_inversion): only its vectors train, the UNet and the text encoder stay frozen.
+    Needs a pretrained pipeline and cache: false (captions are encoded at every step)."""
+
+    # The new word, e.g. "<pink>": the captions name it, and prompts then use it. Required (checked
+    # below, so that a section given without it is one line naming the section).
+    token: str | None = None
+    initializer: str | None = None  # a word whose embedding the vectors start from; null: the vocabulary's mean
+    vectors: Annotated[int, Field(ge=1, le=16)] = 1  # embedding vectors (tokens) the word stands for
+
+    def __post_init__(self):
+        if self.token is None:
+            raise ValueError("textual_inversion: give token, the new word to learn (e.g. token: <pink>)")
+        if not self.token.strip() or any(c.isspace() for c in self.token):
+            raise ValueError(f"textual_inversion.token must be one word without spaces, got {self.token!r}")
+
+
+@dataclass(config=SECTION)
 class SamplesConfig:
     prompts: list[str] = field(default_factory=list)  # none: no sample grids
     seeds: list[NonNegativeInt] = field(default_factory=lambda: [0, 1, 2, 3])
@@ -153,11 +181,16 @@ class Config(RunConfig):
     # (ldm/data/cache_share.py).
     cache_shared_filesystem: bool | Literal["auto"] = "auto"
     caption_dropout: Fraction = 0.1  # share of captions replaced by "" to learn unconditional denoising
+    # Windows of 75 tokens a caption may take, each encoded on its own and the embeddings
+    # concatenated (ldm.components.prompt_tokens): 1 is CLIP's 77 tokens, a longer caption cut with a
+    # warning; above 1 a longer caption is an error. Saved in the export for ldm generate / animate.
+    prompt_chunks: PromptChunks = 1
     unet: UNetConfig = field(default_factory=UNetConfig)
     noise: NoiseConfig | None = None  # null: the pretrained pipeline's schedule, else the defaults
     loss: LossConfig = field(default_factory=LossConfig)
     ema: EmaConfig = field(default_factory=EmaConfig)
     lora: LoraConfig | None = None  # null: train the UNet's own weights
+    textual_inversion: TextualInversionConfig | None = None  # null: no new word; else only its embedding trains
     samples: SamplesConfig = field(default_factory=SamplesConfig)
 
     def __post_init__(self):
@@ -169,6 +202,16 @@ class Config(RunConfig):
         if self.lora is not None and self.unet_source is None:
             raise ValueError("lora: adapters train on top of pretrained weights: give `pretrained:` or "
                              "`unet.pretrained:`")
+        if self.textual_inversion is not None:
+            if self.unet_source is None:
+                raise ValueError("textual_inversion: a new word is learned for pretrained weights: give "
+                                 "`pretrained:` (a pipeline folder)")
+            if self.lora is not None:
+                raise ValueError("textual_inversion and lora: choose one (textual inversion trains only the "
+                                 "new word's embedding)")
+            if self.cache:
+                raise ValueError("textual_inversion needs cache: false (the latent cache holds caption "
+                                 "embeddings made before the new word exists)")
         if self.lora is not None and self.lora.train_text_encoder and self.cache:
             raise ValueError("lora.train_text_encoder needs cache: false (the latent cache holds caption "
                              "embeddings of the frozen text encoder)")

@@ -29,7 +29,8 @@ def export(module: LatentDiffusion, out_dir: Path) -> Path:
         return export_pipeline(out_dir, vae=module.autoencoder.vae.to("cpu"),
                                text_encoder=module.conditioner.text_encoder.to("cpu"),
                                tokenizer=module.conditioner.tokenizer, unet=unet,
-                               scheduler=inference_scheduler(module.noise_scheduler))
+                               scheduler=inference_scheduler(module.noise_scheduler),
+                               prompt_chunks=module.conditioner.max_chunks)
 
 
 def adapter_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -55,7 +55,7 @@ class LatentDiffusion(L.LightningModule):
                  autoencoder: FrozenAutoencoder, conditioner: TextConditioner, train_cfg: TrainConfig,
                  ema: EMAModel | None = None, samples: SamplesConfig | None = None,
                  samples_dir=None, train_text_encoder: bool = False, base: BaseModel | None = None,
-                 smoothness: StepVariationLoss | None = None):
+                 smoothness: StepVariationLoss | None = None, learned_tokens: torch.nn.Module | None = None):
         super().__init__()
         # Children in training mode (a pretrained model loads in eval mode, and Lightning keeps the
         # mode it finds): dropout, the LoRA adapters' included, applies while training.
@@ -71,10 +71,18 @@ class LatentDiffusion(L.LightningModule):
         # A child module when on, so that checkpoints hold its running mean; absent when off, so
         # that a default run's checkpoints are as they were.
         self.smoothness = smoothness
+        # Textual inversion's new word (its vectors, hooked into the frozen text encoder): a child,
+        # so that the optimizer, the EMA and the checkpoints hold it; None otherwise.
+        self.learned_tokens = learned_tokens
 
     def trained_parameters(self) -> list[torch.nn.Parameter]:
         """What the optimizer and the EMA update, in the order `build_ema` was given them."""
-        return trained_parameters(self.unet, self.text_encoder)
+        return trained_parameters(self.unet, self.text_encoder, self.learned_tokens)
+
+    @property
+    def text_trains(self) -> bool:
+        """Whether caption embeddings need gradients: text-encoder adapters or a learned word."""
+        return self.text_encoder is not None or self.learned_tokens is not None
 
     # ---- data in, loss out ------------------------------------------------------------------------
 
@@ -88,11 +96,11 @@ class LatentDiffusion(L.LightningModule):
                 embeddings = self.conditioner.drop_captions(embeddings)
             return self.autoencoder.sample_latents(batch["mean"], batch.get("std")), embeddings
         mean, std = self.autoencoder.moments(batch["pixel_values"])
-        if self.text_encoder is None:
+        if not self.text_trains:
             embeddings = self.conditioner.encode(batch["caption"])
             if drop_captions:
                 embeddings = self.conditioner.drop_captions(embeddings)
-        else:  # a training encoder: captions dropped as text, then encoded with gradients
+        else:  # a training encoder or word: captions dropped as text, then encoded with gradients
             captions = batch["caption"]
             if drop_captions:
                 captions = self.conditioner.drop_caption_texts(captions)

@@ -34,6 +34,7 @@ from ldm.stages.diffusion.pretrained import (
     pipeline_noise_scheduler,
     resolve_sources,
 )
+from ldm.stages.diffusion.textual_inversion import LearnedTokens, export_embedding
 from ldm.stages.trainer import TrainedStage, begin, fit
 
 
@@ -59,7 +60,7 @@ def build_module(cfg: Config) -> LatentDiffusion:
     sources = resolve_sources(cfg)
     autoencoder = FrozenAutoencoder.load(str(sources.vae))
     require_divisible_sizes(cfg.data, autoencoder.factor, "the autoencoder's downsampling factor")
-    conditioner = TextConditioner.load(str(sources.text_encoder), cfg.caption_dropout)
+    conditioner = TextConditioner.load(str(sources.text_encoder), cfg.caption_dropout, cfg.prompt_chunks)
     unet = build_network(cfg, sources, autoencoder, conditioner)
     scheduler = build_schedule(cfg, sources)
     lora = cfg.lora
@@ -68,15 +69,19 @@ def build_module(cfg: Config) -> LatentDiffusion:
         add_unet_lora(unet, lora)
     if trained_text_encoder is not None:
         add_text_encoder_lora(trained_text_encoder, lora)
+    learned = None
+    if cfg.textual_inversion is not None:  # only the new word trains
+        unet.requires_grad_(False)
+        learned = LearnedTokens(conditioner.tokenizer, conditioner.text_encoder, cfg.textual_inversion)
     if cfg.train.gradient_checkpointing:
         enable_gradient_checkpointing(unet, trained_text_encoder)
-    ema = build_ema(cfg.ema, trained_parameters(unet, trained_text_encoder))
+    ema = build_ema(cfg.ema, trained_parameters(unet, trained_text_encoder, learned))
     return LatentDiffusion(unet, scheduler, build_loss(cfg.loss, scheduler), autoencoder, conditioner,
                            cfg.train, ema=ema, samples=cfg.samples,
                            samples_dir=cfg.stage_dir / layout.SAMPLE_GRIDS,
                            train_text_encoder=trained_text_encoder is not None,
-                           base=base_model(sources) if lora is not None else None,
-                           smoothness=build_smoothness_loss(cfg.loss, scheduler))
+                           base=base_model(sources) if lora is not None or learned is not None else None,
+                           smoothness=build_smoothness_loss(cfg.loss, scheduler), learned_tokens=learned)
 
 
 def build_datamodule(cfg: Config, module: LatentDiffusion) -> L.LightningDataModule:
@@ -87,16 +92,26 @@ def build_datamodule(cfg: Config, module: LatentDiffusion) -> L.LightningDataMod
 
 
 def train(cfg: Config) -> TrainedStage:
-    """Train the UNet (or its LoRA adapters) on the frozen autoencoder and text encoder, then export
-    RUN/pipeline (or RUN/lora)."""
+    """Train the UNet (or its LoRA adapters, or a new word's embedding) on the frozen autoencoder and
+    text encoder, then export RUN/pipeline (or RUN/lora, or RUN/embeddings)."""
     with begin(cfg):  # seeds before building: the same config starts from the same weights (a new
         # UNet's, or a LoRA's randomly initialised down-projections)
         if cfg.cache:
             check_cacheable(cfg.data)  # before loading any model
         module = build_module(cfg)
         trainer = fit(cfg, module, build_datamodule(cfg, module))
-        lora = cfg.lora is not None
-        out = Path(cfg.run_dir) / (layout.LORA if lora else layout.PIPELINE)
+        out = Path(cfg.run_dir) / export_folder(cfg)
         if trainer.is_global_zero:
-            (export_lora if lora else export)(module, out)
+            if cfg.textual_inversion is not None:
+                with module.ema_weights():
+                    export_embedding(module.learned_tokens, out)
+            else:
+                (export_lora if cfg.lora is not None else export)(module, out)
     return TrainedStage(out, module, trainer)
+
+
+def export_folder(cfg: Config) -> str:
+    """RUN/embeddings (a new word), RUN/lora (adapters) or RUN/pipeline (the whole UNet)."""
+    if cfg.textual_inversion is not None:
+        return layout.EMBEDDINGS
+    return layout.LORA if cfg.lora is not None else layout.PIPELINE

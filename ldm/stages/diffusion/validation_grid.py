@@ -28,6 +28,7 @@ def sample_grid(cfg: SamplesConfig, unet: UNet2DConditionModel, autoencoder: Fro
     pipe = LatentDiffusionPipeline(vae=autoencoder.vae, text_encoder=conditioner.text_encoder,
                                    tokenizer=conditioner.tokenizer, unet=unet,
                                    scheduler=inference_scheduler(training_scheduler))
+    pipe.prompt_chunks = conditioner.max_chunks
     pipe.set_progress_bar_config(disable=True)
     prompts = [prompt for prompt in cfg.prompts for _ in cfg.seeds]
     device = unet.device
