@@ -7,7 +7,11 @@ weights in safetensors). With a KL autoencoder the folder is written by
     StableDiffusionPipeline.from_pretrained("runs/shapes/pipeline", safety_checker=None)
 
 With a VQ autoencoder, which Stable Diffusion's class cannot take, it is written by
-`LatentDiffusionPipeline` and loads through it (or `load_pipeline`).
+`LatentDiffusionPipeline` and loads through it (or `load_pipeline`). A KL inpainting model (a UNet of
+2C+1 input channels, stage 2's `inpainting:`) is written by `StableDiffusionInpaintPipeline`, and loads
+in it as in `load_pipeline`:
+
+    StableDiffusionInpaintPipeline.from_pretrained("runs/shapes-inpaint/pipeline", safety_checker=None)
 
 `load_pipeline(..., vae=FOLDER)` decodes with another autoencoder, such as a decoder fine-tuned with
 `train.decoder_only` (`ldm generate/animate --vae`), the way diffusers takes
@@ -22,7 +26,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, StableDiffusionPipeline
+from diffusers import AutoencoderKL, StableDiffusionInpaintPipeline, StableDiffusionPipeline
 from safetensors import SafetensorError, safe_open
 
 from ldm.components.autoencoder import AUTOENCODER_CLASSES, Autoencoder, load_vae
@@ -30,7 +34,7 @@ from ldm.components.pretrained import weight_files
 from ldm.core.atomic import atomic_folder
 from ldm.core.errors import LdmError, first_line
 from ldm.core.layout import MODEL_CONFIG, MODEL_INDEX, MODEL_WEIGHTS, SCHEDULER, TEXT_ENCODER, TOKENIZER, UNET, VAE
-from ldm.core.model_kind import check_supported
+from ldm.core.model_kind import check_supported, is_inpainting_unet, refuse_inpainting
 from ldm.core.trust import check_no_code
 from ldm.sampling.lora import LoraChoice, load_loras
 from ldm.sampling.pipeline import LatentDiffusionPipeline
@@ -61,7 +65,9 @@ def export_pipeline(out_dir: str | Path, vae: Autoencoder, text_encoder, tokeniz
     settings = {key: value for key, value in LATENT_SCHEDULER_SETTINGS.items() if key in scheduler.config}
     scheduler = type(scheduler).from_config(scheduler.config, **settings)  # a copy: the caller's is kept
     if isinstance(vae, AutoencoderKL):
-        pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+        # diffusers' class for the UNet's layout: the one its users load such a folder with
+        kind = StableDiffusionInpaintPipeline if is_inpainting_unet(unet.config) else StableDiffusionPipeline
+        pipe = kind(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                        scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                        requires_safety_checker=False)
     else:
@@ -73,13 +79,16 @@ def export_pipeline(out_dir: str | Path, vae: Autoencoder, text_encoder, tokeniz
     return out_dir
 
 
-def check_pipeline_folder(path: str | Path) -> Path:
-    """The folder, or an LdmError naming the first missing part. Reads no weights."""
+def check_pipeline_folder(path: str | Path, text_to_image: str | None = None) -> Path:
+    """The folder, or an LdmError naming the first missing part. Reads no weights. `text_to_image`:
+    what the caller does with it that an inpainting model cannot (None: an inpainting model will do)."""
     path = check_no_code(path)
     if not path.is_dir():
         raise LdmError(f"pipeline folder not found: {path} (train the diffusion stage first; it "
                        "exports RUN/pipeline)")
-    check_supported(path)  # an SDXL, inpainting, ... folder is named before a missing part is
+    check_supported(path)  # an SDXL, ControlNet, ... folder is named before a missing part is
+    if text_to_image is not None:
+        refuse_inpainting(path, text_to_image)
     for part in (MODEL_INDEX, *REQUIRED_FILES):
         if not (path / part).is_file():
             raise LdmError(f"{path} is not a complete pipeline: {part} is missing")

@@ -13,7 +13,9 @@ from ldm.core import layout
 from ldm.data.datamodule import ImageCaptionDataModule, require_divisible_sizes
 from ldm.data.latent_datamodule import LatentCacheDataModule, check_cacheable
 from ldm.stages.diffusion.config import Config, NoiseConfig
+from ldm.core.errors import LdmError
 from ldm.stages.diffusion.export import export, export_lora
+from ldm.stages.diffusion.inpainting import InpaintingInputs, inpainting_channels, widen_conv_in
 from ldm.stages.diffusion.module import LatentDiffusion
 from ldm.stages.diffusion.parts import (
     add_text_encoder_lora,
@@ -39,11 +41,18 @@ from ldm.stages.trainer import TrainedStage, begin, fit
 
 def build_network(cfg: Config, sources: Sources, autoencoder: FrozenAutoencoder,
                   conditioner: TextConditioner) -> UNet2DConditionModel:
-    """The pretrained UNet (checked to fit the other parts), or a new one sized by `unet:`."""
+    """The pretrained UNet (checked to fit the other parts), or a new one sized by `unet:`; with
+    `inpainting:`, of the inpainting layout (a text-to-image UNet widened to it)."""
+    inputs = inpainting_channels(autoencoder.latent_channels) if cfg.inpainting is not None else None
     if sources.unet is None:
-        return build_unet(cfg.unet, autoencoder, conditioner, cfg.data.resolution)
+        return build_unet(cfg.unet, autoencoder, conditioner, cfg.data.resolution, inputs)
     unet = load_unet(sources.unet)
-    check_unet_fits(unet, sources, autoencoder, conditioner)
+    check_unet_fits(unet, sources, autoencoder, conditioner, inpainting=inputs is not None)
+    if inputs is not None and unet.config.in_channels != inputs:
+        if cfg.lora is not None:  # the new input channels must train, and LoRA freezes the first conv
+            raise LdmError(f"inpainting with lora: needs an inpainting UNet to start from; {sources.unet_name}'s "
+                           "takes text-to-image latents only (train it whole first, without lora:)")
+        widen_conv_in(unet, inputs)
     return unet
 
 
@@ -76,7 +85,8 @@ def build_module(cfg: Config) -> LatentDiffusion:
                            samples_dir=cfg.stage_dir / layout.SAMPLE_GRIDS,
                            train_text_encoder=trained_text_encoder is not None,
                            base=base_model(sources) if lora is not None else None,
-                           smoothness=build_smoothness_loss(cfg.loss, scheduler))
+                           smoothness=build_smoothness_loss(cfg.loss, scheduler),
+                           inpainting=InpaintingInputs(cfg.inpainting, autoencoder) if cfg.inpainting is not None else None)
 
 
 def build_datamodule(cfg: Config, module: LatentDiffusion) -> L.LightningDataModule:
