@@ -17,8 +17,9 @@ and, with `rescale` above 0, its standard deviation brought back towards the con
 
 With guidance, the negative and the positive rows go through the UNet as one batch, as diffusers'
 pipelines do. An inpainting UNet's extra input (the mask and the masked image's latents,
-`extra_channels`) is concatenated after the latents, as `StableDiffusionInpaintPipeline` does. The text tensor is built once and passed as the same object at every step, which is
-what lets `ldm.sampling.attention_cache` keep its keys and values.
+`extra_channels`) is concatenated after the latents, as `StableDiffusionInpaintPipeline` does. The
+text tensor is built once and passed as the same object at every step, which is what lets
+`ldm.sampling.attention_cache` keep its keys and values.
 """
 
 from __future__ import annotations

@@ -58,9 +58,9 @@ def render_settings(s: WalkSettings) -> dict:
     for key in ("init_image", "mask", "feather"):
         saved.pop(key)
     if s.mask is not None:  # like the images: the files' bytes make the frames
-        saved["fixed_region"] = {"init_image": {"path": str(Path(s.init_image).resolve()), "sha256": _sha256(s.init_image)},
-                                 "mask": {"path": str(Path(s.mask).resolve()), "sha256": _sha256(s.mask)},
-                                 "feather": s.feather}
+        saved["fixed_region"] = {name: {"path": str(Path(path).resolve()), "sha256": _sha256(path)}
+                                 for name, path in (("init_image", s.init_image), ("mask", s.mask))}
+        saved["fixed_region"]["feather"] = s.feather
     saved.pop("vae")
     if s.vae is not None:  # like the pipeline's weights: another decoder makes other frames
         vae = Path(s.vae).resolve()

@@ -10,10 +10,10 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from ldm.components.autoencoder import FrozenAutoencoder
 from ldm.components.text_encoder import TextConditioner
 from ldm.core import layout
+from ldm.core.errors import LdmError
 from ldm.data.datamodule import ImageCaptionDataModule, require_divisible_sizes
 from ldm.data.latent_datamodule import LatentCacheDataModule, check_cacheable
 from ldm.stages.diffusion.config import Config, NoiseConfig
-from ldm.core.errors import LdmError
 from ldm.stages.diffusion.export import export, export_lora
 from ldm.stages.diffusion.inpainting import InpaintingInputs, inpainting_channels, widen_conv_in
 from ldm.stages.diffusion.module import LatentDiffusion
@@ -80,13 +80,14 @@ def build_module(cfg: Config) -> LatentDiffusion:
     if cfg.train.gradient_checkpointing:
         enable_gradient_checkpointing(unet, trained_text_encoder)
     ema = build_ema(cfg.ema, trained_parameters(unet, trained_text_encoder))
+    inpainting = InpaintingInputs(cfg.inpainting, autoencoder) if cfg.inpainting is not None else None
     return LatentDiffusion(unet, scheduler, build_loss(cfg.loss, scheduler), autoencoder, conditioner,
                            cfg.train, ema=ema, samples=cfg.samples,
                            samples_dir=cfg.stage_dir / layout.SAMPLE_GRIDS,
                            train_text_encoder=trained_text_encoder is not None,
                            base=base_model(sources) if lora is not None else None,
                            smoothness=build_smoothness_loss(cfg.loss, scheduler),
-                           inpainting=InpaintingInputs(cfg.inpainting, autoencoder) if cfg.inpainting is not None else None)
+                           inpainting=inpainting)
 
 
 def build_datamodule(cfg: Config, module: LatentDiffusion) -> L.LightningDataModule:
