@@ -7,9 +7,10 @@ weights in safetensors). With a KL autoencoder the folder is written by
     StableDiffusionPipeline.from_pretrained("runs/shapes/pipeline", safety_checker=None)
 
 With a VQ autoencoder, which Stable Diffusion's class cannot take, it is written by
-`LatentDiffusionPipeline` and loads through it (or `load_pipeline`). A KL inpainting model (a UNet of
-2C+1 input channels, stage 2's `inpainting:`) is written by `StableDiffusionInpaintPipeline`, and loads
-in it as in `load_pipeline`:
+`LatentDiffusionPipeline` and loads through it (or `load_pipeline`). A KL inpainting model of a
+4-channel autoencoder (a UNet of 9 input channels, stage 2's `inpainting:`) is written by
+`StableDiffusionInpaintPipeline`, and loads in it as in `load_pipeline` (diffusers' class runs 9-channel
+inpainting UNets only: one of another autoencoder's 2C+1 channels is written and loaded as a VQ one is):
 
     StableDiffusionInpaintPipeline.from_pretrained("runs/shapes-inpaint/pipeline", safety_checker=None)
 
@@ -54,6 +55,7 @@ REQUIRED_FILES = (
 LATENT_SETTINGS = ("_class_name", "latent_channels", "scaling_factor", "shift_factor")
 # The weights that make the latents (the encoder side): a decoder-only fine-tune leaves them as they were.
 ENCODER_PREFIXES = ("encoder.", "quant_conv.", "quantize.")
+SD_INPAINTING_CHANNELS = 9  # the only inpainting UNet StableDiffusionInpaintPipeline runs (4 latent channels)
 # Scheduler settings that suit latents (which are not bounded to [-1, 1]); Stable Diffusion's
 # loader rewrites them to these values anyway, so both kinds of export store them the same way.
 LATENT_SCHEDULER_SETTINGS = {"steps_offset": 1, "clip_sample": False}
@@ -64,7 +66,7 @@ def export_pipeline(out_dir: str | Path, vae: Autoencoder, text_encoder, tokeniz
     """Write RUN/pipeline (safetensors), replacing a previous export only once the new one is whole."""
     settings = {key: value for key, value in LATENT_SCHEDULER_SETTINGS.items() if key in scheduler.config}
     scheduler = type(scheduler).from_config(scheduler.config, **settings)  # a copy: the caller's is kept
-    if isinstance(vae, AutoencoderKL):
+    if isinstance(vae, AutoencoderKL) and unet.config.in_channels in (unet.config.out_channels, SD_INPAINTING_CHANNELS):
         # diffusers' class for the UNet's layout: the one its users load such a folder with
         kind = StableDiffusionInpaintPipeline if is_inpainting_unet(unet.config) else StableDiffusionPipeline
         pipe = kind(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
