@@ -6,7 +6,9 @@ Files are named by prompt index and seed (`0002-seed10.png`) and carry prompt, n
 seed, steps, guidance, sampler and model path in the PNG (`ldm.core.images.read_png_metadata`),
 and the LoRAs it was made with (`--lora DIR --lora-scale S`, checked against the pipeline's UNet
 before any model loads). With `--init-image` it starts from that image; with `--mask` too, it
-repaints only the mask's white part and keeps the rest (`ldm.sampling.inpaint`). What it is
+repaints only the mask's white part and keeps the rest: any pipeline by blending its latents
+(`ldm.sampling.inpaint`), an inpainting model (stage 2's `inpainting:`) by itself, as
+`StableDiffusionInpaintPipeline` does; both then laid over the init image. What it is
 asked for is a `GenerateOptions` (ldm/apps/generate_settings.py).
 
 Under `accelerate launch`, the prompts are shared out among the processes; each writes only its own
@@ -31,6 +33,7 @@ from ldm.components.prompt_tokens import chunk_counts
 from ldm.core.errors import LdmError
 from ldm.core.images import contact_sheet, read_rgb, write_png
 from ldm.core.layout import SAMPLES
+from ldm.core.model_kind import is_inpainting
 from ldm.core.outputs import fresh_folder, refuse_earlier_results
 from ldm.data.decode import read_image_file
 from ldm.sampling import pipeline_io
@@ -76,7 +79,9 @@ def read_prompts(prompts: list[str], prompts_file: str | None) -> list[str]:
 
 def check_options(opts: GenerateOptions) -> None:
     """Raise LdmError for the first problem found; reads configs only, never weights."""
-    check_pipeline_folder(opts.pipeline)
+    check_pipeline_folder(opts.pipeline, None if opts.mask else
+                          "make images without a mask to repaint: give --init-image IMG and --mask MASK")
+    check_repaint(opts.pipeline, opts.repaint)
     if not opts.prompts:
         raise LdmError("no prompts: give prompts as arguments or --prompts-file with one per line")
     if opts.negative and opts.guidance <= 1:
@@ -101,6 +106,12 @@ def check_options(opts: GenerateOptions) -> None:
     check_prompts(opts.pipeline, opts.prompts + [opts.negative], opts.prompt_chunks, opts.embeddings)
     if opts.vae is not None:
         check_autoencoder_swap(opts.pipeline, opts.vae)
+
+
+def check_repaint(pipeline: str, repaint: int) -> None:
+    if repaint and is_inpainting(pipeline):
+        raise LdmError(f"--repaint resamples the blended latents of a text-to-image pipeline; {pipeline} "
+                       "is an inpainting model, which takes the mask itself (leave --repaint out)")
 
 
 def load_init_image(path: str) -> Image.Image:
@@ -194,8 +205,9 @@ def _process_device(device: str | None, state) -> torch.device:
     return state.device
 
 
-def _generate_jobs(opts: GenerateOptions, jobs: list[ImageJob], out: Path, device,
-                   show_progress: bool) -> list[Path]:
+def prepared_pipeline(opts: GenerateOptions, device=None):
+    """The pipeline loaded as `opts` asks (dtype, LoRAs, autoencoder, sampler), quiet; `opts.guidance_rescale`
+    set to the one it samples with."""
     # through its module, which tests replace to check that nothing loads before the input is checked
     pipe = pipeline_io.load_pipeline(opts.pipeline, dtype=DTYPES[opts.dtype], device=device, loras=opts.loras,
                                      vae=opts.vae, prompt_chunks=opts.prompt_chunks, embeddings=opts.embeddings)
@@ -203,7 +215,13 @@ def _generate_jobs(opts: GenerateOptions, jobs: list[ImageJob], out: Path, devic
     if opts.guidance_rescale is None:  # the pipeline's own, written into the PNGs as used
         opts.guidance_rescale = guidance_rescale_of(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
-    height, width = opts.height or pipe.image_size, opts.width or pipe.image_size
+    return pipe
+
+
+def _generate_jobs(opts: GenerateOptions, jobs: list[ImageJob], out: Path, device,
+                   show_progress: bool) -> list[Path]:
+    pipe = prepared_pipeline(opts, device)
+    height, width = output_size(opts, pipe)
     init = mask = None
     if opts.init_image is not None:
         init = load_init_image(opts.init_image).resize((width, height), Image.Resampling.LANCZOS)
@@ -215,14 +233,7 @@ def _generate_jobs(opts: GenerateOptions, jobs: list[ImageJob], out: Path, devic
         for batch in batches_of_one_length(jobs, opts, pipe):
             # CPU generators: the same seed gives the same noise on any device
             generators = [torch.Generator().manual_seed(job.seed) for job in batch]
-            inpainting = Inpainting(pipe, init, mask, generators, opts.repaint) if mask is not None else None
-            images = pipe(
-                [job.prompt for job in batch], height=height, width=width,
-                num_inference_steps=opts.steps, guidance_scale=opts.guidance,
-                negative_prompt=[opts.negative] * len(batch), eta=opts.eta,
-                generator=generators, image=init, strength=opts.strength, step_wrapper=inpainting,
-                guidance_rescale=opts.guidance_rescale,
-            ).images
+            images = sample_batch(pipe, opts, [job.prompt for job in batch], generators, init, mask)
             if mask is not None:
                 images = [composite(image, init, mask, opts.feather) for image in images]
             for job, image in zip(batch, images):
@@ -242,6 +253,27 @@ def batches_of_one_length(jobs: list[ImageJob], opts: GenerateOptions, pipe) -> 
         same = [job for job in jobs if length[job] == count]
         batches += [same[i:i + opts.batch_size] for i in range(0, len(same), opts.batch_size)]
     return batches
+
+
+def output_size(opts: GenerateOptions, pipe) -> tuple[int, int]:
+    """(height, width) of the images: the options', else the model's."""
+    return opts.height or pipe.image_size, opts.width or pipe.image_size
+
+
+def sample_batch(pipe, opts: GenerateOptions, prompts: list[str], generators: list[torch.Generator],
+                 init: Image.Image | None = None, mask: Image.Image | None = None) -> list[Image.Image]:
+    """One batch of images as the pipeline decodes them (before an inpainting's overlay): from text,
+    from `init` (image-to-image), or repainting `mask`'s white part of `init`: a text-to-image UNet
+    by blending its latents (`Inpainting`), an inpainting UNet by taking the mask itself."""
+    height, width = output_size(opts, pipe)
+    blend = mask is not None and not pipe.is_inpainting
+    inpainting = Inpainting(pipe, init, mask, generators, opts.repaint) if blend else None
+    return pipe(
+        prompts, height=height, width=width, num_inference_steps=opts.steps, guidance_scale=opts.guidance,
+        negative_prompt=[opts.negative] * len(prompts), eta=opts.eta, generator=generators, image=init,
+        strength=opts.strength, step_wrapper=inpainting, guidance_rescale=opts.guidance_rescale,
+        mask_image=mask if pipe.is_inpainting else None,
+    ).images
 
 
 def write_contact_sheet(opts: GenerateOptions, jobs: list[ImageJob], out: Path) -> Path:

@@ -16,8 +16,10 @@ and, with `rescale` above 0, its standard deviation brought back towards the con
 `StableDiffusionPipeline`): high guidance on a zero-terminal-SNR model over-exposes without it.
 
 With guidance, the negative and the positive rows go through the UNet as one batch, as diffusers'
-pipelines do. The text tensor is built once and passed as the same object at every step, which is
-what lets `ldm.sampling.attention_cache` keep its keys and values.
+pipelines do. An inpainting UNet's extra input (the mask and the masked image's latents,
+`extra_channels`) is concatenated after the latents, as `StableDiffusionInpaintPipeline` does. The
+text tensor is built once and passed as the same object at every step, which is what lets
+`ldm.sampling.attention_cache` keep its keys and values.
 """
 
 from __future__ import annotations
@@ -31,14 +33,19 @@ class GuidedDenoiser:
     """(latents, timestep) -> the noise prediction, guided when a negative is given and scale > 1."""
 
     def __init__(self, unet: UNet2DConditionModel, text: torch.Tensor, negative: torch.Tensor | None = None,
-                 scale: float = 1.0, rescale: float = 0.0):
+                 scale: float = 1.0, rescale: float = 0.0, extra_channels: torch.Tensor | None = None):
         self.unet, self.scale, self.rescale = unet, scale, rescale
         self.guided = negative is not None and scale > 1.0
         # [negative; positive] rows: one UNet call makes both predictions.
         self.text = torch.cat([negative.to(text), text]) if self.guided else text
+        if extra_channels is not None and self.guided:
+            extra_channels = torch.cat([extra_channels] * 2)
+        self.extra_channels = extra_channels
 
     def __call__(self, latents: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
         model_input = torch.cat([latents] * 2) if self.guided else latents
+        if self.extra_channels is not None:
+            model_input = torch.cat([model_input, self.extra_channels.to(model_input)], dim=1)
         noise = self.unet(model_input, timestep, encoder_hidden_states=self.text, return_dict=False)[0]
         if not self.guided:
             return noise

@@ -7,7 +7,12 @@ weights in safetensors). With a KL autoencoder the folder is written by
     StableDiffusionPipeline.from_pretrained("runs/shapes/pipeline", safety_checker=None)
 
 With a VQ autoencoder, which Stable Diffusion's class cannot take, it is written by
-`LatentDiffusionPipeline` and loads through it (or `load_pipeline`).
+`LatentDiffusionPipeline` and loads through it (or `load_pipeline`). A KL inpainting model of a
+4-channel autoencoder (a UNet of 9 input channels, stage 2's `inpainting:`) is written by
+`StableDiffusionInpaintPipeline`, and loads in it as in `load_pipeline` (diffusers' class runs 9-channel
+inpainting UNets only: one of another autoencoder's 2C+1 channels is written and loaded as a VQ one is):
+
+    StableDiffusionInpaintPipeline.from_pretrained("runs/shapes-inpaint/pipeline", safety_checker=None)
 
 `load_pipeline(..., vae=FOLDER)` decodes with another autoencoder, such as a decoder fine-tuned with
 `train.decoder_only` (`ldm generate/animate --vae`), the way diffusers takes
@@ -22,7 +27,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, StableDiffusionPipeline
+from diffusers import AutoencoderKL, StableDiffusionInpaintPipeline, StableDiffusionPipeline
 from safetensors import SafetensorError, safe_open
 from transformers import CLIPTokenizer
 
@@ -32,7 +37,7 @@ from ldm.components.prompt_tokens import check_prompt_lengths
 from ldm.core.atomic import atomic_folder
 from ldm.core.errors import LdmError, first_line
 from ldm.core.layout import MODEL_CONFIG, MODEL_INDEX, MODEL_WEIGHTS, SCHEDULER, TEXT_ENCODER, TOKENIZER, UNET, VAE
-from ldm.core.model_kind import check_supported
+from ldm.core.model_kind import check_supported, is_inpainting_unet, refuse_inpainting
 from ldm.core.trust import check_no_code
 from ldm.sampling.embeddings import check_embeddings, load_embeddings
 from ldm.sampling.lora import LoraChoice, load_loras
@@ -57,6 +62,7 @@ ENCODER_PREFIXES = ("encoder.", "quant_conv.", "quantize.")
 # key: diffusers drops "_" keys when it builds a pipeline from the file, so plain diffusers loads the
 # folder as before (its pipelines encode one window only: long prompts need ldm generate).
 PROMPT_CHUNKS = "_prompt_chunks"
+SD_INPAINTING_CHANNELS = 9  # the only inpainting UNet StableDiffusionInpaintPipeline runs (4 latent channels)
 # Scheduler settings that suit latents (which are not bounded to [-1, 1]); Stable Diffusion's
 # loader rewrites them to these values anyway, so both kinds of export store them the same way.
 LATENT_SCHEDULER_SETTINGS = {"steps_offset": 1, "clip_sample": False}
@@ -69,8 +75,10 @@ def export_pipeline(out_dir: str | Path, vae: Autoencoder, text_encoder, tokeniz
     (`PROMPT_CHUNKS`), whence `load_pipeline` takes it."""
     settings = {key: value for key, value in LATENT_SCHEDULER_SETTINGS.items() if key in scheduler.config}
     scheduler = type(scheduler).from_config(scheduler.config, **settings)  # a copy: the caller's is kept
-    if isinstance(vae, AutoencoderKL):
-        pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+    if isinstance(vae, AutoencoderKL) and unet.config.in_channels in (unet.config.out_channels, SD_INPAINTING_CHANNELS):
+        # diffusers' class for the UNet's layout: the one its users load such a folder with
+        kind = StableDiffusionInpaintPipeline if is_inpainting_unet(unet.config) else StableDiffusionPipeline
+        pipe = kind(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                        scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                        requires_safety_checker=False)
     else:
@@ -90,13 +98,16 @@ def prompt_chunks_of(path: str | Path) -> int:
     return int(json.loads((Path(path) / MODEL_INDEX).read_text()).get(PROMPT_CHUNKS, 1))
 
 
-def check_pipeline_folder(path: str | Path) -> Path:
-    """The folder, or an LdmError naming the first missing part. Reads no weights."""
+def check_pipeline_folder(path: str | Path, text_to_image: str | None = None) -> Path:
+    """The folder, or an LdmError naming the first missing part. Reads no weights. `text_to_image`:
+    what the caller does with it that an inpainting model cannot (None: an inpainting model will do)."""
     path = check_no_code(path)
     if not path.is_dir():
         raise LdmError(f"pipeline folder not found: {path} (train the diffusion stage first; it "
                        "exports RUN/pipeline)")
-    check_supported(path)  # an SDXL, inpainting, ... folder is named before a missing part is
+    check_supported(path)  # an SDXL, ControlNet, ... folder is named before a missing part is
+    if text_to_image is not None:
+        refuse_inpainting(path, text_to_image)
     for part in (MODEL_INDEX, *REQUIRED_FILES):
         if not (path / part).is_file():
             raise LdmError(f"{path} is not a complete pipeline: {part} is missing")

@@ -33,6 +33,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from ldm.apps.animate import spacing
 from ldm.apps.animate.attention_walk import AttentionPath
 from ldm.apps.animate.blend import BlendTree
+from ldm.apps.animate.fixed_region import FixedRegion, read_fixed_region
 from ldm.apps.animate.jumps import Jump, jump_at
 from ldm.apps.animate.settings import WalkSettings
 from ldm.components import autoencoder as vae_lib
@@ -68,6 +69,7 @@ class DiffusionWalk:
     steps: int
     guidances: list[float]  # classifier-free guidance scale of each keyframe
     interpolation: str = "dissolve"  # a key of METHODS (WalkSettings.interpolation)
+    fixed: FixedRegion | None = None  # a fixed image outside a mask (ldm.apps.animate.fixed_region)
 
     jumps: list[Jump] = field(default_factory=list)  # dissolved intervals (ldm.apps.animate.jumps)
     _jump_ends: dict[Jump, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
@@ -91,7 +93,8 @@ class DiffusionWalk:
                 start, end = self.jump_ends(jump)
                 latents[t] = spacing.lerp(start, end, jump.weight(t))
         images = self.pipe.latents_to_images(torch.stack([latents[t] for t in times]), output_type="np")
-        return unit_to_uint8(images)
+        frames = unit_to_uint8(images)
+        return frames if self.fixed is None else self.fixed.overlay(frames)
 
     def sample(self, times: list[float]) -> torch.Tensor:
         """The final latents of the frames at `times`, by the walk's interpolation method."""
@@ -119,6 +122,8 @@ class DiffusionWalk:
         """One pipeline call on rows of embeddings and latents at one guidance scale: final latents
         (or, with `end_step`, partly denoised ones); `call` is passed on (start_step, callbacks)."""
         negative = self.negative.expand(len(embeddings), -1, -1)
+        if self.fixed is not None:
+            call = {**self.fixed.call_arguments(self.pipe, len(embeddings)), **call}
         return self.pipe(prompt_embeds=embeddings, negative_prompt_embeds=negative, latents=latents,
                          num_inference_steps=self.steps, guidance_scale=scale, output_type="latent",
                          **call).images
@@ -169,21 +174,21 @@ def seed_noise(pipe: LatentDiffusionPipeline, seeds: list[int], height: int, wid
     """(K, C, h, w) starting noise, one per seed, drawn exactly as the pipeline draws it for
     `generator=torch.Generator().manual_seed(seed)`: a keyframe matches `ldm generate --seed`."""
     f = pipe.vae_scale_factor
-    shape = (1, pipe.unet.config.in_channels, height // f, width // f)
+    shape = (1, pipe.unet.config.out_channels, height // f, width // f)  # an inpainting UNet takes more in
     return torch.cat([randn_tensor(shape, generator=torch.Generator().manual_seed(seed), dtype=pipe.unet.dtype)
                       for seed in seeds]).to(pipe.device)
 
 
 def prompt_walk(pipe: LatentDiffusionPipeline, prompts: list[str], seeds: list[int], negative_prompt: str,
                 loop: bool, steps: int, guidances: list[float], size: tuple[int, int],
-                interpolation: str = "dissolve") -> DiffusionWalk:
+                interpolation: str = "dissolve", fixed: FixedRegion | None = None) -> DiffusionWalk:
     """Keyframe k is prompts[k] with seeds[k] (a seed walk repeats one prompt); frames of `size`
-    (width, height)."""
+    (width, height), painted only inside `fixed`'s mask when given."""
     # every keyframe and the negative padded to the longest prompt's windows, so that they lerp
     embeddings = encode_each_once(pipe.tokenizer, pipe.text_encoder, prompts + [negative_prompt], pipe.prompt_chunks)
     embeddings, negative = embeddings[:-1], embeddings[-1:]
     noises = seed_noise(pipe, seeds, height=size[1], width=size[0])
-    return DiffusionWalk(pipe, embeddings, noises, negative, loop, steps, guidances, interpolation)
+    return DiffusionWalk(pipe, embeddings, noises, negative, loop, steps, guidances, interpolation, fixed=fixed)
 
 
 def image_walk(pipe: LatentDiffusionPipeline, images: list[str], captions: list[str], negative_prompt: str,
@@ -224,8 +229,9 @@ def build_renderer(s: WalkSettings, device) -> DiffusionWalk | AutoencoderWalk:
         return image_walk(pipe, s.images, s.captions, s.negative_prompt, s.loop, s.steps, s.guidances, size,
                           s.interpolation)
     prompts = s.prompts if s.kind == "prompt" else s.prompts * len(s.seeds)
+    fixed = read_fixed_region(s.init_image, s.mask, s.feather, size) if s.mask is not None else None
     return prompt_walk(pipe, prompts, s.seeds, s.negative_prompt, s.loop, s.steps, s.guidances, size,
-                       s.interpolation)
+                       s.interpolation, fixed)
 
 
 def autoencoder_folder(path: str) -> Path:

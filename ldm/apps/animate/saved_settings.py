@@ -55,6 +55,12 @@ def render_settings(s: WalkSettings) -> dict:
     saved["weights"] = {str(p.relative_to(pipeline)): _file_stamp(p)
                         for p in sorted(pipeline.rglob("*.safetensors"))}
     saved["images"] = [{"path": str(Path(p).resolve()), "sha256": _sha256(p)} for p in s.images]
+    for key in ("init_image", "mask", "feather"):
+        saved.pop(key)
+    if s.mask is not None:  # like the images: the files' bytes make the frames
+        saved["fixed_region"] = {name: {"path": str(Path(path).resolve()), "sha256": _sha256(path)}
+                                 for name, path in (("init_image", s.init_image), ("mask", s.mask))}
+        saved["fixed_region"]["feather"] = s.feather
     saved.pop("vae")
     if s.vae is not None:  # like the pipeline's weights: another decoder makes other frames
         vae = Path(s.vae).resolve()
@@ -90,7 +96,9 @@ def saved_walk_settings(folder: str | Path) -> WalkSettings:
         raise LdmError(f"{folder} is not a walk folder: {SETTINGS_FILE} is missing (render one with "
                        "ldm animate)")
     saved = json.loads(path.read_text())
-    plain = {f.name for f in fields(WalkSettings)} - {"out", "images", "audio", "vae", "loras", "embeddings"}
+    plain = {f.name for f in fields(WalkSettings)} - {"out", "images", "audio", "vae", "loras", "embeddings",
+                                                      "init_image", "mask", "feather"}
+    fixed = saved.get("fixed_region") or {}
     if "even_motion" in saved:  # a walk rendered before `motion` existed
         saved["motion"] = "even" if saved["even_motion"] else "linear"
     saved.setdefault("interpolation", "dissolve")  # not saved for "dissolve" (render_settings)
@@ -99,7 +107,9 @@ def saved_walk_settings(folder: str | Path) -> WalkSettings:
                         audio=saved["audio"]["path"] if saved.get("audio") else None,
                         vae=saved["vae"]["path"] if saved.get("vae") else None,
                         loras=[LoraChoice(lora["path"], lora["scale"]) for lora in saved.get("loras", [])],
-                        embeddings=[embedding["path"] for embedding in saved.get("embeddings", [])])
+                        embeddings=[embedding["path"] for embedding in saved.get("embeddings", [])],
+                        **({"init_image": fixed["init_image"]["path"], "mask": fixed["mask"]["path"],
+                            "feather": fixed["feather"]} if fixed else {}))
 
 
 def check_saved_settings(out: Path, current: dict) -> bool:

@@ -132,6 +132,28 @@ class LoraConfig:
             raise ValueError("lora.target_modules must name at least one module (e.g. to_q)")
 
 
+Share = Annotated[float, Field(ge=0, le=1)]
+
+
+@dataclass(config=SECTION)
+class InpaintingConfig:
+    """Train the inpainting layout (SD-inpainting's): the UNet also takes a mask and the masked
+    image's latents (2C+1 input channels), with random masks drawn at every step
+    (`ldm.data.random_masks`); each kind drawn with probability proportional to its share."""
+
+    box: Share = 0.4
+    strokes: Share = 0.4
+    whole: Share = 0.2  # the whole image masked: the model also learns to draw from the text alone
+
+    def __post_init__(self):
+        if self.box + self.strokes + self.whole <= 0:
+            raise ValueError("inpainting: at least one of box, strokes and whole must have a share above 0")
+
+    @property
+    def shares(self) -> dict[str, float]:
+        return {"box": self.box, "strokes": self.strokes, "whole": self.whole}
+
+
 @dataclass(config=SECTION)
 class TextualInversionConfig:
     """Learn a new word as an embedding (textual inversion, Gal et al. 2022; diffusers'
@@ -192,6 +214,10 @@ class Config(RunConfig):
     lora: LoraConfig | None = None  # null: train the UNet's own weights
     textual_inversion: TextualInversionConfig | None = None  # null: no new word; else only its embedding trains
     samples: SamplesConfig = field(default_factory=SamplesConfig)
+    # null: a text-to-image UNet. A section (`inpainting: {}` for the defaults): an inpainting UNet,
+    # new or from a pretrained one (a text-to-image UNet's new input channels start at zero), exported
+    # as a `StableDiffusionInpaintPipeline` folder (ldm/stages/diffusion/inpainting.py).
+    inpainting: InpaintingConfig | None = None
 
     def __post_init__(self):
         super().__post_init__()

@@ -8,6 +8,8 @@ section (`parts.py`), as Stability AI's generative-models composes its diffusion
     conditioner   frozen CLIP text encoder of stage 1b, caption dropout  (`text_encoder:`)
     autoencoder   frozen autoencoder of stage 1                          (`vae:`)
     ema           EMAModel of the trained weights, used for validation and export   (`ema:`)
+    inpainting    InpaintingInputs: random masks and masked-image latents, None for text-to-image
+                  (`inpainting:`, ldm/stages/diffusion/inpainting.py)
 
 What trains is every parameter that requires a gradient: the whole UNet, or with `lora:` only the
 adapters peft added to it (and to the text encoder, which then becomes a child module too). The
@@ -38,6 +40,7 @@ from ldm.data.masks import MASK, to_latent_grid
 from ldm.sampling.lora import BaseModel
 from ldm.sampling.samplers import inference_scheduler
 from ldm.stages.diffusion.config import SamplesConfig
+from ldm.stages.diffusion.inpainting import InpaintingInputs
 from ldm.stages.diffusion.losses import DiffusionLoss
 from ldm.stages.diffusion.parts import trained_parameters
 from ldm.stages.diffusion.smoothness_loss import StepVariationLoss, twice_differentiable
@@ -55,7 +58,8 @@ class LatentDiffusion(L.LightningModule):
                  autoencoder: FrozenAutoencoder, conditioner: TextConditioner, train_cfg: TrainConfig,
                  ema: EMAModel | None = None, samples: SamplesConfig | None = None,
                  samples_dir=None, train_text_encoder: bool = False, base: BaseModel | None = None,
-                 smoothness: StepVariationLoss | None = None, learned_tokens: torch.nn.Module | None = None):
+                 smoothness: StepVariationLoss | None = None, learned_tokens: torch.nn.Module | None = None,
+                 inpainting: InpaintingInputs | None = None):
         super().__init__()
         # Children in training mode (a pretrained model loads in eval mode, and Lightning keeps the
         # mode it finds): dropout, the LoRA adapters' included, applies while training.
@@ -74,6 +78,7 @@ class LatentDiffusion(L.LightningModule):
         # Textual inversion's new word (its vectors, hooked into the frozen text encoder): a child,
         # so that the optimizer, the EMA and the checkpoints hold it; None otherwise.
         self.learned_tokens = learned_tokens
+        self.inpainting = inpainting
 
     def trained_parameters(self) -> list[torch.nn.Parameter]:
         """What the optimizer and the EMA update, in the order `build_ema` was given them."""
@@ -116,8 +121,11 @@ class LatentDiffusion(L.LightningModule):
             noise.requires_grad_(True)
         timesteps = self.loss.sample_timesteps(latents, generator)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        model_input = noisy
+        if self.inpainting is not None:  # the inpainting UNet also takes a mask and the masked image
+            model_input = torch.cat([noisy, self.inpainting(latents, generator)], dim=1)
         with twice_differentiable() if track_noise else nullcontext():
-            prediction = self.unet(noisy, timesteps, encoder_hidden_states=embeddings).sample
+            prediction = self.unet(model_input, timesteps, encoder_hidden_states=embeddings).sample
         return prediction, noisy, noise, timesteps
 
     def loss_weights(self, batch: dict, latents: torch.Tensor) -> torch.Tensor | None:

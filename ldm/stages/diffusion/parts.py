@@ -32,7 +32,8 @@ from ldm.stages.diffusion.smoothness_loss import StepVariationLoss
 
 
 def build_unet(cfg: UNetConfig, autoencoder: FrozenAutoencoder, conditioner: TextConditioner,
-               resolution: int) -> UNet2DConditionModel:
+               resolution: int, in_channels: int | None = None) -> UNet2DConditionModel:
+    """A new UNet; `in_channels` None: the latent channels (an inpainting UNet takes more)."""
     if cfg.addition_embed_type == "text" and conditioner.hidden_size % cfg.addition_embed_type_num_heads:
         # diffusers would only fail at the first step, in a reshape
         raise LdmError(f"unet.addition_embed_type_num_heads: {cfg.addition_embed_type_num_heads} does not divide "
@@ -40,7 +41,7 @@ def build_unet(cfg: UNetConfig, autoencoder: FrozenAutoencoder, conditioner: Tex
     try:
         return UNet2DConditionModel(
             sample_size=resolution // autoencoder.factor,
-            in_channels=autoencoder.latent_channels,
+            in_channels=in_channels or autoencoder.latent_channels,
             out_channels=autoencoder.latent_channels,
             cross_attention_dim=conditioner.hidden_size,  # the text encoder's width, read from it
             block_out_channels=tuple(cfg.block_out_channels),

@@ -10,10 +10,12 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from ldm.components.autoencoder import FrozenAutoencoder
 from ldm.components.text_encoder import TextConditioner
 from ldm.core import layout
+from ldm.core.errors import LdmError
 from ldm.data.datamodule import ImageCaptionDataModule, require_divisible_sizes
 from ldm.data.latent_datamodule import LatentCacheDataModule, check_cacheable
 from ldm.stages.diffusion.config import Config, NoiseConfig
 from ldm.stages.diffusion.export import export, export_lora
+from ldm.stages.diffusion.inpainting import InpaintingInputs, inpainting_channels, widen_conv_in
 from ldm.stages.diffusion.module import LatentDiffusion
 from ldm.stages.diffusion.parts import (
     add_text_encoder_lora,
@@ -40,11 +42,18 @@ from ldm.stages.trainer import TrainedStage, begin, fit
 
 def build_network(cfg: Config, sources: Sources, autoencoder: FrozenAutoencoder,
                   conditioner: TextConditioner) -> UNet2DConditionModel:
-    """The pretrained UNet (checked to fit the other parts), or a new one sized by `unet:`."""
+    """The pretrained UNet (checked to fit the other parts), or a new one sized by `unet:`; with
+    `inpainting:`, of the inpainting layout (a text-to-image UNet widened to it)."""
+    inputs = inpainting_channels(autoencoder.latent_channels) if cfg.inpainting is not None else None
     if sources.unet is None:
-        return build_unet(cfg.unet, autoencoder, conditioner, cfg.data.resolution)
+        return build_unet(cfg.unet, autoencoder, conditioner, cfg.data.resolution, inputs)
     unet = load_unet(sources.unet)
-    check_unet_fits(unet, sources, autoencoder, conditioner)
+    check_unet_fits(unet, sources, autoencoder, conditioner, inpainting=inputs is not None)
+    if inputs is not None and unet.config.in_channels != inputs:
+        if cfg.lora is not None:  # the new input channels must train, and LoRA freezes the first conv
+            raise LdmError(f"inpainting with lora: needs an inpainting UNet to start from; {sources.unet_name}'s "
+                           "takes text-to-image latents only (train it whole first, without lora:)")
+        widen_conv_in(unet, inputs)
     return unet
 
 
@@ -76,12 +85,14 @@ def build_module(cfg: Config) -> LatentDiffusion:
     if cfg.train.gradient_checkpointing:
         enable_gradient_checkpointing(unet, trained_text_encoder)
     ema = build_ema(cfg.ema, trained_parameters(unet, trained_text_encoder, learned))
+    inpainting = InpaintingInputs(cfg.inpainting, autoencoder) if cfg.inpainting is not None else None
     return LatentDiffusion(unet, scheduler, build_loss(cfg.loss, scheduler), autoencoder, conditioner,
                            cfg.train, ema=ema, samples=cfg.samples,
                            samples_dir=cfg.stage_dir / layout.SAMPLE_GRIDS,
                            train_text_encoder=trained_text_encoder is not None,
                            base=base_model(sources) if lora is not None or learned is not None else None,
-                           smoothness=build_smoothness_loss(cfg.loss, scheduler), learned_tokens=learned)
+                           smoothness=build_smoothness_loss(cfg.loss, scheduler), learned_tokens=learned,
+                           inpainting=inpainting)
 
 
 def build_datamodule(cfg: Config, module: LatentDiffusion) -> L.LightningDataModule:

@@ -2,7 +2,8 @@
 
 One row per prompt, one column per seed; the same prompts and seeds at every validation, so the
 grids of successive steps compare directly. Images come from `LatentDiffusionPipeline`, the same
-code that generates after export, with the inference scheduler the export will carry.
+code that generates after export, with the inference scheduler the export will carry. An inpainting
+model draws them with the whole image masked (what it learns from `inpainting.whole`): from the text alone.
 """
 
 from __future__ import annotations
@@ -33,8 +34,12 @@ def sample_grid(cfg: SamplesConfig, unet: UNet2DConditionModel, autoencoder: Fro
     prompts = [prompt for prompt in cfg.prompts for _ in cfg.seeds]
     device = unet.device
     generators = [torch.Generator(device).manual_seed(seed) for _ in cfg.prompts for seed in cfg.seeds]
+    whole_mask = {}
+    if pipe.is_inpainting:
+        size = (pipe.image_size, pipe.image_size)
+        whole_mask = dict(image=Image.new("RGB", size), mask_image=Image.new("L", size, 255), strength=1.0)
     images = pipe(prompts, num_inference_steps=cfg.steps, guidance_scale=cfg.guidance_scale,
-                  generator=generators).images
+                  generator=generators, **whole_mask).images
     columns = len(cfg.seeds)
     return image_grid([images[i:i + columns] for i in range(0, len(images), columns)])
 
