@@ -33,10 +33,11 @@ from ldm.core.layout import SAMPLES
 from ldm.core.outputs import fresh_folder, refuse_earlier_results
 from ldm.data.decode import read_image_file
 from ldm.sampling import pipeline_io
-from ldm.sampling.inpaint import Inpainting, check_mask_size, composite, read_mask
+from ldm.sampling.inpaint import check_mask_size, read_mask
 from ldm.sampling.lora import LoraChoice, check_loras
 from ldm.sampling.pipeline_io import check_autoencoder_swap, check_image_size, check_pipeline_folder, vae_factor
-from ldm.sampling.samplers import check_sampler_follows, guidance_rescale_of, make_sampler
+from ldm.sampling.samplers import check_sampler_follows, guidance_rescale_of
+from ldm.sampling.text_to_image import sampling_pipeline, seeded_images
 
 DTYPES = {name: getattr(torch, name) for name in get_args(Dtype)}
 GRID_NAME = "grid.png"
@@ -184,13 +185,10 @@ def _process_device(device: str | None, state) -> torch.device:
 
 def _generate_jobs(opts: GenerateOptions, jobs: list[ImageJob], out: Path, device,
                    show_progress: bool) -> list[Path]:
-    # through its module, which tests replace to check that nothing loads before the input is checked
-    pipe = pipeline_io.load_pipeline(opts.pipeline, dtype=DTYPES[opts.dtype], device=device, loras=opts.loras,
-                                     vae=opts.vae)
-    pipe.scheduler = make_sampler(opts.sampler, pipe.scheduler.config)
+    pipe = sampling_pipeline(opts.pipeline, opts.sampler, dtype=DTYPES[opts.dtype], device=device,
+                             loras=opts.loras, vae=opts.vae)
     if opts.guidance_rescale is None:  # the pipeline's own, written into the PNGs as used
         opts.guidance_rescale = guidance_rescale_of(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
     height, width = opts.height or pipe.image_size, opts.width or pipe.image_size
     init = mask = None
     if opts.init_image is not None:
@@ -202,18 +200,11 @@ def _generate_jobs(opts: GenerateOptions, jobs: list[ImageJob], out: Path, devic
     with tqdm(total=len(jobs), unit="image", desc="generating", disable=not show_progress) as bar:
         for start in range(0, len(jobs), opts.batch_size):
             batch = jobs[start:start + opts.batch_size]
-            # CPU generators: the same seed gives the same noise on any device
-            generators = [torch.Generator().manual_seed(job.seed) for job in batch]
-            inpainting = Inpainting(pipe, init, mask, generators, opts.repaint) if mask is not None else None
-            images = pipe(
-                [job.prompt for job in batch], height=height, width=width,
-                num_inference_steps=opts.steps, guidance_scale=opts.guidance,
-                negative_prompt=[opts.negative] * len(batch), eta=opts.eta,
-                generator=generators, image=init, strength=opts.strength, step_wrapper=inpainting,
-                guidance_rescale=opts.guidance_rescale,
-            ).images
-            if mask is not None:
-                images = [composite(image, init, mask, opts.feather) for image in images]
+            images = seeded_images(
+                pipe, [job.prompt for job in batch], [job.seed for job in batch], steps=opts.steps,
+                guidance=opts.guidance, height=height, width=width, negative=opts.negative, eta=opts.eta,
+                guidance_rescale=opts.guidance_rescale, init=init, strength=opts.strength, mask=mask,
+                repaint=opts.repaint, feather=opts.feather)
             for job, image in zip(batch, images):
                 written.append(write_png(out / job.file_name, image, image_metadata(opts, job)))
             bar.update(len(batch))
