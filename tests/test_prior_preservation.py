@@ -16,17 +16,30 @@ import yaml
 from lightning.pytorch.callbacks import Callback
 from PIL import Image
 from safetensors.torch import load_file
-from test_finetune import base, finetune_config, shapes  # noqa: F401
+from test_finetune import finetune_config, make_base
+from tiny import IMAGE_SIZE
 
 from ldm.cli import main
 from ldm.core.config import build
 from ldm.core.errors import LdmError
 from ldm.data.prior_datamodule import CLASS, INSTANCE
+from ldm.data.shapes.generator import make_shapes_dataset
 from ldm.stages.diffusion import class_images as class_images_module
 from ldm.stages.diffusion.class_images import CLASS_IMAGES, METADATA, NOTE
 from ldm.stages.diffusion.config import Config
 from ldm.stages.diffusion.train import build_datamodule, build_module, train
 from ldm.stages.trainer import fit
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return make_base(tmp_path_factory.mktemp("base") / "pipeline")
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    return make_shapes_dataset(tmp_path_factory.mktemp("data") / "shapes", n=16, size=IMAGE_SIZE, seed=0, n_test=4)
+
 
 CLASS_PROMPT = "a shape on white"
 NUM_CLASS = 3
@@ -149,10 +162,10 @@ def test_prior_preservation_mistakes_are_named(tmp_path, base, shapes):
                               data={"prior_preservation": PRIOR})
     with pytest.raises(LdmError, match="data.prior_preservation needs `pretrained:`"):
         build(Config, no_base)
-    with pytest.raises(LdmError, match="data.prior_preservation.class_prompt"):
-        build(Config, finetune_config(tmp_path, base, shapes, data={"prior_preservation": {**PRIOR, "class_prompt": ""}}))
-    with pytest.raises(LdmError, match="data.prior_preservation.loss_weight"):
-        build(Config, finetune_config(tmp_path, base, shapes, data={"prior_preservation": {**PRIOR, "loss_weight": -1}}))
+    for key, value in (("class_prompt", ""), ("loss_weight", -1), ("num_class_images", 0)):
+        with pytest.raises(LdmError, match=f"data.prior_preservation.{key}"):
+            build(Config, finetune_config(tmp_path, base, shapes,
+                                          data={"prior_preservation": {**PRIOR, key: value}}))
     with pytest.raises(LdmError, match="data.prior_preservation needs data.streaming: false"):
         build(Config, finetune_config(tmp_path, base, shapes, cache=False,
                                       data={"prior_preservation": PRIOR, "streaming": True}))

@@ -19,7 +19,6 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ldm.core.atomic import atomic_folder
 from ldm.core.errors import LdmError, first_line
 
 if TYPE_CHECKING:
