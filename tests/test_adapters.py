@@ -130,9 +130,10 @@ def test_each_export_gives_the_trained_adapters_images(adapter_run, base, tmp_pa
     if kind == "dora":
         theirs = images_of(plain_diffusers(base, lora=run / "lora"))[0]
         assert np.abs(theirs - trained).max() < 1e-4
-    # Scale 0: the base's own images, whatever the kind.
+    # Scale 0: the base's own images; not with DoRA, whose scale (diffusers' and peft's) weighs the
+    # low-rank direction only, while its trained magnitudes stay (README).
     off = images_of(load_pipeline(base, loras=[LoraChoice(str(run / "lora"), 0.0)]))
-    assert np.abs(off - images_of(load_pipeline(base))).max() < 1e-5
+    assert (np.abs(off - images_of(load_pipeline(base))).max() < 1e-5) == (kind != "dora")
 
 
 def test_a_peft_adapter_walks_with_ldm_animate(adapter_run, base, tmp_path):

@@ -35,9 +35,10 @@ def export(module: LatentDiffusion, out_dir: Path) -> Path:
 
 
 def peft_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """A model's adapter weights under peft's key names."""
+    """A model's adapter weights under peft's key names: copies, since the EMA weights are swapped
+    back out of the parameters in place once they are read (on the CPU, `.cpu()` is no copy)."""
     weights = get_peft_model_state_dict(model, adapter_name=ADAPTER)
-    return {name: tensor.detach().cpu().contiguous() for name, tensor in weights.items()}
+    return {name: tensor.detach().to("cpu", copy=True).contiguous() for name, tensor in weights.items()}
 
 
 def adapter_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
