@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from ldm.core.atomic import atomic_folder
 from ldm.core.images import write_png
+from ldm.core.layout import UNET
 from ldm.data.config import PriorPreservationConfig
 from ldm.sampling.lora import unet_fingerprint
 from ldm.sampling.samplers import DEFAULT_SAMPLER, guidance_rescale_of
@@ -51,7 +52,7 @@ def note_of(cfg: Config, pipeline: Path) -> dict:
     return {"class_prompt": prior.class_prompt, "num_class_images": prior.num_class_images,
             "steps": prior.steps, "guidance_scale": prior.guidance_scale,
             "negative_prompt": prior.negative_prompt, "seed": prior.seed, "resolution": cfg.data.resolution,
-            "sampler": DEFAULT_SAMPLER, "base_unet_sha256": unet_fingerprint(pipeline / "unet")}
+            "sampler": DEFAULT_SAMPLER, "base_unet_sha256": unet_fingerprint(pipeline / UNET)}
 
 
 def read_note(folder: Path) -> dict | None:
