@@ -7,7 +7,8 @@
                   named RUN/<stage>; WANDB_MODE=offline keeps it on disk under RUN/<stage>/wandb/.
                   A resumed run logs on into the same W&B run (its id is made from the stage folder)
     mlflow        MLflow (`pip install mlflow`): experiment $MLFLOW_EXPERIMENT_NAME or "ldm", to
-                  $MLFLOW_TRACKING_URI, or else the file store RUN/<stage>/mlruns/
+                  $MLFLOW_TRACKING_URI, or else the SQLite database RUN/<stage>/mlflow.db (MLflow's
+                  file store is in maintenance mode and refused unless MLFLOW_ALLOW_FILE_STORE=true)
 
 W&B and MLflow are optional packages: asking for one that is not installed is refused in one line
 before any model loads (`check_logger_packages`).
@@ -26,7 +27,8 @@ from ldm.core.errors import LdmError
 from ldm.stages.run_config import RunConfig
 
 PACKAGES = {"wandb": "wandb", "mlflow": "mlflow"}  # logger -> the package it needs
-PROJECT = "ldm"  # the W&B project and MLflow experiment, unless the environment names one
+PROJECT = "ldm"
+MLFLOW_DB = "mlflow.db"  # the W&B project and MLflow experiment, unless the environment names one
 
 
 def check_logger_packages(loggers: list[str]) -> None:
@@ -63,6 +65,14 @@ def wandb_logger(cfg: RunConfig) -> WandbLogger:
 
 
 def mlflow_logger(cfg: RunConfig) -> MLFlowLogger:
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or (cfg.stage_dir / "mlruns").resolve().as_uri()
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(cfg.stage_dir / MLFLOW_DB).resolve()}"
     return MLFlowLogger(experiment_name=os.environ.get("MLFLOW_EXPERIMENT_NAME", PROJECT), run_name=run_name(cfg),
                         tracking_uri=uri)
+
+
+def close_loggers(loggers: list[Logger]) -> None:
+    """End the W&B run (its data flushed, offline too), so that the next stage trained in the same
+    process (the quickstart's) starts its own instead of logging into this one."""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            logger.experiment.finish()

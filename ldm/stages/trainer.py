@@ -41,7 +41,7 @@ from ldm.stages.checkpoints import (
 )
 from ldm.stages.faults import NonFiniteGuard, RunLock, StopOnSignal, main_process
 from ldm.stages.launch import resolve_precision, resolve_processes
-from ldm.stages.loggers import build_loggers, check_logger_packages
+from ldm.stages.loggers import build_loggers, check_logger_packages, close_loggers
 from ldm.stages.plots import plot_losses, read_metric_rows
 from ldm.stages.resume import ExactResume
 from ldm.stages.run_config import LAST, RunConfig, TrainConfig, comparable_config
@@ -232,4 +232,5 @@ def fit(cfg: RunConfig, module: L.LightningModule, datamodule: L.LightningDataMo
     # (a collective call: every process takes part). The whole training state, not the weights
     # alone: resuming needs the optimizer and the data position too.
     trainer.save_checkpoint(cfg.checkpoint_dir / f"{LAST}.ckpt", weights_only=False)
+    close_loggers(trainer.loggers)
     return trainer
