@@ -24,6 +24,11 @@ From QUICKSTART/pipeline (trained on the six colours of `ldm data shapes`), it
      kohya's regularisation images do against forgetting),
   5. measures both prompt sets again after each, the LoRA through `ldm generate --lora`.
 
+`--methods` picks the fine-tunings (default lora and full): the adapter kinds lora, dora, loha and
+lokr (`lora.kind`, each measured through `ldm generate --lora`), full, and dreambooth (full
+fine-tuning with prior preservation: --class-images of --class-prompt made by the base, mixed into
+every batch; it has no replay row, its class images being its replay).
+
 Prompt fidelity is the share of generated images whose colour and shape are the prompt's, as the
 attribute checker of `ldm.data.shapes.checker` reads them (`ldm.apps.evaluate.generated.shapes_fidelity`):
 on the pink prompts it says whether the new word was learnt, on the held-out prompts how much of
@@ -56,7 +61,11 @@ DECODER_CONFIG = "autoencoder/kl_f4_shapes.yaml"
 IMAGE_SIZE = 32
 DATA_SEED = 1
 DECODER_DATA_SEED = 2  # another draw than the pink data's
-METHODS = ("lora", "full", "ti")
+METHODS = ("lora", "full", "ti")  # the default rows; --methods adds the others
+ADAPTERS = ("lora", "dora", "loha", "lokr")  # lora.kind values
+# DreamBooth: a full fine-tune with prior preservation (data.prior_preservation), class images of
+# --class-prompt made by the base; "full" is DreamBooth without it.
+ALL_METHODS = (*ADAPTERS, "full", "dreambooth", "ti")
 # Textual inversion learns the colour's name itself as a new word ("pink", which the base's tokenizer
 # spells out of pieces), started from the embedding of a colour it knows.
 TI_INITIALIZER = "red"
@@ -97,6 +106,10 @@ def timed_run(config: str, run_dir: Path, overrides: list[str]) -> tuple[Path, d
     (its export, what the run did)."""
     cfg = load_config(config, [f"run_dir={run_dir}", *overrides])
     shutil.rmtree(run_dir, ignore_errors=True)
+    if cfg.data.prior_preservation is not None:  # the class images, made once, are not training time
+        from ldm.stages.diffusion.class_images import prepare_class_images
+
+        prepare_class_images(cfg, Path(cfg.pretrained))
     start = time.perf_counter()
     stage = train_stage(cfg)
     seconds = round(time.perf_counter() - start, 1)
@@ -132,18 +145,33 @@ def replay_dataset(out: Path, sources: list[tuple[Path, int]]) -> Path:
     return out
 
 
-def fine_tune(name: str, base: Path, data: Path, out: Path, args) -> tuple[Path, dict]:
-    """Train `name` (lora or full, and a suffix) on `data`; (its export, what the run did)."""
+def fine_tune(method: str, name: str, base: Path, data: Path, out: Path, args) -> tuple[Path, dict]:
+    """Train `method` (an adapter kind, full or dreambooth) as run `name` on `data`; (its export,
+    what the run did). DreamBooth's class images are made before the clock starts."""
     overrides = [f"pretrained={base}", "vae=null", "text_encoder=null", "noise=null", f"data.source={data}",
                  f"train.max_minutes={args.minutes}", f"train.max_steps={args.max_steps}", "samples.prompts=[]"]
-    if name.startswith("lora"):
-        overrides += [f"lora.rank={args.rank}", f"train.lr={args.lr_lora}"]
-    elif name.startswith("ti"):  # only the new word's embedding trains; captions encoded at every step
+    if method in ADAPTERS:
+        overrides += [f"lora.kind={method}", f"lora.rank={args.rank}", f"train.lr={args.lr_lora}"]
+    elif method == "ti":  # only the new word's embedding trains; captions encoded at every step
         overrides += [f"textual_inversion={{token: {NEW_COLOUR}, initializer: {TI_INITIALIZER}}}", "cache=false",
                       f"train.lr={args.lr_ti}"]
     else:
         overrides += [f"train.lr={args.lr_full}"]
+    if method == "dreambooth":
+        overrides += [f"data.prior_preservation.class_prompt={args.class_prompt}",
+                      f"data.prior_preservation.num_class_images={args.class_images}",
+                      f"data.prior_preservation.steps={args.steps}"]
     return timed_run(CONFIG, out / name, overrides)
+
+
+def method_title(method: str, args) -> str:
+    if method in ADAPTERS:
+        return f"{'LoRA DoRA LoHa LoKr'.split()[ADAPTERS.index(method)]} (rank {args.rank})"
+    if method == "dreambooth":
+        return f"DreamBooth, prior preservation ({args.class_images} x {args.class_prompt!r})"
+    if method == "ti":
+        return "textual inversion (the word pink)"
+    return "full fine-tune"
 
 
 def pink_sheet(out: Path, titles: dict[str, str]) -> Path:
@@ -193,6 +221,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seeds", type=int, default=8, help="images per prompt")
     parser.add_argument("--steps", type=int, default=20, help="sampling steps")
     parser.add_argument("--guidance", type=float, default=4.0)
+    parser.add_argument("--methods", nargs="+", choices=ALL_METHODS, default=list(METHODS),
+                        help="what to fine-tune with: adapter kinds (lora, dora, loha, lokr), full, and "
+                             "dreambooth (full with prior preservation)")
+    parser.add_argument("--class-prompt", default="a shape", help="dreambooth: the class images' prompt")
+    parser.add_argument("--class-images", type=int, default=200, help="dreambooth: how many class images")
 
 
 def fine_tunings(base: Path, pink: Path, out: Path, args) -> tuple[dict, dict]:
@@ -201,18 +234,19 @@ def fine_tunings(base: Path, pink: Path, out: Path, args) -> tuple[dict, dict]:
     results, folders = {}, {}
     replay = replay_dataset(out / "pink_replay", [(pink, args.images), (Path(args.quickstart) / "data", args.replay)])
     for training_data, suffix in ((pink, ""), (replay, "_replay")):
-        for method in METHODS:
+        for method in args.methods:
+            if suffix and method == "dreambooth":
+                continue  # its class images are its replay
             name = method + suffix
-            export, trained = fine_tune(name, base, training_data, out, args)
+            export, trained = fine_tune(method, name, base, training_data, out, args)
             samples = out / "samples" / name
-            if method == "lora":
+            if method in ADAPTERS:
                 scores = measure(base, samples, args, loras=[LoraChoice(str(export))])
             elif method == "ti":
                 scores = measure(base, samples, args, embeddings=[export / LEARNED_EMBEDS])
             else:
                 scores = measure(export, samples, args)
-            title = {"lora": f"LoRA (rank {args.rank})", "full": "full fine-tune",
-                     "ti": "textual inversion (the word pink)"}[method]
+            title = method_title(method, args)
             if suffix:
                 title += f", with {args.replay} base images"
             results[title] = {**scores, "run": trained}

@@ -15,7 +15,7 @@ from pathlib import Path
 from ldm.apps.animate.layout import SETTINGS_FILE
 from ldm.apps.animate.settings import WalkSettings
 from ldm.core.errors import LdmError
-from ldm.sampling.lora import LORA_WEIGHTS, LoraChoice
+from ldm.sampling.lora import LoraChoice, adapter_file
 
 # Settings that change how the result is delivered, not its frames: free to change on resume.
 # (`fps` only while the walk has no clock: with times or audio it sets the frame count.)
@@ -75,7 +75,7 @@ def render_settings(s: WalkSettings) -> dict:
     saved.pop("loras")
     if s.loras:  # like the pipeline's weights: a retrained LoRA must not mix with older frames
         saved["loras"] = [{"path": str(Path(lora.path).resolve()), "scale": lora.scale,
-                           "weights": _file_stamp(Path(lora.path) / LORA_WEIGHTS)} for lora in s.loras]
+                           "weights": _file_stamp(adapter_file(lora.path))} for lora in s.loras]
     return json.loads(json.dumps(saved))  # as it reads back from JSON (lists, floats)
 
 

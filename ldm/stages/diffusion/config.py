@@ -116,13 +116,32 @@ UNET_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 TEXT_ENCODER_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]  # CLIP's attention projections
 
 
+# The adapter kinds, all through peft: LoRA (two low-rank factors), DoRA (LoRA whose update is
+# split into a direction and a trained magnitude per output, Liu et al. 2024), LoHa (the Hadamard
+# product of two low-rank products) and LoKr (a Kronecker product), the last two from LyCORIS.
+AdapterKind = Literal["lora", "dora", "loha", "lokr"]
+LYCORIS_KINDS = ("loha", "lokr")  # exported as a peft adapter folder: diffusers' LoRA loader cannot read them
+LYCORIS_OPTIONS = ("rank_dropout", "module_dropout")  # LoHa's and LoKr's own dropouts
+LOKR_OPTIONS = ("decompose_both", "decompose_factor")
+
+
 @dataclass(config=SECTION)
 class LoraConfig:
-    """Train low-rank adapters (peft's LoRA) instead of the UNet's weights; needs a pretrained UNet."""
+    """Train adapters (peft's) instead of the UNet's weights; needs a pretrained UNet. `kind` picks
+    which; the options of one kind are refused with another, so that a setting never goes unused."""
 
+    kind: AdapterKind = "lora"
     rank: Count = 8
     alpha: Positive | None = None  # the adapters' output is scaled by alpha / rank; null: alpha = rank
-    dropout: Fraction = 0.0
+    dropout: Fraction = 0.0  # lora and dora: dropout on the adapter's input
+    # loha and lokr: the share of the rank's components (rank_dropout) or of whole adapted layers
+    # (module_dropout) left out at each training step; null: 0.
+    rank_dropout: Fraction | None = None
+    module_dropout: Fraction | None = None
+    # lokr: also split the smaller Kronecker factor into two low-rank ones (decompose_both), and the
+    # size of the first factor's dimensions (decompose_factor; -1: as near the square root as divides).
+    decompose_both: bool | None = None
+    decompose_factor: Annotated[int, Field(ge=-1, le=4096)] | None = None
     target_modules: list[str] = field(default_factory=lambda: list(UNET_LORA_TARGETS))
     train_text_encoder: bool = False  # also adapters on the text encoder's attention (needs cache: false)
     text_encoder_target_modules: list[str] = field(default_factory=lambda: list(TEXT_ENCODER_LORA_TARGETS))
@@ -130,6 +149,19 @@ class LoraConfig:
     def __post_init__(self):
         if not self.target_modules:
             raise ValueError("lora.target_modules must name at least one module (e.g. to_q)")
+        if self.decompose_factor == 0:
+            raise ValueError("lora.decompose_factor must be -1 (automatic) or a factor of at least 1, got 0")
+        lycoris = self.kind in LYCORIS_KINDS
+        if lycoris and self.dropout:
+            raise ValueError(f"lora.dropout is for lora.kind lora and dora; {self.kind} takes lora.rank_dropout "
+                             "and lora.module_dropout")
+        for option in (() if lycoris else LYCORIS_OPTIONS) + (() if self.kind == "lokr" else LOKR_OPTIONS):
+            if getattr(self, option) is not None:
+                owner = "lokr" if option in LOKR_OPTIONS else "loha and lokr"
+                raise ValueError(f"lora.{option} is an option of lora.kind {owner}, not of {self.kind}")
+        if lycoris and self.train_text_encoder:
+            raise ValueError(f"lora.train_text_encoder works with lora.kind lora and dora (whose export "
+                             f"diffusers loads), not with {self.kind}")
 
 
 Share = Annotated[float, Field(ge=0, le=1)]
@@ -189,6 +221,7 @@ class SamplesConfig:
 class Config(RunConfig):
     STAGE: ClassVar[str] = "diffusion"
     MASKED_LOSS: ClassVar[bool] = True
+    PRIOR_PRESERVATION: ClassVar[bool] = True
 
     stage: str = "diffusion"
     # A diffusers pipeline folder (RUN/pipeline, a Stable Diffusion 1.x/2.x folder) or hub id to
@@ -238,6 +271,9 @@ class Config(RunConfig):
             if self.cache:
                 raise ValueError("textual_inversion needs cache: false (the latent cache holds caption "
                                  "embeddings made before the new word exists)")
+        if self.data.prior_preservation is not None and self.pretrained is None:
+            raise ValueError("data.prior_preservation needs `pretrained:` (a pipeline folder): its class images "
+                             "are made by the base pipeline, as it was before fine-tuning")
         if self.lora is not None and self.lora.train_text_encoder and self.cache:
             raise ValueError("lora.train_text_encoder needs cache: false (the latent cache holds caption "
                              "embeddings of the frozen text encoder)")

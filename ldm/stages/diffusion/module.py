@@ -20,7 +20,9 @@ fingerprint of its weights) that it is the same base.
 Data arrive either from the latent cache (`cache: true`, the default: latent moments and caption
 embeddings computed once, see `ldm.data.latent_cache`) or as images and captions, encoded at every
 step (`cache: false`, for streamed data and a text encoder that trains). With `data.mask` the batches
-also carry loss masks, and the loss weighs each latent pixel by its mask (`loss_weights`)."""
+also carry loss masks, and the loss weighs each latent pixel by its mask (`loss_weights`). With
+`data.prior_preservation` each batch is the user's images and class images side by side
+(`ldm.data.prior_datamodule`), and the loss is theirs plus the weighted loss of the class images."""
 
 from __future__ import annotations
 
@@ -31,12 +33,13 @@ import numpy as np
 import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.training_utils import EMAModel
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 
 from ldm.components.autoencoder import FrozenAutoencoder
 from ldm.components.text_encoder import TextConditioner
 from ldm.core.errors import LdmError
 from ldm.data.masks import MASK, to_latent_grid
+from ldm.data.prior_datamodule import CLASS, INSTANCE
 from ldm.sampling.lora import BaseModel
 from ldm.sampling.samplers import inference_scheduler
 from ldm.stages.diffusion.config import SamplesConfig
@@ -59,7 +62,7 @@ class LatentDiffusion(L.LightningModule):
                  ema: EMAModel | None = None, samples: SamplesConfig | None = None,
                  samples_dir=None, train_text_encoder: bool = False, base: BaseModel | None = None,
                  smoothness: StepVariationLoss | None = None, learned_tokens: torch.nn.Module | None = None,
-                 inpainting: InpaintingInputs | None = None):
+                 inpainting: InpaintingInputs | None = None, prior_loss_weight: float | None = None):
         super().__init__()
         # Children in training mode (a pretrained model loads in eval mode, and Lightning keeps the
         # mode it finds): dropout, the LoRA adapters' included, applies while training.
@@ -79,6 +82,9 @@ class LatentDiffusion(L.LightningModule):
         # so that the optimizer, the EMA and the checkpoints hold it; None otherwise.
         self.learned_tokens = learned_tokens
         self.inpainting = inpainting
+        # With prior preservation (data.prior_preservation): batches are {"instance": ..., "class": ...}
+        # and the loss is the instance loss + this weight * the class loss.
+        self.prior_loss_weight = prior_loss_weight
 
     def trained_parameters(self) -> list[torch.nn.Parameter]:
         """What the optimizer and the EMA update, in the order `build_ema` was given them."""
@@ -142,14 +148,24 @@ class LatentDiffusion(L.LightningModule):
         return self.loss(prediction, latents, noise, timesteps, weight)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        if CLASS in batch:  # DreamBooth's prior preservation, as diffusers' train_dreambooth.py adds it up
+            loss, size = self.batch_loss(batch[INSTANCE])
+            prior, _ = self.batch_loss(batch[CLASS])
+            self.log("train/instance_loss", loss, batch_size=size)
+            self.log("train/prior_loss", prior, batch_size=size)
+            loss = loss + self.prior_loss_weight * prior
+        else:
+            loss, size = self.batch_loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        return loss
+
+    def batch_loss(self, batch: dict) -> tuple[torch.Tensor, int]:
+        """The training loss of one batch of images and captions (or cached latents), and its size."""
         latents, embeddings = self.latents_and_embeddings(batch, drop_captions=True)
         weight = self.loss_weights(batch, latents)
         if self.smoothness is None:
-            loss = self.diffusion_loss(latents, embeddings, weight=weight)
-        else:
-            loss = self.smoothed_diffusion_loss(latents, embeddings, weight)
-        self.log("train/loss", loss, prog_bar=True, batch_size=latents.shape[0])
-        return loss
+            return self.diffusion_loss(latents, embeddings, weight=weight), latents.shape[0]
+        return self.smoothed_diffusion_loss(latents, embeddings, weight), latents.shape[0]
 
     def smoothed_diffusion_loss(self, latents: torch.Tensor, embeddings: torch.Tensor,
                                 weight: torch.Tensor | None = None) -> torch.Tensor:
@@ -271,5 +287,7 @@ class LatentDiffusion(L.LightningModule):
         for logger in self.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_image("samples", np.asarray(grid), step, dataformats="HWC")
+            elif isinstance(logger, WandbLogger):
+                logger.log_image("samples", [grid], step=step)
 
 

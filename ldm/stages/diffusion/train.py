@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import lightning as L
@@ -11,8 +12,11 @@ from ldm.components.autoencoder import FrozenAutoencoder
 from ldm.components.text_encoder import TextConditioner
 from ldm.core import layout
 from ldm.core.errors import LdmError
+from ldm.data.config import DataConfig
 from ldm.data.datamodule import ImageCaptionDataModule, require_divisible_sizes
 from ldm.data.latent_datamodule import LatentCacheDataModule, check_cacheable
+from ldm.data.prior_datamodule import PriorPreservationDataModule
+from ldm.stages.diffusion.class_images import prepare_class_images
 from ldm.stages.diffusion.config import Config, NoiseConfig
 from ldm.stages.diffusion.export import export, export_lora
 from ldm.stages.diffusion.inpainting import InpaintingInputs, inpainting_channels, widen_conv_in
@@ -72,7 +76,7 @@ def build_module(cfg: Config) -> LatentDiffusion:
     conditioner = TextConditioner.load(str(sources.text_encoder), cfg.caption_dropout, cfg.prompt_chunks)
     unet = build_network(cfg, sources, autoencoder, conditioner)
     scheduler = build_schedule(cfg, sources)
-    lora = cfg.lora
+    lora, prior = cfg.lora, cfg.data.prior_preservation
     trained_text_encoder = conditioner.text_encoder if lora is not None and lora.train_text_encoder else None
     if lora is not None:
         add_unet_lora(unet, lora)
@@ -92,14 +96,35 @@ def build_module(cfg: Config) -> LatentDiffusion:
                            train_text_encoder=trained_text_encoder is not None,
                            base=base_model(sources) if lora is not None or learned is not None else None,
                            smoothness=build_smoothness_loss(cfg.loss, scheduler), learned_tokens=learned,
-                           inpainting=inpainting)
+                           inpainting=inpainting,
+                           prior_loss_weight=prior.loss_weight if prior is not None else None)
 
 
-def build_datamodule(cfg: Config, module: LatentDiffusion) -> L.LightningDataModule:
+def build_datamodule(cfg: Config, module: LatentDiffusion, class_images: Path | None = None
+                     ) -> L.LightningDataModule:
+    """The run's data; with `class_images` (prior preservation) mixed with the class images, which
+    are read and cached the same way as the user's images."""
+    instance = _datamodule(cfg, cfg.data, module)
+    if class_images is None:
+        return instance
+    return PriorPreservationDataModule(instance, _datamodule(cfg, class_data(cfg.data, class_images), module))
+
+
+def _datamodule(cfg: Config, data: DataConfig, module: LatentDiffusion) -> L.LightningDataModule:
     if not cfg.cache:
-        return ImageCaptionDataModule(cfg.data)
-    return LatentCacheDataModule(cfg.data, cfg.stage_dir / layout.LATENT_CACHE, module.autoencoder,
+        return ImageCaptionDataModule(data)
+    return LatentCacheDataModule(data, cfg.stage_dir / layout.LATENT_CACHE, module.autoencoder,
                                  module.conditioner, cfg.cache_shared_filesystem)
+
+
+def class_data(data: DataConfig, folder: Path) -> DataConfig:
+    """The `data:` section for the class images: the run's own resizing and flips, none held out
+    for validation, no masks or tag shuffling (the class prompt is not tags), their own batch size."""
+    prior = data.prior_preservation
+    return dataclasses.replace(data, source=str(folder), split="train", image_column="image",
+                               caption_column="text", max_samples=None, val_fraction=0.0,
+                               batch_size=prior.batch_size or data.batch_size, buckets=None,
+                               caption_tags=None, mask="none", prior_preservation=None)
 
 
 def train(cfg: Config) -> TrainedStage:
@@ -109,8 +134,11 @@ def train(cfg: Config) -> TrainedStage:
         # UNet's, or a LoRA's randomly initialised down-projections)
         if cfg.cache:
             check_cacheable(cfg.data)  # before loading any model
+        class_images = None
+        if cfg.data.prior_preservation is not None:  # made (or found) before the models load
+            class_images = prepare_class_images(cfg, resolve_sources(cfg).pipeline)
         module = build_module(cfg)
-        trainer = fit(cfg, module, build_datamodule(cfg, module))
+        trainer = fit(cfg, module, build_datamodule(cfg, module, class_images))
         out = Path(cfg.run_dir) / export_folder(cfg)
         if trainer.is_global_zero:
             if cfg.textual_inversion is not None:
