@@ -43,7 +43,7 @@ from ldm.sampling.pipeline_io import (
     check_prompts,
     vae_factor,
 )
-from ldm.sampling.samplers import check_sampler_follows, guidance_rescale_of, make_sampler
+from ldm.sampling.samplers import check_sampler_follows, default_sampler, guidance_rescale_of, make_sampler
 
 DTYPES = {name: getattr(torch, name) for name in get_args(Dtype)}
 GRID_NAME = "grid.png"
@@ -82,7 +82,10 @@ def check_options(opts: GenerateOptions) -> None:
     if opts.negative and opts.guidance <= 1:
         raise LdmError(f"--negative needs --guidance above 1 (got {opts.guidance}): without guidance "
                        "the negative prompt has no effect")
-    check_sampler_follows(opts.sampler, pipeline_io.scheduler_config(opts.pipeline))
+    scheduler = pipeline_io.scheduler_config(opts.pipeline)
+    if opts.sampler is None:  # the pipeline's own, written into the PNGs as used
+        opts.sampler = default_sampler(scheduler)
+    check_sampler_follows(opts.sampler, scheduler)
     if opts.device is not None:
         try:
             torch.device(opts.device)

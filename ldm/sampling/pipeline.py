@@ -36,7 +36,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from ldm.components import autoencoder as vae_lib
 from ldm.components.text_encoder import EMPTY_PROMPT, encode_each_once, encode_prompts, pad_embeddings
 from ldm.sampling.attention_cache import text_keys_values_cached
-from ldm.sampling.guidance import GuidedDenoiser
+from ldm.sampling.guidance import GuidedDenoiser, embeds_guidance
 from ldm.sampling.samplers import guidance_rescale_of
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -217,7 +217,8 @@ class LatentDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin,
         if height % self.vae_scale_factor or width % self.vae_scale_factor:
             raise ValueError(f"height and width must be multiples of {self.vae_scale_factor}, "
                              f"got {height}x{width}")
-        guidance = guidance_scale > 1.0
+        # a UNet that takes the scale as an input (an LCM) needs no negative rows
+        guidance = guidance_scale > 1.0 and not embeds_guidance(self.unet)
 
         # 1. Conditioning, and the UNet wrapped with guidance.
         positive, negative = self.conditioning(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
