@@ -16,6 +16,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from tiny import IMAGE_SIZE, tiny_components
 
+from ldm.apps.generate import GenerateOptions, generate
 from ldm.cli import main
 from ldm.core.errors import LdmError
 from ldm.core.images import read_png_metadata
@@ -23,8 +24,8 @@ from ldm.data.shapes.generator import make_shapes_dataset
 from ldm.sampling.lora import LORA_WEIGHTS
 from ldm.sampling.pipeline_io import export_pipeline
 from ldm.sampling.samplers import consistency_scheduler
-from ldm.stages.diffusion.parts import build_noise_scheduler
 from ldm.stages.diffusion.config import NoiseConfig
+from ldm.stages.diffusion.parts import build_noise_scheduler
 from ldm.stages.distill.consistency import SkippingDDIMSolver
 from ldm.stages.registry import load_config
 
@@ -108,6 +109,8 @@ def test_distilled_pipeline_loads_in_plain_diffusers_and_matches_ldm_generate(di
     ours = tmp_path / "out" / "0000-seed0.png"
     assert np.abs(png(ours) - theirs).max() <= 1 / 255 + 1e-6
     assert read_png_metadata(ours)["sampler"] == "lcm"  # the distilled pipeline's own sampler by default
+    with pytest.raises(LdmError, match="--negative has no effect"):
+        generate(GenerateOptions(str(export), [PROMPT], negative="blue", out=str(tmp_path / "neg")))
     # Guidance is an input: another scale gives another image, in one UNet pass a step.
     assert np.abs(diffusers_image(pipe, STEPS, 1.5) - theirs).max() > 1e-4
     # The run's parts: validation grids drawn with the LCM sampler, checkpoints holding the target network.

@@ -82,6 +82,9 @@ def check_options(opts: GenerateOptions) -> None:
     if opts.negative and opts.guidance <= 1:
         raise LdmError(f"--negative needs --guidance above 1 (got {opts.guidance}): without guidance "
                        "the negative prompt has no effect")
+    if opts.negative and pipeline_io.is_distilled(opts.pipeline):
+        raise LdmError(f"--negative has no effect on {opts.pipeline}: it is distilled, with guidance folded into "
+                       "its UNet (no unconditional pass for a negative prompt to replace)")
     scheduler = pipeline_io.scheduler_config(opts.pipeline)
     if opts.sampler is None:  # the pipeline's own, written into the PNGs as used
         opts.sampler = default_sampler(scheduler)

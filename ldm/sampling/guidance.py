@@ -16,13 +16,13 @@ and, with `rescale` above 0, its standard deviation brought back towards the con
 `StableDiffusionPipeline`): high guidance on a zero-terminal-SNR model over-exposes without it.
 
 With guidance, the negative and the positive rows go through the UNet as one batch, as diffusers'
-pipelines do.
+pipelines do. The text tensor is built once and passed as the same object at every step, which is
+what lets `ldm.sampling.attention_cache` keep its keys and values.
 
 A UNet distilled with its guidance scale as an input (a latent consistency model, `ldm train
 configs/distill/...`: diffusers' `time_cond_proj_dim`) has guidance folded in: it is called once, on
 the positive rows only, with the scale embedded as `timestep_cond`, as `StableDiffusionPipeline` and
-`LatentConsistencyModelPipeline` call it (the negative prompt then has no effect). The text tensor is built once and passed as the same object at every step, which is
-what lets `ldm.sampling.attention_cache` keep its keys and values.
+`LatentConsistencyModelPipeline` call it (the negative prompt then has no effect).
 """
 
 from __future__ import annotations
