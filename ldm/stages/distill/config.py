@@ -57,6 +57,14 @@ class ConsistencyConfig:
                              f"consistency.guidance_min ({self.guidance_min:g})")
 
 
+def _same_place(a: Path, b: Path) -> bool:
+    """Whether two paths name one place (False where either cannot be resolved: a later check names it)."""
+    try:
+        return a.expanduser().resolve() == b.expanduser().resolve()
+    except (OSError, RuntimeError, ValueError):  # an unknown ~user, a NUL byte
+        return False
+
+
 def _lcm_samples() -> SamplesConfig:
     return SamplesConfig(steps=4)
 
@@ -86,7 +94,7 @@ class Config(RunConfig):
             raise ValueError(f"samples.steps ({self.samples.steps}) cannot exceed consistency.solver_steps "
                              f"({self.consistency.solver_steps}): the LCM sampler steps on the solver's grid")
         export = Path(self.run_dir) / (LORA if self.lora is not None else PIPELINE)
-        if export.expanduser().resolve() == Path(self.teacher).expanduser().resolve():
+        if _same_place(export, Path(self.teacher)):
             raise ValueError(f"run_dir: the student's export {export} would replace the teacher {self.teacher}: "
                              "give the distillation its own run_dir")
         if self.lora is not None and self.lora.train_text_encoder:
