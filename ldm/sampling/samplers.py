@@ -111,6 +111,10 @@ def inference_scheduler(training_scheduler) -> SchedulerMixin:
 def consistency_scheduler(training_scheduler, original_steps: int, timestep_scaling: float) -> LCMScheduler:
     """The sampler a distilled pipeline carries: LCMScheduler on its teacher's training schedule,
     stepping on the grid of `original_steps` timesteps that the student learnt (its solver's), with
-    the student's boundary-condition time scale."""
-    return LCMScheduler.from_config(training_scheduler.config, original_inference_steps=original_steps,
+    the student's boundary-condition time scale. The settings of another sampler that a pipeline's
+    schedule carries (a DPM-Solver++ export's `solver_order`, ...) are left out, not warned about."""
+    accepted = inspect.signature(LCMScheduler.__init__).parameters
+    config = {key: value for key, value in training_scheduler.config.items()
+              if key in accepted or key.startswith("_")}
+    return LCMScheduler.from_config(config, original_inference_steps=original_steps,
                                     timestep_scaling=timestep_scaling)
