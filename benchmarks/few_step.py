@@ -74,7 +74,7 @@ def speed(args, pipes: dict) -> dict[str, dict]:
 
 def quality(args) -> dict[str, dict]:
     found = {}
-    for label, pipeline, sampler, steps in settings(args):
+    for label, pipeline, _, steps in settings(args):
         # `ldm evaluate diffusion` as the command runs it: the pipeline's own sampler (lcm for the student)
         evaluation = evaluate_diffusion(pipeline, args.data, clip=args.clip, n=args.n, steps=steps,
                                         guidance=args.guidance)
