@@ -46,7 +46,7 @@ from ldm.sampling.pipeline_io import (
     check_prompts,
     vae_factor,
 )
-from ldm.sampling.samplers import check_sampler_follows, guidance_rescale_of, make_sampler
+from ldm.sampling.samplers import check_sampler_follows, default_sampler, guidance_rescale_of, make_sampler
 
 DTYPES = {name: getattr(torch, name) for name in get_args(Dtype)}
 GRID_NAME = "grid.png"
@@ -87,7 +87,13 @@ def check_options(opts: GenerateOptions) -> None:
     if opts.negative and opts.guidance <= 1:
         raise LdmError(f"--negative needs --guidance above 1 (got {opts.guidance}): without guidance "
                        "the negative prompt has no effect")
-    check_sampler_follows(opts.sampler, pipeline_io.scheduler_config(opts.pipeline))
+    if opts.negative and pipeline_io.is_distilled(opts.pipeline):
+        raise LdmError(f"--negative has no effect on {opts.pipeline}: it is distilled, with guidance folded into "
+                       "its UNet (no unconditional pass for a negative prompt to replace)")
+    scheduler = pipeline_io.scheduler_config(opts.pipeline)
+    if opts.sampler is None:  # the pipeline's own, written into the PNGs as used
+        opts.sampler = default_sampler(scheduler)
+    check_sampler_follows(opts.sampler, scheduler)
     if opts.device is not None:
         try:
             torch.device(opts.device)
@@ -211,6 +217,8 @@ def prepared_pipeline(opts: GenerateOptions, device=None):
     # through its module, which tests replace to check that nothing loads before the input is checked
     pipe = pipeline_io.load_pipeline(opts.pipeline, dtype=DTYPES[opts.dtype], device=device, loras=opts.loras,
                                      vae=opts.vae, prompt_chunks=opts.prompt_chunks, embeddings=opts.embeddings)
+    if opts.sampler is None:  # callers that skip `check_options` (ldm evaluate inpainting): the pipeline's own
+        opts.sampler = default_sampler(pipe.scheduler.config)
     pipe.scheduler = make_sampler(opts.sampler, pipe.scheduler.config)
     if opts.guidance_rescale is None:  # the pipeline's own, written into the PNGs as used
         opts.guidance_rescale = guidance_rescale_of(pipe.scheduler.config)

@@ -21,14 +21,6 @@ Dtype = Literal["float32", "float16", "bfloat16"]  # the weights' precision whil
 UnitInterval = Annotated[float, Field(ge=0, le=1)]
 
 
-def _default_sampler() -> str:
-    # Imported when needed: ldm.sampling.samplers imports diffusers (seconds), which `ldm generate -h`
-    # need not wait for.
-    from ldm.sampling.samplers import DEFAULT_SAMPLER
-
-    return DEFAULT_SAMPLER
-
-
 @dataclass(config=SECTION)
 class GenerateOptions(Settings):
     pipeline: PathText
@@ -41,7 +33,8 @@ class GenerateOptions(Settings):
     guidance_rescale: UnitInterval | None = None  # None: the pipeline's own (its scheduler config's)
     negative: str = ""
     prompt_chunks: PromptChunks | None = None  # windows of 75 tokens a prompt may take; None: the pipeline's
-    sampler: str = field(default_factory=_default_sampler)
+    # None: the pipeline's own (ldm.sampling.samplers.default_sampler): dpmsolver++, lcm for a distilled one
+    sampler: str | None = None
     eta: UnitInterval = 0.0  # DDIM's: 0 deterministic, 1 DDPM-like
     height: int | None = None  # None: the model's (any multiple of its autoencoder's factor)
     width: int | None = None

@@ -135,8 +135,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           help="classifier-free guidance scale (default %(DEFAULT_GUIDANCE)s, image walks "
                                "%(IMAGE_WALK_GUIDANCE)s)")
     sampling.add_argument("--sampler", default=SUPPRESS,
-                          help="deterministic sampler: dpmsolver++ (default), ddim (image walks: "
-                               "%(IMAGE_WALK_SAMPLER)s only), ...")
+                          help="deterministic sampler: dpmsolver++ (default; tcd for a distilled pipeline), "
+                               "ddim (image walks: %(IMAGE_WALK_SAMPLER)s only), ...")
     sampling.add_argument("--negative-prompt", default=SUPPRESS, help="negative prompt (default %(default)s)")
     add_text_arguments(sampling)
     add_lora_arguments(sampling)

@@ -20,13 +20,30 @@ pipelines do. An inpainting UNet's extra input (the mask and the masked image's 
 `extra_channels`) is concatenated after the latents, as `StableDiffusionInpaintPipeline` does. The
 text tensor is built once and passed as the same object at every step, which is what lets
 `ldm.sampling.attention_cache` keep its keys and values.
+
+A UNet distilled with its guidance scale as an input (a latent consistency model, `ldm train
+configs/distill/...`: diffusers' `time_cond_proj_dim`) has guidance folded in: it is called once, on
+the positive rows only, with the scale embedded as `timestep_cond`, as `StableDiffusionPipeline` and
+`LatentConsistencyModelPipeline` call it (the negative prompt then has no effect).
 """
 
 from __future__ import annotations
 
 import torch
-from diffusers import UNet2DConditionModel
+from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
+
+
+def embeds_guidance(unet: UNet2DConditionModel) -> bool:
+    """Whether the UNet takes its guidance scale as an input (a distilled LCM) instead of two passes."""
+    return unet.config.get("time_cond_proj_dim") is not None
+
+
+def guidance_embedding(scales: torch.Tensor, dim: int) -> torch.Tensor:
+    """(batch, dim) embeddings of guidance scales, as diffusers' pipelines make them for an LCM UNet:
+    of `scale - 1` (their convention: the w of `cond + w * (cond - uncond)`). diffusers' own function
+    (a pipeline method that does not use its instance), so that images match theirs to the bit."""
+    return StableDiffusionPipeline.get_guidance_scale_embedding(None, scales.float() - 1, embedding_dim=dim)
 
 
 class GuidedDenoiser:
@@ -35,7 +52,11 @@ class GuidedDenoiser:
     def __init__(self, unet: UNet2DConditionModel, text: torch.Tensor, negative: torch.Tensor | None = None,
                  scale: float = 1.0, rescale: float = 0.0, extra_channels: torch.Tensor | None = None):
         self.unet, self.scale, self.rescale = unet, scale, rescale
-        self.guided = negative is not None and scale > 1.0
+        self.embedded = None  # the scale as the UNet's input, for a UNet that takes it
+        if embeds_guidance(unet):
+            scales = torch.full((text.shape[0],), scale)
+            self.embedded = guidance_embedding(scales, unet.config.time_cond_proj_dim).to(text.device, text.dtype)
+        self.guided = negative is not None and scale > 1.0 and self.embedded is None
         # [negative; positive] rows: one UNet call makes both predictions.
         self.text = torch.cat([negative.to(text), text]) if self.guided else text
         if extra_channels is not None and self.guided:
@@ -46,7 +67,8 @@ class GuidedDenoiser:
         model_input = torch.cat([latents] * 2) if self.guided else latents
         if self.extra_channels is not None:
             model_input = torch.cat([model_input, self.extra_channels.to(model_input)], dim=1)
-        noise = self.unet(model_input, timestep, encoder_hidden_states=self.text, return_dict=False)[0]
+        noise = self.unet(model_input, timestep, encoder_hidden_states=self.text, timestep_cond=self.embedded,
+                          return_dict=False)[0]
         if not self.guided:
             return noise
         uncond, cond = noise.chunk(2)

@@ -43,7 +43,7 @@ from ldm.components import autoencoder as vae_lib
 from ldm.components.text_encoder import EMPTY_PROMPT, encode_each_once, encode_prompts, pad_embeddings
 from ldm.core.model_kind import is_inpainting_unet
 from ldm.sampling.attention_cache import text_keys_values_cached
-from ldm.sampling.guidance import GuidedDenoiser
+from ldm.sampling.guidance import GuidedDenoiser, embeds_guidance
 from ldm.sampling.samplers import guidance_rescale_of
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -254,7 +254,8 @@ class LatentDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin,
         if height % self.vae_scale_factor or width % self.vae_scale_factor:
             raise ValueError(f"height and width must be multiples of {self.vae_scale_factor}, "
                              f"got {height}x{width}")
-        guidance = guidance_scale > 1.0
+        # a UNet that takes the scale as an input (an LCM) needs no negative rows
+        guidance = guidance_scale > 1.0 and not embeds_guidance(self.unet)
         if self.is_inpainting and (image is None or mask_image is None):
             raise ValueError("an inpainting UNet repaints the masked part of an image: pass image= and mask_image=")
 

@@ -149,6 +149,13 @@ def image_size(path: str | Path) -> int:
     return unet["sample_size"] * vae_factor(path)
 
 
+def is_distilled(path: str | Path) -> bool:
+    """Whether RUN/pipeline's UNet takes the guidance scale as an input (a latent consistency
+    model's, `ldm.stages.distill`), read from its config without loading it."""
+    unet = json.loads((Path(path) / UNET / MODEL_CONFIG).read_text())
+    return unet.get("time_cond_proj_dim") is not None
+
+
 def check_autoencoder_swap(pipeline: str | Path, vae: str | Path) -> Path:
     """`vae`, checked to decode `pipeline`'s latents: the same kind, latent channels, downsampling
     factor, scaling and shift as the pipeline's own autoencoder, or an LdmError naming what differs.

@@ -19,10 +19,11 @@ from pathlib import Path
 from ldm.apps.animate.fixed_region import INTERPOLATIONS
 from ldm.apps.animate.settings import DEFAULT_GUIDANCE, IMAGE_WALK_GUIDANCE, IMAGE_WALK_SAMPLER, WalkSettings
 from ldm.core.errors import LdmError
-from ldm.core.layout import MODEL_CONFIG
+from ldm.core.layout import MODEL_CONFIG, SCHEDULER
 from ldm.data.decode import read_image_file
 from ldm.sampling.inpaint import read_mask
-from ldm.sampling.samplers import DEFAULT_SAMPLER, STOCHASTIC, check_sampler
+from ldm.sampling.pipeline_io import scheduler_config
+from ldm.sampling.samplers import DEFAULT_SAMPLER, STOCHASTIC, check_sampler, default_sampler
 
 
 def resolve(settings: WalkSettings) -> WalkSettings:
@@ -34,7 +35,7 @@ def resolve(settings: WalkSettings) -> WalkSettings:
         seeds=settings.seeds or (list(range(len(settings.prompts))) if settings.kind == "prompt" else []),
         guidance=settings.guidance if settings.guidance is not None
         else (IMAGE_WALK_GUIDANCE if image_walk else DEFAULT_GUIDANCE),
-        sampler=settings.sampler or (IMAGE_WALK_SAMPLER if image_walk else DEFAULT_SAMPLER),
+        sampler=settings.sampler or (IMAGE_WALK_SAMPLER if image_walk else pipeline_sampler(settings.pipeline)),
         motion=settings.motion or ("audio" if settings.audio is not None else "even"),
     )
     if settings.interpolation != "dissolve" and not settings.uses_diffusion:
@@ -50,6 +51,15 @@ def resolve(settings: WalkSettings) -> WalkSettings:
     if settings.uses_diffusion:
         _check_sampler(settings)
     return settings
+
+
+def pipeline_sampler(pipeline: str | None) -> str:
+    """The deterministic sampler a walk takes by default: the pipeline's ("tcd" for a distilled
+    one), read from its scheduler config; DEFAULT_SAMPLER where there is none to read (an
+    --autoencoder walk, or a missing folder, which is named later)."""
+    if pipeline is None or not (Path(pipeline) / SCHEDULER / "scheduler_config.json").is_file():
+        return DEFAULT_SAMPLER
+    return default_sampler(scheduler_config(pipeline), deterministic=True)
 
 
 def _check_keyframes(s: WalkSettings) -> None:

@@ -1,6 +1,7 @@
 """The diffusion stage's exports, with the EMA weights (the training weights when EMA is off):
 
-    RUN/pipeline   a whole pipeline with a DPM-Solver++ scheduler on the training schedule; a KL one
+    RUN/pipeline   a whole pipeline with the module's sampler (DPM-Solver++ on the training schedule;
+                   LCMScheduler for a distilled one, ldm/stages/distill); a KL one
                    loads in plain `diffusers.StableDiffusionPipeline`
     RUN/lora       an adapter run's adapters and the note of their base (`ldm.sampling.lora`): LoRA
                    and DoRA in diffusers' LoRA format, for `load_lora_weights` on that base; LoHa and
@@ -18,7 +19,6 @@ from peft.utils import get_peft_model_state_dict
 
 from ldm.sampling.lora import write_adapter_folder, write_lora
 from ldm.sampling.pipeline_io import export_pipeline
-from ldm.sampling.samplers import inference_scheduler
 from ldm.stages.diffusion.module import LatentDiffusion
 
 ADAPTER = "default"  # the name peft gives the one adapter a LoRA run trains
@@ -31,7 +31,7 @@ def export(module: LatentDiffusion, out_dir: Path) -> Path:
         return export_pipeline(out_dir, vae=module.autoencoder.vae.to("cpu"),
                                text_encoder=module.conditioner.text_encoder.to("cpu"),
                                tokenizer=module.conditioner.tokenizer, unet=unet,
-                               scheduler=inference_scheduler(module.noise_scheduler),
+                               scheduler=module.sampling_scheduler(),
                                prompt_chunks=module.conditioner.max_chunks)
 
 

@@ -262,6 +262,11 @@ class LatentDiffusion(L.LightningModule):
         finally:
             self.swap_out_ema()
 
+    def sampling_scheduler(self):
+        """The sampler the validation grids draw with and the export carries: DPM-Solver++ on the
+        training schedule (`inference_scheduler`)."""
+        return inference_scheduler(self.noise_scheduler)
+
     # ---- validation: loss and samples from the EMA weights ----------------------------------------
 
     def on_validation_epoch_start(self) -> None:
@@ -278,12 +283,12 @@ class LatentDiffusion(L.LightningModule):
     def log_samples(self) -> None:
         step = self.trainer.global_step
         # Sampling in fp32 whatever the training precision: the frozen parts are fp32.
+        scheduler = self.sampling_scheduler()
         with torch.autocast(self.device.type, enabled=False):
-            grid = sample_grid(self.samples, self.unet, self.autoencoder, self.conditioner,
-                               self.noise_scheduler)
+            grid = sample_grid(self.samples, self.unet, self.autoencoder, self.conditioner, scheduler)
         if self.samples_dir is not None:
             save_grid(grid, self.samples_dir / f"step{step:08d}.png", self.samples, step,
-                      type(inference_scheduler(self.noise_scheduler)).__name__)
+                      type(scheduler).__name__)
         for logger in self.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_image("samples", np.asarray(grid), step, dataformats="HWC")

@@ -49,6 +49,13 @@ def resolve_sources(cfg: Config) -> Sources:
     return Sources(vae, text_encoder, unet, _name(cfg.unet_source), pipeline)
 
 
+def pipeline_sources(path_or_hub_id: str) -> Sources:
+    """Every part from one pipeline folder or hub id (a distillation's teacher)."""
+    pipeline = local_folder(path_or_hub_id)
+    return Sources(model_folder(pipeline, VAE), pipeline, model_folder(pipeline, UNET), _name(path_or_hub_id),
+                   pipeline)
+
+
 def _name(path_or_hub_id: str | None) -> str | None:
     """A local folder as its absolute path (a relative one means nothing elsewhere), a hub id as is."""
     if path_or_hub_id is None or not Path(path_or_hub_id).expanduser().is_dir():

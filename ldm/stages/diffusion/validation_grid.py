@@ -2,7 +2,7 @@
 
 One row per prompt, one column per seed; the same prompts and seeds at every validation, so the
 grids of successive steps compare directly. Images come from `LatentDiffusionPipeline`, the same
-code that generates after export, with the inference scheduler the export will carry. An inpainting
+code that generates after export, with the sampler the export will carry. An inpainting
 model draws them with the whole image masked (what it learns from `inpainting.whole`): from the text alone.
 """
 
@@ -19,16 +19,15 @@ from ldm.components.autoencoder import FrozenAutoencoder
 from ldm.components.text_encoder import TextConditioner
 from ldm.core.images import image_grid, write_png
 from ldm.sampling.pipeline import LatentDiffusionPipeline
-from ldm.sampling.samplers import inference_scheduler
 from ldm.stages.diffusion.config import SamplesConfig
 
 
 def sample_grid(cfg: SamplesConfig, unet: UNet2DConditionModel, autoencoder: FrozenAutoencoder,
-                conditioner: TextConditioner, training_scheduler) -> Image.Image:
-    """The prompts x seeds grid, drawn with the weights the UNet holds now."""
+                conditioner: TextConditioner, scheduler) -> Image.Image:
+    """The prompts x seeds grid, drawn with the weights the UNet holds now and `scheduler` (the
+    sampler the export will carry)."""
     pipe = LatentDiffusionPipeline(vae=autoencoder.vae, text_encoder=conditioner.text_encoder,
-                                   tokenizer=conditioner.tokenizer, unet=unet,
-                                   scheduler=inference_scheduler(training_scheduler))
+                                   tokenizer=conditioner.tokenizer, unet=unet, scheduler=scheduler)
     pipe.prompt_chunks = conditioner.max_chunks
     pipe.set_progress_bar_config(disable=True)
     prompts = [prompt for prompt in cfg.prompts for _ in cfg.seeds]
