@@ -12,31 +12,20 @@ import pytest
 import torch
 import yaml
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+from finetune_fixtures import base_fixture, shapes_fixture  # noqa: F401 (pytest fixtures base, shapes)
 from PIL import Image
 from safetensors.torch import load_file
-from test_finetune import GUIDANCE, PROMPT, STEPS, finetune_config, images_of, make_base, plain_diffusers
-from tiny import IMAGE_SIZE, tiny_components
+from test_finetune import GUIDANCE, PROMPT, STEPS, finetune_config, images_of, plain_diffusers
+from tiny import tiny_components
 
 from ldm.cli import main
 from ldm.core.config import build
 from ldm.core.errors import LdmError
-from ldm.data.shapes.generator import make_shapes_dataset
 from ldm.sampling.lora import BASE_NOTE, LORA_WEIGHTS, LoraChoice
 from ldm.sampling.peft_adapter import PEFT_CONFIG, PEFT_WEIGHTS
 from ldm.sampling.pipeline_io import export_pipeline, load_pipeline
 from ldm.stages.diffusion.config import Config
 from ldm.stages.diffusion.train import build_module, train
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    return make_base(tmp_path_factory.mktemp("base") / "pipeline")
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    return make_shapes_dataset(tmp_path_factory.mktemp("data") / "shapes", n=16, size=IMAGE_SIZE, seed=0, n_test=4)
-
 
 # What each kind's trained parameters are called in peft.
 MARKERS = {"dora": ("lora_A", "lora_B", "lora_magnitude_vector"), "loha": ("hada_",), "lokr": ("lokr_",)}

@@ -8,24 +8,13 @@ import importlib.util
 
 import pytest
 import yaml
-from test_finetune import finetune_config, make_base
-from tiny import IMAGE_SIZE
+from finetune_fixtures import base_fixture, shapes_fixture  # noqa: F401 (pytest fixtures base, shapes)
+from test_finetune import finetune_config
 
 from ldm.cli import main
 from ldm.core.config import build
 from ldm.core.errors import LdmError
-from ldm.data.shapes.generator import make_shapes_dataset
 from ldm.stages.diffusion.config import Config
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    return make_base(tmp_path_factory.mktemp("base") / "pipeline")
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    return make_shapes_dataset(tmp_path_factory.mktemp("data") / "shapes", n=16, size=IMAGE_SIZE, seed=0, n_test=4)
 
 
 def train_with(tmp_path, base, shapes, loggers: list[str]):

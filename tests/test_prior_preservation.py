@@ -13,33 +13,21 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from finetune_fixtures import base_fixture, shapes_fixture  # noqa: F401 (pytest fixtures base, shapes)
 from lightning.pytorch.callbacks import Callback
 from PIL import Image
 from safetensors.torch import load_file
-from test_finetune import finetune_config, make_base
-from tiny import IMAGE_SIZE
+from test_finetune import finetune_config
 
 from ldm.cli import main
 from ldm.core.config import build
 from ldm.core.errors import LdmError
 from ldm.data.prior_datamodule import CLASS, INSTANCE
-from ldm.data.shapes.generator import make_shapes_dataset
 from ldm.stages.diffusion import class_images as class_images_module
 from ldm.stages.diffusion.class_images import CLASS_IMAGES, METADATA, NOTE
 from ldm.stages.diffusion.config import Config
 from ldm.stages.diffusion.train import build_datamodule, build_module, train
 from ldm.stages.trainer import fit
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    return make_base(tmp_path_factory.mktemp("base") / "pipeline")
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    return make_shapes_dataset(tmp_path_factory.mktemp("data") / "shapes", n=16, size=IMAGE_SIZE, seed=0, n_test=4)
-
 
 CLASS_PROMPT = "a shape on white"
 NUM_CLASS = 3
