@@ -122,8 +122,9 @@ def test_generate(mode, kl, tmp_path, samplers_used, request):
             if sampler == DEFAULT_SAMPLER:
                 assert difference == 0, path.name
             else:
-                # mean difference over a tenth of a level of 255: more than float rounding could make
-                assert difference > 0.1, path.name
+                # mean difference over a fiftieth of a level of 255: more than float rounding could make (tcd on
+                # this untrained pipeline differs from DPM-Solver++ by 0.085 in one image)
+                assert difference > 0.02, path.name
 
 
 def test_generate_from_a_prompts_file_and_on_vq(kl, vq, tmp_path):

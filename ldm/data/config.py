@@ -66,7 +66,9 @@ class PriorPreservationConfig:
     on a few images of one subject does not make the model forget what the rest of its class looks
     like. The loss is the user's images' loss + loss_weight * the class images' loss."""
 
-    class_prompt: Annotated[str, Field(min_length=1)]  # the class without the subject: "a photo of a dog"
+    # The class without the subject: "a photo of a dog". Required (checked below, so that a section
+    # given without it is one line naming the section).
+    class_prompt: Annotated[str, Field(min_length=1)] | None = None
     num_class_images: Annotated[int, Field(ge=1, le=100_000)] = 100
     loss_weight: Annotated[float, Field(ge=0, le=100)] = 1.0  # 0: the class images train nothing
     batch_size: Count | None = None  # class images in each batch; null: data.batch_size
@@ -76,6 +78,11 @@ class PriorPreservationConfig:
     guidance_scale: Annotated[float, Field(ge=1, le=50)] = 5.0
     negative_prompt: str = ""
     seed: NonNegativeInt = 0
+
+    def __post_init__(self):
+        if self.class_prompt is None:
+            raise ValueError("data: prior_preservation is given without its class_prompt, the class without "
+                             "the subject (e.g. class_prompt: a photo of a dog)")
 
 
 @dataclass(config=SECTION)

@@ -36,7 +36,8 @@ from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import resca
 
 def embeds_guidance(unet: UNet2DConditionModel) -> bool:
     """Whether the UNet takes its guidance scale as an input (a distilled LCM) instead of two passes."""
-    return unet.config.get("time_cond_proj_dim") is not None
+    config = getattr(unet, "config", None)  # a bare denoising function (tests) has none: plain guidance
+    return config is not None and config.get("time_cond_proj_dim") is not None
 
 
 def guidance_embedding(scales: torch.Tensor, dim: int) -> torch.Tensor:
@@ -67,8 +68,9 @@ class GuidedDenoiser:
         model_input = torch.cat([latents] * 2) if self.guided else latents
         if self.extra_channels is not None:
             model_input = torch.cat([model_input, self.extra_channels.to(model_input)], dim=1)
-        noise = self.unet(model_input, timestep, encoder_hidden_states=self.text, timestep_cond=self.embedded,
-                          return_dict=False)[0]
+        # the scale as an input only for a UNet that takes it (an LCM's), as diffusers' pipelines pass it
+        scale_input = {} if self.embedded is None else {"timestep_cond": self.embedded}
+        noise = self.unet(model_input, timestep, encoder_hidden_states=self.text, return_dict=False, **scale_input)[0]
         if not self.guided:
             return noise
         uncond, cond = noise.chunk(2)
