@@ -37,7 +37,7 @@ from ldm.core.model_kind import is_inpainting
 from ldm.core.outputs import fresh_folder, refuse_earlier_results
 from ldm.data.decode import read_image_file
 from ldm.sampling import pipeline_io
-from ldm.sampling.inpaint import Inpainting, check_mask_size, composite, read_mask
+from ldm.sampling.inpaint import check_mask_size, read_mask
 from ldm.sampling.lora import LoraChoice, check_loras
 from ldm.sampling.pipeline_io import (
     check_autoencoder_swap,
@@ -46,7 +46,8 @@ from ldm.sampling.pipeline_io import (
     check_prompts,
     vae_factor,
 )
-from ldm.sampling.samplers import check_sampler_follows, default_sampler, guidance_rescale_of, make_sampler
+from ldm.sampling.samplers import check_sampler_follows, default_sampler, guidance_rescale_of
+from ldm.sampling.text_to_image import sampling_pipeline, seeded_images
 
 DTYPES = {name: getattr(torch, name) for name in get_args(Dtype)}
 GRID_NAME = "grid.png"
@@ -214,15 +215,12 @@ def _process_device(device: str | None, state) -> torch.device:
 def prepared_pipeline(opts: GenerateOptions, device=None):
     """The pipeline loaded as `opts` asks (dtype, LoRAs, autoencoder, sampler), quiet; `opts.guidance_rescale`
     set to the one it samples with."""
-    # through its module, which tests replace to check that nothing loads before the input is checked
-    pipe = pipeline_io.load_pipeline(opts.pipeline, dtype=DTYPES[opts.dtype], device=device, loras=opts.loras,
-                                     vae=opts.vae, prompt_chunks=opts.prompt_chunks, embeddings=opts.embeddings)
     if opts.sampler is None:  # callers that skip `check_options` (ldm evaluate inpainting): the pipeline's own
-        opts.sampler = default_sampler(pipe.scheduler.config)
-    pipe.scheduler = make_sampler(opts.sampler, pipe.scheduler.config)
+        opts.sampler = default_sampler(pipeline_io.scheduler_config(opts.pipeline))
+    pipe = sampling_pipeline(opts.pipeline, opts.sampler, dtype=DTYPES[opts.dtype], device=device, loras=opts.loras,
+                             vae=opts.vae, prompt_chunks=opts.prompt_chunks, embeddings=opts.embeddings)
     if opts.guidance_rescale is None:  # the pipeline's own, written into the PNGs as used
         opts.guidance_rescale = guidance_rescale_of(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
@@ -239,11 +237,8 @@ def _generate_jobs(opts: GenerateOptions, jobs: list[ImageJob], out: Path, devic
     written = []
     with tqdm(total=len(jobs), unit="image", desc="generating", disable=not show_progress) as bar:
         for batch in batches_of_one_length(jobs, opts, pipe):
-            # CPU generators: the same seed gives the same noise on any device
-            generators = [torch.Generator().manual_seed(job.seed) for job in batch]
-            images = sample_batch(pipe, opts, [job.prompt for job in batch], generators, init, mask)
-            if mask is not None:
-                images = [composite(image, init, mask, opts.feather) for image in images]
+            images = seeded_images(pipe, [job.prompt for job in batch], [job.seed for job in batch],
+                                   feather=opts.feather, **sampling_settings(opts, pipe, init, mask))
             for job, image in zip(batch, images):
                 written.append(write_png(out / job.file_name, image, image_metadata(opts, job)))
             bar.update(len(batch))
@@ -268,20 +263,13 @@ def output_size(opts: GenerateOptions, pipe) -> tuple[int, int]:
     return opts.height or pipe.image_size, opts.width or pipe.image_size
 
 
-def sample_batch(pipe, opts: GenerateOptions, prompts: list[str], generators: list[torch.Generator],
-                 init: Image.Image | None = None, mask: Image.Image | None = None) -> list[Image.Image]:
-    """One batch of images as the pipeline decodes them (before an inpainting's overlay): from text,
-    from `init` (image-to-image), or repainting `mask`'s white part of `init`: a text-to-image UNet
-    by blending its latents (`Inpainting`), an inpainting UNet by taking the mask itself."""
+def sampling_settings(opts: GenerateOptions, pipe, init: Image.Image | None = None,
+                      mask: Image.Image | None = None) -> dict:
+    """`ldm.sampling.text_to_image.decoded_images`' keywords as `opts` sets them."""
     height, width = output_size(opts, pipe)
-    blend = mask is not None and not pipe.is_inpainting
-    inpainting = Inpainting(pipe, init, mask, generators, opts.repaint) if blend else None
-    return pipe(
-        prompts, height=height, width=width, num_inference_steps=opts.steps, guidance_scale=opts.guidance,
-        negative_prompt=[opts.negative] * len(prompts), eta=opts.eta, generator=generators, image=init,
-        strength=opts.strength, step_wrapper=inpainting, guidance_rescale=opts.guidance_rescale,
-        mask_image=mask if pipe.is_inpainting else None,
-    ).images
+    return dict(steps=opts.steps, guidance=opts.guidance, height=height, width=width, negative=opts.negative,
+                eta=opts.eta, guidance_rescale=opts.guidance_rescale, init=init, strength=opts.strength, mask=mask,
+                repaint=opts.repaint)
 
 
 def write_contact_sheet(opts: GenerateOptions, jobs: list[ImageJob], out: Path) -> Path:

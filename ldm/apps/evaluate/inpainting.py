@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from ldm.apps.evaluate.diffusion import percent
-from ldm.apps.generate import check_repaint, prepared_pipeline, sample_batch
+from ldm.apps.generate import check_repaint, prepared_pipeline, sampling_settings
 from ldm.apps.generate_settings import GenerateOptions
 from ldm.core.errors import LdmError
 from ldm.core.images import contact_sheet, to_tensor, write_png
@@ -39,6 +39,7 @@ from ldm.metrics.image_quality import masked_psnr
 from ldm.metrics.results import Evaluation, Metric
 from ldm.sampling.inpaint import composite
 from ldm.sampling.pipeline_io import check_pipeline_folder, image_size
+from ldm.sampling.text_to_image import decoded_images
 
 # (colour, shape) drawn -> (colour, shape) asked for: each colour and shape changes.
 REPLACEMENTS = (
@@ -94,7 +95,7 @@ def evaluate_inpainting(pipeline: str, cases: int = 12, n: int = 2, seed: int = 
     for index in range(cases):
         init, mask, prompt, asked, was = make_case(index, side, seed)
         generators = [torch.Generator().manual_seed(seed + i) for i in range(n)]
-        decoded = sample_batch(pipe, opts, [prompt] * n, generators, init, mask)
+        decoded = decoded_images(pipe, [prompt] * n, generators, **sampling_settings(opts, pipe, init, mask))
         images = [composite(image, init, mask, feather) for image in decoded]
         rows.append((f"{index}: {prompt}", [init, mask.convert("RGB"), *images]))
         made += images
