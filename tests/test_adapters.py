@@ -15,15 +15,22 @@ from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from finetune_fixtures import base_fixture, shapes_fixture  # noqa: F401 (pytest fixtures base, shapes)
 from PIL import Image
 from safetensors.torch import load_file
-from test_finetune import GUIDANCE, PROMPT, STEPS, finetune_config, images_of, plain_diffusers
-from tiny import tiny_components
+from test_finetune import (
+    GUIDANCE,
+    PROMPT,
+    STEPS,
+    assert_refused_on_another_unet,
+    finetune_config,
+    images_of,
+    plain_diffusers,
+)
 
 from ldm.cli import main
 from ldm.core.config import build
 from ldm.core.errors import LdmError
 from ldm.sampling.lora import BASE_NOTE, LORA_WEIGHTS, LoraChoice
 from ldm.sampling.peft_adapter import PEFT_CONFIG, PEFT_WEIGHTS
-from ldm.sampling.pipeline_io import export_pipeline, load_pipeline
+from ldm.sampling.pipeline_io import load_pipeline
 from ldm.stages.diffusion.config import Config
 from ldm.stages.diffusion.train import build_module, train
 
@@ -148,15 +155,7 @@ def test_a_peft_adapter_that_does_not_fit_is_refused_in_one_line(adapter_run, tm
     noteless = tmp_path / "noteless"
     shutil.copytree(run / "lora", noteless)
     (noteless / BASE_NOTE).unlink()
-    parts = tiny_components()
-    parts["unet"] = UNet2DConditionModel.from_config({**parts["unet"].config, "block_out_channels": (8, 16)})
-    other = export_pipeline(tmp_path / "other", **parts)
-    with pytest.raises(SystemExit) as stop:
-        main(["generate", str(other), PROMPT, "--steps", "2", "--lora", str(noteless), "--out", str(tmp_path / "out")])
-    err = capsys.readouterr().err
-    assert stop.value.code == 2 and "Traceback" not in err
-    assert "does not fit this pipeline's UNet" in err.strip().splitlines()[-1]
-    assert not (tmp_path / "out").exists()
+    assert_refused_on_another_unet(noteless, tmp_path, capsys)
 
 
 @pytest.mark.parametrize("lora, message", [
