@@ -15,8 +15,10 @@ from ldm.data.datamodule import load_splits
 from ldm.data.shapes.generator import make_shapes_dataset
 from ldm.stages.autoencoder.codebook import CodebookCare, perplexity, usage
 from ldm.stages.autoencoder.losses import (
+    AutoencoderLoss,
     PatchDiscriminator,
     adaptive_weight,
+    edge_loss,
     hinge_discriminator_loss,
 )
 from ldm.stages.autoencoder.module import AutoencoderModule
@@ -165,6 +167,23 @@ def test_hinge_loss_and_patch_discriminator():
     assert hinge_discriminator_loss(torch.zeros(2), torch.zeros(2)).item() == pytest.approx(1.0)
     logits = PatchDiscriminator(layers=2, channels=8)(torch.randn(2, 3, 32, 32))
     assert logits.shape == (2, 1, 6, 6)  # one logit per overlapping patch
+
+
+def test_edge_loss_prices_a_blurred_edge_not_a_flat_offset():
+    """A step edge blurred over two pixels costs the edge term twice what it costs l1 (l1 sees half
+    the error on each side of it), while a flat colour offset, which l1 charges in full, costs the
+    edge term nothing: it weighs what blur does, and a perfect copy costs nothing."""
+    sharp = -torch.ones(1, 3, 8, 8)
+    sharp[..., 4:] = 1.0
+    blurred = sharp.clone()
+    blurred[..., 3], blurred[..., 4] = -0.5, 0.5
+    l1 = (blurred - sharp).abs().mean()
+    assert edge_loss(sharp, sharp).item() == 0.0
+    assert edge_loss(blurred, sharp) == pytest.approx(2 * l1)
+    assert edge_loss(sharp + 0.25, sharp).item() == pytest.approx(0.0, abs=1e-6)
+    loss = AutoencoderLoss({"l1": 1.0, "l2": 0.0, "edge": 2.0, "disc": 0.0}, None, 3, 64)
+    assert loss.reconstruction(sharp, blurred)["edge"] == edge_loss(blurred, sharp)
+    assert "edge" not in AutoencoderLoss({"l1": 1.0, "disc": 0.0}, None, 3, 64).reconstruction(sharp, blurred)
 
 
 def test_codebook_revives_dead_codes_from_recent_encoder_outputs():

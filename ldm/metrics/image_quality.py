@@ -14,6 +14,7 @@ from torchmetrics.functional.image import (
 )
 
 from ldm.core.images import to_unit_range
+from ldm.metrics.results import Metric
 
 
 def psnr(reconstructions: torch.Tensor, originals: torch.Tensor) -> torch.Tensor:
@@ -56,3 +57,11 @@ def sharpness(images: torch.Tensor) -> torch.Tensor:
     magnitude = torch.sqrt((dx**2 + dy**2).sum(dim=1)).flatten(1)
     strongest = max(1, int(EDGE_SHARE * magnitude.shape[1]))
     return magnitude.topk(strongest, dim=1).values.mean(dim=1)
+
+
+def sharpness_metric(images: torch.Tensor, real: torch.Tensor, made: str = "generated") -> Metric:
+    """How crisp `images` (`made`: "generated", "reconstructions") are against real images of the data."""
+    made_figure, reference = sharpness(images).mean(), sharpness(real).mean()
+    return Metric("sharpness", f"Edge sharpness ({made} / real)", made_figure / reference, "", "higher",
+                  f"mean gradient of each image's strongest 5% of pixels: {made} {made_figure:.3f}, real "
+                  f"held-out images {reference:.3f}; below 1: blurrier than the data")

@@ -20,7 +20,7 @@ from ldm.apps.evaluate.settings import DEFAULT_SPLIT, MAX_REAL_IMAGES
 from ldm.components.autoencoder import load_vae, reconstruct
 from ldm.core.images import image_grid, to_pil, write_png
 from ldm.data.shapes.checker import prompt_fidelity
-from ldm.metrics.image_quality import psnr, ssim
+from ldm.metrics.image_quality import psnr, sharpness_metric, ssim
 from ldm.metrics.results import Evaluation, Metric
 from ldm.stages.autoencoder.codebook import perplexity, usage
 
@@ -37,12 +37,13 @@ def evaluate_autoencoder(vae_path: str, data: str, split: str = DEFAULT_SPLIT,
     vae = load_vae(vae_path)
     real = load_real(data, split, vae.config.sample_size, max_images, captions=False)
     pixels = real.pixels
-    psnrs, ssims, counts, shown, read_back = [], [], None, None, []
+    psnrs, ssims, counts, shown, read_back, reconstructions = [], [], None, None, [], []
     for i in range(0, len(pixels), batch_size):
         batch = pixels[i:i + batch_size]
         rec, indices = reconstruct(vae, batch)
         psnrs.append(psnr(rec, batch))
         ssims.append(ssim(rec, batch))
+        reconstructions.append(rec)
         if real.attributes is not None:
             read_back += [to_pil(image) for image in rec]
         shown = rec[:GRID_COLUMNS] if shown is None else shown
@@ -58,6 +59,8 @@ def evaluate_autoencoder(vae_path: str, data: str, split: str = DEFAULT_SPLIT,
                "mean over images of 10 log10(1 / MSE), pixels in [0, 1]"),
         Metric("ssim", "SSIM", torch.cat(ssims).mean(), "", "higher",
                "mean over images; 11x11 Gaussian window, sigma 1.5"),
+        # Samples cannot be crisper than the decoder draws them: the ceiling of the pipeline's sharpness.
+        sharpness_metric(torch.cat(reconstructions), pixels, "reconstructions"),
     ]
     if read_back:
         metrics.append(Metric("reconstruction_fidelity", "Checker on reconstructions (colour and shape)",

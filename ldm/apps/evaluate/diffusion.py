@@ -38,7 +38,7 @@ from ldm.metrics.generation_scores import (
     feature_label,
     fid_kid,
 )
-from ldm.metrics.image_quality import sharpness
+from ldm.metrics.image_quality import sharpness_metric
 from ldm.metrics.results import Evaluation, Metric
 from ldm.sampling.pipeline_io import check_pipeline_folder, image_size
 
@@ -76,14 +76,6 @@ def fidelity_metrics(images: list[Image.Image], wanted: list[dict], real_images:
         percent("real_fidelity", "Checker on real held-out images (colour and shape)",
                 real["colour_and_shape"], "the same measure on the data's own images: the ceiling"),
     ]
-
-
-def sharpness_metrics(images: torch.Tensor, real: torch.Tensor) -> list[Metric]:
-    """How crisp the samples are against the real held-out images (ldm.metrics.image_quality.sharpness)."""
-    generated, reference = sharpness(images).mean(), sharpness(real).mean()
-    return [Metric("sharpness", "Edge sharpness (generated / real)", generated / reference, "", "higher",
-                   f"mean gradient of each image's strongest 5% of pixels: generated {generated:.3f}, real "
-                   f"held-out images {reference:.3f}; below 1: blurrier than the data")]
 
 
 def clip_metrics(clip_path: Path, images: torch.Tensor, prompts: list[str], real: torch.Tensor,
@@ -178,7 +170,7 @@ def evaluate_diffusion(pipeline: str, data: str, clip: str | None = None, incept
         real_pil = [to_pil(x) for x in real.pixels]
         metrics += fidelity_metrics(images, [w for w in wanted for _ in range(n)], real_pil, real.attributes)
     pixels = torch.stack([to_tensor(image) for image in images])
-    metrics += sharpness_metrics(pixels, real.pixels)
+    metrics.append(sharpness_metric(pixels, real.pixels))
     if clip_path is not None:
         metrics += clip_metrics(clip_path, pixels, image_prompts, real.pixels, real.prompts, inception,
                                 real_described="their own captions" if real.attributes is None

@@ -50,6 +50,9 @@ class LossConfig:
     # Perceptual loss: LPIPS (VGG16) when `lpips_weights` names a local file (see
     # tools/make_lpips_weights.py), otherwise 1 - SSIM, which needs no pretrained weights.
     perceptual: NonNegative = 0.0
+    # L1 between the two images' gradients (x and y differences): per-pixel losses let an edge
+    # spread over two pixels for little cost, which is the blur samples showed; this term prices it.
+    edge: NonNegative = 0.0
     lpips_weights: str | None = None
     # KL term per pixel (the KL summed over a latent, divided by the image's pixel count), so
     # 1e-6 weighs it against the reconstruction as latent-diffusion's kl_weight does.
@@ -65,8 +68,8 @@ class LossConfig:
     betas: list[float] = field(default_factory=lambda: [0.5, 0.9])
 
     def __post_init__(self):
-        if self.l1 == self.l2 == self.perceptual == 0:
-            raise ValueError("loss: at least one of l1, l2, perceptual must be positive")
+        if self.l1 == self.l2 == self.perceptual == self.edge == 0:
+            raise ValueError("loss: at least one of l1, l2, perceptual, edge must be positive")
         if len(self.betas) != 2:
             raise ValueError(f"loss.betas must be two numbers, got {self.betas}")
         if self.lpips_weights and not Path(self.lpips_weights).is_file():
