@@ -1,7 +1,7 @@
 """Jumps in walks: found by bisection, told apart from fast smooth motion, dissolved by the renderer
 and re-spaced into even motion; flashes (a switch away and back between two frames) found among
-the probes and in a walk's frames, and dissolved across; the search's result kept on disk for
-resumed renders."""
+the probes and in the walk's own frames, and dissolved across; the searches' results kept on disk
+for resumed renders."""
 
 import json
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from ldm.apps.animate import spacing
+from ldm.apps.animate import spacing, video
 from ldm.apps.animate.jumps import (
     BISECTIONS,
     EXAMINE_RATIO,
@@ -204,7 +204,7 @@ def test_a_walk_records_its_jumps_and_a_rerun_reads_them_back(kl_pipeline_path, 
                             prompts=["a red circle", "a blue square"], seeds=[1, 2], **FAST)
     first = animate(settings)
     record = json.loads((tmp_path / "walk" / "even-motion" / "jumps" / "jumps.json").read_text())
-    assert first.report["jumps"]["found"] == len(record["jumps"])
+    assert first.report["jumps"]["found"] == len(record["jumps"]) + first.report["jumps"]["flashes"]
     assert len(record["positions"]) == len(list((tmp_path / "walk" / "even-motion" / "jumps").glob("*.png")))
 
     def no_search(*args, **kwargs):
@@ -212,6 +212,68 @@ def test_a_walk_records_its_jumps_and_a_rerun_reads_them_back(kl_pipeline_path, 
 
     monkeypatch.setattr("ldm.apps.animate.passes.find_jumps", no_search)
     assert animate(settings).rendered == 0
+
+
+class PictureWalk:
+    """A stand-in for the diffusion renderer: frames of `picture`, dissolved inside its jumps; each
+    call recorded, and call number `dies_at` killed, as an interrupted render is."""
+
+    def __init__(self, picture, dies_at: int | None = None):
+        self.picture, self.dies_at, self.jumps, self.calls = picture, dies_at, [], []
+
+    def render(self, times: list[float]) -> np.ndarray:
+        self.calls.append(times)
+        if len(self.calls) == self.dies_at:
+            raise KeyboardInterrupt
+        return np.stack([dissolved(self.picture, self.jumps)(t) for t in times])
+
+
+def test_a_walk_dissolves_a_flash_its_frames_show_once_and_resumes_to_the_same_bytes(kl_pipeline_path, tmp_path,
+                                                                                     monkeypatch):
+    from PIL import Image
+
+    def walk(picture, out: str, dies_at: int | None = None):
+        renderer = PictureWalk(picture, dies_at)
+        monkeypatch.setattr("ldm.apps.animate.render.build_renderer", lambda s, device: renderer)
+        settings = WalkSettings(pipeline=str(kl_pipeline_path), out=str(tmp_path / out),
+                                prompts=["a red circle", "a blue square"], seeds=[1, 2], **{**FAST, "frames": 8})
+        return animate(settings), renderer
+
+    def drift(t):  # faster and faster: even motion moves the walk's frames off the probes
+        return frame(40 + 80 * t * t, 0.0)
+
+    clean, _ = walk(drift, "clean")
+    times = json.loads((clean.out / "frames" / "times.json").read_text())
+    probes = json.loads((clean.out / "even-motion" / "pass-0" / "times.json").read_text())
+    apart = [min(abs(t - p) for p in probes) for t in times]
+    i = int(np.argmax(apart))  # a frame of the walk that no probe is near: the flash goes around it
+
+    def flashing(t):
+        return frame(40 + 80 * t * t, float(abs(t - times[i]) < apart[i] / 2))
+
+    assert flashes_shown([flashing(t) for t in times]) == [i]  # what the walk would show
+    result, renderer = walk(flashing, "flash")
+    frames = video.read_frames(result.out / "frames", len(times))
+    assert json.loads((result.out / "frames" / "times.json").read_text()) == times
+    assert flashes_shown(frames) == [] and "dissolve" in Image.open(video.frame_path(result.out / "frames", i)).text
+    assert result.report["jumps"]["flashes"] == result.report["jumps"]["found"] == 1
+    assert result.rendered == clean.rendered + 2 * BISECTIONS + 1  # the flash's search, then its frame again
+
+    def no_search(*args, **kwargs):
+        raise AssertionError("searched again")
+
+    with monkeypatch.context() as patched:
+        patched.setattr("ldm.apps.animate.passes.find_flashes", no_search)
+        assert walk(flashing, "flash")[0].rendered == 0
+
+    calls = len(renderer.calls)
+    for dies_at in (calls - BISECTIONS, calls):  # the flash's search's first render; its frame rendered again
+        with pytest.raises(KeyboardInterrupt):
+            walk(flashing, f"killed-{dies_at}", dies_at)
+        resumed, _ = walk(flashing, f"killed-{dies_at}")
+        assert all(video.frame_path(resumed.out / "frames", k).read_bytes()
+                   == video.frame_path(result.out / "frames", k).read_bytes() for k in range(len(times)))
+        assert resumed.report["jumps"] == result.report["jumps"]
 
 
 def test_keep_jumps_skips_the_search(kl_pipeline_path, tmp_path):
