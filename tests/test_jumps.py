@@ -1,5 +1,7 @@
 """Jumps in walks: found by bisection, told apart from fast smooth motion, dissolved by the renderer
-and re-spaced into even motion; the search's result kept on disk for resumed renders."""
+and re-spaced into even motion; flashes (a switch away and back between two frames) found among
+the probes and in the walk's own frames, and dissolved across; the searches' results kept on disk
+for resumed renders."""
 
 import json
 
@@ -7,8 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from ldm.apps.animate import spacing
-from ldm.apps.animate.jumps import BISECTIONS, Jump, dissolve_positions, find_jumps, jump_at
+from ldm.apps.animate import spacing, video
+from ldm.apps.animate.jumps import (
+    BISECTIONS,
+    EXAMINE_RATIO,
+    Jump,
+    dissolve_positions,
+    find_flashes,
+    find_jumps,
+    jump_at,
+)
 from ldm.apps.animate.render import animate
 from ldm.apps.animate.settings import WalkSettings
 from ldm.metrics import smoothness
@@ -25,10 +35,9 @@ def frame(brightness: float, square: float) -> np.ndarray:
     return image.round().astype(np.uint8)
 
 
-def switching(t: float, dissolve: Jump | None = None) -> np.ndarray:
-    """A slow drift with a square that appears all at once at SWITCH, or fades in over `dissolve`."""
-    square = float(t >= SWITCH) if dissolve is None or not dissolve.holds(t) else dissolve.weight(t)
-    return frame(60 + 40 * t, square)
+def switching(t: float) -> np.ndarray:
+    """A slow drift with a square that appears all at once at SWITCH."""
+    return frame(60 + 40 * t, float(t >= SWITCH))
 
 
 def fading(t: float) -> np.ndarray:
@@ -38,6 +47,19 @@ def fading(t: float) -> np.ndarray:
 
 def render_with(picture):
     return lambda times: [picture(t) for t in times]
+
+
+def dissolved(picture, jumps: list[Jump]):
+    """`picture` with the frames inside `jumps` cross-dissolved between the jump's ends, in pixels
+    (the renderer blends latents; on these pictures it comes to the same)."""
+    def dissolving(t: float) -> np.ndarray:
+        jump = jump_at(jumps, t)
+        if jump is None:
+            return picture(t)
+        weight = jump.weight(t)
+        return ((1 - weight) * picture(jump.start).astype(float) + weight * picture(jump.end)).round().astype(np.uint8)
+
+    return dissolving
 
 
 def test_a_switch_is_found_to_within_a_64th_of_a_probe_step():
@@ -67,6 +89,69 @@ def test_fast_smooth_motion_is_not_a_jump():
     assert jumps == [] and searched  # examined (a few halvings), then let go
 
 
+FLASH = (0.49, 0.51)  # where the picture below flashes: inside one probe step, away from every probe
+WALK = list(np.linspace(0.0, 1.0, 21))  # frames of a walk, one of them (0.5) inside the flash
+
+
+def flashing(t: float, flash: tuple[float, float] = FLASH) -> np.ndarray:
+    """The slow drift with the square shown only inside `flash`: a switch away and back."""
+    return frame(60 + 40 * t, float(flash[0] <= t < flash[1]))
+
+
+def flashes_shown(frames: list[np.ndarray]) -> list[int]:
+    """Frames far from both neighbours (above the jump search's bar) while those are close."""
+    gaps = np.array([frame_distance(a, b) for a, b in zip(frames[:-1], frames[1:])])
+    bar = EXAMINE_RATIO * float(np.median(gaps))
+    return [k for k in range(1, len(gaps)) if gaps[k - 1] > bar and gaps[k] > bar
+            and frame_distance(frames[k - 1], frames[k + 1]) <= bar]
+
+
+def test_a_flash_between_two_probes_is_unseen_by_the_probe_search_and_found_in_the_walk():
+    unseen, _ = find_jumps(PROBES, [flashing(t) for t in PROBES], render_with(flashing), frame_distance)
+    assert unseen == []  # the probe step's ends look alike: its length is short
+    assert flashes_shown([flashing(t) for t in WALK]) == [10]
+
+    renders = []
+
+    def counted(times):
+        renders.append(len(times))
+        return [flashing(t) for t in times]
+
+    jumps, searched = find_flashes(WALK, [flashing(t) for t in WALK], counted, frame_distance)
+    assert len(jumps) == 1
+    jump, found_to = jumps[0], (WALK[1] - WALK[0]) / 2 ** BISECTIONS
+    assert FLASH[0] - found_to <= jump.start < FLASH[0] and FLASH[1] <= jump.end < FLASH[1] + found_to
+    assert jump.distance < 0.01  # its ends look alike: the dissolve stays on the drift
+    assert renders == [2] * BISECTIONS and len(searched) == 2 * BISECTIONS  # the flash's two steps, bisected
+    assert flashes_shown([dissolved(flashing, jumps)(t) for t in WALK]) == []
+
+
+def test_a_flash_that_a_probe_shows_is_one_jump_across_both_switches():
+    wide = (0.40, 0.45)  # holds the probe at 3/7
+
+    def picture(t):
+        return flashing(t, wide)
+
+    jumps, _ = find_jumps(PROBES, [picture(t) for t in PROBES], render_with(picture), frame_distance)
+    assert len(jumps) == 1 and jumps[0].start < wide[0] and wide[1] <= jumps[0].end < PROBES[4]
+    assert flashes_shown([dissolved(picture, jumps)(t) for t in WALK]) == []
+
+
+def test_a_keyframe_or_a_fast_smooth_flash_is_not_dissolved():
+    def keyframe_apart(t):  # a two-segment walk whose middle keyframe alone shows the square
+        return frame(60 + 20 * t, float(t == 1.0))
+
+    positions = list(np.linspace(0.0, 2.0, 9))
+    assert find_flashes(positions, [keyframe_apart(t) for t in positions], render_with(keyframe_apart),
+                        frame_distance) == ([], {})
+
+    def pulse(t):  # the square fades in and out over 0.44..0.56: fast, but smooth
+        return frame(60 + 40 * t, float(np.clip(1 - abs(t - 0.5) / 0.06, 0, 1)))
+
+    jumps, searched = find_flashes(WALK, [pulse(t) for t in WALK], render_with(pulse), frame_distance)
+    assert flashes_shown([pulse(t) for t in WALK]) == [10] and jumps == [] and searched  # examined, let go
+
+
 def test_dissolve_positions_fall_inside_their_jump():
     jumps = [Jump(0.2, 0.3, 1.0), Jump(1.5, 1.6, 2.0)]
     positions = dissolve_positions(jumps)
@@ -89,12 +174,9 @@ def test_dissolving_the_jump_makes_even_motion_even():
     kept, _ = find_jumps(PROBES, [switching(t) for t in PROBES], render_with(switching), frame_distance)
     cv["kept"] = smoothness.summarize(smoothness.adjacent_distances(even_walk(switching, {}), loop=False))["cv"]
     jump = kept[0]
-
-    def dissolved(t):
-        return switching(t, dissolve=jump)
-
-    probes = {t: dissolved(t) for t in [jump.start, jump.end, *dissolve_positions([jump])]}
-    frames = even_walk(dissolved, probes)
+    dissolving = dissolved(switching, [jump])
+    probes = {t: dissolving(t) for t in [jump.start, jump.end, *dissolve_positions([jump])]}
+    frames = even_walk(dissolving, probes)
     cv["dissolved"] = smoothness.summarize(smoothness.adjacent_distances(frames, loop=False))["cv"]
     assert cv["kept"] > 1.0 and cv["dissolved"] < 0.3, cv
 
@@ -122,7 +204,7 @@ def test_a_walk_records_its_jumps_and_a_rerun_reads_them_back(kl_pipeline_path, 
                             prompts=["a red circle", "a blue square"], seeds=[1, 2], **FAST)
     first = animate(settings)
     record = json.loads((tmp_path / "walk" / "even-motion" / "jumps" / "jumps.json").read_text())
-    assert first.report["jumps"]["found"] == len(record["jumps"])
+    assert first.report["jumps"]["found"] == len(record["jumps"]) + first.report["jumps"]["flashes"]
     assert len(record["positions"]) == len(list((tmp_path / "walk" / "even-motion" / "jumps").glob("*.png")))
 
     def no_search(*args, **kwargs):
@@ -130,6 +212,68 @@ def test_a_walk_records_its_jumps_and_a_rerun_reads_them_back(kl_pipeline_path, 
 
     monkeypatch.setattr("ldm.apps.animate.passes.find_jumps", no_search)
     assert animate(settings).rendered == 0
+
+
+class PictureWalk:
+    """A stand-in for the diffusion renderer: frames of `picture`, dissolved inside its jumps; each
+    call recorded, and call number `dies_at` killed, as an interrupted render is."""
+
+    def __init__(self, picture, dies_at: int | None = None):
+        self.picture, self.dies_at, self.jumps, self.calls = picture, dies_at, [], []
+
+    def render(self, times: list[float]) -> np.ndarray:
+        self.calls.append(times)
+        if len(self.calls) == self.dies_at:
+            raise KeyboardInterrupt
+        return np.stack([dissolved(self.picture, self.jumps)(t) for t in times])
+
+
+def test_a_walk_dissolves_a_flash_its_frames_show_once_and_resumes_to_the_same_bytes(kl_pipeline_path, tmp_path,
+                                                                                     monkeypatch):
+    from PIL import Image
+
+    def walk(picture, out: str, dies_at: int | None = None):
+        renderer = PictureWalk(picture, dies_at)
+        monkeypatch.setattr("ldm.apps.animate.render.build_renderer", lambda s, device: renderer)
+        settings = WalkSettings(pipeline=str(kl_pipeline_path), out=str(tmp_path / out),
+                                prompts=["a red circle", "a blue square"], seeds=[1, 2], **{**FAST, "frames": 8})
+        return animate(settings), renderer
+
+    def drift(t):  # faster and faster: even motion moves the walk's frames off the probes
+        return frame(40 + 80 * t * t, 0.0)
+
+    clean, _ = walk(drift, "clean")
+    times = json.loads((clean.out / "frames" / "times.json").read_text())
+    probes = json.loads((clean.out / "even-motion" / "pass-0" / "times.json").read_text())
+    apart = [min(abs(t - p) for p in probes) for t in times]
+    i = int(np.argmax(apart))  # a frame of the walk that no probe is near: the flash goes around it
+
+    def flashing(t):
+        return frame(40 + 80 * t * t, float(abs(t - times[i]) < apart[i] / 2))
+
+    assert flashes_shown([flashing(t) for t in times]) == [i]  # what the walk would show
+    result, renderer = walk(flashing, "flash")
+    frames = video.read_frames(result.out / "frames", len(times))
+    assert json.loads((result.out / "frames" / "times.json").read_text()) == times
+    assert flashes_shown(frames) == [] and "dissolve" in Image.open(video.frame_path(result.out / "frames", i)).text
+    assert result.report["jumps"]["flashes"] == result.report["jumps"]["found"] == 1
+    assert result.rendered == clean.rendered + 2 * BISECTIONS + 1  # the flash's search, then its frame again
+
+    def no_search(*args, **kwargs):
+        raise AssertionError("searched again")
+
+    with monkeypatch.context() as patched:
+        patched.setattr("ldm.apps.animate.passes.find_flashes", no_search)
+        assert walk(flashing, "flash")[0].rendered == 0
+
+    calls = len(renderer.calls)
+    for dies_at in (calls - BISECTIONS, calls):  # the flash's search's first render; its frame rendered again
+        with pytest.raises(KeyboardInterrupt):
+            walk(flashing, f"killed-{dies_at}", dies_at)
+        resumed, _ = walk(flashing, f"killed-{dies_at}")
+        assert all(video.frame_path(resumed.out / "frames", k).read_bytes()
+                   == video.frame_path(result.out / "frames", k).read_bytes() for k in range(len(times)))
+        assert resumed.report["jumps"] == result.report["jumps"]
 
 
 def test_keep_jumps_skips_the_search(kl_pipeline_path, tmp_path):

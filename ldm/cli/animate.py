@@ -93,8 +93,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "more (default %(default)s; 2 evens out a little further)")
     frames.add_argument("--keep-jumps", action="store_true",
                         help="--interpolation dissolve: leave the model's jumps (switches between two pictures "
-                             "that re-spacing cannot spread, found by bisection after the probe pass) as they "
-                             "are, instead of dissolving them over the frames that fall inside")
+                             "that re-spacing cannot spread, found by bisection after the probe pass, and "
+                             "flashes of another picture found in the walk's frames) as they are, instead of "
+                             "dissolving them over the frames that fall inside")
     frames.add_argument("--distance-model", metavar="CLIP_FOLDER", default=SUPPRESS,
                         help="measure motion (even motion and the report) as the distance between CLIP "
                              "image features of this CLIP folder, e.g. RUN/clip (default: a multi-scale "

@@ -4,7 +4,8 @@
     OUT/timeline.json          frame count, fps, the keyframes' frames, the audio target per step
     OUT/frames/frame_00000.png the walk's frames (plus times.json: each frame's timeline position)
     OUT/even-motion/pass-N/    even or audio motion: the probe renders that placed the frames
-    OUT/even-motion/jumps/     the frames the jump search rendered, and jumps.json: what it found
+    OUT/even-motion/jumps/     the frames the jump search rendered, and jumps.json: what it found;
+                               flashes.json: the flashes found in the walk's frames, dissolved
     OUT/walk.gif, walk.mp4     assembled from frames/ at the end of every run (the MP4 with the audio)
     OUT/smoothness.json        adjacent-frame distance: mean, max, coefficient of variation; with
                                audio, how closely it followed the audio target
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ldm.apps.animate.jumps import Jump
 from ldm.core.atomic import atomic_write_bytes
 
 SETTINGS_FILE = "settings.json"
@@ -27,6 +29,7 @@ TIMES_FILE = "times.json"  # in each folder of frames
 PASSES_DIR = "even-motion"
 JUMPS_DIR = "jumps"  # in PASSES_DIR
 JUMPS_FILE = "jumps.json"  # in JUMPS_DIR
+FLASHES_FILE = "flashes.json"  # in JUMPS_DIR
 GIF_NAME = "walk.gif"
 MP4_NAME = "walk.mp4"
 REPORT_FILE = "smoothness.json"
@@ -44,3 +47,12 @@ def jumps_folder(out: Path) -> Path:
 
 def write_json(path: Path, data) -> None:
     atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
+
+
+def write_jumps(path: Path, jumps: list[Jump], **more) -> None:
+    write_json(path, {"jumps": [jump.as_dict() for jump in jumps], **more})
+
+
+def read_jumps(path: Path) -> list[Jump]:
+    """The jumps a record written by `write_jumps` holds; none if there is no record."""
+    return [Jump(**jump) for jump in json.loads(path.read_text())["jumps"]] if path.is_file() else []

@@ -11,7 +11,10 @@ keyframes, which are copied): one pass doubles the cost of a linear render.
 
 Between the probe pass and the next, the jumps of a diffusion walk (switches between two pictures
 that no re-spacing can spread, `ldm.apps.animate.jumps`) are searched for by bisection, one batch
-of renders per halving, and their frames dissolved; `dissolve_jumps=False` (`--keep-jumps`) skips it.
+of renders per halving, and their frames dissolved. After the last pass, its frames are searched
+for flashes (a picture the model switches to and back from between two frames, which no probe
+saw): each flash's frame is rendered again as a dissolve. `dissolve_jumps=False` (`--keep-jumps`)
+skips both.
 
 A pass renders only the frames missing on disk (each PNG is written whole or not at all). Under
 `accelerate launch`, every process renders its share of the missing frames.
@@ -20,14 +23,23 @@ A pass renders only the frames missing on disk (each PNG is written whole or not
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from ldm.apps.animate import spacing, video
-from ldm.apps.animate.jumps import Jump, dissolve_positions, find_jumps, jump_at
-from ldm.apps.animate.layout import JUMPS_FILE, TIMES_FILE, jumps_folder, write_json
+from ldm.apps.animate.jumps import Jump, dissolve_positions, find_flashes, find_jumps, jump_at
+from ldm.apps.animate.layout import (
+    FLASHES_FILE,
+    JUMPS_FILE,
+    TIMES_FILE,
+    jumps_folder,
+    read_jumps,
+    write_json,
+    write_jumps,
+)
 from ldm.apps.animate.settings import WalkSettings
 from ldm.apps.animate.smoothness_report import frame_distance
 from ldm.apps.animate.timeline import WalkPlan
@@ -122,27 +134,61 @@ def probe_frames(s: WalkSettings, rendered: dict[float, Path]) -> tuple[list[flo
 def dissolve_jumps(s: WalkSettings, renderer, rendered: dict[float, Path], out: Path,
                    state) -> tuple[dict[float, Path], int]:
     """Find the walk's jumps in the probe frames (once: a rerun reads OUT/even-motion/jumps back),
-    give them to the renderer, and decode a few dissolve frames in each. Returns the frames the
-    search made (position -> PNG) and how many this run rendered."""
+    give them to the renderer, and decode a few dissolve frames in each. Returns the frames that
+    place the next pass (position -> PNG): `rendered` and the search's, less the samples inside a
+    jump (a skipped flash's, which the walk never shows); and how many frames this run rendered."""
     folder = jumps_folder(out)
     record = folder / JUMPS_FILE
     made = 0
     if state.is_main_process and not record.is_file():
-        pair = frame_distance(s).consecutive
-        jumps, searched = find_jumps(*probe_frames(s, rendered), lambda times: render_batched(s, renderer, times),
-                                     lambda a, b: pair([a, b])[0])
+        jumps, searched = find_jumps(*probe_frames(s, rendered), partial(render_batched, s, renderer),
+                                     _distance_of_two(s))
         renderer.jumps = jumps
         dissolves = dissolve_positions(jumps)
+        made = len(searched) + len(dissolves)
+        searched = {p: frame for p, frame in searched.items() if jump_at(jumps, p) is None}
         searched.update(zip(dissolves, render_batched(s, renderer, dissolves)))
         positions = sorted(searched)
         for i, position in enumerate(positions):
             video.save_frame(folder, i, searched[position], frame_metadata(s, position, jumps))
-        write_json(record, {"jumps": [jump.as_dict() for jump in jumps], "positions": positions})
-        made = len(positions)
+        write_jumps(record, jumps, positions=positions)
     state.wait_for_everyone()
-    saved = json.loads(record.read_text())
-    renderer.jumps = [Jump(**jump) for jump in saved["jumps"]]
-    return {p: video.frame_path(folder, i) for i, p in enumerate(saved["positions"])}, made
+    renderer.jumps = read_jumps(record)
+    saved = json.loads(record.read_text())["positions"]
+    outside = {p: path for p, path in rendered.items() if jump_at(renderer.jumps, p) is None}
+    return outside | {p: video.frame_path(folder, i) for i, p in enumerate(saved)}, made
+
+
+def render_dissolving_flashes(s: WalkSettings, renderer, times: list[float], folder: Path, out: Path, state,
+                              reuse: dict[float, Path], desc: str) -> int:
+    """The walk's last pass (`render_pass`), then the flashes in its frames found
+    (`ldm.apps.animate.jumps`) and their frames rendered again as dissolves; returns how many
+    frames were rendered. The search runs once: OUT/even-motion/jumps/flashes.json keeps what it
+    found, and a rerun gives those jumps to the renderer before it renders the walk's missing frames.
+    A flash's frame is deleted before the record is written, so a run killed in between renders
+    it again, sampled, and finds the same flash on its rerun."""
+    record = jumps_folder(out) / FLASHES_FILE
+    searched_before = record.is_file()
+    renderer.jumps = [*renderer.jumps, *read_jumps(record)]
+    rendered = render_pass(s, renderer, times, folder, state, reuse, desc)
+    if searched_before:
+        return rendered
+    if state.is_main_process:
+        walk = probe_frames(s, {t: video.frame_path(folder, i) for i, t in enumerate(times)})
+        flashes, searched = find_flashes(*walk, partial(render_batched, s, renderer), _distance_of_two(s))
+        rendered += len(searched)
+        for i in [i for i, t in enumerate(times) if jump_at(flashes, t) is not None]:
+            video.frame_path(folder, i).unlink()
+        write_jumps(record, flashes)
+    state.wait_for_everyone()
+    renderer.jumps = [*renderer.jumps, *read_jumps(record)]
+    return rendered + render_pass(s, renderer, times, folder, state, {}, desc)
+
+
+def _distance_of_two(s: WalkSettings):
+    """The walk's frame distance (`frame_distance`) between two frames."""
+    consecutive = frame_distance(s).consecutive
+    return lambda a, b: consecutive([a, b])[0]
 
 
 def next_times(s: WalkSettings, plan: WalkPlan, rendered: dict[float, Path]) -> list[float]:

@@ -8,8 +8,9 @@ The whole render, in order: the settings resolved and checked (`resolve`) and th
 its clock (`timeline.plan_walk`) before any model loads; the settings and plan saved in the output
 folder (`layout` lists what it holds), so a rerun with other settings is refused; the renderer
 built (`renderers.build_renderer`: the models load); the passes rendered (`passes`: a linear probe,
-the jump search and the re-spaced walk, or one linear pass); then the videos, the smoothness
-report (`smoothness_report`) and, with audio, the motion plot, from the frames on disk.
+the jump search and the re-spaced walk, its flashes dissolved, or one linear pass); then the
+videos, the smoothness report (`smoothness_report`) and, with audio, the motion plot, from the
+frames on disk.
 
 A rerun renders only the frames missing on disk. Under `accelerate launch`, every process renders
 its share of the missing frames and the main process assembles the videos once all are done.
@@ -32,7 +33,7 @@ from ldm.apps.animate.layout import (
     pass_folder,
     write_json,
 )
-from ldm.apps.animate.passes import dissolve_jumps, next_times, render_pass
+from ldm.apps.animate.passes import dissolve_jumps, next_times, render_dissolving_flashes, render_pass
 from ldm.apps.animate.plot import plot_motion
 from ldm.apps.animate.renderers import autoencoder_folder, build_renderer
 from ldm.apps.animate.resolve import resolve
@@ -84,11 +85,14 @@ def animate(settings: WalkSettings) -> AnimationResult:
         last = p == passes
         folder = out / FRAMES_DIR if last else pass_folder(out, p)
         desc = "frames" if passes == 0 else f"{'frames' if last else 'probe'} (pass {p + 1}/{passes + 1})"
-        rendered_total += render_pass(s, renderer, times, folder, state, rendered_frames, desc)
+        if last and s.dissolves:  # the walk itself, its flashes dissolved once it is rendered
+            rendered_total += render_dissolving_flashes(s, renderer, times, folder, out, state, rendered_frames,
+                                                        desc)
+        else:
+            rendered_total += render_pass(s, renderer, times, folder, state, rendered_frames, desc)
         rendered_frames.update({t: video.frame_path(folder, i) for i, t in enumerate(times)})
         if p == 0 and not last and s.dissolves:
-            searched, made = dissolve_jumps(s, renderer, rendered_frames, out, state)
-            rendered_frames.update(searched)
+            rendered_frames, made = dissolve_jumps(s, renderer, rendered_frames, out, state)
             rendered_total += made
         if not last:
             times = next_times(s, plan, rendered_frames)

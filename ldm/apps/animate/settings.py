@@ -24,7 +24,8 @@ weight: one render, uneven motion).
 keyframes are the keyframe images, `ldm generate`'s, whichever it is):
 - "dissolve" (the default): text embeddings lerped and starting noises slerped, and where the
   model still jumps between two pictures, the frames dissolved (`dissolve_jumps`,
-  `ldm.apps.animate.jumps`: found after the probe pass of a re-spaced walk);
+  `ldm.apps.animate.jumps`: found after the probe pass of a re-spaced walk, and flashes of another
+  picture found in the walk's frames once rendered);
 - "slerp": the same path without dissolves (stable-diffusion-videos' walk);
 - "blend": latent blending (`ldm.apps.animate.blend`): neighbouring frames share their early
   denoising steps and branch late, so the layout cannot flip between neighbours;

@@ -6,9 +6,10 @@ recomputed from the frames on disk by `ldm evaluate walk`.
 
 The report holds the adjacent-frame distances of the walk and their summary (mean, max,
 coefficient of variation); with a probe pass, the same for linear spacing (pass 0), so the
-re-spacing's gain is one ratio; with dissolved jumps, how many; with audio, how closely the
-distances followed the audio target. Distances are `ldm.metrics.smoothness`'s: a multi-scale pixel
-distance, or CLIP image features with `distance_model` (the same measure even motion evens out).
+re-spacing's gain is one ratio; with dissolved jumps, how many, and how many of them are flashes
+found in the walk's frames; with audio, how closely the distances followed the audio target.
+Distances are `ldm.metrics.smoothness`'s: a multi-scale pixel distance, or CLIP image features
+with `distance_model` (the same measure even motion evens out).
 """
 
 from __future__ import annotations
@@ -17,8 +18,16 @@ import json
 from pathlib import Path
 
 from ldm.apps.animate import video
-from ldm.apps.animate.jumps import Jump, jump_at
-from ldm.apps.animate.layout import FRAMES_DIR, JUMPS_FILE, TIMES_FILE, jumps_folder, pass_folder
+from ldm.apps.animate.jumps import jump_at
+from ldm.apps.animate.layout import (
+    FLASHES_FILE,
+    FRAMES_DIR,
+    JUMPS_FILE,
+    TIMES_FILE,
+    jumps_folder,
+    pass_folder,
+    read_jumps,
+)
 from ldm.apps.animate.settings import WalkSettings
 from ldm.apps.animate.timeline import WalkPlan
 from ldm.metrics import smoothness
@@ -46,11 +55,11 @@ def smoothness_report(s: WalkSettings, plan: WalkPlan, out: Path, frames) -> dic
         linear_distances = smoothness.adjacent_distances(linear_frames, s.loop, distance)
         report["linear"] = smoothness.summarize(linear_distances)
         report["cv_ratio"] = report["walk"]["cv"] / max(report["linear"]["cv"], 1e-12)
-    record = jumps_folder(out) / JUMPS_FILE  # only there when this walk dissolves jumps
-    if record.is_file():
-        jumps = [Jump(**jump) for jump in json.loads(record.read_text())["jumps"]]
+    if (jumps_folder(out) / JUMPS_FILE).is_file():  # only there when this walk dissolves jumps
+        flashes = read_jumps(jumps_folder(out) / FLASHES_FILE)
+        jumps = read_jumps(jumps_folder(out) / JUMPS_FILE) + flashes
         times = json.loads((out / FRAMES_DIR / TIMES_FILE).read_text())
-        report["jumps"] = {"found": len(jumps),
+        report["jumps"] = {"found": len(jumps), "flashes": len(flashes),
                            "dissolved_frames": sum(jump_at(jumps, t) is not None for t in times),
                            "intervals": [jump.as_dict() for jump in jumps]}
     if plan.target is not None:
@@ -75,7 +84,9 @@ def format_report(report: dict) -> str:
                      f"{report['cv_ratio']:.2f})")
     if "jumps" in report:
         jumps = report["jumps"]
-        lines.append(f"  jumps dissolved: {jumps['found']} ({jumps['dissolved_frames']} frames are dissolves)")
+        flashes = f", {jumps['flashes']} of them flashes" if jumps.get("flashes") else ""
+        lines.append(f"  jumps dissolved: {jumps['found']}{flashes} ({jumps['dissolved_frames']} frames are "
+                     "dissolves)")
     if "audio" in report:
         audio = report["audio"]
         linear = (f" (linear spacing: {audio['linear_correlation']:.2f})" if "linear_correlation" in audio
