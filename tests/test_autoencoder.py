@@ -183,6 +183,7 @@ def test_edge_loss_prices_a_blurred_edge_not_a_flat_offset():
     assert edge_loss(sharp + 0.25, sharp).item() == pytest.approx(0.0, abs=1e-6)
     loss = AutoencoderLoss({"l1": 1.0, "l2": 0.0, "edge": 2.0, "disc": 0.0}, None, 3, 64)
     assert loss.reconstruction(sharp, blurred)["edge"] == edge_loss(blurred, sharp)
+    assert "edge" not in loss.reconstruction(sharp, blurred, edges=False)  # before loss.edge_start
     assert "edge" not in AutoencoderLoss({"l1": 1.0, "disc": 0.0}, None, 3, 64).reconstruction(sharp, blurred)
 
 

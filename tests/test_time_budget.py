@@ -12,7 +12,7 @@ from ldm.data.config import DataConfig
 from ldm.data.datamodule import ImageCaptionDataModule
 from ldm.data.shapes.generator import make_shapes_dataset
 from ldm.stages.run_config import RunConfig, TrainConfig
-from ldm.stages.time_budget import PlannedSchedule, TimeBudget
+from ldm.stages.time_budget import PlannedSchedule, TimeBudget, run_share
 from ldm.stages.trainer import fit, lr_scheduler
 
 
@@ -93,7 +93,10 @@ def test_a_slower_step_plans_fewer_steps_and_still_ends_its_cosine(tmp_path, sha
         assert 0.95 * plan.planned <= trainer.global_step <= plan.planned
         assert len(module.rates) == trainer.global_step
         assert module.rates[-1] < 0.01 * max(module.rates)
-        assert trainer.lr_scheduler_configs[0].scheduler.get_last_lr()[0] < 0.01 * max(module.rates)
+        scheduler = trainer.lr_scheduler_configs[0].scheduler
+        assert scheduler.get_last_lr()[0] < 0.01 * max(module.rates)
+        # what loss.edge_start reads: the share of the plan, not of max_steps
+        assert run_share(scheduler, plan.planned // 2) == pytest.approx(0.5, abs=0.01)
         # within the budget, steps included
         assert plan.planned * plan.step_seconds < minutes * 60
     assert "time budget planned at step" in capsys.readouterr().out

@@ -68,6 +68,12 @@ def planned_lr_scheduler(optimizer, kind: str, warmup_steps: int, total_steps: i
     return LambdaLR(optimizer, PlannedSchedule(kind, warmup_steps, total_steps))
 
 
+def run_share(scheduler: LambdaLR, step: int) -> float:
+    """How far through its run `step` is (1 at the end): the planned steps once the time budget has
+    planned, else max_steps. Read from the schedule, which the plan lays out to end there."""
+    return step / max(1, scheduler.lr_lambdas[0].total_steps)
+
+
 class TimeBudget(Callback):
     """Plans the run to `minutes` of training (Lightning's Timer is the clock); see the module doc.
 

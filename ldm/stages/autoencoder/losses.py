@@ -114,19 +114,21 @@ class AutoencoderLoss(nn.Module):
         # No GAN at all when its weight is 0: no discriminator to train, store or step.
         self.discriminator = PatchDiscriminator(disc_layers, disc_channels) if weights["disc"] > 0 else None
 
-    def reconstruction(self, originals: torch.Tensor, reconstructions: torch.Tensor) -> dict:
+    def reconstruction(self, originals: torch.Tensor, reconstructions: torch.Tensor, edges: bool = True) -> dict:
+        """The per-image terms; the edge term only when `edges` (loss.edge_start has passed)."""
         x, x_hat = originals.float(), reconstructions.float()
         terms = {"l1": (x - x_hat).abs().mean(), "l2": F.mse_loss(x_hat, x)}
         if self.perceptual is not None:
             terms["perceptual"] = self.perceptual(x_hat, x)
-        if self.weights.get("edge"):
+        if edges and self.weights.get("edge"):
             terms["edge"] = edge_loss(x_hat, x)
         return terms
 
     def generator(self, originals: torch.Tensor, reconstructions: torch.Tensor,
-                  regularizers: dict[str, torch.Tensor], last_layer: torch.Tensor | None) -> dict:
+                  regularizers: dict[str, torch.Tensor], last_layer: torch.Tensor | None,
+                  edges: bool = True) -> dict:
         """All generator terms, their weighted sum as "loss"; the GAN term when `last_layer` is given."""
-        terms = self.reconstruction(originals, reconstructions)
+        terms = self.reconstruction(originals, reconstructions, edges)
         rec_loss = sum(self.weights[name] * value for name, value in terms.items())
         terms.update(regularizers)
         terms["loss"] = rec_loss + sum(self.weights[name] * value for name, value in regularizers.items())

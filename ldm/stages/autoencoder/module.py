@@ -30,6 +30,7 @@ from ldm.stages.autoencoder.codebook import CodebookCare, perplexity, usage
 from ldm.stages.autoencoder.config import Config, ModelConfig
 from ldm.stages.autoencoder.losses import AutoencoderLoss
 from ldm.stages.optimizers import build_optimizer
+from ldm.stages.time_budget import run_share
 from ldm.stages.trainer import lr_scheduler
 
 GRID_IMAGES = 8  # columns of the validation grid
@@ -163,7 +164,8 @@ class AutoencoderModule(L.LightningModule):
         with self.toggled_optimizer(opt_ae):
             reconstructions, regularizers = self.reconstruct_for_training(pixels)
             last_layer = self.vae.decoder.conv_out.weight if gan_on else None
-            terms = self.loss.generator(pixels, reconstructions, regularizers, last_layer)
+            edges = run_share(sched_ae, self.step) >= self.cfg.loss.edge_start
+            terms = self.loss.generator(pixels, reconstructions, regularizers, last_layer, edges)
             opt_ae.zero_grad()
             self.manual_backward(terms["loss"])
             self.clip(opt_ae)
