@@ -163,6 +163,11 @@ class TextConditioner:
         return self.text_encoder.config.hidden_size
 
     @property
+    def embedding_shape(self) -> tuple[int, int]:
+        """(rows, width) of one prompt's embedding, as the latent cache stores it."""
+        return self.tokenizer.model_max_length, self.hidden_size
+
+    @property
     def device(self) -> torch.device:
         return self.text_encoder.device
 

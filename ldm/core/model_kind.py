@@ -4,8 +4,9 @@ loader (an SDXL pipeline once ended `ldm generate` in "TypeError: argument of ty
 iterable").
 
 ldm takes the Stable Diffusion 1.x/2.x layout (one CLIP text encoder, a UNet2DConditionModel with
-as many input channels as latent channels) and its own exports (KL and VQ). Read here: the
-pipeline class in model_index.json and its components, and the UNet's config.
+as many input channels as latent channels), the SDXL base layout (`StableDiffusionXLPipeline`: two
+text encoders, a text_time UNet with size conditioning) and its own exports (KL and VQ). Read here:
+the pipeline class in model_index.json and its components, and the UNet's config.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from ldm.core.errors import LdmError
 from ldm.core.layout import MODEL_CONFIG, MODEL_INDEX, UNET
 
 TAKES = ("ldm takes Stable Diffusion 1.x/2.x-style pipelines (one CLIP text encoder, a text-conditioned "
-         "UNet) and its own exports")
+         "UNet), SDXL base pipelines (StableDiffusionXLPipeline) and its own exports")
+SDXL_PIPELINE = "StableDiffusionXLPipeline"  # the SDXL layout ldm takes (the base model's)
 
 # model_index.json classes, by a part of their name -> what the folder is
 PIPELINE_KINDS = [
-    ("XL", "an SDXL pipeline (two text encoders, size conditioning)"),
+    ("XLImg2Img", "an SDXL refiner or image-to-image pipeline (aesthetic-score conditioning)"),
     ("Inpaint", "an inpainting pipeline (a 9-channel UNet that also takes a mask)"),
     ("ControlNet", "a ControlNet pipeline"),
     ("Video", "a video pipeline"),
@@ -30,6 +32,7 @@ PIPELINE_KINDS = [
     ("PixArt", "a PixArt pipeline (a transformer instead of a UNet)"),
     ("Kandinsky", "a Kandinsky pipeline"),
     ("IF", "a DeepFloyd IF pipeline (pixel space, T5 text encoder)"),
+    ("XL", "an SDXL pipeline other than the base text-to-image layout"),
 ]
 
 
@@ -40,12 +43,14 @@ def unsupported_kind(folder: str | Path) -> str | None:
     index = read_json_mapping(folder / MODEL_INDEX)
     if index:
         name = str(index.get("_class_name", ""))
+        if index.get("requires_aesthetics_score"):
+            return f"an SDXL refiner (aesthetic-score conditioning), {name}"
         for part, what in PIPELINE_KINDS:
-            if part in name:
+            if part in name and name != SDXL_PIPELINE:
                 return f"{what}, {name}"
         if "transformer" in index:
             return f"a pipeline with a transformer instead of a UNet ({name})"
-        if "text_encoder_2" in index:
+        if "text_encoder_2" in index and name != SDXL_PIPELINE:
             return f"a pipeline with two text encoders ({name})"
     unet_config = folder / UNET / MODEL_CONFIG if (folder / UNET).is_dir() else folder / MODEL_CONFIG
     return _unet_kind(read_json_mapping(unet_config))
@@ -59,8 +64,6 @@ def _unet_kind(config: dict) -> str | None:
         return "a ControlNet model"
     if name != "UNet2DConditionModel":
         return None  # another model's folder (an autoencoder, a text encoder): not a UNet question
-    if config.get("addition_embed_type") == "text_time":
-        return "an SDXL UNet (it takes pooled text embeddings and size conditioning)"
     if config.get("in_channels") == 9:
         return "an inpainting UNet (9 input channels: latents, mask and masked image)"
     return None

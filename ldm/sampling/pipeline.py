@@ -31,6 +31,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from ldm.components import autoencoder as vae_lib
+from ldm.components import text_time
 from ldm.components.text_encoder import encode_each_once
 from ldm.sampling.attention_cache import text_keys_values_cached
 from ldm.sampling.guidance import GuidedDenoiser
@@ -60,17 +61,28 @@ class LatentDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin)
 
     # ---- conditioning ---------------------------------------------------------------------------
 
+    def embed_prompts(self, texts: list[str]) -> torch.Tensor:
+        """One embedding per text (each distinct text encoded once), as the UNet is conditioned on."""
+        return encode_each_once(self.tokenizer, self.text_encoder, list(texts))
+
+    def unconditional(self, negatives: list[str], embeddings: torch.Tensor) -> torch.Tensor:
+        """The negative prompts' embeddings as guidance uses them: as encoded (an SDXL pipeline
+        replaces the empty prompt's with zeros, `LatentDiffusionXLPipeline`)."""
+        return embeddings
+
     def encode_prompt(self, prompts: list[str], negative_prompts: list[str] | None,
                       num_images_per_prompt: int, guidance: bool
                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(prompt embeddings, negative embeddings), one row per image; every distinct text is
         encoded once (Stable Diffusion's pipeline encodes each row of the batch)."""
         texts = list(prompts) + (list(negative_prompts) if guidance else [])
-        embeds = encode_each_once(self.tokenizer, self.text_encoder, texts).to(self.unet.dtype)
-        embeds = embeds.repeat_interleave(num_images_per_prompt, dim=0)
+        embeds = self.embed_prompts(texts).to(self.unet.dtype)
         if not guidance:
-            return embeds, None
-        return embeds.chunk(2)
+            return embeds.repeat_interleave(num_images_per_prompt, dim=0), None
+        positive, negative = embeds.chunk(2)
+        negative = self.unconditional(list(negative_prompts), negative)
+        return (positive.repeat_interleave(num_images_per_prompt, dim=0),
+                negative.repeat_interleave(num_images_per_prompt, dim=0))
 
     def conditioning(self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
                      num_images_per_prompt: int, guidance: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -84,7 +96,7 @@ class LatentDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin)
             negative = negative_prompt_embeds
             if guidance and negative is None:
                 negatives = _as_list(negative_prompt, prompt_embeds.shape[0])
-                negative = self.encode_prompt(negatives, None, 1, guidance=False)[0]
+                negative = self.unconditional(negatives, self.encode_prompt(negatives, None, 1, guidance=False)[0])
             if guidance:
                 negative = negative.to(positive).repeat_interleave(num_images_per_prompt, dim=0)
         return positive, (negative if guidance else None)
@@ -171,6 +183,9 @@ class LatentDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin)
         end_step: int | None = None,
         step_wrapper: Callable | None = None,
         guidance_rescale: float | None = None,
+        original_size: tuple[int, int] | None = None,
+        crops_coords_top_left: tuple[int, int] = (0, 0),
+        target_size: tuple[int, int] | None = None,
     ):
         """Generate images; the arguments mean what they mean in `StableDiffusionPipeline`.
 
@@ -192,6 +207,10 @@ class LatentDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin)
 
         `guidance_rescale` (diffusers' argument; None: the one the scheduler config carries, which a
         zero-terminal-SNR export sets, see `ldm.sampling.samplers.guidance_rescale_of`).
+
+        `original_size`, `crops_coords_top_left`, `target_size`: an SDXL-style UNet's size and crop
+        conditioning, (height, width) and (top, left), as diffusers' StableDiffusionXLPipeline takes
+        them (the sizes default to the image's); an SD UNet has none.
         """
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
@@ -206,8 +225,9 @@ class LatentDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin)
                                                num_images_per_prompt, guidance)
         if guidance_rescale is None:
             guidance_rescale = guidance_rescale_of(self.scheduler.config)
-        denoiser = GuidedDenoiser(self.unet, positive, negative, guidance_scale, guidance_rescale)
         batch = positive.shape[0]
+        times = self.time_ids(batch, height, width, original_size, crops_coords_top_left, target_size)
+        denoiser = GuidedDenoiser(self.unet, positive, negative, guidance_scale, guidance_rescale, times)
         if isinstance(generator, list) and len(generator) != batch:
             raise ValueError(f"got {len(generator)} generators for {batch} images")
 
@@ -260,6 +280,16 @@ class LatentDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin)
             return timesteps, self.prepare_latents(shape, generator, latents)
         timesteps = self.img2img_timesteps(num_inference_steps, strength)
         return timesteps, self.prepare_image_latents(image, batch, timesteps[:1], generator)
+
+    def time_ids(self, batch: int, height: int, width: int, original_size: tuple[int, int] | None = None,
+                 crop_top_left: tuple[int, int] = (0, 0), target_size: tuple[int, int] | None = None
+                 ) -> torch.Tensor | None:
+        """(batch, 6) time ids for an SDXL-style UNet (the sizes default to height x width), or None."""
+        if not text_time.is_text_time(self.unet):
+            return None
+        size = (height, width)
+        ids = text_time.time_ids(original_size or size, crop_top_left, target_size or size)
+        return ids.to(self._execution_device, self.unet.dtype).expand(batch, -1)
 
     def latents_to_images(self, latents: torch.Tensor, output_type: str = "pil"):
         """Decode sampled latents (as `output_type="latent"` returns them) to images, as a call does."""

@@ -6,7 +6,8 @@ weights in safetensors). With a KL autoencoder the folder is written by
 
     StableDiffusionPipeline.from_pretrained("runs/shapes/pipeline", safety_checker=None)
 
-With a VQ autoencoder, which Stable Diffusion's class cannot take, it is written by
+An SDXL-style UNet (text_time) is written by `diffusers.StableDiffusionXLPipeline` and loads in it
+(and here as `LatentDiffusionXLPipeline`). With a VQ autoencoder, which Stable Diffusion's class cannot take, it is written by
 `LatentDiffusionPipeline` and loads through it (or `load_pipeline`).
 
 `load_pipeline(..., vae=FOLDER)` decodes with another autoencoder, such as a decoder fine-tuned with
@@ -22,18 +23,31 @@ import warnings
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, StableDiffusionPipeline
+from diffusers import AutoencoderKL, StableDiffusionPipeline, StableDiffusionXLPipeline
 from safetensors import SafetensorError, safe_open
 
 from ldm.components.autoencoder import AUTOENCODER_CLASSES, Autoencoder, load_vae
 from ldm.components.pretrained import weight_files
-from ldm.core.atomic import atomic_folder
+from ldm.components.text_time import is_text_time
+from ldm.core.atomic import atomic_folder, read_json_mapping
 from ldm.core.errors import LdmError, first_line
-from ldm.core.layout import MODEL_CONFIG, MODEL_INDEX, MODEL_WEIGHTS, SCHEDULER, TEXT_ENCODER, TOKENIZER, UNET, VAE
+from ldm.core.layout import (
+    MODEL_CONFIG,
+    MODEL_INDEX,
+    MODEL_WEIGHTS,
+    SCHEDULER,
+    TEXT_ENCODER,
+    TEXT_ENCODER_2,
+    TOKENIZER,
+    TOKENIZER_2,
+    UNET,
+    VAE,
+)
 from ldm.core.model_kind import check_supported
 from ldm.core.trust import check_no_code
 from ldm.sampling.lora import LoraChoice, load_loras
 from ldm.sampling.pipeline import LatentDiffusionPipeline
+from ldm.sampling.pipeline_xl import LatentDiffusionXLPipeline
 
 # The files `save_pretrained` writes for each component; a folder missing one cannot load.
 REQUIRED_FILES = (
@@ -46,6 +60,9 @@ REQUIRED_FILES = (
     f"{TOKENIZER}/tokenizer_config.json",
     f"{SCHEDULER}/scheduler_config.json",
 )
+# An SDXL folder's second text encoder and tokenizer (its first ones may be absent)
+SDXL_FILES = (f"{TEXT_ENCODER_2}/{MODEL_CONFIG}", f"{TEXT_ENCODER_2}/model.safetensors",
+              f"{TOKENIZER_2}/tokenizer_config.json")
 # What an autoencoder must share with the one a UNet was trained on to read and write its latents.
 LATENT_SETTINGS = ("_class_name", "latent_channels", "scaling_factor", "shift_factor")
 # The weights that make the latents (the encoder side): a decoder-only fine-tune leaves them as they were.
@@ -56,11 +73,23 @@ LATENT_SCHEDULER_SETTINGS = {"steps_offset": 1, "clip_sample": False}
 
 
 def export_pipeline(out_dir: str | Path, vae: Autoencoder, text_encoder, tokenizer, unet,
-                    scheduler) -> Path:
-    """Write RUN/pipeline (safetensors), replacing a previous export only once the new one is whole."""
+                    scheduler, text_encoder_2=None, tokenizer_2=None) -> Path:
+    """Write RUN/pipeline (safetensors), replacing a previous export only once the new one is whole.
+    An SDXL-style UNet (text_time) is written by diffusers' StableDiffusionXLPipeline, with
+    `text_encoder_2` (and `text_encoder`, which may be None)."""
     settings = {key: value for key, value in LATENT_SCHEDULER_SETTINGS.items() if key in scheduler.config}
     scheduler = type(scheduler).from_config(scheduler.config, **settings)  # a copy: the caller's is kept
-    if isinstance(vae, AutoencoderKL):
+    if is_text_time(unet):
+        if not isinstance(vae, AutoencoderKL):
+            raise LdmError("an SDXL-style (text_time) pipeline needs a KL autoencoder (StableDiffusionXLPipeline "
+                           "takes no VQ one)")
+        # force_zeros_for_empty_prompt: the unconditional input is zeros, as this project's SDXL-style
+        # caption dropout trains it (ldm.components.dual_text_encoder); no watermarker (a pip extra).
+        pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                                         text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, unet=unet,
+                                         scheduler=scheduler, force_zeros_for_empty_prompt=True,
+                                         add_watermarker=False)
+    elif isinstance(vae, AutoencoderKL):
         pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                        scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                        requires_safety_checker=False)
@@ -73,14 +102,29 @@ def export_pipeline(out_dir: str | Path, vae: Autoencoder, text_encoder, tokeniz
     return out_dir
 
 
+def is_sdxl_folder(path: str | Path) -> bool:
+    """Whether a pipeline folder has SDXL's layout (a second text encoder), read from model_index.json."""
+    return TEXT_ENCODER_2 in read_json_mapping(Path(path) / MODEL_INDEX)
+
+
+def required_files(path: Path) -> tuple[str, ...]:
+    """The files a pipeline folder of its layout cannot load without (an SDXL one's first text
+    encoder is optional, as in diffusers)."""
+    if not is_sdxl_folder(path):
+        return REQUIRED_FILES
+    index = read_json_mapping(path / MODEL_INDEX)
+    first = [name for name in (TEXT_ENCODER, TOKENIZER) if (index.get(name) or [None])[0] is None]
+    return tuple(file for file in REQUIRED_FILES if file.split("/")[0] not in first) + SDXL_FILES
+
+
 def check_pipeline_folder(path: str | Path) -> Path:
     """The folder, or an LdmError naming the first missing part. Reads no weights."""
     path = check_no_code(path)
     if not path.is_dir():
         raise LdmError(f"pipeline folder not found: {path} (train the diffusion stage first; it "
                        "exports RUN/pipeline)")
-    check_supported(path)  # an SDXL, inpainting, ... folder is named before a missing part is
-    for part in (MODEL_INDEX, *REQUIRED_FILES):
+    check_supported(path)  # an SDXL refiner, inpainting, ... folder is named before a missing part is
+    for part in (MODEL_INDEX, *required_files(path)):
         if not (path / part).is_file():
             raise LdmError(f"{path} is not a complete pipeline: {part} is missing")
     return path
@@ -168,13 +212,15 @@ def load_pipeline(path: str | Path, dtype: torch.dtype | None = None,
     if vae is not None:
         warn_if_other_encoder(path, check_autoencoder_swap(path, vae))
         parts["vae"] = load_vae(vae, dtype)
+    pipeline_class = LatentDiffusionXLPipeline if is_sdxl_folder(path) else LatentDiffusionPipeline
     try:
-        pipe = LatentDiffusionPipeline.from_pretrained(path, dtype=dtype, use_safetensors=True, **parts)
+        pipe = pipeline_class.from_pretrained(path, dtype=dtype, use_safetensors=True, **parts)
     except (OSError, ValueError, SafetensorError) as err:  # a truncated or corrupt weights file
         raise LdmError(f"cannot load the pipeline in {path}: {first_line(err)}") from None
     load_loras(pipe, list(loras))  # before moving: the adapters follow the models to the device
-    for model in (pipe.vae, pipe.text_encoder, pipe.unet):
-        model.requires_grad_(False).eval()
+    for model in (pipe.vae, pipe.text_encoder, getattr(pipe, TEXT_ENCODER_2, None), pipe.unet):
+        if model is not None:
+            model.requires_grad_(False).eval()
     if device is not None:
         pipe.to(device)
     # Convolutions run faster on channels-last tensors on GPUs (tensor cores) and on CPUs in fp32

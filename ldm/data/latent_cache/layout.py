@@ -11,6 +11,7 @@ CACHE_VERSION = 3  # bump when the layout of a cache changes, so old caches are 
 PARTS = "parts.json"
 SHARD = "shard-{index:05d}-of-{count:05d}"
 SHARD_DATA, SHARD_MARKER = ".arrow", ".json"
+TIME_IDS = "time_ids"  # the column (and batch key) of an SDXL-style model's size and crop conditioning
 
 
 def part_name(size: Size) -> str:

@@ -12,8 +12,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from ldm.components.text_time import TIME_IDS as TIME_ID_COUNT
 from ldm.core.errors import LdmError
-from ldm.data.latent_cache.layout import PARTS, SHARD_DATA, shard_name
+from ldm.data.latent_cache.layout import PARTS, SHARD_DATA, TIME_IDS, shard_name
 from ldm.data.masks import MASK
 
 
@@ -91,6 +92,8 @@ class CachePart:
         self.std = CachedColumn.of(table, "std", latent_shape) if "std" in table.column_names else None
         # loss masks at the latent grid (data.mask), or None
         self.mask = CachedColumn.of(table, MASK, (1, *latent_shape[1:])) if MASK in table.column_names else None
+        # SDXL time ids (original size, crop, target size) of an SDXL-style model's cache, or None
+        self.time_ids = CachedColumn.of(table, TIME_IDS, (TIME_ID_COUNT,)) if TIME_IDS in table.column_names else None
         # Captions of all rows numbered in one sequence: row r's are first_caption[r] + 0..count-1.
         self.embeddings = CachedColumn.of(table, "embeddings", tuple(part.features["embeddings"].shape[1:]))
         self.caption_count = np.concatenate([np.diff(_storage(chunk).offsets.to_numpy())
@@ -109,6 +112,8 @@ class CachePart:
             batch["std"] = torch.from_numpy(self.std.take(rows))
         if self.mask is not None:
             batch[MASK] = torch.from_numpy(self.mask.take(rows))
+        if self.time_ids is not None:
+            batch[TIME_IDS] = torch.from_numpy(self.time_ids.take(rows))
         return batch
 
 

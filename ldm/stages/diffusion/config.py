@@ -37,8 +37,12 @@ class UNetConfig:
     # it, not only the blocks that cross-attend. For a small UNet that cross-attends only at its
     # lowest resolution this pays many times its cost (docs/benchmarks.md, session 12). Plain
     # diffusers pipelines load and run such a UNet unchanged.
-    addition_embed_type: Literal["text"] | None = None
-    addition_embed_type_num_heads: Count = 64  # heads of that attention pooling (diffusers' name)
+    # "text_time": an SDXL-style UNet, conditioned on two text encoders' hidden states, the pooled
+    # projection of the last, and each image's original size and crop (ldm.components.text_time);
+    # `text_encoder:` is then an SDXL-layout folder or a CLIP-stage run (ldm.components.dual_text_encoder).
+    addition_embed_type: Literal["text", "text_time"] | None = None
+    addition_embed_type_num_heads: Count = 64  # heads of "text"'s attention pooling (diffusers' name)
+    addition_time_embed_dim: Count = 256  # "text_time": each of the 6 time ids' embedding width (SDXL: 256)
 
     def __post_init__(self):
         if not len(self.block_out_channels) == len(self.down_block_types) == len(self.up_block_types):
@@ -169,6 +173,9 @@ class Config(RunConfig):
         if self.lora is not None and self.unet_source is None:
             raise ValueError("lora: adapters train on top of pretrained weights: give `pretrained:` or "
                              "`unet.pretrained:`")
+        if self.unet.addition_embed_type == "text_time" and not self.cache:
+            raise ValueError("unet.addition_embed_type: text_time trains from the latent cache (cache: true), "
+                             "which stores each image's original size and crop")
         if self.lora is not None and self.lora.train_text_encoder and self.cache:
             raise ValueError("lora.train_text_encoder needs cache: false (the latent cache holds caption "
                              "embeddings of the frozen text encoder)")

@@ -1,7 +1,8 @@
 """The diffusion stage's exports, with the EMA weights (the training weights when EMA is off):
 
     RUN/pipeline   a whole pipeline with a DPM-Solver++ scheduler on the training schedule; a KL one
-                   loads in plain `diffusers.StableDiffusionPipeline`
+                   loads in plain `diffusers.StableDiffusionPipeline` (an SDXL-style one in
+                   `diffusers.StableDiffusionXLPipeline`)
     RUN/lora       a LoRA run's adapters in diffusers' LoRA format and the note of their base
                    (`ldm.sampling.lora`), for `load_lora_weights` on that base
 """
@@ -14,6 +15,7 @@ import torch
 from diffusers.utils import convert_state_dict_to_diffusers
 from peft.utils import get_peft_model_state_dict
 
+from ldm.components.dual_text_encoder import text_components
 from ldm.sampling.lora import write_lora
 from ldm.sampling.pipeline_io import export_pipeline
 from ldm.sampling.samplers import inference_scheduler
@@ -26,10 +28,10 @@ def export(module: LatentDiffusion, out_dir: Path) -> Path:
     """RUN/pipeline with the EMA weights."""
     with module.ema_weights():
         unet = module.unet.to("cpu")
-        return export_pipeline(out_dir, vae=module.autoencoder.vae.to("cpu"),
-                               text_encoder=module.conditioner.text_encoder.to("cpu"),
-                               tokenizer=module.conditioner.tokenizer, unet=unet,
-                               scheduler=inference_scheduler(module.noise_scheduler))
+        return export_pipeline(out_dir, vae=module.autoencoder.vae.to("cpu"), unet=unet,
+                               scheduler=inference_scheduler(module.noise_scheduler),
+                               **text_components(module.conditioner.to("cpu")))
+
 
 
 def adapter_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:

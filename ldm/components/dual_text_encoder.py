@@ -1,0 +1,166 @@
+"""The text side of an SDXL-style model: one or two CLIP text encoders, the last with a projection.
+
+Where the encoders come from (`text_encoder:` of the diffusion stage, or `pretrained:`):
+
+- an SDXL-layout folder (a `StableDiffusionXLPipeline` folder or a RUN laid out alike):
+  `text_encoder/` + `tokenizer/` (a CLIPTextModel, optional) and `text_encoder_2/` + `tokenizer_2/`
+  (a CLIPTextModelWithProjection): SDXL's own two encoders;
+- a CLIP-stage run (RUN with `text_encoder/`, `tokenizer/` and `clip/`): its text tower with its
+  contrastive projection (`RUN/clip`'s `text_projection`) as the *second* encoder, and no first one.
+  Why not the tower twice: its copy in the first slot would only repeat the same hidden states
+  (doubling the cross-attention width and the text encoding for nothing); the one tower with its
+  projection gives everything SDXL's conditioning takes, hidden states and a pooled embedding in
+  CLIP's joint image-text space. diffusers' StableDiffusionXLPipeline takes `text_encoder=None`
+  and then encodes with `text_encoder_2` alone (as SDXL's refiner does), so the export still loads.
+
+`TextTimeConditioner` encodes prompts as SDXL does (each encoder's penultimate hidden state,
+concatenated; the last encoder's pooled projection) into the packed embedding of
+`ldm.components.text_time`, and drops captions as SDXL trained (Stability's generative-models
+`ucg_rate`): a dropped caption's hidden states *and* pooled embedding are zeros, the unconditional
+input that diffusers' `force_zeros_for_empty_prompt` samples with.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+from ldm.components.pretrained import weight_files
+from ldm.components.text_encoder import TextConditioner, load_text_encoder, tokenize_prompts
+from ldm.components.text_time import pack
+from ldm.core.errors import LdmError, first_line
+from ldm.core.layout import CLIP, TEXT_ENCODER, TEXT_ENCODER_2, TOKENIZER, TOKENIZER_2
+from ldm.core.trust import check_no_code
+
+Encoder = tuple[CLIPTokenizer, CLIPTextModel | CLIPTextModelWithProjection]
+PROJECTION = "text_projection.weight"  # the CLIP's text projection, in RUN/clip's weights
+
+
+def has_dual_layout(path: str | Path) -> bool:
+    """Whether a folder holds SDXL's second text encoder (the SDXL layout)."""
+    return (Path(path) / TEXT_ENCODER_2).is_dir()
+
+
+def load_text_encoders(path: str | Path) -> list[Encoder]:
+    """[(tokenizer, CLIPTextModel)?, (tokenizer_2, CLIPTextModelWithProjection)], frozen, eval mode."""
+    path = check_no_code(Path(path).expanduser())
+    if has_dual_layout(path):
+        encoders = [load_text_encoder(path)] if (path / TEXT_ENCODER).is_dir() else []
+        return encoders + [_load_projected(path / TEXT_ENCODER_2, path / TOKENIZER_2)]
+    if (path / CLIP).is_dir() and (path / TEXT_ENCODER).is_dir():
+        return [_clip_stage_tower(path)]
+    raise LdmError(f"no SDXL-style text encoders in {path}: expected {TEXT_ENCODER_2}/ and {TOKENIZER_2}/ "
+                   f"(an SDXL pipeline folder) or a CLIP-stage run ({TEXT_ENCODER}/, {TOKENIZER}/ and {CLIP}/)")
+
+
+def _load_projected(encoder_dir: Path, tokenizer_dir: Path) -> Encoder:
+    if not tokenizer_dir.is_dir():
+        raise LdmError(f"{encoder_dir.parent} has {encoder_dir.name}/ but no {tokenizer_dir.name}/")
+    try:
+        tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
+        encoder = CLIPTextModelWithProjection.from_pretrained(encoder_dir, use_safetensors=True)
+    except (OSError, ValueError) as err:
+        raise LdmError(f"cannot load the text encoder in {encoder_dir}: {first_line(err)}") from None
+    return tokenizer, encoder.requires_grad_(False).eval()
+
+
+def _clip_stage_tower(run: Path) -> Encoder:
+    """RUN/text_encoder with RUN/clip's text projection, as one CLIPTextModelWithProjection."""
+    tokenizer, tower = load_text_encoder(run)
+    projection = _clip_projection(run / CLIP)
+    config = tower.config
+    config.projection_dim = projection.shape[0]
+    encoder = CLIPTextModelWithProjection(config)
+    missing, unexpected = encoder.load_state_dict(tower.state_dict(), strict=False)
+    if unexpected or missing != [PROJECTION]:
+        raise LdmError(f"{run / TEXT_ENCODER} is not a CLIP text tower (its weights do not fit "
+                       f"CLIPTextModelWithProjection: {(missing + unexpected)[:3]})")
+    encoder.text_projection.weight.data.copy_(projection)
+    return tokenizer, encoder.requires_grad_(False).eval()
+
+
+def _clip_projection(clip_dir: Path) -> torch.Tensor:
+    for file in weight_files(clip_dir):
+        with safe_open(str(file), framework="pt") as f:
+            if PROJECTION in f.keys():
+                return f.get_tensor(PROJECTION)
+    raise LdmError(f"{clip_dir} has no {PROJECTION} (is it the CLIP stage's RUN/clip?)")
+
+
+def embed_with(encoders: list[Encoder], prompts: list[str]) -> torch.Tensor:
+    """The packed embedding (B, T + k, W) of prompts, as StableDiffusionXLPipeline encodes them:
+    each encoder's penultimate hidden state concatenated, and the last encoder's pooled projection."""
+    hidden, pooled = [], None
+    for tokenizer, encoder in encoders:
+        out = encoder(tokenize_prompts(tokenizer, list(prompts)).to(encoder.device), output_hidden_states=True)
+        hidden.append(out.hidden_states[-2])
+        pooled = out.text_embeds if hasattr(out, "text_embeds") else None
+    if pooled is None:
+        raise LdmError("the last SDXL text encoder has no projection (it must be a CLIPTextModelWithProjection)")
+    return pack(torch.cat(hidden, dim=-1), pooled)
+
+
+class TextTimeConditioner(TextConditioner):
+    """The frozen text encoders of an SDXL-style model, with SDXL's caption dropout (to zeros).
+
+    `tokenizer` and `text_encoder` are the last (projected) pair, `first` the optional first one.
+    """
+
+    def __init__(self, encoders: list[Encoder], dropout: float = 0.1):
+        super().__init__(*encoders[-1], dropout)
+        self.first = encoders[0] if len(encoders) == 2 else None
+        if self.first is not None:
+            self.first[1].requires_grad_(False).eval()
+
+    @classmethod
+    def load(cls, path: str, dropout: float = 0.1) -> TextTimeConditioner:
+        return cls(load_text_encoders(path), dropout)
+
+    @property
+    def encoders(self) -> list[Encoder]:
+        return ([self.first] if self.first is not None else []) + [(self.tokenizer, self.text_encoder)]
+
+    @property
+    def hidden_size(self) -> int:
+        """The UNet's cross-attention width: the encoders' widths together."""
+        return sum(encoder.config.hidden_size for _, encoder in self.encoders)
+
+    @property
+    def pooled_size(self) -> int:
+        return self.text_encoder.config.projection_dim
+
+    @property
+    def embedding_shape(self) -> tuple[int, int]:
+        rows = self.encode([""]).shape[1]
+        return rows, self.hidden_size
+
+    def to(self, device: torch.device | str) -> TextTimeConditioner:
+        if self.first is not None:
+            self.first[1].to(device)
+        return super().to(device)
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        return embed_with(self.encoders, list(prompts))
+
+    def embed(self, prompts: list[str]) -> torch.Tensor:
+        return embed_with(self.encoders, list(prompts))
+
+    def empty_embedding(self) -> torch.Tensor:
+        """SDXL's unconditional input: zeros (what a dropped caption trains)."""
+        if self._empty is None:
+            self._empty = torch.zeros_like(self.encode([""]))
+        return self._empty
+
+
+def text_components(conditioner: TextConditioner) -> dict:
+    """A conditioner's encoders and tokenizers under a diffusers pipeline's names: SD's one, or
+    SDXL's two (the first None where there is only the projected one)."""
+    if not isinstance(conditioner, TextTimeConditioner):
+        return {"text_encoder": conditioner.text_encoder, "tokenizer": conditioner.tokenizer}
+    tokenizer, text_encoder = conditioner.first or (None, None)
+    return {"text_encoder": text_encoder, "tokenizer": tokenizer,
+            "text_encoder_2": conditioner.text_encoder, "tokenizer_2": conditioner.tokenizer}
