@@ -7,8 +7,8 @@ weights in safetensors). With a KL autoencoder the folder is written by
     StableDiffusionPipeline.from_pretrained("runs/shapes/pipeline", safety_checker=None)
 
 An SDXL-style UNet (text_time) is written by `diffusers.StableDiffusionXLPipeline` and loads in it
-(and here as `LatentDiffusionXLPipeline`). With a VQ autoencoder, which Stable Diffusion's class cannot take, it is written by
-`LatentDiffusionPipeline` and loads through it (or `load_pipeline`).
+(and here as `LatentDiffusionXLPipeline`). With a VQ autoencoder, which Stable Diffusion's class
+cannot take, it is written by `LatentDiffusionPipeline` and loads through it (or `load_pipeline`).
 
 `load_pipeline(..., vae=FOLDER)` decodes with another autoencoder, such as a decoder fine-tuned with
 `train.decoder_only` (`ldm generate/animate --vae`), the way diffusers takes

@@ -18,8 +18,8 @@ from datasets.arrow_writer import ArrowWriter
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ldm.components.autoencoder import FrozenAutoencoder
 from ldm.components import text_time
+from ldm.components.autoencoder import FrozenAutoencoder
 from ldm.components.dual_text_encoder import TextTimeConditioner
 from ldm.components.text_encoder import TextConditioner
 from ldm.core.atomic import atomic_file, atomic_write_bytes

@@ -29,9 +29,13 @@ class UNetConfig:
         "UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"])
     layers_per_block: Count = 2
     # Named as diffusers names it; UNet2DConditionModel uses it as the number of attention heads.
-    attention_head_dim: Count = 8
-    transformer_layers_per_block: Count = 1
+    # One for every level, or a list with one per level (SDXL: [5, 10, 20]).
+    attention_head_dim: Count | list[Count] = 8
+    transformer_layers_per_block: Count | list[Count] = 1  # one, or one per level (SDXL: [1, 2, 10])
     norm_num_groups: Count = 32
+    # Linear (not 1x1 convolution) projections into and out of the transformer blocks, as SD 2.x and
+    # SDXL have them; null: diffusers' default (false).
+    use_linear_projection: bool | None = None
     # "text": the prompt also enters through the time embedding, pooled from its token embeddings by
     # attention (diffusers' TextTimeEmbedding, as in Kandinsky and unCLIP), so every ResNet block sees
     # it, not only the blocks that cross-attend. For a small UNet that cross-attends only at its
@@ -51,6 +55,11 @@ class UNetConfig:
                              f"{len(self.down_block_types)} and {len(self.up_block_types)}")
         require_divides(self.norm_num_groups, self.block_out_channels, "unet.norm_num_groups",
                         "unet.block_out_channels")
+        for key in ("attention_head_dim", "transformer_layers_per_block"):
+            value = getattr(self, key)
+            if isinstance(value, list) and len(value) != len(self.block_out_channels):
+                raise ValueError(f"unet.{key} must be one number or one per level ({len(self.block_out_channels)}), "
+                                 f"got {len(value)}")
 
 
 @dataclass(config=SECTION)

@@ -49,13 +49,18 @@ def build_unet(cfg: UNetConfig, autoencoder: FrozenAutoencoder, conditioner: Tex
             down_block_types=tuple(cfg.down_block_types),
             up_block_types=tuple(cfg.up_block_types),
             layers_per_block=cfg.layers_per_block,
-            attention_head_dim=cfg.attention_head_dim,
-            transformer_layers_per_block=cfg.transformer_layers_per_block,
+            attention_head_dim=_per_level(cfg.attention_head_dim),
+            transformer_layers_per_block=_per_level(cfg.transformer_layers_per_block),
             norm_num_groups=cfg.norm_num_groups,
+            **({} if cfg.use_linear_projection is None else {"use_linear_projection": cfg.use_linear_projection}),
             **added_embedding_settings(cfg, conditioner),
         )
     except ValueError as err:  # diffusers checks block names and sizes
         raise LdmError(f"unet: {err}") from None
+
+
+def _per_level(value: int | list[int]) -> int | tuple[int, ...]:
+    return tuple(value) if isinstance(value, list) else value
 
 
 def added_embedding_settings(cfg: UNetConfig, conditioner: TextConditioner) -> dict:

@@ -10,8 +10,8 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from ldm.components.autoencoder import FrozenAutoencoder
 from ldm.components.dual_text_encoder import TextTimeConditioner
 from ldm.components.text_encoder import TextConditioner
-from ldm.core.errors import LdmError
 from ldm.core import layout
+from ldm.core.errors import LdmError
 from ldm.data.datamodule import ImageCaptionDataModule, require_divisible_sizes
 from ldm.data.latent_datamodule import LatentCacheDataModule, check_cacheable
 from ldm.stages.diffusion.config import Config, NoiseConfig

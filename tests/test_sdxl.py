@@ -1,0 +1,154 @@
+"""SDXL-style models (issue 31): two text encoders, pooled embedding and size conditioning. Tiny SDXL
+pipeline folders written by save_pretrained (tests/tiny.py), trained and used through the CLI:
+exports load in plain diffusers' StableDiffusionXLPipeline and give `ldm generate`'s images, a
+pretrained start begins from the loaded UNet, LoRA exports load with `load_lora_weights`, and the
+micro-conditioning reaches the UNet."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+from lightning.pytorch.callbacks import Callback
+from PIL import Image
+from tiny import IMAGE_SIZE, TINY_SDXL_UNET, make_tiny_sdxl_pipeline
+
+from ldm.cli import main
+from ldm.components.text_time import TIME_IDS, unpack
+from ldm.core.config import build
+from ldm.data.latent_cache.layout import TIME_IDS as TIME_IDS_COLUMN
+from ldm.data.shapes.generator import make_shapes_dataset
+from ldm.sampling.pipeline_io import load_pipeline
+from ldm.stages.diffusion.config import Config
+from ldm.stages.diffusion.train import build_datamodule, build_module
+from ldm.stages.trainer import fit
+
+PROMPT = "a red circle in the center"
+STEPS, GUIDANCE, SEED = 3, 4.0, 5
+
+
+@pytest.fixture(scope="module")
+def sdxl(tmp_path_factory):
+    return make_tiny_sdxl_pipeline(tmp_path_factory.mktemp("sdxl"))
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    return make_shapes_dataset(tmp_path_factory.mktemp("data") / "shapes", n=16, size=IMAGE_SIZE, seed=0, n_test=4)
+
+
+def diffusers_images(folder, lora=None, **call) -> np.ndarray:
+    pipe = StableDiffusionXLPipeline.from_pretrained(folder)
+    if lora is not None:
+        pipe.load_lora_weights(lora)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe(PROMPT, num_inference_steps=STEPS, guidance_scale=GUIDANCE, output_type="np",
+                generator=torch.Generator().manual_seed(SEED), **call).images
+
+
+def generated_png(folder, out, *extra) -> np.ndarray:
+    main(["generate", str(folder), PROMPT, "--steps", str(STEPS), "--guidance", str(GUIDANCE), "--seed", str(SEED),
+          "--out", str(out), *extra])
+    return np.asarray(Image.open(out / f"0000-seed{SEED}.png"), dtype=np.float32) / 255
+
+
+def assert_same_image(png: np.ndarray, reference: np.ndarray) -> None:
+    assert np.abs(png - reference[0]).max() <= 1 / 255 + 1e-6  # PNG: up to rounding to 8 bits
+
+
+def test_ldm_generate_gives_the_images_of_plain_diffusers(sdxl, tmp_path):
+    assert_same_image(generated_png(sdxl, tmp_path / "out"), diffusers_images(sdxl))
+
+
+def test_micro_conditioning_reaches_the_unet(sdxl):
+    pipe = load_pipeline(sdxl)
+    pipe.set_progress_bar_config(disable=True)
+
+    def image(**sizes):
+        return pipe(PROMPT, num_inference_steps=STEPS, guidance_scale=GUIDANCE, output_type="np",
+                    generator=torch.Generator().manual_seed(SEED), **sizes).images
+
+    plain = image()
+    assert np.abs(image(original_size=(64, 32)) - plain).max() > 1e-3
+    assert np.abs(image(crops_coords_top_left=(4, 0)) - plain).max() > 1e-3
+    # the same arguments give diffusers' image
+    assert np.abs(image(original_size=(64, 32)) - diffusers_images(sdxl, original_size=(64, 32))).max() < 1e-4
+
+
+def sdxl_config(run, shapes, **overrides) -> dict:
+    config = {
+        "stage": "diffusion", "run_dir": str(run),
+        "data": {"source": str(shapes), "resolution": IMAGE_SIZE, "batch_size": 4},
+        "train": {"max_steps": 2, "val_every_n_steps": 2, "checkpoint_every_n_steps": 2,
+                  "log_every_n_steps": 1, "limit_val_batches": 1, "lr": 1e-2},
+        "samples": {"prompts": [PROMPT], "seeds": [0], "steps": 2},
+    }
+    config.update(overrides)
+    return config
+
+
+class FirstStep(Callback):
+    """The UNet's weights and the batch as the first training step receives them."""
+
+    def __init__(self):
+        self.weights = self.batch = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.weights is None:
+            self.weights = {k: v.detach().clone() for k, v in pl_module.unet.state_dict().items()}
+            self.batch = batch
+
+
+def test_pretrained_start_begins_from_the_loaded_unet_with_the_images_time_ids(sdxl, shapes, tmp_path):
+    cfg = build(Config, sdxl_config(tmp_path / "run", shapes, pretrained=str(sdxl)))
+    module = build_module(cfg)
+    first = FirstStep()
+    fit(cfg, module, build_datamodule(cfg, module), callbacks=[first])
+    loaded = UNet2DConditionModel.from_pretrained(sdxl / "unet").state_dict()
+    assert all(torch.equal(first.weights[name], loaded[name]) for name in loaded)
+    # the cache holds each image's (original size, crop, target size): the shapes are square, 16 px
+    times = first.batch[TIME_IDS_COLUMN]
+    assert times.shape == (4, TIME_IDS) and torch.equal(times[0], torch.tensor([16.0, 16, 0, 0, 16, 16]))
+    # caption dropout zeroes hidden states and pooled embedding together (SDXL's unconditional input)
+    module.conditioner.dropout = 0.999
+    zeros = module.conditioner.drop_captions(module.conditioner.encode(["a red circle"]))
+    hidden, pooled = unpack(zeros, module.conditioner.pooled_size)
+    assert not hidden.any() and not pooled.any()
+
+
+def test_full_fine_tune_exports_an_sdxl_pipeline_that_gives_ldm_generates_images(sdxl, shapes, tmp_path):
+    run = tmp_path / "run"
+    main(["train", "diffusion/ldm_shapes.yaml", f"pretrained={sdxl}", "vae=null", "text_encoder=null", "noise=null",
+          f"run_dir={run}", f"data.source={shapes}", f"data.resolution={IMAGE_SIZE}", "data.batch_size=4",
+          "train.max_steps=2", "train.val_every_n_steps=2", "train.checkpoint_every_n_steps=2",
+          "train.limit_val_batches=1", "samples.steps=2", "samples.seeds=[0]"])
+    export = run / "pipeline"
+    tuned = UNet2DConditionModel.from_pretrained(export / "unet")
+    assert tuned.config.addition_embed_type == "text_time"
+    assert not torch.equal(tuned.conv_in.weight, UNet2DConditionModel.from_pretrained(sdxl / "unet").conv_in.weight)
+    assert (run / "diffusion" / "samples").is_dir()
+    assert_same_image(generated_png(export, tmp_path / "out"), diffusers_images(export))
+
+
+def test_lora_export_loads_in_plain_diffusers_and_gives_ldm_generates_images(sdxl, shapes, tmp_path):
+    run = tmp_path / "run"
+    main(["train", "diffusion/ldm_shapes.yaml", f"pretrained={sdxl}", "vae=null", "text_encoder=null", "noise=null",
+          f"run_dir={run}", f"data.source={shapes}", f"data.resolution={IMAGE_SIZE}", "data.batch_size=4",
+          "lora.rank=4", "train.lr=0.05", "train.max_steps=3", "train.val_every_n_steps=3",
+          "train.checkpoint_every_n_steps=3", "train.limit_val_batches=1", "samples.prompts=[]"])
+    lora = run / "lora"
+    theirs = diffusers_images(sdxl, lora=lora)
+    assert np.abs(theirs - diffusers_images(sdxl)).max() > 1e-3  # the LoRA changes the image
+    assert_same_image(generated_png(sdxl, tmp_path / "out", "--lora", str(lora)), theirs)
+
+
+def test_trains_from_scratch_on_the_clip_stage_and_exports_an_sdxl_pipeline(make_stage1_run, tmp_path):
+    run = make_stage1_run(tmp_path)
+    main(["train", "diffusion/ldm_sdxl_shapes.yaml", f"run_dir={run}", f"vae={run / 'vae'}", f"text_encoder={run}",
+          f"data.source={tmp_path / 'shapes'}", f"data.resolution={IMAGE_SIZE}", "data.batch_size=4",
+          f"unet={TINY_SDXL_UNET}".replace(" ", ""), "train.max_steps=2", "train.val_every_n_steps=2",
+          "train.checkpoint_every_n_steps=2", "train.limit_val_batches=1", "samples.steps=2", "samples.seeds=[0]"])
+    export = run / "pipeline"
+    assert not (export / "text_encoder").exists() and (export / "text_encoder_2").is_dir()
+    assert_same_image(generated_png(export, tmp_path / "out"), diffusers_images(export))
