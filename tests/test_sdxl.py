@@ -6,6 +6,8 @@ micro-conditioning reaches the UNet."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -15,6 +17,8 @@ from PIL import Image
 from tiny import IMAGE_SIZE, TINY_SDXL_UNET, make_tiny_sdxl_pipeline
 
 from ldm.cli import main
+from ldm.components.clip import clip_text_features, load_clip
+from ldm.components.dual_text_encoder import TextTimeConditioner
 from ldm.components.text_time import TIME_IDS, unpack
 from ldm.core.config import build
 from ldm.data.latent_cache.layout import TIME_IDS as TIME_IDS_COLUMN
@@ -88,6 +92,16 @@ def sdxl_config(run, shapes, **overrides) -> dict:
     return config
 
 
+SHORT_RUN = ["train.max_steps=2", "train.warmup_steps=0", "train.val_every_n_steps=2",
+             "train.checkpoint_every_n_steps=2", "train.limit_val_batches=1"]
+
+
+def pretrained_start(base, run, shapes) -> list[str]:
+    """`ldm train` overrides for a start from the pipeline `base`, on the tiny shapes data."""
+    return [f"pretrained={base}", "vae=null", "text_encoder=null", "noise=null", f"run_dir={run}",
+            f"data.source={shapes}", f"data.resolution={IMAGE_SIZE}", "data.batch_size=4"]
+
+
 class FirstStep(Callback):
     """The UNet's weights and the batch as the first training step receives them."""
 
@@ -119,10 +133,8 @@ def test_pretrained_start_begins_from_the_loaded_unet_with_the_images_time_ids(s
 
 def test_full_fine_tune_exports_an_sdxl_pipeline_that_gives_ldm_generates_images(sdxl, shapes, tmp_path):
     run = tmp_path / "run"
-    main(["train", "diffusion/ldm_shapes.yaml", f"pretrained={sdxl}", "vae=null", "text_encoder=null", "noise=null",
-          f"run_dir={run}", f"data.source={shapes}", f"data.resolution={IMAGE_SIZE}", "data.batch_size=4",
-          "train.max_steps=2", "train.val_every_n_steps=2", "train.checkpoint_every_n_steps=2",
-          "train.limit_val_batches=1", "samples.steps=2", "samples.seeds=[0]"])
+    main(["train", "diffusion/ldm_shapes.yaml", *pretrained_start(sdxl, run, shapes), *SHORT_RUN, "samples.steps=2",
+          "samples.seeds=[0]"])
     export = run / "pipeline"
     tuned = UNet2DConditionModel.from_pretrained(export / "unet")
     assert tuned.config.addition_embed_type == "text_time"
@@ -133,10 +145,8 @@ def test_full_fine_tune_exports_an_sdxl_pipeline_that_gives_ldm_generates_images
 
 def test_lora_export_loads_in_plain_diffusers_and_gives_ldm_generates_images(sdxl, shapes, tmp_path):
     run = tmp_path / "run"
-    main(["train", "diffusion/ldm_shapes.yaml", f"pretrained={sdxl}", "vae=null", "text_encoder=null", "noise=null",
-          f"run_dir={run}", f"data.source={shapes}", f"data.resolution={IMAGE_SIZE}", "data.batch_size=4",
-          "lora.rank=4", "train.lr=0.05", "train.max_steps=3", "train.val_every_n_steps=3",
-          "train.checkpoint_every_n_steps=3", "train.limit_val_batches=1", "samples.prompts=[]"])
+    main(["train", "diffusion/ldm_shapes.yaml", *pretrained_start(sdxl, run, shapes), *SHORT_RUN, "lora.rank=4",
+          "train.lr=0.05", "train.max_steps=3", "samples.prompts=[]"])
     lora = run / "lora"
     theirs = diffusers_images(sdxl, lora=lora)
     assert np.abs(theirs - diffusers_images(sdxl)).max() > 1e-3  # the LoRA changes the image
@@ -145,10 +155,17 @@ def test_lora_export_loads_in_plain_diffusers_and_gives_ldm_generates_images(sdx
 
 def test_trains_from_scratch_on_the_clip_stage_and_exports_an_sdxl_pipeline(make_stage1_run, tmp_path):
     run = make_stage1_run(tmp_path)
+    tiny_unet = [f"unet.{key}={json.dumps(value)}" for key, value in TINY_SDXL_UNET.items()]
     main(["train", "diffusion/ldm_sdxl_shapes.yaml", f"run_dir={run}", f"vae={run / 'vae'}", f"text_encoder={run}",
-          f"data.source={tmp_path / 'shapes'}", f"data.resolution={IMAGE_SIZE}", "data.batch_size=4",
-          f"unet={TINY_SDXL_UNET}".replace(" ", ""), "train.max_steps=2", "train.val_every_n_steps=2",
-          "train.checkpoint_every_n_steps=2", "train.limit_val_batches=1", "samples.steps=2", "samples.seeds=[0]"])
+          f"data.source={tmp_path / 'shapes'}", f"data.resolution={IMAGE_SIZE}", "data.batch_size=4", *tiny_unet,
+          *SHORT_RUN, "samples.steps=2", "samples.seeds=[0]"])
     export = run / "pipeline"
     assert not (export / "text_encoder").exists() and (export / "text_encoder_2").is_dir()
+    # its one encoder is the CLIP stage's text tower with the CLIP's projection: the pooled
+    # embedding is the CLIP's text feature
+    conditioner = TextTimeConditioner.load(str(run))
+    clip, processor = load_clip(run / "clip")
+    _, pooled = unpack(conditioner.encode([PROMPT]), conditioner.pooled_size)
+    expected = clip_text_features(clip, processor.tokenizer, [PROMPT])
+    assert torch.allclose(torch.nn.functional.normalize(pooled, dim=-1), expected, atol=1e-5)
     assert_same_image(generated_png(export, tmp_path / "out"), diffusers_images(export))

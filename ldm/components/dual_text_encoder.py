@@ -22,13 +22,13 @@ input that diffusers' `force_zeros_for_empty_prompt` samples with.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from ldm.components.pretrained import weight_files
 from ldm.components.text_encoder import TextConditioner, load_text_encoder, tokenize_prompts
 from ldm.components.text_time import pack
 from ldm.core.errors import LdmError, first_line
@@ -37,6 +37,7 @@ from ldm.core.trust import check_no_code
 
 Encoder = tuple[CLIPTokenizer, CLIPTextModel | CLIPTextModelWithProjection]
 PROJECTION = "text_projection.weight"  # the CLIP's text projection, in RUN/clip's weights
+TRANSFORMERS_WEIGHTS, TRANSFORMERS_INDEX = "model.safetensors", "model.safetensors.index.json"
 
 
 def has_dual_layout(path: str | Path) -> bool:
@@ -74,16 +75,25 @@ def _clip_stage_tower(run: Path) -> Encoder:
     config = tower.config
     config.projection_dim = projection.shape[0]
     encoder = CLIPTextModelWithProjection(config)
-    missing, unexpected = encoder.load_state_dict(tower.state_dict(), strict=False)
-    if unexpected or missing != [PROJECTION]:
-        raise LdmError(f"{run / TEXT_ENCODER} is not a CLIP text tower (its weights do not fit "
-                       f"CLIPTextModelWithProjection: {(missing + unexpected)[:3]})")
-    encoder.text_projection.weight.data.copy_(projection)
+    # The tower's weights, named without the "text_model." that older transformers put before them.
+    weights = {name.removeprefix("text_model."): tensor for name, tensor in tower.state_dict().items()}
+    try:
+        encoder.text_model.load_state_dict(weights)
+        encoder.text_projection.weight.data.copy_(projection)
+    except RuntimeError as err:
+        raise LdmError(f"{run / TEXT_ENCODER} and {run / CLIP} do not make one CLIP text tower with its "
+                       f"projection: {first_line(err)}") from None
     return tokenizer, encoder.requires_grad_(False).eval()
 
 
 def _clip_projection(clip_dir: Path) -> torch.Tensor:
-    for file in weight_files(clip_dir):
+    """RUN/clip's text projection, read from its safetensors files (transformers' names)."""
+    index = clip_dir / TRANSFORMERS_INDEX
+    files = sorted({clip_dir / name for name in json.loads(index.read_text())["weight_map"].values()}) \
+        if index.is_file() else [clip_dir / TRANSFORMERS_WEIGHTS]
+    for file in files:
+        if not file.is_file():
+            continue
         with safe_open(str(file), framework="pt") as f:
             if PROJECTION in f.keys():
                 return f.get_tensor(PROJECTION)
