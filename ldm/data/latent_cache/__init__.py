@@ -14,8 +14,12 @@ processes that build it together (ldm/data/cache_share.py decides which those ar
             mean        (C, h, w) float32   the latent's posterior mean (KL) or pre-quantization value (VQ)
             std         (C, h, w) float32   the posterior's standard deviation (KL only)
             mask        (1, h, w) float32   the loss mask at the latent grid (with data.mask only)
-            embeddings  (n, L, D) float16   one text embedding per caption (n >= 1: every caption is kept)
+            embeddings  (n, L, D) float16   one text embedding per caption (n >= 1: every caption is kept;
+                                            an SDXL-style model's packed with its pooled embedding,
+                                            ldm.components.text_time)
             captions    n strings
+            time_ids    6 float32           an SDXL-style model's only: the image's original (height,
+                                            width), its crop's (top, left) and the part's (height, width)
         shard-00000-of-00002.json    its marker, written once the shard is whole: rows, seconds, host
 
 Process i of n encodes shard i of every part (`build_shard`), then polls for the other shards'
