@@ -33,7 +33,6 @@ def export(module: LatentDiffusion, out_dir: Path) -> Path:
                                **text_components(module.conditioner.to("cpu")))
 
 
-
 def adapter_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """A model's LoRA weights under diffusers' key names (as diffusers' LoRA training script saves them)."""
     weights = convert_state_dict_to_diffusers(get_peft_model_state_dict(model, adapter_name=ADAPTER))
