@@ -18,4 +18,5 @@ BENCHMARKS = (
     "generate", "diffusion_speed", "animate",  # ... those it compares
     "autoencoder", "clip", "diffusion_quality", "diffusion_peer", "quality_per_minute", "stage2_variants",
     "finetune", "image_walk", "walks", "smoothness_cost", "cache", "memory", "step_levers",
+    "few_step",
 )

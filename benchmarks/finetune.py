@@ -16,12 +16,18 @@ From QUICKSTART/pipeline (trained on the six colours of `ldm data shapes`), it
      and on the default data's held-out prompts (colour, shape and position combinations the base
      never saw in training), with the base's own decoder and with the new one,
   4. fine-tunes that pipeline on the pink data with `configs/diffusion/ldm_shapes.yaml` (its batch,
-     loss and EMA; `pretrained:` the base with the new decoder), twice, each for at most --minutes
+     loss and EMA; `pretrained:` the base with the new decoder), three times, each for at most --minutes
      of training (the latent cache is built before the clock starts): LoRA adapters on the UNet's
-     attention (`lora:`), and every UNet weight; then both again on the pink images mixed with as
+     attention (`lora:`), every UNet weight, and textual inversion (`textual_inversion:`, the word
+     "pink" learned as a new token, everything else frozen); then all again on the pink images mixed with as
      many of the base's own training images (--replay; what DreamBooth's prior preservation and
      kohya's regularisation images do against forgetting),
   5. measures both prompt sets again after each, the LoRA through `ldm generate --lora`.
+
+`--methods` picks the fine-tunings (default lora and full): the adapter kinds lora, dora, loha and
+lokr (`lora.kind`, each measured through `ldm generate --lora`), full, and dreambooth (full
+fine-tuning with prior preservation: --class-images of --class-prompt made by the base, mixed into
+every batch; it has no replay row, its class images being its replay).
 
 Prompt fidelity is the share of generated images whose colour and shape are the prompt's, as the
 attribute checker of `ldm.data.shapes.checker` reads them (`ldm.apps.evaluate.generated.shapes_fidelity`):
@@ -43,7 +49,7 @@ from ldm.apps.evaluate.generated import held_out_requests, shapes_fidelity
 from ldm.components.autoencoder import load_vae
 from ldm.core.errors import LdmError
 from ldm.core.images import contact_sheet
-from ldm.core.layout import PIPELINE, VAE
+from ldm.core.layout import LEARNED_EMBEDS, PIPELINE, VAE
 from ldm.data.shapes.generator import ALL_COLOURS, POSITIONS, SHAPES, make_shapes_dataset, plain_prompt
 from ldm.sampling.lora import LoraChoice
 from ldm.sampling.pipeline_io import export_pipeline
@@ -55,7 +61,14 @@ DECODER_CONFIG = "autoencoder/kl_f4_shapes.yaml"
 IMAGE_SIZE = 32
 DATA_SEED = 1
 DECODER_DATA_SEED = 2  # another draw than the pink data's
-METHODS = ("lora", "full")
+METHODS = ("lora", "full", "ti")  # the default rows; --methods adds the others
+ADAPTERS = ("lora", "dora", "loha", "lokr")  # lora.kind values
+# DreamBooth: a full fine-tune with prior preservation (data.prior_preservation), class images of
+# --class-prompt made by the base; "full" is DreamBooth without it.
+ALL_METHODS = (*ADAPTERS, "full", "dreambooth", "ti")
+# Textual inversion learns the colour's name itself as a new word ("pink", which the base's tokenizer
+# spells out of pieces), started from the embedding of a colour it knows.
+TI_INITIALIZER = "red"
 METADATA = "metadata.jsonl"
 
 
@@ -66,12 +79,13 @@ def pink_requests() -> tuple[list[str], list[dict]]:
     return [plain_prompt(a["colour"], a["shape"], a["position"]) for a in attributes], attributes
 
 
-def measure(pipeline: Path, out: Path, args, loras: list[LoraChoice] = ()) -> dict:
+def measure(pipeline: Path, out: Path, args, loras: list[LoraChoice] = (), embeddings: list[Path] = ()) -> dict:
     """Prompt fidelity on the pink prompts and on the held-out prompts."""
     scores = {}
     for name, (prompts, attributes) in (("pink", pink_requests()), ("held_out", held_out_requests())):
         scores[name] = shapes_fidelity(str(pipeline), prompts, attributes, out / name, n=args.seeds,
-                                       seed=0, steps=args.steps, guidance=args.guidance, loras=loras)
+                                       seed=0, steps=args.steps, guidance=args.guidance, loras=loras,
+                                       embeddings=embeddings)
     return scores
 
 
@@ -92,6 +106,10 @@ def timed_run(config: str, run_dir: Path, overrides: list[str]) -> tuple[Path, d
     (its export, what the run did)."""
     cfg = load_config(config, [f"run_dir={run_dir}", *overrides])
     shutil.rmtree(run_dir, ignore_errors=True)
+    if cfg.data.prior_preservation is not None:  # the class images, made once, are not training time
+        from ldm.stages.diffusion.class_images import prepare_class_images
+
+        prepare_class_images(cfg, Path(cfg.pretrained))
     start = time.perf_counter()
     stage = train_stage(cfg)
     seconds = round(time.perf_counter() - start, 1)
@@ -127,15 +145,33 @@ def replay_dataset(out: Path, sources: list[tuple[Path, int]]) -> Path:
     return out
 
 
-def fine_tune(name: str, base: Path, data: Path, out: Path, args) -> tuple[Path, dict]:
-    """Train `name` (lora or full, and a suffix) on `data`; (its export, what the run did)."""
+def fine_tune(method: str, name: str, base: Path, data: Path, out: Path, args) -> tuple[Path, dict]:
+    """Train `method` (an adapter kind, full or dreambooth) as run `name` on `data`; (its export,
+    what the run did). DreamBooth's class images are made before the clock starts."""
     overrides = [f"pretrained={base}", "vae=null", "text_encoder=null", "noise=null", f"data.source={data}",
                  f"train.max_minutes={args.minutes}", f"train.max_steps={args.max_steps}", "samples.prompts=[]"]
-    if name.startswith("lora"):
-        overrides += [f"lora.rank={args.rank}", f"train.lr={args.lr_lora}"]
+    if method in ADAPTERS:
+        overrides += [f"lora.kind={method}", f"lora.rank={args.rank}", f"train.lr={args.lr_lora}"]
+    elif method == "ti":  # only the new word's embedding trains; captions encoded at every step
+        overrides += [f"textual_inversion={{token: {NEW_COLOUR}, initializer: {TI_INITIALIZER}}}", "cache=false",
+                      f"train.lr={args.lr_ti}"]
     else:
         overrides += [f"train.lr={args.lr_full}"]
+    if method == "dreambooth":
+        overrides += [f"data.prior_preservation.class_prompt={args.class_prompt}",
+                      f"data.prior_preservation.num_class_images={args.class_images}",
+                      f"data.prior_preservation.steps={args.steps}"]
     return timed_run(CONFIG, out / name, overrides)
+
+
+def method_title(method: str, args) -> str:
+    if method in ADAPTERS:
+        return f"{'LoRA DoRA LoHa LoKr'.split()[ADAPTERS.index(method)]} (rank {args.rank})"
+    if method == "dreambooth":
+        return f"DreamBooth, prior preservation ({args.class_images} x {args.class_prompt!r})"
+    if method == "ti":
+        return "textual inversion (the word pink)"
+    return "full fine-tune"
 
 
 def pink_sheet(out: Path, titles: dict[str, str]) -> Path:
@@ -181,9 +217,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--rank", type=int, default=8, help="LoRA rank")
     parser.add_argument("--lr-lora", type=float, default=1e-3)
     parser.add_argument("--lr-full", type=float, default=5e-4)
+    parser.add_argument("--lr-ti", type=float, default=5e-3, help="textual inversion's learning rate")
     parser.add_argument("--seeds", type=int, default=8, help="images per prompt")
     parser.add_argument("--steps", type=int, default=20, help="sampling steps")
     parser.add_argument("--guidance", type=float, default=4.0)
+    parser.add_argument("--methods", nargs="+", choices=ALL_METHODS, default=list(METHODS),
+                        help="what to fine-tune with: adapter kinds (lora, dora, loha, lokr), full, and "
+                             "dreambooth (full with prior preservation)")
+    parser.add_argument("--class-prompt", default="a shape", help="dreambooth: the class images' prompt")
+    parser.add_argument("--class-images", type=int, default=200, help="dreambooth: how many class images")
 
 
 def fine_tunings(base: Path, pink: Path, out: Path, args) -> tuple[dict, dict]:
@@ -192,15 +234,19 @@ def fine_tunings(base: Path, pink: Path, out: Path, args) -> tuple[dict, dict]:
     results, folders = {}, {}
     replay = replay_dataset(out / "pink_replay", [(pink, args.images), (Path(args.quickstart) / "data", args.replay)])
     for training_data, suffix in ((pink, ""), (replay, "_replay")):
-        for method in METHODS:
+        for method in args.methods:
+            if suffix and method == "dreambooth":
+                continue  # its class images are its replay
             name = method + suffix
-            export, trained = fine_tune(name, base, training_data, out, args)
+            export, trained = fine_tune(method, name, base, training_data, out, args)
             samples = out / "samples" / name
-            if method == "lora":
+            if method in ADAPTERS:
                 scores = measure(base, samples, args, loras=[LoraChoice(str(export))])
+            elif method == "ti":
+                scores = measure(base, samples, args, embeddings=[export / LEARNED_EMBEDS])
             else:
                 scores = measure(export, samples, args)
-            title = f"LoRA (rank {args.rank})" if method == "lora" else "full fine-tune"
+            title = method_title(method, args)
             if suffix:
                 title += f", with {args.replay} base images"
             results[title] = {**scores, "run": trained}

@@ -28,6 +28,11 @@ def test_options_may_come_between_positionals_and_overrides():
     module = importlib.import_module("benchmarks.stage2_variants")
     args = parse(build_parser("stage2-variants", module), ["Q", "A", "2.5", "--plain", "train.lr=1e-3", "ema=null"])
     assert args.plain and args.minutes == 2.5 and args.overrides == ["train.lr=1e-3", "ema=null"]
+    # at the same steps instead of the same minutes, judged as the quickstart judges (16 seeds, g4)
+    line = ["Q", "A", "0", "--steps", "2119", "--seeds", "16", "--guidance", "4", "unet.addition_embed_type=text"]
+    args = parse(build_parser("stage2-variants", module), line)
+    assert (args.steps, args.seeds, args.guidance) == (2119, 16, [4.0])
+    assert args.overrides == ["unet.addition_embed_type=text"]
 
 
 def test_the_banner_names_the_cpu_its_flags_torch_and_the_threads():

@@ -98,6 +98,8 @@ TYPED_RANGES = [
     *(("autoencoder/kl_f4_shapes.yaml", f"train.{key}=0", f"train.{key} must be greater than or equal to 1, got 0")
       for key in TRAIN_COUNTS),
     ("diffusion/ldm_shapes.yaml", "lora.rank=0", "lora.rank must be greater than or equal to 1, got 0"),
+    ("distill/lcm_shapes.yaml", "consistency.huber_c=0", "consistency.huber_c must be greater than 0, got 0"),
+    ("distill/lcm_shapes.yaml", "consistency.target_decay=1", "consistency.target_decay must be less than 1, got 1"),
     ("diffusion/ldm_shapes.yaml", "lora.dropout=1", "lora.dropout must be less than 1, got 1"),
     ("diffusion/ldm_shapes.yaml", "caption_dropout=1", "caption_dropout must be less than 1, got 1"),
     ("autoencoder/kl_f4_shapes.yaml", "loss.kl=-1", "loss.kl must be greater than or equal to 0, got -1"),

@@ -11,12 +11,12 @@ import torch
 import yaml
 from diffusers import StableDiffusionPipeline
 from diffusion_fixtures import diffusion_config
-from tiny import TINY_UNET
 from safetensors.torch import load_file
+from tiny import TINY_UNET
 
 from ldm.components.text_encoder import TextConditioner
-from ldm.core.errors import LdmError
 from ldm.core.config import build
+from ldm.core.errors import LdmError
 from ldm.stages.diffusion import train as diffusion_train  # the module, where train() builds its LatentDiffusion
 from ldm.stages.diffusion.config import Config
 from ldm.stages.diffusion.losses import DiffusionLoss
@@ -205,5 +205,6 @@ def test_pooling_heads_must_divide_the_text_width(tmp_path, make_stage1_run):
     run = make_stage1_run(tmp_path)
     unet = {**TINY_UNET, "addition_embed_type": "text", "addition_embed_type_num_heads": 5}
     cfg = build(Config, diffusion_config(tmp_path, run, unet=unet))
-    with pytest.raises(LdmError, match=r"^unet.addition_embed_type_num_heads: 5 does not divide the text encoder's width 32"):
+    refused = r"^unet.addition_embed_type_num_heads: 5 does not divide the text encoder's width 32"
+    with pytest.raises(LdmError, match=refused):
         train(cfg)

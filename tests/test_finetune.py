@@ -216,21 +216,12 @@ def test_a_lora_without_its_note_that_does_not_fit_the_unet_is_refused_in_one_li
     line naming the layer, not torch's size-mismatch traceback; no output folder left behind."""
     import shutil
 
-    from ldm.cli import main
 
     stage, _ = lora_run
     noteless = tmp_path / "noteless"
     noteless.mkdir()
     shutil.copy(stage.export / LORA_WEIGHTS, noteless / LORA_WEIGHTS)
-    parts = tiny_components()
-    parts["unet"] = UNet2DConditionModel.from_config({**parts["unet"].config, "block_out_channels": (8, 16)})
-    other = export_pipeline(tmp_path / "other", **parts)
-    with pytest.raises(SystemExit) as stop:
-        main(["generate", str(other), PROMPT, "--steps", "2", "--lora", str(noteless), "--out", str(tmp_path / "out")])
-    err = capsys.readouterr().err
-    assert stop.value.code == 2 and "Traceback" not in err
-    assert "does not fit this pipeline's UNet" in err.strip().splitlines()[-1]
-    assert not (tmp_path / "out").exists()
+    assert_refused_on_another_unet(noteless, tmp_path, capsys)
 
 
 def test_animate_walks_with_the_lora(lora_run, base, tmp_path):
@@ -343,3 +334,19 @@ def test_adafactor_trains_and_a_missing_optimizer_package_is_named(tmp_path, bas
     except ImportError:
         with pytest.raises(LdmError, match="adamw8bit needs the bitsandbytes package"):
             build_optimizer([torch.nn.Parameter(torch.zeros(2))], "adamw8bit", lr=1e-3, weight_decay=0.0)
+
+
+def assert_refused_on_another_unet(adapter: Path, tmp_path: Path, capsys) -> None:
+    """`ldm generate --lora adapter` on a pipeline whose UNet has other sizes: one line saying it does not
+    fit, no traceback, no output folder left behind."""
+    from ldm.cli import main
+
+    parts = tiny_components()
+    parts["unet"] = UNet2DConditionModel.from_config({**parts["unet"].config, "block_out_channels": (8, 16)})
+    other = export_pipeline(tmp_path / "other", **parts)
+    with pytest.raises(SystemExit) as stop:
+        main(["generate", str(other), PROMPT, "--steps", "2", "--lora", str(adapter), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "Traceback" not in err
+    assert "does not fit this pipeline's UNet" in err.strip().splitlines()[-1]
+    assert not (tmp_path / "out").exists()

@@ -47,7 +47,7 @@ from ldm.stages.registry import config_class, load_config
 
 FULL = os.environ.get("LDM_FUZZ_FULL") == "1"
 CONFIGS = ["autoencoder/kl_f4_shapes.yaml", "autoencoder/vq_f4_shapes.yaml", "clip/clip_shapes.yaml",
-           "diffusion/ldm_shapes.yaml", "diffusion/lora_sd15.yaml"]
+           "diffusion/ldm_shapes.yaml", "diffusion/lora_sd15.yaml", "distill/lcm_shapes.yaml"]
 CONFIG_EXAMPLES = 50 if FULL else 8  # values drawn per config key
 OPTION_EXAMPLES = 300 if FULL else 30  # command lines drawn per command
 SLOW_EXAMPLES = 100 if FULL else 12  # command lines drawn for a command that renders (animate, evaluate)

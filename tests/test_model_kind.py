@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from ldm.cli import main
-from ldm.core.model_kind import unsupported_kind
+from ldm.core.model_kind import is_inpainting, unsupported_kind
 
 
 def variant(pipeline, tmp_path, name, index=None, unet=None):
@@ -23,12 +23,15 @@ def variant(pipeline, tmp_path, name, index=None, unet=None):
 
 
 KINDS = {
-    # SDXL's base layout is supported (tests/test_sdxl.py); its refiner (aesthetic-score time ids) is not
+    # SDXL's base layout is supported (tests/test_sdxl.py); its refiner (aesthetic-score time ids) and
+    # inpainting layout are not
     "sdxl-refiner": ({"_class_name": "StableDiffusionXLImg2ImgPipeline", "requires_aesthetics_score": True,
                       "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"]},
                      {"addition_embed_type": "text_time"}, "is an SDXL refiner (aesthetic-score conditioning)"),
-    "sdxl-inpainting": ({"_class_name": "StableDiffusionXLInpaintPipeline"}, None, "is an inpainting pipeline"),
-    "inpainting-unet": (None, {"in_channels": 9}, "is an inpainting UNet (9 input channels"),
+    "sdxl-inpainting": ({"_class_name": "StableDiffusionXLInpaintPipeline"}, None, "is an SDXL inpainting pipeline"),
+    "sdxl-inpainting-unet": (None, {"addition_embed_type": "text_time", "in_channels": 9},
+                             "is an SDXL inpainting UNet"),
+    "depth-unet": (None, {"in_channels": 5}, "is a UNet of 5 input channels for 4 latent channels"),
     "transformer": ({"_class_name": "PixArtAlphaPipeline", "transformer": ["diffusers", "PixArtTransformer2DModel"]},
                     None, "is a PixArt pipeline (a transformer instead of a UNet)"),
 }
@@ -36,6 +39,19 @@ KINDS = {
 
 def test_the_projects_own_exports_are_supported(kl_pipeline_path, vq_pipeline_path):
     assert unsupported_kind(kl_pipeline_path) is None and unsupported_kind(vq_pipeline_path) is None
+
+
+def test_a_diffusers_inpainting_folder_is_taken_for_inpainting_only(kl_pipeline_path, tmp_path, capsys):
+    """SD-inpainting's layout (StableDiffusionInpaintPipeline, a 9-channel UNet) is supported for
+    inpainting (tests/test_inpainting_model.py); what needs text-to-image refuses it in one line."""
+    folder = variant(kl_pipeline_path, tmp_path, "inpainting", {"_class_name": "StableDiffusionInpaintPipeline"},
+                     {"in_channels": 9})
+    assert unsupported_kind(folder) is None and is_inpainting(folder) and not is_inpainting(kl_pipeline_path)
+    with pytest.raises(SystemExit) as stop:
+        main(["generate", str(folder), "a red circle", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and len(err.splitlines()) == 1
+    assert "is an inpainting model" in err and "cannot make images without a mask to repaint" in err
 
 
 @pytest.mark.parametrize("kind", list(KINDS))

@@ -94,22 +94,28 @@ def samplers_used(monkeypatch) -> list:
     return used
 
 
+def check_generated(out, mode: str, used: list) -> tuple[list, str]:
+    """(the images, the sampler asked for) of a generate mode's run: 4 images and a grid, of the size
+    asked for, every one made with the sampler asked for (the default one without --sampler)."""
+    written = images_in(out)
+    assert len(written) == 4 and (out / "grid.png").is_file()
+    if mode == "other-size":
+        assert Image.open(written[0]).size == (32, 48)
+    sampler = mode.removeprefix("sampler-") if mode.startswith("sampler-") else DEFAULT_SAMPLER
+    scheduler_class, settings = SAMPLERS[sampler]
+    assert used and all(cls is scheduler_class and settings.items() <= config.items() for cls, config in used)
+    return written, sampler
+
+
 @pytest.mark.parametrize("mode", list(GENERATE_MODES))
 def test_generate(mode, kl, tmp_path, samplers_used, request):
     args = [arg.format(data=kl / "data") for arg in GENERATE_MODES[mode]]
     out = tmp_path / "out"
     steps = SAMPLER_STEPS if mode.startswith("sampler-") else 2
     main([*generate_args(kl, out, steps), *args])
-    used = list(samplers_used)  # before the default-sampler run below adds its own
-    written = images_in(out)
-    assert len(written) == 4 and (out / "grid.png").is_file()
-    if mode == "other-size":
-        assert Image.open(written[0]).size == (32, 48)
-    # Every image was made with the sampler asked for (the default one without --sampler), and says so.
-    sampler = mode.removeprefix("sampler-") if mode.startswith("sampler-") else DEFAULT_SAMPLER
-    scheduler_class, settings = SAMPLERS[sampler]
-    assert used and all(cls is scheduler_class and settings.items() <= config.items() for cls, config in used)
-    for path in written:
+    # before the default-sampler run below adds its own
+    written, sampler = check_generated(out, mode, list(samplers_used))
+    for path in written:  # and says so
         metadata = read_png_metadata(path)
         assert (metadata["sampler"], metadata["steps"]) == (sampler, str(steps))
     if mode.startswith("sampler-"):
@@ -122,8 +128,9 @@ def test_generate(mode, kl, tmp_path, samplers_used, request):
             if sampler == DEFAULT_SAMPLER:
                 assert difference == 0, path.name
             else:
-                # mean difference over a tenth of a level of 255: more than float rounding could make
-                assert difference > 0.1, path.name
+                # mean difference over a fiftieth of a level of 255: more than float rounding could make (tcd on
+                # this untrained pipeline differs from DPM-Solver++ by 0.085 in one image)
+                assert difference > 0.02, path.name
 
 
 def test_generate_from_a_prompts_file_and_on_vq(kl, vq, tmp_path):
@@ -239,17 +246,7 @@ def test_generate_sdxl(mode, kl, sdxl, tmp_path, samplers_used, request):
     out = tmp_path / "out"
     main(["generate", str(sdxl / "pipeline"), "a red circle", "a blue square", "--n", "2", "--steps",
           str(SAMPLER_STEPS), "--out", str(out), *args])
-    written = images_in(out)
-    assert len(written) == 4 and (out / "grid.png").is_file()
-    if mode == "other-size":
-        assert Image.open(written[0]).size == (32, 48)
-    sampler = mode.removeprefix("sampler-") if mode.startswith("sampler-") else DEFAULT_SAMPLER
-    scheduler_class, settings = SAMPLERS[sampler]
-    assert used_only(samplers_used, scheduler_class, settings)
-
-
-def used_only(used: list, scheduler_class, settings: dict) -> bool:
-    return bool(used) and all(cls is scheduler_class and settings.items() <= config.items() for cls, config in used)
+    check_generated(out, mode, samplers_used)
 
 
 SDXL_ANIMATE_MODES = {**ANIMATE_MODES,

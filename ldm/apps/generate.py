@@ -6,7 +6,9 @@ Files are named by prompt index and seed (`0002-seed10.png`) and carry prompt, n
 seed, steps, guidance, sampler and model path in the PNG (`ldm.core.images.read_png_metadata`),
 and the LoRAs it was made with (`--lora DIR --lora-scale S`, checked against the pipeline's UNet
 before any model loads). With `--init-image` it starts from that image; with `--mask` too, it
-repaints only the mask's white part and keeps the rest (`ldm.sampling.inpaint`). What it is
+repaints only the mask's white part and keeps the rest: any pipeline by blending its latents
+(`ldm.sampling.inpaint`), an inpainting model (stage 2's `inpainting:`) by itself, as
+`StableDiffusionInpaintPipeline` does; both then laid over the init image. What it is
 asked for is a `GenerateOptions` (ldm/apps/generate_settings.py).
 
 Under `accelerate launch`, the prompts are shared out among the processes; each writes only its own
@@ -27,16 +29,25 @@ from tqdm.auto import tqdm
 
 from ldm.apps.generate_settings import Dtype, GenerateOptions
 from ldm.apps.processes import inference_processes
+from ldm.components.prompt_tokens import chunk_counts
 from ldm.core.errors import LdmError
 from ldm.core.images import contact_sheet, read_rgb, write_png
 from ldm.core.layout import SAMPLES
+from ldm.core.model_kind import is_inpainting
 from ldm.core.outputs import fresh_folder, refuse_earlier_results
 from ldm.data.decode import read_image_file
 from ldm.sampling import pipeline_io
-from ldm.sampling.inpaint import Inpainting, check_mask_size, composite, read_mask
+from ldm.sampling.inpaint import check_mask_size, read_mask
 from ldm.sampling.lora import LoraChoice, check_loras
-from ldm.sampling.pipeline_io import check_autoencoder_swap, check_image_size, check_pipeline_folder, vae_factor
-from ldm.sampling.samplers import check_sampler_follows, guidance_rescale_of, make_sampler
+from ldm.sampling.pipeline_io import (
+    check_autoencoder_swap,
+    check_image_size,
+    check_pipeline_folder,
+    check_prompts,
+    vae_factor,
+)
+from ldm.sampling.samplers import check_sampler_follows, default_sampler, guidance_rescale_of
+from ldm.sampling.text_to_image import sampling_pipeline, seeded_images
 
 DTYPES = {name: getattr(torch, name) for name in get_args(Dtype)}
 GRID_NAME = "grid.png"
@@ -69,13 +80,21 @@ def read_prompts(prompts: list[str], prompts_file: str | None) -> list[str]:
 
 def check_options(opts: GenerateOptions) -> None:
     """Raise LdmError for the first problem found; reads configs only, never weights."""
-    check_pipeline_folder(opts.pipeline)
+    check_pipeline_folder(opts.pipeline, None if opts.mask else
+                          "make images without a mask to repaint: give --init-image IMG and --mask MASK")
+    check_repaint(opts.pipeline, opts.repaint)
     if not opts.prompts:
         raise LdmError("no prompts: give prompts as arguments or --prompts-file with one per line")
     if opts.negative and opts.guidance <= 1:
         raise LdmError(f"--negative needs --guidance above 1 (got {opts.guidance}): without guidance "
                        "the negative prompt has no effect")
-    check_sampler_follows(opts.sampler, pipeline_io.scheduler_config(opts.pipeline))
+    if opts.negative and pipeline_io.is_distilled(opts.pipeline):
+        raise LdmError(f"--negative has no effect on {opts.pipeline}: it is distilled, with guidance folded into "
+                       "its UNet (no unconditional pass for a negative prompt to replace)")
+    scheduler = pipeline_io.scheduler_config(opts.pipeline)
+    if opts.sampler is None:  # the pipeline's own, written into the PNGs as used
+        opts.sampler = default_sampler(scheduler)
+    check_sampler_follows(opts.sampler, scheduler)
     if opts.device is not None:
         try:
             torch.device(opts.device)
@@ -91,8 +110,15 @@ def check_options(opts: GenerateOptions) -> None:
     if opts.repaint and opts.mask is None:
         raise LdmError("--repaint needs --mask: it resamples the masked part")
     check_loras(opts.loras, opts.pipeline)
+    check_prompts(opts.pipeline, opts.prompts + [opts.negative], opts.prompt_chunks, opts.embeddings)
     if opts.vae is not None:
         check_autoencoder_swap(opts.pipeline, opts.vae)
+
+
+def check_repaint(pipeline: str, repaint: int) -> None:
+    if repaint and is_inpainting(pipeline):
+        raise LdmError(f"--repaint resamples the blended latents of a text-to-image pipeline; {pipeline} "
+                       "is an inpainting model, which takes the mask itself (leave --repaint out)")
 
 
 def load_init_image(path: str) -> Image.Image:
@@ -143,6 +169,10 @@ def image_metadata(opts: GenerateOptions, job: ImageJob) -> dict[str, str]:
                                     for lora in opts.loras])
     if opts.vae is not None:
         meta["vae"] = str(Path(opts.vae).resolve())
+    if opts.prompt_chunks is not None:
+        meta["prompt_chunks"] = opts.prompt_chunks
+    if opts.embeddings:
+        meta["embeddings"] = json.dumps([str(Path(path).resolve()) for path in opts.embeddings])
     return {key: str(value) for key, value in meta.items()}
 
 
@@ -182,16 +212,22 @@ def _process_device(device: str | None, state) -> torch.device:
     return state.device
 
 
-def _generate_jobs(opts: GenerateOptions, jobs: list[ImageJob], out: Path, device,
-                   show_progress: bool) -> list[Path]:
-    # through its module, which tests replace to check that nothing loads before the input is checked
-    pipe = pipeline_io.load_pipeline(opts.pipeline, dtype=DTYPES[opts.dtype], device=device, loras=opts.loras,
-                                     vae=opts.vae)
-    pipe.scheduler = make_sampler(opts.sampler, pipe.scheduler.config)
+def prepared_pipeline(opts: GenerateOptions, device=None):
+    """The pipeline loaded as `opts` asks (dtype, LoRAs, autoencoder, sampler), quiet; `opts.guidance_rescale`
+    set to the one it samples with."""
+    if opts.sampler is None:  # callers that skip `check_options` (ldm evaluate inpainting): the pipeline's own
+        opts.sampler = default_sampler(pipeline_io.scheduler_config(opts.pipeline))
+    pipe = sampling_pipeline(opts.pipeline, opts.sampler, dtype=DTYPES[opts.dtype], device=device, loras=opts.loras,
+                             vae=opts.vae, prompt_chunks=opts.prompt_chunks, embeddings=opts.embeddings)
     if opts.guidance_rescale is None:  # the pipeline's own, written into the PNGs as used
         opts.guidance_rescale = guidance_rescale_of(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
-    height, width = opts.height or pipe.image_size, opts.width or pipe.image_size
+    return pipe
+
+
+def _generate_jobs(opts: GenerateOptions, jobs: list[ImageJob], out: Path, device,
+                   show_progress: bool) -> list[Path]:
+    pipe = prepared_pipeline(opts, device)
+    height, width = output_size(opts, pipe)
     init = mask = None
     if opts.init_image is not None:
         init = load_init_image(opts.init_image).resize((width, height), Image.Resampling.LANCZOS)
@@ -200,24 +236,40 @@ def _generate_jobs(opts: GenerateOptions, jobs: list[ImageJob], out: Path, devic
 
     written = []
     with tqdm(total=len(jobs), unit="image", desc="generating", disable=not show_progress) as bar:
-        for start in range(0, len(jobs), opts.batch_size):
-            batch = jobs[start:start + opts.batch_size]
-            # CPU generators: the same seed gives the same noise on any device
-            generators = [torch.Generator().manual_seed(job.seed) for job in batch]
-            inpainting = Inpainting(pipe, init, mask, generators, opts.repaint) if mask is not None else None
-            images = pipe(
-                [job.prompt for job in batch], height=height, width=width,
-                num_inference_steps=opts.steps, guidance_scale=opts.guidance,
-                negative_prompt=[opts.negative] * len(batch), eta=opts.eta,
-                generator=generators, image=init, strength=opts.strength, step_wrapper=inpainting,
-                guidance_rescale=opts.guidance_rescale,
-            ).images
-            if mask is not None:
-                images = [composite(image, init, mask, opts.feather) for image in images]
+        for batch in batches_of_one_length(jobs, opts, pipe):
+            images = seeded_images(pipe, [job.prompt for job in batch], [job.seed for job in batch],
+                                   feather=opts.feather, **sampling_settings(opts, pipe, init, mask))
             for job, image in zip(batch, images):
                 written.append(write_png(out / job.file_name, image, image_metadata(opts, job)))
             bar.update(len(batch))
     return written
+
+
+def batches_of_one_length(jobs: list[ImageJob], opts: GenerateOptions, pipe) -> list[list[ImageJob]]:
+    """The jobs in batches of at most `batch_size`, each of prompts of one window count: a batch's
+    embeddings are padded to its longest prompt (`ldm.components.text_encoder.embed_prompts`), so a
+    short prompt batched with a long one would give another image than alone."""
+    counts = chunk_counts(pipe.prompt_tokenizer, [job.prompt for job in jobs] + [opts.negative], pipe.prompt_chunks)
+    length = {job: max(count, counts[-1]) for job, count in zip(jobs, counts)}
+    batches = []
+    for count in sorted(set(length.values())):
+        same = [job for job in jobs if length[job] == count]
+        batches += [same[i:i + opts.batch_size] for i in range(0, len(same), opts.batch_size)]
+    return batches
+
+
+def output_size(opts: GenerateOptions, pipe) -> tuple[int, int]:
+    """(height, width) of the images: the options', else the model's."""
+    return opts.height or pipe.image_size, opts.width or pipe.image_size
+
+
+def sampling_settings(opts: GenerateOptions, pipe, init: Image.Image | None = None,
+                      mask: Image.Image | None = None) -> dict:
+    """`ldm.sampling.text_to_image.decoded_images`' keywords as `opts` sets them."""
+    height, width = output_size(opts, pipe)
+    return dict(steps=opts.steps, guidance=opts.guidance, height=height, width=width, negative=opts.negative,
+                eta=opts.eta, guidance_rescale=opts.guidance_rescale, init=init, strength=opts.strength, mask=mask,
+                repaint=opts.repaint)
 
 
 def write_contact_sheet(opts: GenerateOptions, jobs: list[ImageJob], out: Path) -> Path:

@@ -14,19 +14,11 @@ from pydantic import Field
 from pydantic.dataclasses import dataclass
 
 from ldm.apps.options import PathText, Settings
-from ldm.core.config import SECTION, Count, NonNegativeInt
+from ldm.core.config import SECTION, Count, NonNegativeInt, PromptChunks
 from ldm.sampling.lora import LoraChoice
 
 Dtype = Literal["float32", "float16", "bfloat16"]  # the weights' precision while sampling
 UnitInterval = Annotated[float, Field(ge=0, le=1)]
-
-
-def _default_sampler() -> str:
-    # Imported when needed: ldm.sampling.samplers imports diffusers (seconds), which `ldm generate -h`
-    # need not wait for.
-    from ldm.sampling.samplers import DEFAULT_SAMPLER
-
-    return DEFAULT_SAMPLER
 
 
 @dataclass(config=SECTION)
@@ -40,7 +32,9 @@ class GenerateOptions(Settings):
     guidance: float = 5.0  # 1: no guidance
     guidance_rescale: UnitInterval | None = None  # None: the pipeline's own (its scheduler config's)
     negative: str = ""
-    sampler: str = field(default_factory=_default_sampler)
+    prompt_chunks: PromptChunks | None = None  # windows of 75 tokens a prompt may take; None: the pipeline's
+    # None: the pipeline's own (ldm.sampling.samplers.default_sampler): dpmsolver++, lcm for a distilled one
+    sampler: str | None = None
     eta: UnitInterval = 0.0  # DDIM's: 0 deterministic, 1 DDPM-like
     height: int | None = None  # None: the model's (any multiple of its autoencoder's factor)
     width: int | None = None
@@ -54,3 +48,4 @@ class GenerateOptions(Settings):
     dtype: Dtype = "float32"
     loras: list[LoraChoice] = field(default_factory=list)  # loaded onto the pipeline, each at its scale
     vae: PathText | None = None  # decode with this autoencoder (a fine-tuned decoder) instead of the pipeline's
+    embeddings: list[PathText] = field(default_factory=list)  # textual-inversion files, their tokens usable in prompts

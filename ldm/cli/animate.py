@@ -6,6 +6,8 @@
     ldm animate RUN/pipeline --autoencoder --images a.png b.png --out walks/ae
     ldm animate RUN/pipeline --prompts "a red circle" "a blue square" --times 0 4.5 --out walks/timed
     ldm animate RUN/pipeline --timeline walk.yaml --audio song.mp3 --audio-start 30 --out walks/song
+    ldm animate RUN/pipeline --prompts "a red circle" "a blue square" --init-image room.png --mask window.png \
+        --out walks/window                  # only the mask's white part walks; the rest stays room.png
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from argparse import SUPPRESS
 from ldm.cli.lora_args import add_lora_arguments, lora_choices_of
 from ldm.cli.ranges import COUNT, GUIDANCE, SECONDS, SEED, SIDE, STEPS, integer, number
 from ldm.cli.settings_help import given, show_defaults_of
+from ldm.cli.text_args import TEXT_OPTIONS, add_text_arguments
 from ldm.core.errors import LdmError
 
 # Options that set the WalkSettings field of their name; one not given (SUPPRESS) is left to the
@@ -23,7 +26,8 @@ from ldm.core.errors import LdmError
 SETTINGS_OPTIONS = ("interpolation", "frames", "fps", "height", "width", "loop", "even_passes", "distance_model",
                     "batch_size",
                     "video_scale", "audio", "audio_start", "audio_end", "on_beats", "audio_smooth",
-                    "audio_feature", "steps", "guidance", "sampler", "negative_prompt", "vae")
+                    "audio_feature", "steps", "guidance", "sampler", "negative_prompt", "vae", "init_image", "mask",
+                    "feather", *TEXT_OPTIONS)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,6 +55,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="keyframes with times, instead of --prompts/--seeds/--images/--times: a YAML "
                             "list of {time, prompt | image | seed, guidance?} (an image takes a caption; a "
                             "loop's last entry may be {time} alone, when it is back at the first keyframe)")
+
+    fixed = parser.add_argument_group("a fixed image (prompt and seed walks)")
+    fixed.add_argument("--init-image", metavar="IMAGE", default=SUPPRESS,
+                       help="with --mask: the image every frame keeps outside the mask")
+    fixed.add_argument("--mask", metavar="MASK", default=SUPPRESS,
+                       help="with --init-image: only the mask's white part walks (is painted from each frame's "
+                            "prompt and noise, as ldm generate --mask paints it); the rest stays the init image")
+    fixed.add_argument("--feather", type=integer(0, 256), default=SUPPRESS,
+                       help="with --mask: the blur radius, in pixels, of the mask's edge (default %(default)s)")
 
     frames = parser.add_argument_group("frames and video")
     frames.add_argument("--times", nargs="+", type=SECONDS, default=[], metavar="SECONDS",
@@ -122,9 +135,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           help="classifier-free guidance scale (default %(DEFAULT_GUIDANCE)s, image walks "
                                "%(IMAGE_WALK_GUIDANCE)s)")
     sampling.add_argument("--sampler", default=SUPPRESS,
-                          help="deterministic sampler: dpmsolver++ (default), ddim (image walks: "
-                               "%(IMAGE_WALK_SAMPLER)s only), ...")
+                          help="deterministic sampler: dpmsolver++ (default; tcd for a distilled pipeline), "
+                               "ddim (image walks: %(IMAGE_WALK_SAMPLER)s only), ...")
     sampling.add_argument("--negative-prompt", default=SUPPRESS, help="negative prompt (default %(default)s)")
+    add_text_arguments(sampling)
     add_lora_arguments(sampling)
     sampling.add_argument("--vae", metavar="DIR", default=SUPPRESS,
                           help="decode with this autoencoder (e.g. RUN/vae of a train.decoder_only run) instead of "

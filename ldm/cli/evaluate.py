@@ -1,18 +1,19 @@
-"""`ldm evaluate autoencoder|diffusion|walk ...`: figures as a table, and as JSON with --out."""
+"""`ldm evaluate autoencoder|diffusion|inpainting|walk ...`: figures as a table, and as JSON with --out."""
 
 from __future__ import annotations
 
 import argparse
 from argparse import SUPPRESS
 
-from ldm.cli.ranges import COUNT, GUIDANCE, SEED, STEPS, integer
+from ldm.cli.ranges import COUNT, GUIDANCE, SEED, STEPS, integer, number
 from ldm.cli.settings_help import given, show_defaults_of
 
 # Each subcommand's settings model (ldm/apps/evaluate/settings.py), and the options that set the field
 # of their name; one not given (SUPPRESS) is left to the field's default (ldm/cli/settings_help.py).
-SETTINGS = {"autoencoder": "AutoencoderEvaluation", "diffusion": "DiffusionEvaluation", "walk": "WalkEvaluation"}
+SETTINGS = {"autoencoder": "AutoencoderEvaluation", "diffusion": "DiffusionEvaluation",
+            "inpainting": "InpaintingEvaluation", "walk": "WalkEvaluation"}
 SETTINGS_OPTIONS = ("data", "split", "max_images", "grid", "prompts_file", "clip", "inception", "n", "seed", "steps",
-                    "guidance", "samples", "out")
+                    "guidance", "samples", "out", "cases", "strength", "feather", "repaint")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,12 +55,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     dm.add_argument("--samples", default=SUPPRESS,
                     help="keep the generated images in this folder, new or without images (default: discarded)")
 
+    ip = sub.add_parser("inpainting", help="shapes replaced in a mask: checker fidelity inside, PSNR outside",
+                        description="Replace the object of shapes images (drawn by the shapes generator at the "
+                                    "pipeline's size) by another colour and shape in a mask over it, as ldm generate "
+                                    "--init-image --mask does (any pipeline by latent blending, an inpainting model "
+                                    "by itself), and measure the attribute checker's fidelity to the prompt inside "
+                                    "the mask and the PSNR against the init image outside it.")
+    show_defaults_of(ip, f"ldm.apps.evaluate.settings:{SETTINGS['inpainting']}")
+    ip.add_argument("pipeline", help="pipeline folder (RUN/pipeline), text-to-image or inpainting")
+    ip.add_argument("--cases", type=integer(1, 1000), default=SUPPRESS, help="shapes images (default %(default)s)")
+    ip.add_argument("--n", type=integer(1, 10000), default=SUPPRESS, help="images per case (default %(default)s)")
+    ip.add_argument("--seed", type=SEED, default=SUPPRESS, help="first seed (default %(default)s)")
+    ip.add_argument("--steps", type=STEPS, default=SUPPRESS, help="denoising steps (default %(default)s)")
+    ip.add_argument("--guidance", type=GUIDANCE, default=SUPPRESS, help="guidance scale (default %(default)s)")
+    ip.add_argument("--strength", type=number(0.0, 1.0, low_open=True), default=SUPPRESS,
+                    help="how much of the masked part to repaint, 0-1 (default %(default)s)")
+    ip.add_argument("--feather", type=integer(0, 256), default=SUPPRESS,
+                    help="blur radius of the mask's edge in the overlay, pixels (default %(default)s)")
+    ip.add_argument("--repaint", type=integer(0, 100), default=SUPPRESS,
+                    help="RePaint's resampling for a text-to-image pipeline (default %(default)s)")
+    ip.add_argument("--samples", default=SUPPRESS,
+                    help="keep the images and grid.png (init, mask, images per case) in this new folder")
+
     walk = sub.add_parser("walk", help="smoothness of a rendered walk",
                           description="Adjacent-frame distances of a walk folder written by ldm animate.")
     show_defaults_of(walk, f"ldm.apps.evaluate.settings:{SETTINGS['walk']}")
     walk.add_argument("folder", help="walk folder (holds settings.json and frames/)")
 
-    for command in (ae, dm, walk):
+    for command in (ae, dm, ip, walk):
         command.add_argument("--out", default=SUPPRESS, help="write the results as JSON to this new file")
 
 
@@ -68,7 +91,7 @@ def run(args: argparse.Namespace) -> None:
     from ldm.metrics.results import format_table
 
     model = getattr(settings, SETTINGS[args.what])
-    target = {"autoencoder": "vae", "diffusion": "pipeline", "walk": "folder"}[args.what]
+    target = {"autoencoder": "vae", "diffusion": "pipeline", "inpainting": "pipeline", "walk": "folder"}[args.what]
     result = evaluate(model(**{target: getattr(args, target)}, **given(args, SETTINGS_OPTIONS)))
     print(format_table([result]))
     for key, value in result.settings.items():

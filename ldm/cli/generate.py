@@ -8,12 +8,14 @@ from argparse import SUPPRESS
 from ldm.cli.lora_args import add_lora_arguments, lora_choices_of
 from ldm.cli.ranges import COUNT, GUIDANCE, SEED, SIDE, STEPS, integer, number
 from ldm.cli.settings_help import given, show_defaults_of
+from ldm.cli.text_args import TEXT_OPTIONS, add_text_arguments
 
 # Options that set the GenerateOptions field of their name; one not given (SUPPRESS) is left to the
 # field's default (ldm/cli/settings_help.py).
 SETTINGS_OPTIONS = ("n", "seed", "steps", "guidance", "guidance_rescale", "negative", "sampler", "eta", "height",
                     "width", "init_image",
-                    "strength", "mask", "feather", "repaint", "out", "batch_size", "device", "dtype", "vae")
+                    "strength", "mask", "feather", "repaint", "out", "batch_size", "device", "dtype", "vae",
+                    *TEXT_OPTIONS)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,8 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="guidance rescale, 0-1: 0 plain guidance (default: the pipeline's own, 0.7 for "
                              "a noise.zero_terminal_snr model, else 0)")
     parser.add_argument("--negative", default=SUPPRESS, help="negative prompt (needs --guidance above 1)")
+    add_text_arguments(parser)
     parser.add_argument("--sampler", default=SUPPRESS,
-                        help="sampler name (default dpmsolver++); a wrong name lists the valid ones")
+                        help="sampler name (default: dpmsolver++, or lcm for a pipeline distilled by "
+                             "`ldm train configs/distill/...`); a wrong name lists the valid ones")
     parser.add_argument("--eta", type=number(0.0, 1.0), default=SUPPRESS,
                         help="DDIM's eta: 0 deterministic, 1 DDPM-like (default %(default)s)")
     parser.add_argument("--height", type=SIDE, default=SUPPRESS, help="image height in pixels (default: the model's)")

@@ -29,8 +29,8 @@ import torch
 from safetensors import safe_open
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from ldm.components.text_encoder import TextConditioner, load_text_encoder, tokenize_prompts
-from ldm.components.text_time import pack
+from ldm.components.text_encoder import EMPTY_PROMPT, TextConditioner, embed_prompts, load_text_encoder
+from ldm.components.text_time import pack, pooled_rows
 from ldm.core.errors import LdmError, first_line
 from ldm.core.layout import CLIP, TEXT_ENCODER, TEXT_ENCODER_2, TOKENIZER, TOKENIZER_2
 from ldm.core.trust import check_no_code
@@ -100,16 +100,23 @@ def _clip_projection(clip_dir: Path) -> torch.Tensor:
     raise LdmError(f"{clip_dir} has no {PROJECTION} (is it the CLIP stage's RUN/clip?)")
 
 
-def embed_with(encoders: list[Encoder], prompts: list[str]) -> torch.Tensor:
+def embed_with(encoders: list[Encoder], prompts: list[str], max_chunks: int = 1) -> torch.Tensor:
     """The packed embedding (B, T + k, W) of prompts, as StableDiffusionXLPipeline encodes them:
-    each encoder's penultimate hidden state concatenated, and the last encoder's pooled projection."""
-    hidden, pooled = [], None
-    for tokenizer, encoder in encoders:
-        out = encoder(tokenize_prompts(tokenizer, list(prompts)).to(encoder.device), output_hidden_states=True)
-        hidden.append(out.hidden_states[-2])
-        pooled = out.text_embeds if hasattr(out, "text_embeds") else None
-    if pooled is None:
+    each encoder's penultimate hidden state concatenated, and the last encoder's pooled projection.
+
+    Prompts longer than one window (`max_chunks` above 1) are encoded as kohya's sd-scripts and
+    compel encode them for SDXL: each encoder reads each window of 75 tokens on its own, the
+    windows' hidden states are concatenated along the sequence (T = windows x 77, short prompts
+    padded with the empty prompt's window, `embed_prompts`), and the pooled embedding is the first
+    window's. The pooled rows still end the packed embedding, after all the token rows."""
+    if not isinstance(encoders[-1][1], CLIPTextModelWithProjection):
         raise LdmError("the last SDXL text encoder has no projection (it must be a CLIPTextModelWithProjection)")
+    hidden = []
+    for tokenizer, encoder in encoders:
+        states, pooled = embed_prompts(tokenizer, encoder, list(prompts), max_chunks, pooled=True, penultimate=True)
+        hidden.append(states)
+    if len({states.shape[1] for states in hidden}) > 1:
+        raise LdmError("the SDXL text encoders' tokenizers split a prompt into different numbers of windows")
     return pack(torch.cat(hidden, dim=-1), pooled)
 
 
@@ -119,15 +126,16 @@ class TextTimeConditioner(TextConditioner):
     `tokenizer` and `text_encoder` are the last (projected) pair, `first` the optional first one.
     """
 
-    def __init__(self, encoders: list[Encoder], dropout: float = 0.1):
-        super().__init__(*encoders[-1], dropout)
+    def __init__(self, encoders: list[Encoder], dropout: float = 0.1, max_chunks: int = 1):
+        super().__init__(*encoders[-1], dropout, max_chunks)
         self.first = encoders[0] if len(encoders) == 2 else None
         if self.first is not None:
             self.first[1].requires_grad_(False).eval()
+        self._window = None  # the empty prompt's token rows, made on first use on the right device
 
     @classmethod
-    def load(cls, path: str, dropout: float = 0.1) -> TextTimeConditioner:
-        return cls(load_text_encoders(path), dropout)
+    def load(cls, path: str, dropout: float = 0.1, max_chunks: int = 1) -> TextTimeConditioner:
+        return cls(load_text_encoders(path), dropout, max_chunks)
 
     @property
     def encoders(self) -> list[Encoder]:
@@ -143,27 +151,39 @@ class TextTimeConditioner(TextConditioner):
         return self.text_encoder.config.projection_dim
 
     @property
-    def embedding_shape(self) -> tuple[int, int]:
-        rows = self.encode([""]).shape[1]
-        return rows, self.hidden_size
+    def tail_rows(self) -> int:
+        """The pooled embedding's rows, after the token rows of every packed embedding."""
+        return pooled_rows(self.pooled_size, self.hidden_size)
 
     def to(self, device: torch.device | str) -> TextTimeConditioner:
         if self.first is not None:
             self.first[1].to(device)
+        self._window = None
         return super().to(device)
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> torch.Tensor:
-        return embed_with(self.encoders, list(prompts))
+        return embed_with(self.encoders, list(prompts), self.max_chunks)
 
     def embed(self, prompts: list[str]) -> torch.Tensor:
-        return embed_with(self.encoders, list(prompts))
+        return embed_with(self.encoders, list(prompts), self.max_chunks)
 
     def empty_embedding(self) -> torch.Tensor:
         """SDXL's unconditional input: zeros (what a dropped caption trains)."""
         if self._empty is None:
-            self._empty = torch.zeros_like(self.encode([""]))
+            self._empty = torch.zeros_like(self.encode([EMPTY_PROMPT]))
         return self._empty
+
+    def padding_window(self) -> torch.Tensor:
+        """The empty prompt's window as encoded (token rows, not zeros): a short caption's padding,
+        as `embed_with` pads a batch."""
+        if self._window is None:
+            self._window = self.encode([EMPTY_PROMPT])[:, :-self.tail_rows]
+        return self._window
+
+    def dropped_embedding(self, rows: int) -> torch.Tensor:
+        """Zeros, token rows and pooled alike, however long the batch's captions."""
+        return torch.zeros(1, rows, self.hidden_size, device=self.device)
 
 
 def text_components(conditioner: TextConditioner) -> dict:

@@ -4,6 +4,7 @@ Every later stage conditions on CLIP text embeddings made the same way, here:
 
     tokenizer, text_encoder = load_text_encoder("runs/shapes")      # RUN, pipeline, or CLIP folder
     embeddings = encode_prompts(tokenizer, text_encoder, ["a red circle", ""])   # (2, 77, hidden)
+    long = encode_prompts(tokenizer, text_encoder, [prompt_of_100_tokens, ""], max_chunks=2)  # (2, 154, hidden)
 
 `TextConditioner` is the encoder as the diffusion stage trains on it (frozen, with caption dropout).
 The tokenizer itself is learned by stage 1b (`ldm.stages.clip.tokenizer`) or comes with a pretrained CLIP.
@@ -11,18 +12,19 @@ The tokenizer itself is learned by stage 1b (`ldm.stages.clip.tokenizer`) or com
 
 from __future__ import annotations
 
-import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from ldm.components.prompt_tokens import tokenize_chunks
 from ldm.core.errors import LdmError, first_line, type_and_first_line
 from ldm.core.layout import MODEL_CONFIG, TEXT_ENCODER, TOKENIZER, looks_like_hub_id
 from ldm.core.trust import check_no_code
 
 MAX_LENGTH = 77  # CLIP's context length, and what Stable Diffusion pads every prompt to
-PROMPT_IN_WARNING = 60  # characters of a truncated prompt quoted in the warning
+EMPTY_PROMPT = ""
 
 
 def load_text_encoder(path_or_hub_id: str | Path, dtype: torch.dtype | None = None
@@ -82,53 +84,94 @@ def _load_from_hub(hub_id: str, dtype) -> tuple[CLIPTokenizer, CLIPTextModel]:
     raise LdmError(f"'{hub_id}' is not a local folder, and loading it from the hub failed: {errors[0]}")
 
 
-def tokenize_prompts(tokenizer: CLIPTokenizer, prompts: list[str]) -> torch.Tensor:
-    """Token ids (B, max_length), padded with the end token; long prompts truncated with a warning."""
-    max_length = tokenizer.model_max_length
-    # One token more than fits tells which prompts lose words, without transformers' own warning.
-    lengths = [len(ids) for ids in tokenizer(list(prompts), truncation=True, max_length=max_length + 1)
-               ["input_ids"]]
-    too_long = [prompt for prompt, n in zip(prompts, lengths) if n > max_length]
-    if too_long:
-        first = too_long[0]
-        quoted = first if len(first) <= PROMPT_IN_WARNING else first[:PROMPT_IN_WARNING] + "..."
-        others = f" (and {len(too_long) - 1} more)" if len(too_long) > 1 else ""
-        warnings.warn(f"prompt '{quoted}'{others} is longer than the text encoder's {max_length} "
-                      "tokens: the end is cut off", stacklevel=3)
-    return tokenizer(list(prompts), padding="max_length", truncation=True, max_length=max_length,
-                     return_tensors="pt")["input_ids"]
-
-
-def embed_prompts(tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, prompts: list[str]) -> torch.Tensor:
-    """Prompts as the diffusion model's conditioning: CLIP's last hidden state (B, max_length, hidden).
+def embed_prompts(tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, prompts: list[str],
+                  max_chunks: int = 1, pooled: bool = False, penultimate: bool = False):
+    """Prompts as the diffusion model's conditioning: CLIP's last hidden state (B, tokens, hidden)
+    (`penultimate`: the one before it, as SDXL conditions on).
 
     As in Stable Diffusion, every prompt is padded to the tokenizer's max length and no attention
     mask is passed (CLIP's causal mask already keeps padding from changing the prompt's tokens).
     The empty prompt "" gives the unconditional embedding used for classifier-free guidance.
+
+    With `max_chunks` above 1, a prompt longer than one window (75 tokens) is encoded in windows
+    (`ldm.components.prompt_tokens`), each through the encoder on its own, and their embeddings are
+    concatenated: (B, chunks x 77, hidden). Prompts of fewer windows than the longest are padded
+    with the empty prompt's window embedding (compel's padding), so rows stack and guidance's
+    negative matches its positive. A batch of one-window prompts gives what it always gave.
+
+    `pooled`: also return CLIP's pooled output (B, hidden) of each prompt's first window (a
+    CLIPTextModelWithProjection's projected one, `text_embeds`), what diffusers' pipelines take as
+    the pooled embedding (SDXL's `pooled_prompt_embeds`) and what compel returns for long prompts.
     Gradients flow when enabled (a text encoder that trains); `encode_prompts` is the frozen use.
     """
     if isinstance(prompts, str):
         raise TypeError("encode_prompts takes a list of prompts, not one string")
-    ids = tokenize_prompts(tokenizer, prompts).to(text_encoder.device)
-    return text_encoder(input_ids=ids).last_hidden_state
+    windows = tokenize_chunks(tokenizer, list(prompts), max_chunks)
+    counts = [len(rows) for rows in windows]
+    longest = max(counts)
+    padded = any(count < longest for count in counts)
+    rows = torch.cat(windows + ([tokenize_chunks(tokenizer, [EMPTY_PROMPT])[0]] if padded else []))
+    out = text_encoder(input_ids=rows.to(text_encoder.device), output_hidden_states=penultimate)
+    hidden = out.hidden_states[-2] if penultimate else out.last_hidden_state
+    if longest > 1:
+        hidden = _concatenate_windows(hidden, counts, longest)
+    if not pooled:
+        return hidden
+    first = torch.tensor([0, *counts[:-1]]).cumsum(0).to(hidden.device)
+    return hidden, (out.text_embeds if hasattr(out, "text_embeds") else out.pooler_output)[first]
+
+
+def _concatenate_windows(hidden: torch.Tensor, counts: list[int], longest: int) -> torch.Tensor:
+    """(windows, tokens, hidden) encoder rows, the empty prompt's last when any prompt is short of
+    `longest` windows, as (prompts, longest x tokens, hidden): each prompt's windows in order, then
+    the empty window repeated."""
+    empty = hidden[-1:]
+    out, start = [], 0
+    for count in counts:
+        own = hidden[start:start + count]
+        out.append(torch.cat([own, empty.expand(longest - count, -1, -1)]).flatten(0, 1))
+        start += count
+    return torch.stack(out)
+
+
+def pad_embeddings(embeddings: torch.Tensor, length: int, empty: torch.Tensor, tail: int = 0) -> torch.Tensor:
+    """(B, rows, hidden) embeddings padded to `length` rows with `empty`, the empty prompt's
+    (1, window tokens, hidden) embedding, window by window: how a short prompt's embedding meets a
+    long one's (guidance's negative, a walk between prompts of different lengths). `tail`: rows that
+    end every embedding after its token rows (an SDXL-style model's pooled rows,
+    `ldm.components.text_time`), kept last: the windows go before them."""
+    missing = length - embeddings.shape[1]
+    if missing == 0:
+        return embeddings
+    windows = missing // empty.shape[1]
+    if missing < 0 or windows * empty.shape[1] != missing:
+        raise ValueError(f"cannot pad embeddings of {embeddings.shape[1]} rows to {length} in windows "
+                         f"of {empty.shape[1]}")
+    filler = empty.to(embeddings).repeat(1, windows, 1).expand(embeddings.shape[0], -1, -1)
+    end = embeddings.shape[1] - tail
+    return torch.cat([embeddings[:, :end], filler, embeddings[:, end:]], dim=1)
 
 
 @torch.no_grad()
-def encode_prompts(tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel,
-                   prompts: list[str]) -> torch.Tensor:
+def encode_prompts(tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, prompts: list[str],
+                   max_chunks: int = 1) -> torch.Tensor:
     """`embed_prompts` without gradients: the embeddings of a frozen text encoder."""
-    return embed_prompts(tokenizer, text_encoder, prompts)
+    return embed_prompts(tokenizer, text_encoder, prompts, max_chunks)
 
 
-def encode_each_once(tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, prompts: list[str]) -> torch.Tensor:
+def encode_each_once(tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, prompts: list[str],
+                     max_chunks: int = 1) -> torch.Tensor:
     """`encode_prompts`, with each distinct text through the encoder once: a batch of 16 images of
-    4 prompts and the empty negative prompt needs 5 encoder rows, not 32."""
+    4 prompts and the empty negative prompt needs 5 encoder rows, not 32. Every row is padded to the
+    longest prompt's windows."""
+    return each_once(lambda texts: encode_prompts(tokenizer, text_encoder, texts, max_chunks), prompts)
+
+
+def each_once(encode: Callable[[list[str]], torch.Tensor], prompts: list[str]) -> torch.Tensor:
+    """`encode(prompts)`, calling it on each distinct text once and repeating its rows."""
     distinct = list(dict.fromkeys(prompts))
-    table = encode_prompts(tokenizer, text_encoder, distinct)
+    table = encode(distinct)
     return table[[distinct.index(prompt) for prompt in prompts]]
-
-
-EMPTY_PROMPT = ""
 
 
 class TextConditioner:
@@ -143,29 +186,26 @@ class TextConditioner:
     its weights into checkpoints; the module moves it to its device itself.
     """
 
-    def __init__(self, tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, dropout: float = 0.1):
+    def __init__(self, tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, dropout: float = 0.1,
+                 max_chunks: int = 1):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"caption dropout must be in [0, 1), got {dropout}")
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder.requires_grad_(False).eval()
         self.dropout = dropout
+        self.max_chunks = max_chunks  # windows of 75 tokens a caption may take (prompt_chunks)
         self._empty = None  # the empty prompt's embedding, made on first use on the right device
 
     @classmethod
-    def load(cls, path: str, dropout: float = 0.1) -> TextConditioner:
+    def load(cls, path: str, dropout: float = 0.1, max_chunks: int = 1) -> TextConditioner:
         """From a run folder (RUN/text_encoder + RUN/tokenizer), a pipeline or a CLIP folder."""
         tokenizer, text_encoder = load_text_encoder(path)
-        return cls(tokenizer, text_encoder, dropout)
+        return cls(tokenizer, text_encoder, dropout, max_chunks)
 
     @property
     def hidden_size(self) -> int:
         """The embedding width: the UNet's cross-attention width must match it."""
         return self.text_encoder.config.hidden_size
-
-    @property
-    def embedding_shape(self) -> tuple[int, int]:
-        """(rows, width) of one prompt's embedding, as the latent cache stores it."""
-        return self.tokenizer.model_max_length, self.hidden_size
 
     @property
     def device(self) -> torch.device:
@@ -176,16 +216,40 @@ class TextConditioner:
         self._empty = None
         return self
 
+    @property
+    def window_tokens(self) -> int:
+        """The embedding rows of one window (77 for SD's CLIP); a long caption's are a multiple."""
+        return self.tokenizer.model_max_length
+
+    @property
+    def tail_rows(self) -> int:
+        """Rows that end every embedding after its token rows: none here (an SDXL-style model's
+        pooled rows, `ldm.components.dual_text_encoder`)."""
+        return 0
+
+    @property
+    def max_tokens(self) -> int:
+        """The embedding rows of the longest caption allowed: `max_chunks` windows (and the tail's)."""
+        return self.max_chunks * self.window_tokens + self.tail_rows
+
     def encode(self, prompts: list[str]) -> torch.Tensor:
-        """(B, max_length, hidden_size) embeddings, as the pipeline makes them."""
-        return encode_prompts(self.tokenizer, self.text_encoder, list(prompts))
+        """(B, max_length x windows, hidden_size) embeddings, as the pipeline makes them."""
+        return encode_prompts(self.tokenizer, self.text_encoder, list(prompts), self.max_chunks)
 
     def embed(self, prompts: list[str]) -> torch.Tensor:
         """`encode` with gradients, for a text encoder whose (LoRA) weights train."""
-        return embed_prompts(self.tokenizer, self.text_encoder, list(prompts))
+        return embed_prompts(self.tokenizer, self.text_encoder, list(prompts), self.max_chunks)
+
+    def padded(self, embeddings: torch.Tensor, length: int) -> torch.Tensor:
+        """Embeddings padded to `length` rows with the empty prompt's window (`pad_embeddings`)."""
+        return pad_embeddings(embeddings, length, self.padding_window(), self.tail_rows)
+
+    def padding_window(self) -> torch.Tensor:
+        """(1, window tokens, hidden_size): what a short caption is padded with, the empty prompt's window."""
+        return self.empty_embedding()
 
     def empty_embedding(self) -> torch.Tensor:
-        """(1, max_length, hidden_size): the unconditional embedding used for guidance."""
+        """(1, max_length, hidden_size): the unconditional embedding used for guidance (one window)."""
         if self._empty is None:
             self._empty = self.encode([EMPTY_PROMPT])
         return self._empty
@@ -199,8 +263,13 @@ class TextConditioner:
         if self.dropout == 0.0:
             return embeddings
         drop = self._dropped(embeddings.shape[0], embeddings.device, generator)
-        empty = self.empty_embedding().to(embeddings)
+        empty = self.dropped_embedding(embeddings.shape[1]).to(embeddings)
         return torch.where(drop[:, None, None], empty, embeddings)
+
+    def dropped_embedding(self, rows: int) -> torch.Tensor:
+        """(1, rows, hidden_size): what a dropped caption becomes in a batch of `rows`-row embeddings;
+        in a long batch, the empty window repeated, as a short prompt is padded."""
+        return self.padded(self.empty_embedding(), rows)
 
     def drop_caption_texts(self, captions: list[str], generator: torch.Generator | None = None) -> list[str]:
         """Each caption replaced by the empty prompt with probability `dropout`: for an encoder that

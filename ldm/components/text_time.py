@@ -30,7 +30,8 @@ TIME_IDS = 6  # original (h, w), crop (top, left), target (h, w)
 
 
 def is_text_time(unet: UNet2DConditionModel) -> bool:
-    return unet.config.get("addition_embed_type") == TEXT_TIME
+    config = getattr(unet, "config", None)  # a bare denoising function (tests) has none: not SDXL-style
+    return config is not None and config.get("addition_embed_type") == TEXT_TIME
 
 
 def pooled_width(unet: UNet2DConditionModel) -> int:

@@ -44,6 +44,10 @@ Fraction = Annotated[float, Field(ge=0, lt=1)]  # a share in [0, 1): dropout, de
 MAX_SIDE = 8192  # pixels: beyond any model ldm trains, and a bound that keeps size arithmetic finite
 Side = Annotated[int, Field(ge=8, le=MAX_SIDE)]  # an image side in pixels
 Area = Annotated[int, Field(ge=64, le=MAX_SIDE * MAX_SIDE)]  # pixels of an image
+# Windows of 75 tokens a prompt may take (ldm.components.prompt_tokens): 1 is CLIP's own 77-token
+# context; 8 windows are 600 tokens, beyond what sd-scripts (225) or prompts in practice use.
+MAX_PROMPT_CHUNKS = 8
+PromptChunks = Annotated[int, Field(ge=1, le=MAX_PROMPT_CHUNKS)]
 
 
 def packaged_configs() -> Path:

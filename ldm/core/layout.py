@@ -27,6 +27,8 @@ TOKENIZER_2 = "tokenizer_2"
 CLIP = "clip"
 PIPELINE = "pipeline"
 LORA = "lora"
+EMBEDDINGS = "embeddings"  # a textual-inversion run's export: RUN/embeddings/learned_embeds.safetensors
+LEARNED_EMBEDS = "learned_embeds.safetensors"  # the file name diffusers' textual-inversion script writes
 SAMPLES = "samples"
 # The parts of a diffusers pipeline folder (RUN/pipeline or a Stable Diffusion folder).
 UNET = "unet"

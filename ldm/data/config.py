@@ -58,6 +58,34 @@ class CaptionTagsConfig:
 
 
 @dataclass(config=SECTION)
+class PriorPreservationConfig:
+    """DreamBooth's prior preservation (Ruiz et al. 2023; diffusers' `train_dreambooth.py`
+    `--with_prior_preservation`, kohya's sd-scripts `reg_data_dir` / `prior_loss_weight`): the base
+    pipeline makes `num_class_images` images of `class_prompt` once (RUN/diffusion/class_images/),
+    and every training batch adds `batch_size` of them to the user's images, so that fine-tuning
+    on a few images of one subject does not make the model forget what the rest of its class looks
+    like. The loss is the user's images' loss + loss_weight * the class images' loss."""
+
+    # The class without the subject: "a photo of a dog". Required (checked below, so that a section
+    # given without it is one line naming the section).
+    class_prompt: Annotated[str, Field(min_length=1)] | None = None
+    num_class_images: Annotated[int, Field(ge=1, le=100_000)] = 100
+    loss_weight: Annotated[float, Field(ge=0, le=100)] = 1.0  # 0: the class images train nothing
+    batch_size: Count | None = None  # class images in each batch; null: data.batch_size
+    # How the base pipeline makes them (as `ldm generate` would: its default sampler, seeds seed,
+    # seed + 1, ...), at data.resolution.
+    steps: Annotated[int, Field(ge=1, le=1000)] = 25
+    guidance_scale: Annotated[float, Field(ge=1, le=50)] = 5.0
+    negative_prompt: str = ""
+    seed: NonNegativeInt = 0
+
+    def __post_init__(self):
+        if self.class_prompt is None:
+            raise ValueError("data: prior_preservation is given without its class_prompt, the class without "
+                             "the subject (e.g. class_prompt: a photo of a dog)")
+
+
+@dataclass(config=SECTION)
 class DataConfig:
     # A local imagefolder (metadata.jsonl, or a caption .txt beside each image), a folder written by
     # `Dataset.save_to_disk`, WebDataset .tar or .parquet shards (a glob such as shards/*.tar, a file,
@@ -101,6 +129,9 @@ class DataConfig:
     # data.mask_column). An image without one trains at full weight, and is counted.
     mask: Literal["none", "alpha", "file", "column"] = "none"
     mask_column: str = "mask"  # read with mask: column only
+    # The diffusion stage's DreamBooth prior preservation: class images made by the base pipeline
+    # and mixed into every batch; null: off.
+    prior_preservation: PriorPreservationConfig | None = None
 
     def __post_init__(self):
         try:
@@ -111,6 +142,9 @@ class DataConfig:
         if not 1 <= self.max_pixels <= PIL_HARD_LIMIT:
             raise ValueError(f"data.max_pixels must be between 1 and {PIL_HARD_LIMIT} (PIL refuses to open "
                              f"larger images), got {self.max_pixels}")
+        if self.prior_preservation is not None and self.streaming:
+            raise ValueError("data.prior_preservation needs data.streaming: false (a few subject images "
+                             "need no streaming, and the class images are a folder)")
         if self.buckets is not None and self.streaming:
             raise ValueError("data.buckets needs data.streaming: false (images are sorted into buckets "
                              "by their sizes, read once before training)")

@@ -33,6 +33,15 @@ def ssim(reconstructions: torch.Tensor, originals: torch.Tensor) -> torch.Tensor
                                                    data_range=1.0, reduction="none")
 
 
+def masked_psnr(images: torch.Tensor, references: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """PSNR in dB per image, (B,), over the pixels where `where` (B, 1, H, W) is true (inf where they
+    are equal; nan for an image with no such pixel). torchmetrics' PSNR has no mask."""
+    error = (to_unit_range(images.float()) - to_unit_range(references.float())) ** 2
+    where = where.to(error).expand_as(error)
+    mse = (error * where).sum(dim=(1, 2, 3)) / where.sum(dim=(1, 2, 3))
+    return 10 * torch.log10(1.0 / mse)
+
+
 EDGE_SHARE = 0.05  # of each image's pixels: its strongest edges
 
 

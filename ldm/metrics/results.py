@@ -4,7 +4,7 @@ The JSON file (`--out`) holds one evaluation, or a list of them (the quickstart 
 evaluations in one file). One evaluation is an object with exactly these keys:
 
     schema    int     SCHEMA_VERSION (1); a reader should check it
-    kind      str     "autoencoder" | "diffusion" | "walk"
+    kind      str     "autoencoder" | "diffusion" | "inpainting" | "walk"
     target    str     the folder evaluated (RUN/vae, RUN/pipeline, a walk folder)
     settings  object  what the figures depend on: data, split, number of images, seeds, steps ...
     metrics   array   one object per figure, in the order of the printed table:

@@ -1,21 +1,24 @@
-"""LoRA adapters: the folder a LoRA run exports, and loading one or several onto a pipeline.
+"""Adapters: the folder an adapter run exports, and loading one or several onto a pipeline.
 
-A LoRA run of the diffusion stage exports RUN/lora/:
+An adapter run of the diffusion stage (`lora:`) exports RUN/lora/. For LoRA and DoRA:
 
     pytorch_lora_weights.safetensors   the adapters in diffusers' LoRA format, written by
-                                       `StableDiffusionPipeline.save_lora_weights` (rank and alpha in
-                                       its metadata), so that plain diffusers loads it:
+                                       `StableDiffusionPipeline.save_lora_weights` (rank, alpha and
+                                       DoRA's use_dora in its metadata), so that plain diffusers loads it:
                                        StableDiffusionPipeline.from_pretrained(BASE).load_lora_weights(RUN/lora)
     base_model.json                    the base it was trained on: its name (a folder or hub id) and
                                        the SHA-256 of the base UNet's weight files
+
+For LoHa and LoKr, which diffusers' LoRA loader cannot read, a peft adapter folder instead
+(adapter_config.json, adapter_model.safetensors: `ldm.sampling.peft_adapter`) beside the same note.
 
 Adapters are only meaningful on the weights they were trained against: on another UNet they still
 draw something, just not what was trained. So `check_loras` compares each note's fingerprint with
 the pipeline's UNet files before any model loads, and refuses a mismatch naming both models. A LoRA
 folder without a note (one written by other tools) loads with a warning, as its base is unknown.
 
-`load_loras` puts several onto one pipeline with diffusers' `load_lora_weights` (one named adapter
-each, safetensors only) and `set_adapters` (each with its scale).
+`load_loras` puts several onto one pipeline, of any kinds, one named adapter each: diffusers'
+`load_lora_weights` (safetensors only) or `load_peft_adapter`, then `set_adapters` (each with its scale).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from ldm.core.atomic import atomic_folder
 from ldm.core.errors import LdmError
 from ldm.core.layout import UNET
 from ldm.core.trust import check_no_code
+from ldm.sampling.peft_adapter import PEFT_WEIGHTS, is_peft_adapter, load_peft_adapter, write_peft_adapter
 
 if TYPE_CHECKING:  # for annotations only: the CLI reads LoraChoice before any model library loads
     import torch
@@ -81,8 +85,9 @@ def unet_fingerprint(unet_folder: str | Path) -> str:
 def write_lora(out_dir: str | Path, base: BaseModel, unet_layers: dict[str, torch.Tensor], unet_config: dict,
                text_encoder_layers: dict[str, torch.Tensor] | None = None,
                text_encoder_config: dict | None = None) -> Path:
-    """RUN/lora: the adapters in diffusers' format (their peft configs as its metadata, so that alpha
-    and the target modules load as trained) and the note of the base; whole or not at all."""
+    """RUN/lora: LoRA or DoRA adapters in diffusers' format (their peft configs as its metadata, so
+    that alpha, use_dora and the target modules load as trained) and the note of the base; whole or
+    not at all."""
     out_dir = Path(out_dir)
     with atomic_folder(out_dir) as tmp:
         from diffusers import StableDiffusionPipeline  # imported here: slow, and needed only to write
@@ -91,16 +96,37 @@ def write_lora(out_dir: str | Path, base: BaseModel, unet_layers: dict[str, torc
             tmp, unet_lora_layers=unet_layers, text_encoder_lora_layers=text_encoder_layers,
             weight_name=LORA_WEIGHTS, safe_serialization=True, unet_lora_adapter_metadata=unet_config,
             text_encoder_lora_adapter_metadata=text_encoder_config)
-        (tmp / BASE_NOTE).write_text(json.dumps(asdict(base), indent=2) + "\n")
+        _write_note(tmp, base)
     return out_dir
 
 
+def write_adapter_folder(out_dir: str | Path, base: BaseModel, unet_weights: dict[str, torch.Tensor],
+                         unet_config: dict) -> Path:
+    """RUN/lora of a LoHa or LoKr run: a peft adapter folder and the note of the base; whole or not at all."""
+    out_dir = Path(out_dir)
+    with atomic_folder(out_dir) as tmp:
+        write_peft_adapter(tmp, unet_weights, unet_config)
+        _write_note(tmp, base)
+    return out_dir
+
+
+def _write_note(folder: Path, base: BaseModel) -> None:
+    (folder / BASE_NOTE).write_text(json.dumps(asdict(base), indent=2) + "\n")
+
+
+def adapter_file(lora_dir: str | Path) -> Path:
+    """The weights file of an adapter folder: diffusers' LoRA file, or a peft adapter's."""
+    folder = Path(lora_dir)
+    return folder / (PEFT_WEIGHTS if is_peft_adapter(folder) and not (folder / LORA_WEIGHTS).is_file()
+                     else LORA_WEIGHTS)
+
+
 def read_base(lora_dir: str | Path) -> BaseModel | None:
-    """The base a LoRA folder notes, None when it has no note; LdmError when it is no LoRA folder."""
+    """The base an adapter folder notes, None when it has no note; LdmError when it is no adapter folder."""
     folder = check_no_code(lora_dir)
-    if not (folder / LORA_WEIGHTS).is_file():
-        raise LdmError(f"--lora {folder}: {LORA_WEIGHTS} not found (a LoRA run of the diffusion stage "
-                       "exports RUN/lora)")
+    if not adapter_file(folder).is_file():
+        raise LdmError(f"--lora {folder}: neither {LORA_WEIGHTS} nor a peft adapter ({PEFT_WEIGHTS}) found "
+                       "(an adapter run of the diffusion stage exports RUN/lora)")
     note = folder / BASE_NOTE
     if not note.is_file():
         return None
@@ -123,12 +149,16 @@ def check_loras(loras: list[LoraChoice], pipeline: str | Path) -> None:
 
 
 def load_loras(pipe, loras: list[LoraChoice]) -> None:
-    """Load each LoRA as its own adapter (lora0, lora1, ...) and set their scales."""
+    """Load each adapter folder as its own adapter (lora0, lora1, ...) and set their scales."""
     if not loras:
         return
     names = [f"{ADAPTER_PREFIX}{i}" for i in range(len(loras))]
     for name, lora in zip(names, loras):
-        check_fits(Path(lora.path) / LORA_WEIGHTS, pipe.unet)
+        weights = adapter_file(lora.path)
+        if weights.name == PEFT_WEIGHTS:  # LoHa, LoKr
+            load_peft_adapter(pipe.unet, lora.path, name)
+            continue
+        check_fits(weights, pipe.unet)
         pipe.load_lora_weights(lora.path, weight_name=LORA_WEIGHTS, adapter_name=name, use_safetensors=True)
     pipe.set_adapters(names, adapter_weights=[lora.scale for lora in loras])
 

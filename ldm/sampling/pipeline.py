@@ -11,7 +11,15 @@ class lacks and this one adds: a VQ autoencoder (decoded through `ldm.components
 same call (`image=`, `strength=`, as `StableDiffusionImg2ImgPipeline` does it), and prompts that
 repeat in a batch encoded once each, and the text's cross-attention keys and values computed once
 per call instead of once per step (`ldm.sampling.attention_cache`). LoRA adapters load through
-Stable Diffusion's own loader mixin (`load_lora_weights`, `set_adapters`; see `ldm.sampling.lora`).
+Stable Diffusion's own loader mixin (`load_lora_weights`, `set_adapters`; see `ldm.sampling.lora`),
+textual-inversion embeddings through diffusers' (`load_textual_inversion`, `ldm.sampling.embeddings`).
+Prompts longer than the text encoder's 77 tokens are encoded in windows (`prompt_chunks`,
+`ldm.components.prompt_tokens`), which Stable Diffusion's class does not do.
+
+With an inpainting UNet (2C+1 input channels, the `inpainting:` stage-2 option or diffusers'
+SD-inpainting), a call takes `image=` and `mask_image=` and follows `StableDiffusionInpaintPipeline`
+step for step (the noise at strength 1, the masked image's latents, the mask at the latent grid), so
+that the two give the same images for the same seed (`inpainting_channels`).
 
 Export and loading live in `ldm.sampling.pipeline_io`.
 """
@@ -23,25 +31,27 @@ from collections.abc import Callable
 
 import PIL.Image
 import torch
+import torch.nn.functional as F
 from diffusers import DiffusionPipeline, ImagePipelineOutput, UNet2DConditionModel
 from diffusers.image_processor import VaeImageProcessor
-from diffusers.loaders import StableDiffusionLoraLoaderMixin
+from diffusers.loaders import StableDiffusionLoraLoaderMixin, TextualInversionLoaderMixin
 from diffusers.schedulers import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from ldm.components import autoencoder as vae_lib
 from ldm.components import text_time
-from ldm.components.text_encoder import encode_each_once
+from ldm.components.text_encoder import EMPTY_PROMPT, encode_each_once, encode_prompts, pad_embeddings
+from ldm.core.model_kind import is_inpainting_unet
 from ldm.sampling.attention_cache import text_keys_values_cached
-from ldm.sampling.guidance import GuidedDenoiser
+from ldm.sampling.guidance import GuidedDenoiser, embeds_guidance
 from ldm.sampling.samplers import guidance_rescale_of
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 Generators = torch.Generator | list[torch.Generator] | None
 
 
-class LatentDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
+class LatentDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, TextualInversionLoaderMixin):
     """Text-to-image (and image-to-image) with a CLIP text encoder, a UNet and a KL or VQ autoencoder."""
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
@@ -51,19 +61,50 @@ class LatentDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin)
         super().__init__()
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                               scheduler=scheduler)
-        self.vae_scale_factor = vae_lib.downsampling_factor(vae)
+        self.set_processing()
+
+    def set_processing(self) -> None:
+        """What the call needs beside the components (a subclass registers other components first)."""
+        self.vae_scale_factor = vae_lib.downsampling_factor(self.vae)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+        # Windows of 75 tokens a prompt may take (ldm.components.prompt_tokens); `load_pipeline`
+        # sets the one the model trained with, `ldm generate --prompt-chunks` another.
+        self.prompt_chunks = 1
+        # diffusers' inpainting pipelines' mask processor: gray, in [0, 1], binarized at 0.5
+        self.mask_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor, do_normalize=False,
+                                                do_binarize=True, do_convert_grayscale=True)
 
     @property
     def image_size(self) -> int:
         """The side of the square images the UNet was trained at: the default height and width."""
         return self.unet.config.sample_size * self.vae_scale_factor
 
+    @property
+    def is_inpainting(self) -> bool:
+        """Whether the UNet is the inpainting layout (it also takes a mask and the masked image's latents)."""
+        return is_inpainting_unet(self.unet.config)
+
     # ---- conditioning ---------------------------------------------------------------------------
 
     def embed_prompts(self, texts: list[str]) -> torch.Tensor:
-        """One embedding per text (each distinct text encoded once), as the UNet is conditioned on."""
-        return encode_each_once(self.tokenizer, self.text_encoder, list(texts))
+        """One embedding per text (each distinct text encoded once), as the UNet is conditioned on:
+        in windows up to `prompt_chunks`, every row padded to the longest with the empty prompt's window."""
+        return encode_each_once(self.tokenizer, self.text_encoder, list(texts), self.prompt_chunks)
+
+    def padding_window(self) -> torch.Tensor:
+        """(1, window tokens, width): the empty prompt's window, what a short prompt is padded with."""
+        return encode_prompts(self.tokenizer, self.text_encoder, [EMPTY_PROMPT])
+
+    @property
+    def prompt_tokenizer(self) -> CLIPTokenizer:
+        """The tokenizer that tells how many windows a prompt takes (an SDXL pipeline's last)."""
+        return self.tokenizer
+
+    @property
+    def tail_rows(self) -> int:
+        """Rows that end every embedding after its token rows: none (an SDXL pipeline's pooled rows,
+        `LatentDiffusionXLPipeline`); padding goes before them."""
+        return 0
 
     def unconditional(self, negatives: list[str], embeddings: torch.Tensor) -> torch.Tensor:
         """The negative prompts' embeddings as guidance uses them: as encoded (an SDXL pipeline
@@ -74,7 +115,9 @@ class LatentDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin)
                       num_images_per_prompt: int, guidance: bool
                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(prompt embeddings, negative embeddings), one row per image; every distinct text is
-        encoded once (Stable Diffusion's pipeline encodes each row of the batch)."""
+        encoded once (Stable Diffusion's pipeline encodes each row of the batch). Prompts longer
+        than a window are encoded in windows, up to `prompt_chunks`; every row, the negatives'
+        too, is padded to the longest with the empty prompt's window."""
         texts = list(prompts) + (list(negative_prompts) if guidance else [])
         embeds = self.embed_prompts(texts).to(self.unet.dtype)
         if not guidance:
@@ -96,10 +139,22 @@ class LatentDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin)
             negative = negative_prompt_embeds
             if guidance and negative is None:
                 negatives = _as_list(negative_prompt, prompt_embeds.shape[0])
-                negative = self.unconditional(negatives, self.encode_prompt(negatives, None, 1, guidance=False)[0])
+                # padded to the prompts' windows before `unconditional`, which may make the whole row zeros
+                encoded = self.same_length(prompt_embeds, self.encode_prompt(negatives, None, 1, guidance=False)[0])[1]
+                negative = self.unconditional(negatives, encoded)
             if guidance:
                 negative = negative.to(positive).repeat_interleave(num_images_per_prompt, dim=0)
+                positive, negative = self.same_length(positive, negative)
         return positive, (negative if guidance else None)
+
+    def same_length(self, *embeddings: torch.Tensor) -> list[torch.Tensor]:
+        """Embeddings of prompts of different window counts padded to the longest with the empty
+        prompt's window (as `encode_prompt` pads them): a long prompt's negative, a walk's keyframes."""
+        length = max(e.shape[1] for e in embeddings)
+        if all(e.shape[1] == length for e in embeddings):
+            return list(embeddings)
+        empty = self.padding_window()
+        return [pad_embeddings(e, length, empty, self.tail_rows) for e in embeddings]
 
     # ---- latents ----------------------------------------------------------------------------------
 
@@ -124,13 +179,30 @@ class LatentDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin)
 
     def encode_image(self, image, batch: int, generator: Generators) -> torch.Tensor:
         """An init image's clean latents, one row per image (a KL posterior sample from each image's generator)."""
-        pixels = self.image_processor.preprocess(image).to(self._execution_device, self.vae.dtype)
+        pixels = self.image_processor.preprocess(image)
+        return self.encode_pixels(pixels, batch, generator)
+
+    def encode_pixels(self, pixels: torch.Tensor, batch: int, generator: Generators) -> torch.Tensor:
+        """Images in [-1, 1] to latents, one row per image (repeated to `batch`), as `encode_image`."""
+        pixels = pixels.to(self._execution_device, self.vae.dtype)
         if pixels.shape[0] != batch:
             pixels = pixels.repeat(batch // pixels.shape[0], 1, 1, 1)
         if isinstance(generator, list):
             return torch.cat([vae_lib.encode(self.vae, pixels[i:i + 1], sample=True, generator=g)
                               for i, g in enumerate(generator)])
         return vae_lib.encode(self.vae, pixels, sample=True, generator=generator)
+
+    def inpainting_channels(self, image, mask_image, batch: int, height: int, width: int,
+                            generator: Generators) -> torch.Tensor:
+        """An inpainting UNet's extra input, (batch, 1 + C, h, w): the mask at the latent grid and the
+        latents of the image with its masked part set to 0 (mid-gray), as `StableDiffusionInpaintPipeline`
+        makes them (`prepare_mask_latents`: binarized, resized nearest; the masked image encoded with
+        each image's generator, after the starting noise was drawn)."""
+        pixels = self.image_processor.preprocess(image, height=height, width=width).float()
+        mask = self.mask_processor.preprocess(mask_image, height=height, width=width)
+        masked = self.encode_pixels(pixels * (mask < 0.5), batch, generator)
+        mask = F.interpolate(mask, size=masked.shape[-2:]).to(masked)
+        return torch.cat([mask.repeat(batch // mask.shape[0], 1, 1, 1), masked], dim=1)
 
     def img2img_timesteps(self, num_inference_steps: int, strength: float) -> torch.Tensor:
         """The last `strength` share of the schedule: the init image stands in for the steps skipped."""
@@ -186,6 +258,7 @@ class LatentDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin)
         original_size: tuple[int, int] | None = None,
         crops_coords_top_left: tuple[int, int] = (0, 0),
         target_size: tuple[int, int] | None = None,
+        mask_image: PIL.Image.Image | None = None,
     ):
         """Generate images; the arguments mean what they mean in `StableDiffusionPipeline`.
 
@@ -211,6 +284,10 @@ class LatentDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin)
         `original_size`, `crops_coords_top_left`, `target_size`: an SDXL-style UNet's size and crop
         conditioning, (height, width) and (top, left), as diffusers' StableDiffusionXLPipeline takes
         them (the sizes default to the image's); an SD UNet has none.
+
+        `mask_image` (white: repaint), with `image`: what an inpainting UNet needs (and only it: any
+        other UNet inpaints through `step_wrapper`); at `strength` 1 the sampling starts from pure
+        noise, as `StableDiffusionInpaintPipeline`'s does.
         """
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
@@ -218,27 +295,35 @@ class LatentDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin)
         if height % self.vae_scale_factor or width % self.vae_scale_factor:
             raise ValueError(f"height and width must be multiples of {self.vae_scale_factor}, "
                              f"got {height}x{width}")
-        guidance = guidance_scale > 1.0
+        # a UNet that takes the scale as an input (an LCM) needs no negative rows
+        guidance = guidance_scale > 1.0 and not embeds_guidance(self.unet)
+        if self.is_inpainting and (image is None or mask_image is None):
+            raise ValueError("an inpainting UNet repaints the masked part of an image: pass image= and mask_image=")
 
-        # 1. Conditioning, and the UNet wrapped with guidance.
+        # 1. Conditioning.
         positive, negative = self.conditioning(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
                                                num_images_per_prompt, guidance)
-        if guidance_rescale is None:
-            guidance_rescale = guidance_rescale_of(self.scheduler.config)
         batch = positive.shape[0]
-        times = self.time_ids(batch, height, width, original_size, crops_coords_top_left, target_size)
-        denoiser = GuidedDenoiser(self.unet, positive, negative, guidance_scale, guidance_rescale, times)
         if isinstance(generator, list) and len(generator) != batch:
             raise ValueError(f"got {len(generator)} generators for {batch} images")
 
-        # 2. Timesteps and starting latents.
+        # 2. Timesteps and starting latents (and an inpainting UNet's mask and masked image after them,
+        # as StableDiffusionInpaintPipeline draws them from the generators in that order).
         if end_step is not None and output_type != "latent":
             raise ValueError("end_step stops before the end: use output_type='latent'")
         timesteps, latents = self.starting_point(num_inference_steps, start_step, end_step, image, strength,
                                                  latents, (batch, height, width), generator)
         extra = self.step_kwargs(generator, eta)
+        masked = (self.inpainting_channels(image, mask_image, batch, height, width, generator)
+                  if self.is_inpainting else None)
 
-        # 3. Denoise.
+        # 3. The UNet wrapped with guidance.
+        if guidance_rescale is None:
+            guidance_rescale = guidance_rescale_of(self.scheduler.config)
+        times = self.time_ids(batch, height, width, original_size, crops_coords_top_left, target_size)
+        denoiser = GuidedDenoiser(self.unet, positive, negative, guidance_scale, guidance_rescale, masked, times)
+
+        # 4. Denoise.
         def step(i: int, latents: torch.Tensor) -> torch.Tensor:
             t = timesteps[i]
             noise = denoiser(self.scheduler.scale_model_input(latents, t), t)
@@ -255,7 +340,7 @@ class LatentDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin)
                 if i == len(timesteps) - 1 or (i + 1) % self.scheduler.order == 0:
                     bar.update()
 
-        # 4. Decode.
+        # 5. Decode.
         images = latents if output_type == "latent" else self.latents_to_images(latents, output_type)
         self.maybe_free_model_hooks()
         return ImagePipelineOutput(images=images) if return_dict else (images,)
@@ -264,7 +349,8 @@ class LatentDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin)
                        strength: float, latents: torch.Tensor | None, size: tuple[int, int, int],
                        generator: Generators) -> tuple[torch.Tensor, torch.Tensor]:
         """(timesteps to run, latents to start from): noise (drawn, or `latents`), latents already
-        denoised by `start_step` steps, or `image` encoded and noised to `strength`."""
+        denoised by `start_step` steps, or `image` encoded and noised to `strength` (an inpainting
+        UNet's at strength 1: pure noise, as diffusers' inpainting pipeline starts)."""
         self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
         timesteps = self.scheduler.timesteps
         if start_step or end_step is not None:
@@ -274,11 +360,13 @@ class LatentDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin)
         batch, height, width = size
         if image is None and start_step:
             return timesteps, latents.to(self._execution_device)  # partly denoised: not scaled as noise
+        shape = (batch, self.unet.config.out_channels, height // self.vae_scale_factor,
+                 width // self.vae_scale_factor)
         if image is None:
-            shape = (batch, self.unet.config.in_channels,
-                     height // self.vae_scale_factor, width // self.vae_scale_factor)
             return timesteps, self.prepare_latents(shape, generator, latents)
         timesteps = self.img2img_timesteps(num_inference_steps, strength)
+        if self.is_inpainting and strength == 1.0:
+            return timesteps, self.prepare_latents(shape, generator, latents)
         return timesteps, self.prepare_image_latents(image, batch, timesteps[:1], generator)
 
     def time_ids(self, batch: int, height: int, width: int, original_size: tuple[int, int] | None = None,

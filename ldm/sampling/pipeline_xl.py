@@ -17,6 +17,10 @@ so that the images are the same for the same seed and sampler:
   caption dropout trains zeros), an empty negative prompt is zeros, hidden states and pooled alike.
   diffusers zeroes only a negative prompt left out (None); `ldm generate` without `--negative`
   passes the empty one, so the two agree;
+- prompts longer than a window (`prompt_chunks`) as kohya's sd-scripts and compel encode them for
+  SDXL: each encoder reads each window, the windows' hidden states side by side along the sequence,
+  the pooled embedding the first window's; the pooled rows stay last (`tail_rows`) when a shorter
+  prompt's embedding is padded with the empty prompt's window;
 - time ids default to original = target = the image size, crop (0, 0);
 - a float16 autoencoder with `force_upcast` (SDXL's overflows in float16) encodes and decodes in
   float32.
@@ -26,13 +30,14 @@ from __future__ import annotations
 
 import torch
 from diffusers import DiffusionPipeline, UNet2DConditionModel
-from diffusers.image_processor import VaeImageProcessor
 from diffusers.loaders import StableDiffusionXLLoraLoaderMixin
 from diffusers.schedulers import SchedulerMixin
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from ldm.components import autoencoder as vae_lib
+from ldm.components import text_time
 from ldm.components.dual_text_encoder import Encoder, embed_with
+from ldm.components.text_encoder import EMPTY_PROMPT, each_once
 from ldm.sampling.pipeline import LatentDiffusionPipeline
 
 
@@ -50,19 +55,28 @@ class LatentDiffusionXLPipeline(StableDiffusionXLLoraLoaderMixin, LatentDiffusio
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, text_encoder_2=text_encoder_2,
                               tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler)
         self.register_to_config(force_zeros_for_empty_prompt=force_zeros_for_empty_prompt)
-        self.vae_scale_factor = vae_lib.downsampling_factor(vae)
-        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+        self.set_processing()
 
     @property
     def encoders(self) -> list[Encoder]:
         first = [(self.tokenizer, self.text_encoder)] if self.text_encoder is not None else []
         return first + [(self.tokenizer_2, self.text_encoder_2)]
 
+    @torch.no_grad()
     def embed_prompts(self, texts: list[str]) -> torch.Tensor:
-        distinct = list(dict.fromkeys(texts))
-        with torch.no_grad():
-            table = embed_with(self.encoders, distinct)
-        return table[[distinct.index(text) for text in texts]]
+        return each_once(lambda distinct: embed_with(self.encoders, distinct, self.prompt_chunks), list(texts))
+
+    @torch.no_grad()
+    def padding_window(self) -> torch.Tensor:
+        return embed_with(self.encoders, [EMPTY_PROMPT])[:, :-self.tail_rows]
+
+    @property
+    def prompt_tokenizer(self) -> CLIPTokenizer:
+        return self.tokenizer_2
+
+    @property
+    def tail_rows(self) -> int:
+        return text_time.pooled_rows(text_time.pooled_width(self.unet), self.unet.config.cross_attention_dim)
 
     def unconditional(self, negatives: list[str], embeddings: torch.Tensor) -> torch.Tensor:
         if not self.config.force_zeros_for_empty_prompt:

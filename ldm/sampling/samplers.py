@@ -9,6 +9,11 @@ A zero-terminal-SNR schedule (`rescale_betas_zero_snr` in the config) is followe
 whose diffusers class has that flag; one without it (Heun's) would sample another schedule than
 the model learnt, so it is refused. The guidance rescale the model should be sampled with is kept
 in the same config under GUIDANCE_RESCALE (`guidance_rescale_of`).
+
+A pipeline distilled by latent consistency (`ldm train configs/distill/...`) carries `LCMScheduler`:
+its default sampler is then "lcm" (`default_sampler`), and "tcd" (`TCDScheduler`, which at eta 0
+re-noises each step's clean estimate with the noise it implies instead of fresh noise) is its
+deterministic one, for walks. "lcm" also samples the teacher with an LCM-LoRA loaded (`--lora`).
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from diffusers import (
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     HeunDiscreteScheduler,
+    LCMScheduler,
+    TCDScheduler,
     UniPCMultistepScheduler,
 )
 from diffusers.schedulers import SchedulerMixin
@@ -38,9 +45,14 @@ SAMPLERS = {
     "unipc": (UniPCMultistepScheduler, {}),
     "heun": (HeunDiscreteScheduler, {}),
     "ddpm": (DDPMScheduler, {}),
+    "lcm": (LCMScheduler, {}),
+    "tcd": (TCDScheduler, {}),
 }
 # Samplers whose steps draw fresh noise: their images depend on the generator at every step.
-STOCHASTIC = ("euler-ancestral", "ddpm")
+STOCHASTIC = ("euler-ancestral", "ddpm", "lcm")
+# The samplers of a latent consistency model: its own (multistep consistency sampling) and the
+# deterministic one a walk takes.
+CONSISTENCY_SAMPLER, CONSISTENCY_WALK_SAMPLER = "lcm", "tcd"
 # diffusers' pipelines take guidance_rescale as a call argument, and no scheduler has it; kept in the
 # scheduler config as a private key (diffusers keeps "_" keys through from_config and save_pretrained
 # without its "not expected and will be ignored" warning), so the sampler of an export carries it.
@@ -66,6 +78,19 @@ def check_sampler_follows(name: str, config) -> str:
     return name
 
 
+def is_consistency_model(config) -> bool:
+    """Whether a pipeline's scheduler config is a latent consistency model's (its export carries LCMScheduler)."""
+    return config.get("_class_name") == LCMScheduler.__name__
+
+
+def default_sampler(config, deterministic: bool = False) -> str:
+    """The sampler a pipeline is sampled with when none is named: its own for a distilled pipeline
+    ("tcd" where every step must be deterministic, as a walk's), DEFAULT_SAMPLER for any other."""
+    if is_consistency_model(config):
+        return CONSISTENCY_WALK_SAMPLER if deterministic else CONSISTENCY_SAMPLER
+    return DEFAULT_SAMPLER
+
+
 def make_sampler(name: str, config) -> SchedulerMixin:
     """The sampler `name`, built from a scheduler config (e.g. `pipe.scheduler.config`)."""
     scheduler_class, settings = SAMPLERS[check_sampler_follows(name, config)]
@@ -81,3 +106,15 @@ def inference_scheduler(training_scheduler) -> SchedulerMixin:
     """The sampler an exported pipeline carries and the validation grids draw with: DEFAULT_SAMPLER
     (DPM-Solver++, good in 20 steps) on the training schedule (same betas, same prediction type)."""
     return make_sampler(DEFAULT_SAMPLER, training_scheduler.config)
+
+
+def consistency_scheduler(training_scheduler, original_steps: int, timestep_scaling: float) -> LCMScheduler:
+    """The sampler a distilled pipeline carries: LCMScheduler on its teacher's training schedule,
+    stepping on the grid of `original_steps` timesteps that the student learnt (its solver's), with
+    the student's boundary-condition time scale. The settings of another sampler that a pipeline's
+    schedule carries (a DPM-Solver++ export's `solver_order`, ...) are left out, not warned about."""
+    accepted = inspect.signature(LCMScheduler.__init__).parameters
+    config = {key: value for key, value in training_scheduler.config.items()
+              if key in accepted or key.startswith("_")}
+    return LCMScheduler.from_config(config, original_inference_steps=original_steps,
+                                    timestep_scaling=timestep_scaling)

@@ -37,7 +37,8 @@ RECORD_KEY = "ldm_run"  # where RunRecord puts its record in a checkpoint
 # so a data folder that moved is the same data).
 SAFE_TO_CHANGE = ("run_dir", "data.source", "data.num_workers", "train.max_steps", "train.max_minutes",
                   "train.val_every_n_steps", "train.limit_val_batches", "train.checkpoint_every_n_steps",
-                  "train.keep_checkpoints", "train.log_every_n_steps", "train.max_bad_steps", "train.ckpt_path",
+                  "train.keep_checkpoints", "train.log_every_n_steps", "train.loggers", "train.max_bad_steps",
+                  "train.ckpt_path",
                   "cache_shared_filesystem")
 # Keys a resumed run may change when the user says so (`--accept-changes KEY`), because the trainer
 # can make the change take effect from the resumed step on.

@@ -19,7 +19,7 @@ from ldm.core.errors import LdmError
 if TYPE_CHECKING:  # the Trainer's module imports Lightning: not before a config is read and checked
     from ldm.stages.trainer import TrainedStage
 
-STAGES = ("autoencoder", "clip", "diffusion")
+STAGES = ("autoencoder", "clip", "diffusion", "distill")
 
 
 def _stage_part(name: str, part: str):

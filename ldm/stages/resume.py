@@ -3,7 +3,8 @@
 Lightning restores weights, optimizers, schedulers and loop counters, but not where the data was
 within the epoch, nor the random number generators. This callback adds both to each checkpoint:
   - how many batches of the current epoch were done, so the training sampler (ResumableShuffleSampler,
-    or BucketBatchSampler with aspect-ratio buckets) skips them;
+    or BucketBatchSampler with aspect-ratio buckets) skips them (each of several training loaders,
+    as prior preservation has, as far as its own length cycles);
   - the RNG states (torch, CUDA, numpy, python) of every process as of the checkpoint, each process's
     own restored before its next step (they differ: each process draws its own noise).
 Every training batch starts from the RNG states that the previous one ended with, so nothing that
@@ -61,9 +62,15 @@ class ExactResume(Callback):
         if self.restored is None or self.restored["epoch"] != trainer.current_epoch:
             return
         self.epoch, self.batches_done = self.restored["epoch"], self.restored["batches_done"]
-        sampler = resumable_sampler(trainer.train_dataloader)
-        if sampler is not None:
-            sampler.skip_batches(self.batches_done)
+        loaders = trainer.train_dataloader
+        if not isinstance(loaders, dict):
+            loaders = {"train": loaders}
+        for loader in loaders.values():
+            sampler = resumable_sampler(loader)
+            if sampler is not None:
+                # Several loaders (prior preservation's) are walked in Lightning's "max_size_cycle":
+                # a shorter one starts over, in the same order, each time it runs out.
+                sampler.skip_batches(self.batches_done % len(loader) if len(loaders) > 1 else self.batches_done)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if self.restored is not None:

@@ -23,6 +23,7 @@ PRECISION_ALIASES = {"32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed",
                      "bf16-true": "bf16-true", "16-true": "16-true", "64-true": "64-true",
                      "auto": "auto"}  # "auto": bf16-mixed where the hardware does bf16 natively, else fp32
 LAST = "last"
+LoggerName = Literal["tensorboard", "csv", "wandb", "mlflow"]
 # The train: settings that say how to resume (from where, accepting which changes), not what the run is.
 RESUME_SETTINGS = ("ckpt_path", "accept_changes")
 
@@ -68,8 +69,15 @@ class TrainConfig:
     # Recompute each block's activations in the backward pass instead of keeping them: less memory
     # for about a third more compute (the UNet, the text encoder when trained, a KL autoencoder).
     gradient_checkpointing: bool = False
+    # Where metrics go (ldm/stages/loggers.py): TensorBoard, CSV (always: the loss plot reads it),
+    # Weights & Biases and MLflow (each needs its package installed).
+    loggers: list[LoggerName] = field(default_factory=lambda: ["tensorboard", "csv"])
 
     def __post_init__(self):
+        if "csv" not in self.loggers:
+            raise ValueError("train.loggers must include csv: the loss plot and a resumed run's history read it")
+        if len(set(self.loggers)) != len(self.loggers):
+            raise ValueError(f"train.loggers names a logger twice: {self.loggers}")
         if self.max_steps <= self.warmup_steps:
             raise ValueError(f"train.warmup_steps={self.warmup_steps} must be below train.max_steps={self.max_steps} "
                              "(the run would end before its learning rate reached train.lr)")
@@ -84,6 +92,7 @@ class RunConfig:
 
     STAGE: ClassVar[str] = ""  # each stage's Config names its stage here
     MASKED_LOSS: ClassVar[bool] = False  # whether the stage's loss reads data.mask (the diffusion stage's)
+    PRIOR_PRESERVATION: ClassVar[bool] = False  # whether the stage reads data.prior_preservation (diffusion)
 
     stage: str
     run_dir: str  # RUN: every stage of one model writes its exports and logs here
@@ -97,6 +106,9 @@ class RunConfig:
             # refused rather than ignored: a user who sets a mask expects it to change what trains
             raise ValueError(f"data.mask weighs the diffusion stage's loss only; the {self.stage} stage trains "
                              "on whole images: leave data.mask out of its config")
+        if self.data.prior_preservation is not None and not self.PRIOR_PRESERVATION:
+            raise ValueError(f"data.prior_preservation is for the diffusion stage (fine-tuning a pretrained "
+                             f"pipeline), not the {self.stage} stage: leave it out of its config")
 
     @property
     def stage_dir(self) -> Path:

@@ -9,7 +9,8 @@ everything before the model is built. `fit`:
   - with `train.max_minutes`, plans the run to that budget: the steps that fit, and the learning-rate
     schedule laid out to end with them (time_budget.py),
   - resumes exactly from last.ckpt when asked (resume.py), refusing a config that changed mid-run,
-  - logs to TensorBoard and CSV (the CSV history kept across resumes) and draws the loss curves.
+  - logs to `train.loggers` (TensorBoard and CSV by default; W&B, MLflow: loggers.py), the CSV
+    history kept across resumes, and draws the loss curves.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 import lightning as L
 import yaml
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger
 
 from ldm.core.config import recheck, to_dict
 from ldm.core.errors import LdmError
@@ -40,6 +41,7 @@ from ldm.stages.checkpoints import (
 )
 from ldm.stages.faults import NonFiniteGuard, RunLock, StopOnSignal, main_process
 from ldm.stages.launch import resolve_precision, resolve_processes
+from ldm.stages.loggers import build_loggers, check_logger_packages, close_loggers
 from ldm.stages.plots import plot_losses, read_metric_rows
 from ldm.stages.resume import ExactResume
 from ldm.stages.run_config import LAST, RunConfig, TrainConfig, comparable_config
@@ -112,8 +114,7 @@ def build_trainer(cfg: RunConfig, module: L.LightningModule, callbacks: list | N
     # batch (a GAN: generator and discriminator) says how many, and max_steps and the checkpoint
     # interval, which the config counts in batches, are scaled to match.
     per_batch = getattr(module, "optimizer_steps_per_batch", 1)
-    csv_logger = CSVLogger(save_dir=str(stage_dir), name="", version="csv")
-    loggers = [TensorBoardLogger(save_dir=str(stage_dir), name="", version="tensorboard"), csv_logger]
+    loggers, csv_logger = build_loggers(cfg)
     checkpoints = ModelCheckpoint(
         dirpath=str(cfg.checkpoint_dir),
         filename="step{step:08d}",
@@ -178,6 +179,7 @@ def begin(cfg: RunConfig):
     The lock is held until the export is written, and released however the block ends.
     """
     recheck(cfg)
+    check_logger_packages(cfg.train.loggers)  # before any model loads
     with RunLock(cfg.stage_dir) if main_process() else nullcontext():
         if main_process():
             clean_stale_files(cfg.checkpoint_dir, Path(cfg.run_dir))
@@ -230,4 +232,5 @@ def fit(cfg: RunConfig, module: L.LightningModule, datamodule: L.LightningDataMo
     # (a collective call: every process takes part). The whole training state, not the weights
     # alone: resuming needs the optimizer and the data position too.
     trainer.save_checkpoint(cfg.checkpoint_dir / f"{LAST}.ckpt", weights_only=False)
+    close_loggers(trainer.loggers)
     return trainer

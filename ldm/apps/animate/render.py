@@ -47,6 +47,7 @@ from ldm.sampling.pipeline_io import (
     check_autoencoder_swap,
     check_image_size,
     check_pipeline_folder,
+    check_prompts,
 )
 
 
@@ -102,8 +103,10 @@ def animate(settings: WalkSettings) -> AnimationResult:
 def _check_models(s: WalkSettings) -> None:
     """The model folders the walk names, read from their configs (no weights loaded)."""
     if s.uses_diffusion:
-        check_pipeline_folder(s.pipeline)
+        check_pipeline_folder(s.pipeline, None if s.mask else "walk without a mask to repaint: give --init-image "
+                              "IMG and --mask MASK (its white part walks)")
         check_loras(s.loras, s.pipeline)
+        check_prompts(s.pipeline, s.prompts + s.captions + [s.negative_prompt], s.prompt_chunks, s.embeddings)
         if s.vae is not None:
             check_autoencoder_swap(s.pipeline, s.vae)
     check_image_size(autoencoder_factor(autoencoder_folder(s.pipeline)), s.height, s.width)

@@ -33,6 +33,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from ldm.apps.animate import spacing
 from ldm.apps.animate.attention_walk import AttentionPath
 from ldm.apps.animate.blend import BlendTree
+from ldm.apps.animate.fixed_region import FixedRegion, read_fixed_region
 from ldm.apps.animate.jumps import Jump, jump_at
 from ldm.apps.animate.settings import WalkSettings
 from ldm.components import autoencoder as vae_lib
@@ -67,6 +68,7 @@ class DiffusionWalk:
     steps: int
     guidances: list[float]  # classifier-free guidance scale of each keyframe
     interpolation: str = "dissolve"  # a key of METHODS (WalkSettings.interpolation)
+    fixed: FixedRegion | None = None  # a fixed image outside a mask (ldm.apps.animate.fixed_region)
 
     jumps: list[Jump] = field(default_factory=list)  # dissolved intervals (ldm.apps.animate.jumps)
     _jump_ends: dict[Jump, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
@@ -90,7 +92,8 @@ class DiffusionWalk:
                 start, end = self.jump_ends(jump)
                 latents[t] = spacing.lerp(start, end, jump.weight(t))
         images = self.pipe.latents_to_images(torch.stack([latents[t] for t in times]), output_type="np")
-        return unit_to_uint8(images)
+        frames = unit_to_uint8(images)
+        return frames if self.fixed is None else self.fixed.overlay(frames)
 
     def sample(self, times: list[float]) -> torch.Tensor:
         """The final latents of the frames at `times`, by the walk's interpolation method."""
@@ -118,6 +121,8 @@ class DiffusionWalk:
         """One pipeline call on rows of embeddings and latents at one guidance scale: final latents
         (or, with `end_step`, partly denoised ones); `call` is passed on (start_step, callbacks)."""
         negative = self.negative.expand(len(embeddings), -1, -1)
+        if self.fixed is not None:
+            call = {**self.fixed.call_arguments(self.pipe, len(embeddings)), **call}
         return self.pipe(prompt_embeds=embeddings, negative_prompt_embeds=negative, latents=latents,
                          num_inference_steps=self.steps, guidance_scale=scale, output_type="latent",
                          **call).images
@@ -168,28 +173,29 @@ def seed_noise(pipe: LatentDiffusionPipeline, seeds: list[int], height: int, wid
     """(K, C, h, w) starting noise, one per seed, drawn exactly as the pipeline draws it for
     `generator=torch.Generator().manual_seed(seed)`: a keyframe matches `ldm generate --seed`."""
     f = pipe.vae_scale_factor
-    shape = (1, pipe.unet.config.in_channels, height // f, width // f)
+    shape = (1, pipe.unet.config.out_channels, height // f, width // f)  # an inpainting UNet takes more in
     return torch.cat([randn_tensor(shape, generator=torch.Generator().manual_seed(seed), dtype=pipe.unet.dtype)
                       for seed in seeds]).to(pipe.device)
 
 
 def keyframe_embeddings(pipe: LatentDiffusionPipeline, texts: list[str], negative_prompt: str
                         ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(one embedding per keyframe text, the negative prompt's as guidance uses it). An SDXL
-    pipeline's are packed with their pooled embeddings (ldm.components.text_time), so every walk
-    interpolates those with them; time ids follow from the frame size, the same for every frame."""
+    """(one embedding per keyframe text, the negative prompt's as guidance uses it), all padded to the
+    longest prompt's windows (`pipe.prompt_chunks`) so that they lerp. An SDXL pipeline's are packed
+    with their pooled embeddings (ldm.components.text_time), so every walk interpolates those with
+    them; time ids follow from the frame size, the same for every frame."""
     embeddings = pipe.embed_prompts(texts + [negative_prompt])
     return embeddings[:-1], pipe.unconditional([negative_prompt], embeddings[-1:])
 
 
 def prompt_walk(pipe: LatentDiffusionPipeline, prompts: list[str], seeds: list[int], negative_prompt: str,
                 loop: bool, steps: int, guidances: list[float], size: tuple[int, int],
-                interpolation: str = "dissolve") -> DiffusionWalk:
+                interpolation: str = "dissolve", fixed: FixedRegion | None = None) -> DiffusionWalk:
     """Keyframe k is prompts[k] with seeds[k] (a seed walk repeats one prompt); frames of `size`
-    (width, height)."""
+    (width, height), painted only inside `fixed`'s mask when given."""
     embeddings, negative = keyframe_embeddings(pipe, prompts, negative_prompt)
     noises = seed_noise(pipe, seeds, height=size[1], width=size[0])
-    return DiffusionWalk(pipe, embeddings, noises, negative, loop, steps, guidances, interpolation)
+    return DiffusionWalk(pipe, embeddings, noises, negative, loop, steps, guidances, interpolation, fixed=fixed)
 
 
 def image_walk(pipe: LatentDiffusionPipeline, images: list[str], captions: list[str], negative_prompt: str,
@@ -221,7 +227,8 @@ def build_renderer(s: WalkSettings, device) -> DiffusionWalk | AutoencoderWalk:
     if not s.uses_diffusion:
         vae, native = _load_autoencoder(s.vae or s.pipeline, device)
         return autoencoder_walk(vae, s.images, (s.width or native, s.height or native), s.loop)
-    pipe = load_pipeline(s.pipeline, device=device, loras=s.loras, vae=s.vae)
+    pipe = load_pipeline(s.pipeline, device=device, loras=s.loras, vae=s.vae, prompt_chunks=s.prompt_chunks,
+                         embeddings=s.embeddings)
     pipe.scheduler = make_sampler(s.sampler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)  # the bar that counts is the one over frames
     size = (s.width or pipe.image_size, s.height or pipe.image_size)
@@ -229,8 +236,9 @@ def build_renderer(s: WalkSettings, device) -> DiffusionWalk | AutoencoderWalk:
         return image_walk(pipe, s.images, s.captions, s.negative_prompt, s.loop, s.steps, s.guidances, size,
                           s.interpolation)
     prompts = s.prompts if s.kind == "prompt" else s.prompts * len(s.seeds)
+    fixed = read_fixed_region(s.init_image, s.mask, s.feather, size) if s.mask is not None else None
     return prompt_walk(pipe, prompts, s.seeds, s.negative_prompt, s.loop, s.steps, s.guidances, size,
-                       s.interpolation)
+                       s.interpolation, fixed)
 
 
 def autoencoder_folder(path: str) -> Path:

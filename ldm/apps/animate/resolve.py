@@ -16,11 +16,14 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from ldm.apps.animate.fixed_region import INTERPOLATIONS
 from ldm.apps.animate.settings import DEFAULT_GUIDANCE, IMAGE_WALK_GUIDANCE, IMAGE_WALK_SAMPLER, WalkSettings
 from ldm.core.errors import LdmError
-from ldm.core.layout import MODEL_CONFIG
+from ldm.core.layout import MODEL_CONFIG, SCHEDULER
 from ldm.data.decode import read_image_file
-from ldm.sampling.samplers import DEFAULT_SAMPLER, STOCHASTIC, check_sampler
+from ldm.sampling.inpaint import read_mask
+from ldm.sampling.pipeline_io import scheduler_config
+from ldm.sampling.samplers import DEFAULT_SAMPLER, STOCHASTIC, check_sampler, default_sampler
 
 
 def resolve(settings: WalkSettings) -> WalkSettings:
@@ -32,13 +35,14 @@ def resolve(settings: WalkSettings) -> WalkSettings:
         seeds=settings.seeds or (list(range(len(settings.prompts))) if settings.kind == "prompt" else []),
         guidance=settings.guidance if settings.guidance is not None
         else (IMAGE_WALK_GUIDANCE if image_walk else DEFAULT_GUIDANCE),
-        sampler=settings.sampler or (IMAGE_WALK_SAMPLER if image_walk else DEFAULT_SAMPLER),
+        sampler=settings.sampler or (IMAGE_WALK_SAMPLER if image_walk else pipeline_sampler(settings.pipeline)),
         motion=settings.motion or ("audio" if settings.audio is not None else "even"),
     )
     if settings.interpolation != "dissolve" and not settings.uses_diffusion:
         raise LdmError(f"--interpolation {settings.interpolation} is for walks through the diffusion model; an "
                        "--autoencoder walk lerps its latents")
     _check_keyframes(settings)
+    _check_fixed_region(settings)
     if settings.loras and not settings.uses_diffusion:
         raise LdmError("--lora is for walks through the diffusion model, not an --autoencoder walk")
     _check_times(settings)
@@ -47,6 +51,15 @@ def resolve(settings: WalkSettings) -> WalkSettings:
     if settings.uses_diffusion:
         _check_sampler(settings)
     return settings
+
+
+def pipeline_sampler(pipeline: str | None) -> str:
+    """The deterministic sampler a walk takes by default: the pipeline's ("tcd" for a distilled
+    one), read from its scheduler config; DEFAULT_SAMPLER where there is none to read (an
+    --autoencoder walk, or a missing folder, which is named later)."""
+    if pipeline is None or not (Path(pipeline) / SCHEDULER / "scheduler_config.json").is_file():
+        return DEFAULT_SAMPLER
+    return default_sampler(scheduler_config(pipeline), deterministic=True)
 
 
 def _check_keyframes(s: WalkSettings) -> None:
@@ -68,6 +81,22 @@ def _check_keyframes(s: WalkSettings) -> None:
     if s.guidances and len(s.guidances) != s.num_keyframes:
         raise LdmError(f"got {len(s.guidances)} guidance values for {s.num_keyframes} keyframes: give one "
                        "per keyframe (or none)")
+
+
+def _check_fixed_region(s: WalkSettings) -> None:
+    """--init-image and --mask come together, in a walk that can keep a region, and read."""
+    if s.mask is None and s.init_image is None:
+        return
+    if s.mask is None or s.init_image is None:
+        given, needed = ("--mask", "--init-image") if s.init_image is None else ("--init-image", "--mask")
+        raise LdmError(f"{given} needs {needed} in a walk: the mask's white part walks, the rest stays the init image")
+    if s.kind not in ("prompt", "seed"):
+        raise LdmError(f"--mask keeps part of an image fixed in prompt and seed walks, not in an {s.kind} walk")
+    if s.interpolation not in INTERPOLATIONS:
+        raise LdmError(f"--mask takes --interpolation {' or '.join(INTERPOLATIONS)} (whole trajectories per frame), "
+                       f"not {s.interpolation}")
+    read_image_file(s.init_image, "--init-image")
+    read_mask(s.mask)
 
 
 def _keyframe_guidances(s: WalkSettings) -> list[float]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from ldm.apps.animate.layout import SETTINGS_FILE
 from ldm.apps.animate.settings import WalkSettings
 from ldm.core.errors import LdmError
-from ldm.sampling.lora import LORA_WEIGHTS, LoraChoice
+from ldm.sampling.lora import LoraChoice, adapter_file
 
 # Settings that change how the result is delivered, not its frames: free to change on resume.
 # (`fps` only while the walk has no clock: with times or audio it sets the frame count.)
@@ -55,15 +55,27 @@ def render_settings(s: WalkSettings) -> dict:
     saved["weights"] = {str(p.relative_to(pipeline)): _file_stamp(p)
                         for p in sorted(pipeline.rglob("*.safetensors"))}
     saved["images"] = [{"path": str(Path(p).resolve()), "sha256": _sha256(p)} for p in s.images]
+    for key in ("init_image", "mask", "feather"):
+        saved.pop(key)
+    if s.mask is not None:  # like the images: the files' bytes make the frames
+        saved["fixed_region"] = {name: {"path": str(Path(path).resolve()), "sha256": _sha256(path)}
+                                 for name, path in (("init_image", s.init_image), ("mask", s.mask))}
+        saved["fixed_region"]["feather"] = s.feather
     saved.pop("vae")
     if s.vae is not None:  # like the pipeline's weights: another decoder makes other frames
         vae = Path(s.vae).resolve()
         stamps = {p.name: _file_stamp(p) for p in sorted(vae.glob("*.safetensors"))}
         saved["vae"] = {"path": str(vae), "weights": stamps}
+    for key in ("prompt_chunks", "embeddings"):  # only when used: walks rendered before them still resume
+        if not saved[key]:
+            saved.pop(key)
+    if s.embeddings:  # like a LoRA's weights: a retrained embedding must not mix with older frames
+        saved["embeddings"] = [{"path": str(Path(path).resolve()), "weights": _file_stamp(Path(path))}
+                               for path in s.embeddings]
     saved.pop("loras")
     if s.loras:  # like the pipeline's weights: a retrained LoRA must not mix with older frames
         saved["loras"] = [{"path": str(Path(lora.path).resolve()), "scale": lora.scale,
-                           "weights": _file_stamp(Path(lora.path) / LORA_WEIGHTS)} for lora in s.loras]
+                           "weights": _file_stamp(adapter_file(lora.path))} for lora in s.loras]
     return json.loads(json.dumps(saved))  # as it reads back from JSON (lists, floats)
 
 
@@ -84,7 +96,9 @@ def saved_walk_settings(folder: str | Path) -> WalkSettings:
         raise LdmError(f"{folder} is not a walk folder: {SETTINGS_FILE} is missing (render one with "
                        "ldm animate)")
     saved = json.loads(path.read_text())
-    plain = {f.name for f in fields(WalkSettings)} - {"out", "images", "audio", "vae", "loras"}
+    plain = {f.name for f in fields(WalkSettings)} - {"out", "images", "audio", "vae", "loras", "embeddings",
+                                                      "init_image", "mask", "feather"}
+    fixed = saved.get("fixed_region") or {}
     if "even_motion" in saved:  # a walk rendered before `motion` existed
         saved["motion"] = "even" if saved["even_motion"] else "linear"
     saved.setdefault("interpolation", "dissolve")  # not saved for "dissolve" (render_settings)
@@ -92,7 +106,10 @@ def saved_walk_settings(folder: str | Path) -> WalkSettings:
                         images=[image["path"] for image in saved.get("images", [])],
                         audio=saved["audio"]["path"] if saved.get("audio") else None,
                         vae=saved["vae"]["path"] if saved.get("vae") else None,
-                        loras=[LoraChoice(lora["path"], lora["scale"]) for lora in saved.get("loras", [])])
+                        loras=[LoraChoice(lora["path"], lora["scale"]) for lora in saved.get("loras", [])],
+                        embeddings=[embedding["path"] for embedding in saved.get("embeddings", [])],
+                        **({"init_image": fixed["init_image"]["path"], "mask": fixed["mask"]["path"],
+                            "feather": fixed["feather"]} if fixed else {}))
 
 
 def check_saved_settings(out: Path, current: dict) -> bool:

@@ -32,6 +32,9 @@ keyframes are the keyframe images, `ldm generate`'s, whichever it is):
   and values interpolated between the two keyframes' and fused with them, coefficients spread by
   a Beta prior.
 
+`init_image` and `mask` keep an image fixed in prompt and seed walks: only the mask's white part
+walks, as `ldm generate --mask` paints it (`ldm.apps.animate.fixed_region`).
+
 This module imports no model code, so `ldm animate -h` reads the defaults from here quickly.
 """
 
@@ -45,7 +48,7 @@ from pydantic.dataclasses import dataclass
 
 from ldm.apps.animate.audio import Feature
 from ldm.apps.options import PathText, Settings
-from ldm.core.config import SECTION, Count, NonNegative, Positive
+from ldm.core.config import SECTION, Count, NonNegative, Positive, PromptChunks
 from ldm.sampling.lora import LoraChoice
 
 WalkKind = Literal["prompt", "seed", "image", "autoencoder"]
@@ -100,6 +103,12 @@ class WalkSettings(Settings):
     audio_feature: Feature = "onsets"  # what motion follows: onset strength or RMS "energy"
     loras: list[LoraChoice] = field(default_factory=list)  # LoRA folders, each at its scale
     vae: PathText | None = None  # decode (an autoencoder walk: encode too) with this autoencoder, not the pipeline's
+    prompt_chunks: PromptChunks | None = None  # windows of 75 tokens a prompt may take; None: the pipeline's
+    embeddings: list[PathText] = field(default_factory=list)  # textual-inversion files, their tokens usable in prompts
+    # With mask: only the mask's white part walks, the rest stays init_image (ldm/apps/animate/fixed_region.py).
+    init_image: PathText | None = None
+    mask: PathText | None = None
+    feather: Annotated[int, Field(ge=0, le=256)] = 2  # with mask: its edge's blur radius, pixels
 
     @property
     def num_keyframes(self) -> int:

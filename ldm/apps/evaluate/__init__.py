@@ -2,6 +2,7 @@
 
     evaluate_autoencoder("runs/shapes/vae", "data/shapes")          PSNR, SSIM (+ codebook usage, VQ)
     evaluate_diffusion("runs/shapes/pipeline", "data/shapes")       prompt fidelity, CLIP score, FID/KID
+    evaluate_inpainting("runs/shapes/pipeline")                     fidelity inside a mask, PSNR outside it
     evaluate_walk("walks/demo")                                     smoothness of the walk's frames
 
 Each returns an `ldm.metrics.results.Evaluation` (the JSON schema is documented there). The real
@@ -16,6 +17,7 @@ import importlib
 # Each function from its module, imported when first asked for: `ldm evaluate X -h` reads the
 # defaults from `settings`, and importing this package must not load torch and diffusers for it.
 MODULE_OF = {"evaluate": "run", "evaluate_autoencoder": "autoencoder", "evaluate_diffusion": "diffusion",
+             "evaluate_inpainting": "inpainting",
              "evaluate_walk": "walk"}
 __all__ = list(MODULE_OF)
 

@@ -108,7 +108,7 @@ def clip_metrics(clip_path: Path, images: torch.Tensor, prompts: list[str], real
 
 def check_diffusion_inputs(pipeline: str, data: str, clip: str | None, inception: str | None) -> Path | None:
     """Everything that can be wrong before models load; returns the CLIP folder to score with."""
-    check_pipeline_folder(pipeline)
+    check_pipeline_folder(pipeline, "make images from prompts alone (ldm evaluate inpainting measures it)")
     check_data_folder(data)
     if inception is not None:
         check_inception(inception)

@@ -34,11 +34,13 @@ def sample_paths(pipeline: str, prompts: list[str], out: str | Path, n: int, see
 
 
 def generate_samples(pipeline: str, prompts: list[str], out: str | Path, n: int, seed: int,
-                     steps: int, guidance: float, loras: list = ()) -> list[Path]:
+                     steps: int, guidance: float, loras: list = (), embeddings: list = ()) -> list[Path]:
     """n images per prompt in `out` (PNGs with their settings, and grid.png), through `ldm generate`
-    (with `loras`, `ldm.sampling.lora.LoraChoice`s, loaded onto the pipeline)."""
+    (with `loras`, `ldm.sampling.lora.LoraChoice`s, and textual-inversion `embeddings` files
+    loaded onto the pipeline)."""
     generate(GenerateOptions(pipeline=str(pipeline), prompts=prompts, out=str(out), n=n, seed=seed,
-                             steps=steps, guidance=guidance, loras=list(loras)))
+                             steps=steps, guidance=guidance, loras=list(loras),
+                             embeddings=[str(path) for path in embeddings]))
     return sample_paths(pipeline, prompts, out, n, seed)
 
 
@@ -54,8 +56,8 @@ def read_samples(paths: list[Path]) -> list[Image.Image]:
 
 def shapes_fidelity(pipeline: str, prompts: list[str], attributes: list[dict], out: str | Path,
                     n: int = 8, seed: int = 0, steps: int = 20, guidance: float = 4.0,
-                    loras: list = ()) -> dict[str, float]:
+                    loras: list = (), embeddings: list = ()) -> dict[str, float]:
     """Prompt fidelity for any shapes prompts: n images per prompt generated into `out`, read back
     by the attribute checker (the shares right for colour, shape, both and position)."""
-    images = read_samples(generate_samples(pipeline, prompts, out, n, seed, steps, guidance, loras))
+    images = read_samples(generate_samples(pipeline, prompts, out, n, seed, steps, guidance, loras, embeddings))
     return prompt_fidelity(images, [wanted for wanted in attributes for _ in range(n)])

@@ -10,14 +10,20 @@ from pathlib import Path
 
 from ldm.apps.evaluate.autoencoder import evaluate_autoencoder
 from ldm.apps.evaluate.diffusion import evaluate_diffusion
+from ldm.apps.evaluate.inpainting import evaluate_inpainting
 from ldm.apps.evaluate.outputs import check_outputs, writing
-from ldm.apps.evaluate.settings import AutoencoderEvaluation, DiffusionEvaluation, WalkEvaluation
+from ldm.apps.evaluate.settings import (
+    AutoencoderEvaluation,
+    DiffusionEvaluation,
+    InpaintingEvaluation,
+    WalkEvaluation,
+)
 from ldm.apps.evaluate.walk import evaluate_walk
 from ldm.core.errors import LdmError
 from ldm.metrics.results import Evaluation, write_json
 
 
-def evaluate(s: AutoencoderEvaluation | DiffusionEvaluation | WalkEvaluation) -> Evaluation:
+def evaluate(s: AutoencoderEvaluation | DiffusionEvaluation | InpaintingEvaluation | WalkEvaluation) -> Evaluation:
     check_outputs(s)
     if isinstance(s, AutoencoderEvaluation):
         result = evaluate_autoencoder(s.vae, s.data, split=s.split, max_images=s.max_images, grid=s.grid)
@@ -26,6 +32,9 @@ def evaluate(s: AutoencoderEvaluation | DiffusionEvaluation | WalkEvaluation) ->
         result = evaluate_diffusion(s.pipeline, s.data, clip=s.clip, inception=s.inception, split=s.split, n=s.n,
                                     seed=s.seed, steps=s.steps, guidance=s.guidance, samples=s.samples,
                                     prompts=prompts)
+    elif isinstance(s, InpaintingEvaluation):
+        result = evaluate_inpainting(s.pipeline, cases=s.cases, n=s.n, seed=s.seed, steps=s.steps, guidance=s.guidance,
+                                     strength=s.strength, feather=s.feather, repaint=s.repaint, samples=s.samples)
     else:
         result = evaluate_walk(s.folder)
     if s.out is not None:

@@ -1,4 +1,4 @@
-"""What `ldm evaluate autoencoder|diffusion|walk` is asked for: one settings model each, every value
+"""What `ldm evaluate autoencoder|diffusion|inpainting|walk` is asked for: one settings model each, every value
 checked when it is made (`ldm.apps.options`: a mistake is one line naming the option), and the
 defaults the command line shows (ldm/cli/settings_help.py). `ldm.apps.evaluate.evaluate` runs one.
 
@@ -63,6 +63,21 @@ class DiffusionEvaluation(Settings):
     # 1: no guidance; below 1 samples as 1 does, so it is refused rather than ignored
     guidance: Annotated[float, Field(ge=1)] = GUIDANCE
     samples: PathText | None = None  # keep the generated images here; None: discarded
+    out: PathText | None = None  # the results as JSON
+
+
+@dataclass(config=SECTION)
+class InpaintingEvaluation(Settings):
+    pipeline: PathText  # RUN/pipeline: any (repainting by latent blending) or an inpainting model
+    cases: Annotated[int, Field(ge=1, le=1000)] = 12  # shapes images whose object is replaced
+    n: Count = 2  # images per case
+    seed: NonNegativeInt = 0  # image i of a case has seed + i
+    steps: Count = SAMPLING_STEPS
+    guidance: Annotated[float, Field(ge=1)] = GUIDANCE
+    strength: Annotated[float, Field(gt=0, le=1)] = 1.0  # of the masked part: 1 repaints it from noise
+    feather: Annotated[int, Field(ge=0, le=256)] = 2  # the overlay's edge blur radius, pixels
+    repaint: Annotated[int, Field(ge=0, le=100)] = 0  # RePaint's resampling (text-to-image pipelines)
+    samples: PathText | None = None  # keep the images and a grid here; None: discarded
     out: PathText | None = None  # the results as JSON
 
 

@@ -14,10 +14,16 @@ processes that build it together (ldm/data/cache_share.py decides which those ar
             mean        (C, h, w) float32   the latent's posterior mean (KL) or pre-quantization value (VQ)
             std         (C, h, w) float32   the posterior's standard deviation (KL only)
             mask        (1, h, w) float32   the loss mask at the latent grid (with data.mask only)
-            embeddings  (n, L, D) float16   one text embedding per caption (n >= 1: every caption is kept;
-                                            an SDXL-style model's packed with its pooled embedding,
-                                            ldm.components.text_time)
+            embeddings  (n, L, D) float16   one text embedding per caption (n >= 1: every caption is kept);
+                                            with prompt_chunks N > 1, L is N windows of 77 tokens, each
+                                            caption padded with the empty prompt's window
+            pooled      (n, k, D) float16   an SDXL-style model's only: each caption's pooled embedding,
+                                            as the k rows that its packed embedding ends with
+                                            (ldm.components.text_time); a batch's embeddings are the
+                                            token rows, then these
             captions    n strings
+            text_length n int32             (prompt_chunks > 1 only) each caption's own rows of L: a
+                                            batch is cut to its longest caption
             time_ids    6 float32           an SDXL-style model's only: the image's original (height,
                                             width), its crop's (top, left) and the part's (height, width)
         shard-00000-of-00002.json    its marker, written once the shard is whole: rows, seconds, host
@@ -36,7 +42,8 @@ whatever the number of processes that built it (a cache built by 2 processes equ
 
 The fingerprint covers all that decides the cache's content: the dataset's own `datasets`
 fingerprint (its files), the data settings that change the pixels or the captions, and the weights
-and configs of the autoencoder and the text encoder; with `data.mask`, the mask settings (and the
+and configs of the autoencoder and the text encoder (with `prompt_chunks` above 1, the number of
+windows a caption may take); with `data.mask`, the mask settings (and the
 mask files' names, sizes and times), so that a cache without masks never serves a run with them.
 The same inputs find the same folder and reuse it; any changed input gives a new fingerprint and a
 new cache. Embeddings are stored in float16,

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from ldm.components import text_time
 from ldm.components.autoencoder import FrozenAutoencoder
 from ldm.components.dual_text_encoder import TextTimeConditioner
+from ldm.components.prompt_tokens import chunk_counts
 from ldm.components.text_encoder import TextConditioner
 from ldm.core.atomic import atomic_file, atomic_write_bytes
 from ldm.data.buckets import Size, row_buckets
@@ -29,7 +30,9 @@ from ldm.data.config import DataConfig
 from ldm.data.latent_cache.layout import (
     CACHE_VERSION,
     PARTS,
+    POOLED,
     SHARD_DATA,
+    TEXT_LENGTH,
     TIME_IDS,
     marker,
     part_name,
@@ -51,7 +54,8 @@ def cache_features(autoencoder: FrozenAutoencoder, conditioner: TextConditioner,
     """The columns of a part whose images are `size` (width, height); `masked`: with loss masks;
     `sized`: with each image's SDXL time ids (original size and crop, `ldm.components.text_time`)."""
     latent = (autoencoder.latent_channels, size[1] // autoencoder.factor, size[0] // autoencoder.factor)
-    text = (None, *conditioner.embedding_shape)
+    tail = conditioner.tail_rows
+    text = (None, conditioner.max_tokens - tail, conditioner.hidden_size)
     features = {"mean": datasets.Array3D(latent, "float32")}
     if autoencoder.is_kl:
         features["std"] = datasets.Array3D(latent, "float32")
@@ -59,6 +63,10 @@ def cache_features(autoencoder: FrozenAutoencoder, conditioner: TextConditioner,
         features[MASK] = datasets.Array3D((1, *latent[1:]), "float32")
     features["embeddings"] = datasets.Array3D(text, "float16")
     features["captions"] = datasets.Sequence(datasets.Value("string"))
+    if conditioner.max_chunks > 1:  # only then: a one-window cache keeps the layout it always had
+        features[TEXT_LENGTH] = datasets.Sequence(datasets.Value("int32"))
+    if tail:
+        features[POOLED] = datasets.Array3D((None, tail, conditioner.hidden_size), "float16")
     if sized:
         features[TIME_IDS] = datasets.Sequence(datasets.Value("float32"), length=text_time.TIME_IDS)
     return datasets.Features(features)
@@ -116,12 +124,22 @@ def _encoder(autoencoder: FrozenAutoencoder, conditioner: TextConditioner, sized
         pixels, captions, masks, times = batch
         mean, std = autoencoder.moments(pixels)
         flat = [text for texts in captions for text in texts]
-        embedded = torch.cat([conditioner.encode(flat[i:i + TEXT_BATCH]).cpu()
-                              for i in range(0, len(flat), TEXT_BATCH)]).half().numpy()
+        # Long captions: each stored padded to the most windows allowed (the column's width) with
+        # the empty prompt's window, and its own length beside it, so that a training batch is
+        # cut to its longest caption (`ldm.data.latent_cache.read`), as encoding it would pad it.
+        embedded = torch.cat([conditioner.padded(conditioner.encode(flat[i:i + TEXT_BATCH]), conditioner.max_tokens)
+                              .cpu() for i in range(0, len(flat), TEXT_BATCH)]).half().numpy()
         bounds = np.cumsum([0] + [len(texts) for texts in captions])
+        tail = conditioner.tail_rows  # an SDXL-style model's pooled rows: a column of their own
         out = {"mean": mean.float().cpu().numpy(),
-               "embeddings": [embedded[a:b] for a, b in zip(bounds[:-1], bounds[1:])],
+               "embeddings": [embedded[a:b, :embedded.shape[1] - tail] for a, b in zip(bounds[:-1], bounds[1:])],
                "captions": captions}
+        if tail:
+            out[POOLED] = [embedded[a:b, -tail:] for a, b in zip(bounds[:-1], bounds[1:])]
+        if conditioner.max_chunks > 1:
+            lengths = np.array(chunk_counts(conditioner.tokenizer, flat, conditioner.max_chunks)) \
+                * conditioner.window_tokens
+            out[TEXT_LENGTH] = [lengths[a:b].tolist() for a, b in zip(bounds[:-1], bounds[1:])]
         if std is not None:
             out["std"] = std.float().cpu().numpy()
         if masks is not None:

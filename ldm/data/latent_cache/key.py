@@ -39,7 +39,7 @@ def _plain(config) -> dict:
 def fingerprint(ds: datasets.Dataset, cfg: DataConfig, autoencoder: FrozenAutoencoder,
                 conditioner: TextConditioner) -> str:
     """The cache key: data, data settings (loss masks included), autoencoder and text encoder
-    (tokenizer included)."""
+    (tokenizer and the windows a caption may take included)."""
     parts = {
         "version": CACHE_VERSION,
         "data": ds._fingerprint,  # datasets' own hash of the files and every transform applied
@@ -51,6 +51,8 @@ def fingerprint(ds: datasets.Dataset, cfg: DataConfig, autoencoder: FrozenAutoen
                                     .encode()).hexdigest(),
         "max_length": conditioner.tokenizer.model_max_length,
     }
+    if conditioner.max_chunks > 1:  # only then: a one-window cache keeps the key it always had
+        parts["prompt_chunks"] = conditioner.max_chunks
     if isinstance(conditioner, TextTimeConditioner):  # only then: an SD model's cache keeps its key
         parts["text_time"] = True  # packed embeddings (ldm.components.text_time), not SD's
         if conditioner.first is not None:

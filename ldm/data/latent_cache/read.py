@@ -14,7 +14,7 @@ import torch
 
 from ldm.components.text_time import TIME_IDS as TIME_ID_COUNT
 from ldm.core.errors import LdmError
-from ldm.data.latent_cache.layout import PARTS, SHARD_DATA, TIME_IDS, shard_name
+from ldm.data.latent_cache.layout import PARTS, POOLED, SHARD_DATA, TEXT_LENGTH, TIME_IDS, shard_name
 from ldm.data.masks import MASK
 
 
@@ -99,6 +99,12 @@ class CachePart:
         self.caption_count = np.concatenate([np.diff(_storage(chunk).offsets.to_numpy())
                                              for chunk in table.column("embeddings").chunks])
         self.first_caption = np.cumsum(self.caption_count) - self.caption_count
+        # long captions: each caption's own rows (the rest is the empty prompt's padding), or None
+        self.text_length = (np.concatenate([_flat(_storage(chunk)) for chunk in table.column(TEXT_LENGTH).chunks])
+                            if TEXT_LENGTH in table.column_names else None)
+        # an SDXL-style model's pooled rows, numbered as the captions, or None
+        self.pooled = (CachedColumn.of(table, POOLED, tuple(part.features[POOLED].shape[1:]))
+                       if POOLED in table.column_names else None)
 
     def batch(self, rows: np.ndarray, seeds: list[int | None] | None) -> dict:
         """The batch of `rows`, each with one of its captions drawn by its seed (by torch's
@@ -106,8 +112,13 @@ class CachePart:
         counts = self.caption_count[rows]
         drawn = [0] * len(rows) if seeds is None else [_draw(count, seed) for count, seed in zip(counts, seeds)]
         captions = self.first_caption[rows] + np.array(drawn, dtype=np.int64)
+        embeddings = self.embeddings.take(captions)
+        if self.text_length is not None:  # cut to the batch's longest caption, as encoding pads a batch
+            embeddings = embeddings[:, :self.text_length[captions].max()]
+        if self.pooled is not None:  # packed as ldm.components.text_time packs: token rows, then pooled
+            embeddings = np.concatenate([embeddings, self.pooled.take(captions)], axis=1)
         batch = {"mean": torch.from_numpy(self.mean.take(rows)),
-                 "embeddings": torch.from_numpy(self.embeddings.take(captions)).float()}
+                 "embeddings": torch.from_numpy(np.ascontiguousarray(embeddings)).float()}
         if self.std is not None:
             batch["std"] = torch.from_numpy(self.std.take(rows))
         if self.mask is not None:

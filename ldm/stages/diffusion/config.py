@@ -10,7 +10,16 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import Field
 from pydantic.dataclasses import dataclass
 
-from ldm.core.config import SECTION, Count, Fraction, NonNegative, NonNegativeInt, Positive, require_divides
+from ldm.core.config import (
+    SECTION,
+    Count,
+    Fraction,
+    NonNegative,
+    NonNegativeInt,
+    Positive,
+    PromptChunks,
+    require_divides,
+)
 from ldm.stages.run_config import RunConfig
 
 # 1: no guidance; below 1 samples as 1 does (diffusers' pipelines), so it is refused rather than ignored
@@ -120,13 +129,32 @@ UNET_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 TEXT_ENCODER_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]  # CLIP's attention projections
 
 
+# The adapter kinds, all through peft: LoRA (two low-rank factors), DoRA (LoRA whose update is
+# split into a direction and a trained magnitude per output, Liu et al. 2024), LoHa (the Hadamard
+# product of two low-rank products) and LoKr (a Kronecker product), the last two from LyCORIS.
+AdapterKind = Literal["lora", "dora", "loha", "lokr"]
+LYCORIS_KINDS = ("loha", "lokr")  # exported as a peft adapter folder: diffusers' LoRA loader cannot read them
+LYCORIS_OPTIONS = ("rank_dropout", "module_dropout")  # LoHa's and LoKr's own dropouts
+LOKR_OPTIONS = ("decompose_both", "decompose_factor")
+
+
 @dataclass(config=SECTION)
 class LoraConfig:
-    """Train low-rank adapters (peft's LoRA) instead of the UNet's weights; needs a pretrained UNet."""
+    """Train adapters (peft's) instead of the UNet's weights; needs a pretrained UNet. `kind` picks
+    which; the options of one kind are refused with another, so that a setting never goes unused."""
 
+    kind: AdapterKind = "lora"
     rank: Count = 8
     alpha: Positive | None = None  # the adapters' output is scaled by alpha / rank; null: alpha = rank
-    dropout: Fraction = 0.0
+    dropout: Fraction = 0.0  # lora and dora: dropout on the adapter's input
+    # loha and lokr: the share of the rank's components (rank_dropout) or of whole adapted layers
+    # (module_dropout) left out at each training step; null: 0.
+    rank_dropout: Fraction | None = None
+    module_dropout: Fraction | None = None
+    # lokr: also split the smaller Kronecker factor into two low-rank ones (decompose_both), and the
+    # size of the first factor's dimensions (decompose_factor; -1: as near the square root as divides).
+    decompose_both: bool | None = None
+    decompose_factor: Annotated[int, Field(ge=-1, le=4096)] | None = None
     target_modules: list[str] = field(default_factory=lambda: list(UNET_LORA_TARGETS))
     train_text_encoder: bool = False  # also adapters on the text encoder's attention (needs cache: false)
     text_encoder_target_modules: list[str] = field(default_factory=lambda: list(TEXT_ENCODER_LORA_TARGETS))
@@ -134,6 +162,60 @@ class LoraConfig:
     def __post_init__(self):
         if not self.target_modules:
             raise ValueError("lora.target_modules must name at least one module (e.g. to_q)")
+        if self.decompose_factor == 0:
+            raise ValueError("lora.decompose_factor must be -1 (automatic) or a factor of at least 1, got 0")
+        lycoris = self.kind in LYCORIS_KINDS
+        if lycoris and self.dropout:
+            raise ValueError(f"lora.dropout is for lora.kind lora and dora; {self.kind} takes lora.rank_dropout "
+                             "and lora.module_dropout")
+        for option in (() if lycoris else LYCORIS_OPTIONS) + (() if self.kind == "lokr" else LOKR_OPTIONS):
+            if getattr(self, option) is not None:
+                owner = "lokr" if option in LOKR_OPTIONS else "loha and lokr"
+                raise ValueError(f"lora.{option} is an option of lora.kind {owner}, not of {self.kind}")
+        if lycoris and self.train_text_encoder:
+            raise ValueError(f"lora.train_text_encoder works with lora.kind lora and dora (whose export "
+                             f"diffusers loads), not with {self.kind}")
+
+
+Share = Annotated[float, Field(ge=0, le=1)]
+
+
+@dataclass(config=SECTION)
+class InpaintingConfig:
+    """Train the inpainting layout (SD-inpainting's): the UNet also takes a mask and the masked
+    image's latents (2C+1 input channels), with random masks drawn at every step
+    (`ldm.data.random_masks`); each kind drawn with probability proportional to its share."""
+
+    box: Share = 0.4
+    strokes: Share = 0.4
+    whole: Share = 0.2  # the whole image masked: the model also learns to draw from the text alone
+
+    def __post_init__(self):
+        if self.box + self.strokes + self.whole <= 0:
+            raise ValueError("inpainting: at least one of box, strokes and whole must have a share above 0")
+
+    @property
+    def shares(self) -> dict[str, float]:
+        return {"box": self.box, "strokes": self.strokes, "whole": self.whole}
+
+
+@dataclass(config=SECTION)
+class TextualInversionConfig:
+    """Learn a new word as an embedding (textual inversion, Gal et al. 2022; diffusers'
+    examples/textual_inversion): only its vectors train, the UNet and the text encoder stay frozen.
+    Needs a pretrained pipeline and cache: false (captions are encoded at every step)."""
+
+    # The new word, e.g. "<pink>": the captions name it, and prompts then use it. Required (checked
+    # below, so that a section given without it is one line naming the section).
+    token: str | None = None
+    initializer: str | None = None  # a word whose embedding the vectors start from; null: the vocabulary's mean
+    vectors: Annotated[int, Field(ge=1, le=16)] = 1  # embedding vectors (tokens) the word stands for
+
+    def __post_init__(self):
+        if self.token is None:
+            raise ValueError("textual_inversion: give token, the new word to learn (e.g. token: <pink>)")
+        if not self.token.strip() or any(c.isspace() for c in self.token):
+            raise ValueError(f"textual_inversion.token must be one word without spaces, got {self.token!r}")
 
 
 @dataclass(config=SECTION)
@@ -152,6 +234,7 @@ class SamplesConfig:
 class Config(RunConfig):
     STAGE: ClassVar[str] = "diffusion"
     MASKED_LOSS: ClassVar[bool] = True
+    PRIOR_PRESERVATION: ClassVar[bool] = True
 
     stage: str = "diffusion"
     # A diffusers pipeline folder (RUN/pipeline, a Stable Diffusion 1.x/2.x folder) or hub id to
@@ -166,12 +249,21 @@ class Config(RunConfig):
     # (ldm/data/cache_share.py).
     cache_shared_filesystem: bool | Literal["auto"] = "auto"
     caption_dropout: Fraction = 0.1  # share of captions replaced by "" to learn unconditional denoising
+    # Windows of 75 tokens a caption may take, each encoded on its own and the embeddings
+    # concatenated (ldm.components.prompt_tokens): 1 is CLIP's 77 tokens, a longer caption cut with a
+    # warning; above 1 a longer caption is an error. Saved in the export for ldm generate / animate.
+    prompt_chunks: PromptChunks = 1
     unet: UNetConfig = field(default_factory=UNetConfig)
     noise: NoiseConfig | None = None  # null: the pretrained pipeline's schedule, else the defaults
     loss: LossConfig = field(default_factory=LossConfig)
     ema: EmaConfig = field(default_factory=EmaConfig)
     lora: LoraConfig | None = None  # null: train the UNet's own weights
+    textual_inversion: TextualInversionConfig | None = None  # null: no new word; else only its embedding trains
     samples: SamplesConfig = field(default_factory=SamplesConfig)
+    # null: a text-to-image UNet. A section (`inpainting: {}` for the defaults): an inpainting UNet,
+    # new or from a pretrained one (a text-to-image UNet's new input channels start at zero), exported
+    # as a `StableDiffusionInpaintPipeline` folder (ldm/stages/diffusion/inpainting.py).
+    inpainting: InpaintingConfig | None = None
 
     def __post_init__(self):
         super().__post_init__()
@@ -185,6 +277,22 @@ class Config(RunConfig):
         if self.unet.addition_embed_type == "text_time" and not self.cache:
             raise ValueError("unet.addition_embed_type: text_time trains from the latent cache (cache: true), "
                              "which stores each image's original size and crop")
+        if self.unet.addition_embed_type == "text_time" and self.inpainting is not None:
+            raise ValueError("inpainting: an SDXL-style UNet (unet.addition_embed_type: text_time) does not train "
+                             "the inpainting layout yet (SD 1.x/2.x-style UNets do)")
+        if self.textual_inversion is not None:
+            if self.unet_source is None:
+                raise ValueError("textual_inversion: a new word is learned for pretrained weights: give "
+                                 "`pretrained:` (a pipeline folder)")
+            if self.lora is not None:
+                raise ValueError("textual_inversion and lora: choose one (textual inversion trains only the "
+                                 "new word's embedding)")
+            if self.cache:
+                raise ValueError("textual_inversion needs cache: false (the latent cache holds caption "
+                                 "embeddings made before the new word exists)")
+        if self.data.prior_preservation is not None and self.pretrained is None:
+            raise ValueError("data.prior_preservation needs `pretrained:` (a pipeline folder): its class images "
+                             "are made by the base pipeline, as it was before fine-tuning")
         if self.lora is not None and self.lora.train_text_encoder and self.cache:
             raise ValueError("lora.train_text_encoder needs cache: false (the latent cache holds caption "
                              "embeddings of the frozen text encoder)")

@@ -8,6 +8,8 @@ section (`parts.py`), as Stability AI's generative-models composes its diffusion
     conditioner   frozen CLIP text encoder of stage 1b, caption dropout  (`text_encoder:`)
     autoencoder   frozen autoencoder of stage 1                          (`vae:`)
     ema           EMAModel of the trained weights, used for validation and export   (`ema:`)
+    inpainting    InpaintingInputs: random masks and masked-image latents, None for text-to-image
+                  (`inpainting:`, ldm/stages/diffusion/inpainting.py)
 
 What trains is every parameter that requires a gradient: the whole UNet, or with `lora:` only the
 adapters peft added to it (and to the text encoder, which then becomes a child module too). The
@@ -18,7 +20,9 @@ fingerprint of its weights) that it is the same base.
 Data arrive either from the latent cache (`cache: true`, the default: latent moments and caption
 embeddings computed once, see `ldm.data.latent_cache`) or as images and captions, encoded at every
 step (`cache: false`, for streamed data and a text encoder that trains). With `data.mask` the batches
-also carry loss masks, and the loss weighs each latent pixel by its mask (`loss_weights`)."""
+also carry loss masks, and the loss weighs each latent pixel by its mask (`loss_weights`). With
+`data.prior_preservation` each batch is the user's images and class images side by side
+(`ldm.data.prior_datamodule`), and the loss is theirs plus the weighted loss of the class images."""
 
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ import numpy as np
 import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.training_utils import EMAModel
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 
 from ldm.components.autoencoder import FrozenAutoencoder
 from ldm.components.text_encoder import TextConditioner
@@ -37,9 +41,11 @@ from ldm.components.text_time import unet_inputs
 from ldm.core.errors import LdmError
 from ldm.data.latent_cache.layout import TIME_IDS
 from ldm.data.masks import MASK, to_latent_grid
+from ldm.data.prior_datamodule import CLASS, INSTANCE
 from ldm.sampling.lora import BaseModel
 from ldm.sampling.samplers import inference_scheduler
 from ldm.stages.diffusion.config import SamplesConfig
+from ldm.stages.diffusion.inpainting import InpaintingInputs
 from ldm.stages.diffusion.losses import DiffusionLoss
 from ldm.stages.diffusion.parts import trained_parameters
 from ldm.stages.diffusion.smoothness_loss import StepVariationLoss, twice_differentiable
@@ -57,7 +63,8 @@ class LatentDiffusion(L.LightningModule):
                  autoencoder: FrozenAutoencoder, conditioner: TextConditioner, train_cfg: TrainConfig,
                  ema: EMAModel | None = None, samples: SamplesConfig | None = None,
                  samples_dir=None, train_text_encoder: bool = False, base: BaseModel | None = None,
-                 smoothness: StepVariationLoss | None = None):
+                 smoothness: StepVariationLoss | None = None, learned_tokens: torch.nn.Module | None = None,
+                 inpainting: InpaintingInputs | None = None, prior_loss_weight: float | None = None):
         super().__init__()
         # Children in training mode (a pretrained model loads in eval mode, and Lightning keeps the
         # mode it finds): dropout, the LoRA adapters' included, applies while training.
@@ -73,10 +80,22 @@ class LatentDiffusion(L.LightningModule):
         # A child module when on, so that checkpoints hold its running mean; absent when off, so
         # that a default run's checkpoints are as they were.
         self.smoothness = smoothness
+        # Textual inversion's new word (its vectors, hooked into the frozen text encoder): a child,
+        # so that the optimizer, the EMA and the checkpoints hold it; None otherwise.
+        self.learned_tokens = learned_tokens
+        self.inpainting = inpainting
+        # With prior preservation (data.prior_preservation): batches are {"instance": ..., "class": ...}
+        # and the loss is the instance loss + this weight * the class loss.
+        self.prior_loss_weight = prior_loss_weight
 
     def trained_parameters(self) -> list[torch.nn.Parameter]:
         """What the optimizer and the EMA update, in the order `build_ema` was given them."""
-        return trained_parameters(self.unet, self.text_encoder)
+        return trained_parameters(self.unet, self.text_encoder, self.learned_tokens)
+
+    @property
+    def text_trains(self) -> bool:
+        """Whether caption embeddings need gradients: text-encoder adapters or a learned word."""
+        return self.text_encoder is not None or self.learned_tokens is not None
 
     # ---- data in, loss out ------------------------------------------------------------------------
 
@@ -90,11 +109,11 @@ class LatentDiffusion(L.LightningModule):
                 embeddings = self.conditioner.drop_captions(embeddings)
             return self.autoencoder.sample_latents(batch["mean"], batch.get("std")), embeddings
         mean, std = self.autoencoder.moments(batch["pixel_values"])
-        if self.text_encoder is None:
+        if not self.text_trains:
             embeddings = self.conditioner.encode(batch["caption"])
             if drop_captions:
                 embeddings = self.conditioner.drop_captions(embeddings)
-        else:  # a training encoder: captions dropped as text, then encoded with gradients
+        else:  # a training encoder or word: captions dropped as text, then encoded with gradients
             captions = batch["caption"]
             if drop_captions:
                 captions = self.conditioner.drop_caption_texts(captions)
@@ -111,8 +130,11 @@ class LatentDiffusion(L.LightningModule):
             noise.requires_grad_(True)
         timesteps = self.loss.sample_timesteps(latents, generator)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        model_input = noisy
+        if self.inpainting is not None:  # the inpainting UNet also takes a mask and the masked image
+            model_input = torch.cat([noisy, self.inpainting(latents, generator)], dim=1)
         with twice_differentiable() if track_noise else nullcontext():
-            prediction = self.unet(noisy, timesteps, **unet_inputs(self.unet, embeddings, times)).sample
+            prediction = self.unet(model_input, timesteps, **unet_inputs(self.unet, embeddings, times)).sample
         return prediction, noisy, noise, timesteps
 
     def loss_weights(self, batch: dict, latents: torch.Tensor) -> torch.Tensor | None:
@@ -135,15 +157,25 @@ class LatentDiffusion(L.LightningModule):
         return self.loss(prediction, latents, noise, timesteps, weight)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        if CLASS in batch:  # DreamBooth's prior preservation, as diffusers' train_dreambooth.py adds it up
+            loss, size = self.batch_loss(batch[INSTANCE])
+            prior, _ = self.batch_loss(batch[CLASS])
+            self.log("train/instance_loss", loss, batch_size=size)
+            self.log("train/prior_loss", prior, batch_size=size)
+            loss = loss + self.prior_loss_weight * prior
+        else:
+            loss, size = self.batch_loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        return loss
+
+    def batch_loss(self, batch: dict) -> tuple[torch.Tensor, int]:
+        """The training loss of one batch of images and captions (or cached latents), and its size."""
         latents, embeddings = self.latents_and_embeddings(batch, drop_captions=True)
         weight = self.loss_weights(batch, latents)
         times = self.time_ids_of(batch)
         if self.smoothness is None:
-            loss = self.diffusion_loss(latents, embeddings, weight=weight, times=times)
-        else:
-            loss = self.smoothed_diffusion_loss(latents, embeddings, weight, times)
-        self.log("train/loss", loss, prog_bar=True, batch_size=latents.shape[0])
-        return loss
+            return self.diffusion_loss(latents, embeddings, weight=weight, times=times), latents.shape[0]
+        return self.smoothed_diffusion_loss(latents, embeddings, weight, times), latents.shape[0]
 
     def smoothed_diffusion_loss(self, latents: torch.Tensor, embeddings: torch.Tensor,
                                 weight: torch.Tensor | None = None, times: torch.Tensor | None = None
@@ -242,6 +274,11 @@ class LatentDiffusion(L.LightningModule):
         finally:
             self.swap_out_ema()
 
+    def sampling_scheduler(self):
+        """The sampler the validation grids draw with and the export carries: DPM-Solver++ on the
+        training schedule (`inference_scheduler`)."""
+        return inference_scheduler(self.noise_scheduler)
+
     # ---- validation: loss and samples from the EMA weights ----------------------------------------
 
     def on_validation_epoch_start(self) -> None:
@@ -258,14 +295,16 @@ class LatentDiffusion(L.LightningModule):
     def log_samples(self) -> None:
         step = self.trainer.global_step
         # Sampling in fp32 whatever the training precision: the frozen parts are fp32.
+        scheduler = self.sampling_scheduler()
         with torch.autocast(self.device.type, enabled=False):
-            grid = sample_grid(self.samples, self.unet, self.autoencoder, self.conditioner,
-                               self.noise_scheduler)
+            grid = sample_grid(self.samples, self.unet, self.autoencoder, self.conditioner, scheduler)
         if self.samples_dir is not None:
             save_grid(grid, self.samples_dir / f"step{step:08d}.png", self.samples, step,
-                      type(inference_scheduler(self.noise_scheduler)).__name__)
+                      type(scheduler).__name__)
         for logger in self.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_image("samples", np.asarray(grid), step, dataformats="HWC")
+            elif isinstance(logger, WandbLogger):
+                logger.log_image("samples", [grid], step=step)
 
 

@@ -7,7 +7,8 @@
             (`ldm.stages.diffusion.losses`), and
             the smoothness regulariser (`ldm.stages.diffusion.smoothness_loss`, `loss.smoothness`)
     ema:    the exponential moving average of the trained weights (diffusers' `EMAModel`)
-    lora:   low-rank adapters on the UNet (and optionally the text encoder), added with peft
+    lora:   adapters on the UNet (and optionally the text encoder), added with peft: LoRA, DoRA,
+            LoHa or LoKr (`lora.kind`)
 
 A pretrained start (the UNet and schedule of a pipeline folder) is in `pretrained.py`.
 """
@@ -34,7 +35,8 @@ from ldm.stages.diffusion.smoothness_loss import StepVariationLoss
 
 
 def build_unet(cfg: UNetConfig, autoencoder: FrozenAutoencoder, conditioner: TextConditioner,
-               resolution: int) -> UNet2DConditionModel:
+               resolution: int, in_channels: int | None = None) -> UNet2DConditionModel:
+    """A new UNet; `in_channels` None: the latent channels (an inpainting UNet takes more)."""
     if cfg.addition_embed_type == "text" and conditioner.hidden_size % cfg.addition_embed_type_num_heads:
         # diffusers would only fail at the first step, in a reshape
         raise LdmError(f"unet.addition_embed_type_num_heads: {cfg.addition_embed_type_num_heads} does not divide "
@@ -42,7 +44,7 @@ def build_unet(cfg: UNetConfig, autoencoder: FrozenAutoencoder, conditioner: Tex
     try:
         return UNet2DConditionModel(
             sample_size=resolution // autoencoder.factor,
-            in_channels=autoencoder.latent_channels,
+            in_channels=in_channels or autoencoder.latent_channels,
             out_channels=autoencoder.latent_channels,
             cross_attention_dim=conditioner.hidden_size,  # the text encoder's width, read from it
             block_out_channels=tuple(cfg.block_out_channels),
@@ -119,14 +121,24 @@ def build_ema(cfg: EmaConfig, trained: Iterable[torch.nn.Parameter]) -> EMAModel
                     foreach=True)
 
 
-def _peft_config(cfg: LoraConfig, targets: list[str]) -> peft.LoraConfig:
-    # Gaussian A and zero B, as diffusers' LoRA script: the adapters start as no change at all.
-    return peft.LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha or cfg.rank, lora_dropout=cfg.dropout,
-                           init_lora_weights="gaussian", target_modules=list(targets))
+def _peft_config(cfg: LoraConfig, targets: list[str]) -> peft.PeftConfig:
+    """The peft config of `lora.kind`; every kind starts as no change at all (its second factor zero)."""
+    alpha = cfg.alpha or cfg.rank
+    if cfg.kind in ("lora", "dora"):
+        # Gaussian A and zero B, as diffusers' LoRA script; DoRA's magnitudes start as the weights' norms.
+        return peft.LoraConfig(r=cfg.rank, lora_alpha=alpha, lora_dropout=cfg.dropout,
+                               init_lora_weights="gaussian", target_modules=list(targets),
+                               use_dora=cfg.kind == "dora")
+    dropouts = dict(rank_dropout=cfg.rank_dropout or 0.0, module_dropout=cfg.module_dropout or 0.0)
+    if cfg.kind == "loha":
+        return peft.LoHaConfig(r=cfg.rank, alpha=alpha, target_modules=list(targets), **dropouts)
+    lokr = dict(decompose_both=bool(cfg.decompose_both),
+                decompose_factor=-1 if cfg.decompose_factor is None else cfg.decompose_factor)
+    return peft.LoKrConfig(r=cfg.rank, alpha=alpha, target_modules=list(targets), **dropouts, **lokr)
 
 
 def add_unet_lora(unet: UNet2DConditionModel, cfg: LoraConfig) -> None:
-    """Adapters on `lora.target_modules`; peft freezes every other weight of the UNet."""
+    """Adapters of `lora.kind` on `lora.target_modules`; peft freezes every other weight of the UNet."""
     try:
         unet.add_adapter(_peft_config(cfg, cfg.target_modules))
     except ValueError as err:  # peft names the targets it did not find

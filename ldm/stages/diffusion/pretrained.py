@@ -28,6 +28,7 @@ from ldm.core.errors import LdmError, first_line
 from ldm.core.layout import MODEL_CONFIG, SCHEDULER, UNET, VAE
 from ldm.sampling.lora import BaseModel, unet_fingerprint
 from ldm.stages.diffusion.config import Config
+from ldm.stages.diffusion.inpainting import inpainting_channels
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,13 @@ def resolve_sources(cfg: Config) -> Sources:
     text_encoder = cfg.text_encoder or pipeline
     unet = model_folder(local_folder(cfg.unet_source), UNET) if cfg.unet_source else None
     return Sources(vae, text_encoder, unet, _name(cfg.unet_source), pipeline)
+
+
+def pipeline_sources(path_or_hub_id: str) -> Sources:
+    """Every part from one pipeline folder or hub id (a distillation's teacher)."""
+    pipeline = local_folder(path_or_hub_id)
+    return Sources(model_folder(pipeline, VAE), pipeline, model_folder(pipeline, UNET), _name(path_or_hub_id),
+                   pipeline)
 
 
 def _name(path_or_hub_id: str | None) -> str | None:
@@ -72,11 +80,16 @@ def load_unet(folder: Path) -> UNet2DConditionModel:
 
 
 def check_unet_fits(unet: UNet2DConditionModel, sources: Sources, autoencoder: FrozenAutoencoder,
-                    conditioner: TextConditioner) -> None:
-    """A pretrained UNet must take the autoencoder's latents and the text encoder's embeddings."""
-    if unet.config.in_channels != autoencoder.latent_channels:
-        raise LdmError(f"the UNet of {sources.unet_name} takes {unet.config.in_channels} latent channels, "
-                       f"but the autoencoder of {sources.vae} makes {autoencoder.latent_channels}")
+                    conditioner: TextConditioner, inpainting: bool = False) -> None:
+    """A pretrained UNet must take the autoencoder's latents and the text encoder's embeddings: as
+    many input channels as latent channels, or (`inpainting`) the inpainting layout's 2C+1 too."""
+    channels, inputs = autoencoder.latent_channels, unet.config.in_channels
+    if inputs == inpainting_channels(channels) and not inpainting:
+        raise LdmError(f"the UNet of {sources.unet_name} is an inpainting UNet ({inputs} input channels: latents, "
+                       "mask and masked image): set `inpainting:` (e.g. inpainting={}) to fine-tune it as one")
+    if unet.config.out_channels != channels or inputs not in (channels, inpainting_channels(channels)):
+        raise LdmError(f"the UNet of {sources.unet_name} takes {inputs} latent channels, "
+                       f"but the autoencoder of {sources.vae} makes {channels}")
     if unet.config.cross_attention_dim != conditioner.hidden_size:
         raise LdmError(f"the UNet of {sources.unet_name} attends to text embeddings of width "
                        f"{unet.config.cross_attention_dim}, but the text encoder of {sources.text_encoder} "

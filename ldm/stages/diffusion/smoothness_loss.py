@@ -32,6 +32,8 @@ from diffusers import DDPMScheduler
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from ldm.stages.diffusion.predictions import predicted_original
+
 # The running mean's rate, as Smooth Diffusion's training script (`step_regularize(decay=0.01)`).
 MEAN_DECAY = 0.01
 
@@ -41,17 +43,6 @@ def twice_differentiable() -> AbstractContextManager:
     kernels (flash, memory-efficient; CPU and CUDA) have no derivative of their backward, so
     scaled_dot_product_attention is held to its plain math form, which has."""
     return sdpa_kernel(SDPBackend.MATH)
-
-
-def predicted_original(scheduler: DDPMScheduler, prediction: torch.Tensor, noisy: torch.Tensor,
-                       timesteps: torch.Tensor) -> torch.Tensor:
-    """The clean latent x0 that the network's prediction implies (epsilon or v), as the
-    scheduler's own step computes it inside `step` (which has no public function for it)."""
-    alpha_bar = scheduler.alphas_cumprod.to(noisy.device)[timesteps].float().view(-1, 1, 1, 1)
-    signal, noise_scale = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
-    if scheduler.config.prediction_type == "v_prediction":
-        return signal * noisy - noise_scale * prediction
-    return (noisy - noise_scale * prediction) / signal
 
 
 class StepVariationLoss(nn.Module):

@@ -2,7 +2,8 @@
 
 One row per prompt, one column per seed; the same prompts and seeds at every validation, so the
 grids of successive steps compare directly. Images come from `LatentDiffusionPipeline`, the same
-code that generates after export, with the inference scheduler the export will carry.
+code that generates after export, with the sampler the export will carry. An inpainting
+model draws them with the whole image masked (what it learns from `inpainting.whole`): from the text alone.
 """
 
 from __future__ import annotations
@@ -20,22 +21,27 @@ from ldm.components.text_encoder import TextConditioner
 from ldm.core.images import image_grid, write_png
 from ldm.sampling.pipeline import LatentDiffusionPipeline
 from ldm.sampling.pipeline_xl import LatentDiffusionXLPipeline
-from ldm.sampling.samplers import inference_scheduler
 from ldm.stages.diffusion.config import SamplesConfig
 
 
 def sample_grid(cfg: SamplesConfig, unet: UNet2DConditionModel, autoencoder: FrozenAutoencoder,
-                conditioner: TextConditioner, training_scheduler) -> Image.Image:
-    """The prompts x seeds grid, drawn with the weights the UNet holds now."""
+                conditioner: TextConditioner, scheduler) -> Image.Image:
+    """The prompts x seeds grid, drawn with the weights the UNet holds now and `scheduler` (the
+    sampler the export will carry)."""
     text = text_components(conditioner)
     pipeline_class = LatentDiffusionXLPipeline if "text_encoder_2" in text else LatentDiffusionPipeline
-    pipe = pipeline_class(vae=autoencoder.vae, unet=unet, scheduler=inference_scheduler(training_scheduler), **text)
+    pipe = pipeline_class(vae=autoencoder.vae, unet=unet, scheduler=scheduler, **text)
+    pipe.prompt_chunks = conditioner.max_chunks
     pipe.set_progress_bar_config(disable=True)
     prompts = [prompt for prompt in cfg.prompts for _ in cfg.seeds]
     device = unet.device
     generators = [torch.Generator(device).manual_seed(seed) for _ in cfg.prompts for seed in cfg.seeds]
+    whole_mask = {}
+    if pipe.is_inpainting:
+        size = (pipe.image_size, pipe.image_size)
+        whole_mask = dict(image=Image.new("RGB", size), mask_image=Image.new("L", size, 255), strength=1.0)
     images = pipe(prompts, num_inference_steps=cfg.steps, guidance_scale=cfg.guidance_scale,
-                  generator=generators).images
+                  generator=generators, **whole_mask).images
     columns = len(cfg.seeds)
     return image_grid([images[i:i + columns] for i in range(0, len(images), columns)])
 
