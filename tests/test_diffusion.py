@@ -175,7 +175,8 @@ def test_noise_offset_shifts_whole_channels():
 
 def test_shipped_configs_validate():
     for path in ("configs/diffusion/ldm_shapes.yaml", "configs/diffusion/ldm_kl_f8_256.yaml",
-                 "configs/diffusion/lora_sd15.yaml"):
+                 "configs/diffusion/lora_sd15.yaml", "configs/diffusion/ldm_sdxl_shapes.yaml",
+                 "configs/diffusion/ldm_sdxl_1024.yaml", "configs/diffusion/lora_sdxl.yaml"):
         cfg = load_config(path)
         assert cfg.stage == "diffusion"
         assert yaml.safe_load(open(path))["stage"] == "diffusion"

@@ -48,8 +48,8 @@ def poison(module, bad_step) -> None:
     """Make `module`'s training loss NaN at the steps where `bad_step(global_step)` is true."""
     plain_loss = module.diffusion_loss
 
-    def loss(latents, embeddings, generator=None, weight=None):
-        value = plain_loss(latents, embeddings, generator, weight)
+    def loss(*args, **kwargs):  # whatever the engine passes (an SDXL-style UNet's time ids too)
+        value = plain_loss(*args, **kwargs)
         return value * float("nan") if module.training and bad_step(module.global_step) else value
 
     module.diffusion_loss = loss

@@ -23,8 +23,14 @@ def variant(pipeline, tmp_path, name, index=None, unet=None):
 
 
 KINDS = {
-    "sdxl": ({"_class_name": "StableDiffusionXLPipeline", "text_encoder_2": ["transformers", "CLIPTextModel"]},
-             {"addition_embed_type": "text_time"}, "is an SDXL pipeline (two text encoders, size conditioning)"),
+    # SDXL's base layout is supported (tests/test_sdxl.py); its refiner (aesthetic-score time ids) and
+    # inpainting layout are not
+    "sdxl-refiner": ({"_class_name": "StableDiffusionXLImg2ImgPipeline", "requires_aesthetics_score": True,
+                      "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"]},
+                     {"addition_embed_type": "text_time"}, "is an SDXL refiner (aesthetic-score conditioning)"),
+    "sdxl-inpainting": ({"_class_name": "StableDiffusionXLInpaintPipeline"}, None, "is an SDXL inpainting pipeline"),
+    "sdxl-inpainting-unet": (None, {"addition_embed_type": "text_time", "in_channels": 9},
+                             "is an SDXL inpainting UNet"),
     "depth-unet": (None, {"in_channels": 5}, "is a UNet of 5 input channels for 4 latent channels"),
     "transformer": ({"_class_name": "PixArtAlphaPipeline", "transformer": ["diffusers", "PixArtTransformer2DModel"]},
                     None, "is a PixArt pipeline (a transformer instead of a UNet)"),
@@ -56,12 +62,12 @@ def test_generate_names_the_kind(kl_pipeline_path, tmp_path, capsys, kind):
         main(["generate", str(folder), "a red circle", "--out", str(tmp_path / "out")])
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert message in err and "ldm takes Stable Diffusion 1.x/2.x-style pipelines" in err
+    assert message in err and "ldm takes Stable Diffusion 1.x/2.x-style pipelines" in err and "SDXL base" in err
     assert len(err.splitlines()) == 1 and not (tmp_path / "out").exists()
 
 
-def test_animate_and_evaluate_name_an_sdxl_folder(kl_pipeline_path, tmp_path, capsys):
-    index, unet, message = KINDS["sdxl"]
+def test_animate_and_evaluate_name_an_sdxl_refiner_folder(kl_pipeline_path, tmp_path, capsys):
+    index, unet, message = KINDS["sdxl-refiner"]
     folder = variant(kl_pipeline_path, tmp_path, "sdxl", index, unet)
     for command in (["animate", str(folder), "--prompts", "a", "b", "--out", str(tmp_path / "walk")],
                     ["evaluate", "diffusion", str(folder), "--data", str(tmp_path)]):
@@ -70,8 +76,8 @@ def test_animate_and_evaluate_name_an_sdxl_folder(kl_pipeline_path, tmp_path, ca
         assert message in capsys.readouterr().err
 
 
-def test_train_names_an_sdxl_pretrained_folder(kl_pipeline_path, tmp_path, capsys):
-    index, unet, message = KINDS["sdxl"]
+def test_train_names_an_sdxl_refiner_pretrained_folder(kl_pipeline_path, tmp_path, capsys):
+    index, unet, message = KINDS["sdxl-refiner"]
     folder = variant(kl_pipeline_path, tmp_path, "sdxl", index, unet)
     with pytest.raises(SystemExit) as stop:
         main(["train", "diffusion/ldm_shapes.yaml", f"pretrained={folder}", "vae=null", "text_encoder=null",

@@ -94,22 +94,28 @@ def samplers_used(monkeypatch) -> list:
     return used
 
 
+def check_generated(out, mode: str, used: list) -> tuple[list, str]:
+    """(the images, the sampler asked for) of a generate mode's run: 4 images and a grid, of the size
+    asked for, every one made with the sampler asked for (the default one without --sampler)."""
+    written = images_in(out)
+    assert len(written) == 4 and (out / "grid.png").is_file()
+    if mode == "other-size":
+        assert Image.open(written[0]).size == (32, 48)
+    sampler = mode.removeprefix("sampler-") if mode.startswith("sampler-") else DEFAULT_SAMPLER
+    scheduler_class, settings = SAMPLERS[sampler]
+    assert used and all(cls is scheduler_class and settings.items() <= config.items() for cls, config in used)
+    return written, sampler
+
+
 @pytest.mark.parametrize("mode", list(GENERATE_MODES))
 def test_generate(mode, kl, tmp_path, samplers_used, request):
     args = [arg.format(data=kl / "data") for arg in GENERATE_MODES[mode]]
     out = tmp_path / "out"
     steps = SAMPLER_STEPS if mode.startswith("sampler-") else 2
     main([*generate_args(kl, out, steps), *args])
-    used = list(samplers_used)  # before the default-sampler run below adds its own
-    written = images_in(out)
-    assert len(written) == 4 and (out / "grid.png").is_file()
-    if mode == "other-size":
-        assert Image.open(written[0]).size == (32, 48)
-    # Every image was made with the sampler asked for (the default one without --sampler), and says so.
-    sampler = mode.removeprefix("sampler-") if mode.startswith("sampler-") else DEFAULT_SAMPLER
-    scheduler_class, settings = SAMPLERS[sampler]
-    assert used and all(cls is scheduler_class and settings.items() <= config.items() for cls, config in used)
-    for path in written:
+    # before the default-sampler run below adds its own
+    written, sampler = check_generated(out, mode, list(samplers_used))
+    for path in written:  # and says so
         metadata = read_png_metadata(path)
         assert (metadata["sampler"], metadata["steps"]) == (sampler, str(steps))
     if mode.startswith("sampler-"):
@@ -207,3 +213,61 @@ def test_evaluate_each_kind(kl, vq, tmp_path):
             for name in ("a", "v", "d", "w")}
     assert {"psnr", "ssim"} <= keys["a"] and "codebook_usage" in keys["v"]
     assert {"prompt_fidelity", "clip_score", "fid_clip"} <= keys["d"] and "walk_cv" in keys["w"]
+
+
+# ---- SDXL-style pipelines (issue 31) -----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def sdxl(kl, tmp_path_factory) -> Path:
+    """An SDXL-style run: the shipped ldm_sdxl_shapes.yaml on the quickstart's autoencoder and CLIP."""
+    run = tmp_path_factory.mktemp("sdxl")
+    main(["train", "diffusion/ldm_sdxl_shapes.yaml", f"run_dir={run}", f"data.source={kl / 'data'}",
+          f"vae={kl / 'vae'}", f"text_encoder={kl}", "samples.prompts=[]", *TINY_STAGE])
+    return run
+
+
+@pytest.fixture(scope="module")
+def sdxl_lora(kl, sdxl, tmp_path_factory) -> Path:
+    """LoRA adapters trained on the SDXL-style run's export (its pretrained start)."""
+    run = tmp_path_factory.mktemp("sdxl-lora")
+    main(["train", "diffusion/ldm_sdxl_shapes.yaml", f"run_dir={run}", f"data.source={kl / 'data'}",
+          f"pretrained={sdxl / 'pipeline'}", "vae=null", "text_encoder=null", "noise=null", "lora.rank=4",
+          "samples.prompts=[]", *TINY_STAGE])
+    return run / "lora"
+
+
+SDXL_GENERATE_MODES = {**GENERATE_MODES, "lora": ["--lora", "{lora}"]}
+
+
+@pytest.mark.parametrize("mode", list(SDXL_GENERATE_MODES))
+def test_generate_sdxl(mode, kl, sdxl, tmp_path, samplers_used, request):
+    lora = request.getfixturevalue("sdxl_lora") if mode == "lora" else None
+    args = [arg.format(data=kl / "data", lora=lora) for arg in SDXL_GENERATE_MODES[mode]]
+    out = tmp_path / "out"
+    main(["generate", str(sdxl / "pipeline"), "a red circle", "a blue square", "--n", "2", "--steps",
+          str(SAMPLER_STEPS), "--out", str(out), *args])
+    check_generated(out, mode, samplers_used)
+
+
+SDXL_ANIMATE_MODES = {**ANIMATE_MODES,
+                      "prompt-blend": [*ANIMATE_MODES["prompt"], "--interpolation", "blend"],
+                      "prompt-attention": [*ANIMATE_MODES["prompt"], "--interpolation", "attention"]}
+
+
+@pytest.mark.parametrize("mode", list(SDXL_ANIMATE_MODES))
+def test_animate_sdxl(mode, kl, sdxl, tmp_path):
+    args = [arg.format(data=kl / "data") for arg in SDXL_ANIMATE_MODES[mode]]
+    out = tmp_path / "walk"
+    animate(sdxl / "pipeline", out, args)
+    frames = sorted((out / "frames").glob("frame_*.png"))
+    assert (out / "walk.mp4").is_file() and len(frames) >= 3
+    if mode.endswith("other-size"):
+        width, height = (int(args[args.index(f"--{side}") + 1]) for side in ("width", "height"))
+        assert Image.open(frames[0]).size == (width, height)
+
+
+def test_evaluate_sdxl(kl, sdxl, tmp_path):
+    main(["evaluate", "diffusion", str(sdxl / "pipeline"), "--data", str(kl / "data"), "--clip", str(kl / "clip"),
+          "--n", "1", "--steps", "2", "--out", str(tmp_path / "d.json")])
+    keys = {m["key"] for m in json.loads((tmp_path / "d.json").read_text())["metrics"]}
+    assert {"prompt_fidelity", "clip_score", "fid_clip"} <= keys

@@ -26,10 +26,11 @@ from pathlib import Path
 import torch
 from diffusers import DPMSolverMultistepScheduler, UNet2DConditionModel
 from PIL import Image
-from transformers import CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from ldm.components.autoencoder import Autoencoder, FrozenAutoencoder
 from ldm.components.clip import ClipModel
+from ldm.components.dual_text_encoder import TextTimeConditioner, text_components
 from ldm.components.text_encoder import TextConditioner
 from ldm.core.config import build
 from ldm.core.images import to_tensor
@@ -143,3 +144,34 @@ def make_tiny_pipeline(tmp_path: str | Path, kind: str = "kl", factor: int = 2, 
                        name: str = "pipeline") -> Path:
     """Export a tiny pipeline to tmp_path/name, as `ldm train diffusion` exports RUN/pipeline, and return that path."""
     return export_pipeline(Path(tmp_path) / name, **tiny_components(kind, factor, seed))
+
+
+# The `unet:` section of a tiny SDXL-style diffusion config: TINY_UNET with SDXL's added embedding.
+TINY_SDXL_UNET = {**TINY_UNET, "addition_embed_type": "text_time", "addition_time_embed_dim": 8}
+
+
+def tiny_projected_text_encoder(tokenizer: CLIPTokenizer, seed: int = SEED) -> CLIPTextModelWithProjection:
+    """SDXL's second text encoder, tiny: the text tower's config with the CLIP's projection width."""
+    torch.manual_seed(seed + 1)
+    config = text_config(tiny_clip_config(), tokenizer)
+    config.projection_dim = TINY_CLIP["projection_dim"]
+    return CLIPTextModelWithProjection(config).eval()
+
+
+def tiny_sdxl_components(seed: int = SEED, first_encoder: bool = True) -> dict:
+    """export_pipeline's keyword arguments for a tiny SDXL pipeline: a KL autoencoder, a CLIPTextModel
+    (or none) and a CLIPTextModelWithProjection, a text_time UNet sized by them, DPM-Solver++."""
+    tokenizer = tiny_tokenizer()
+    vae = tiny_autoencoder("kl", 2, seed)
+    first = (tokenizer, tiny_text_encoder(tokenizer, seed)) if first_encoder else None
+    second = (tokenizer, tiny_projected_text_encoder(tokenizer, seed))
+    conditioner = TextTimeConditioner([first, second] if first else [second])
+    torch.manual_seed(seed)
+    unet = build_unet(UNetConfig(**TINY_SDXL_UNET), FrozenAutoencoder(vae), conditioner, IMAGE_SIZE).eval()
+    return dict(vae=vae, unet=unet, scheduler=tiny_scheduler(), **text_components(conditioner))
+
+
+def make_tiny_sdxl_pipeline(tmp_path: str | Path, seed: int = SEED, first_encoder: bool = True,
+                            name: str = "sdxl") -> Path:
+    """A tiny SDXL pipeline folder (StableDiffusionXLPipeline's layout, written by save_pretrained)."""
+    return export_pipeline(Path(tmp_path) / name, **tiny_sdxl_components(seed, first_encoder))

@@ -249,7 +249,7 @@ def batches_of_one_length(jobs: list[ImageJob], opts: GenerateOptions, pipe) -> 
     """The jobs in batches of at most `batch_size`, each of prompts of one window count: a batch's
     embeddings are padded to its longest prompt (`ldm.components.text_encoder.embed_prompts`), so a
     short prompt batched with a long one would give another image than alone."""
-    counts = chunk_counts(pipe.tokenizer, [job.prompt for job in jobs] + [opts.negative], pipe.prompt_chunks)
+    counts = chunk_counts(pipe.prompt_tokenizer, [job.prompt for job in jobs] + [opts.negative], pipe.prompt_chunks)
     length = {job: max(count, counts[-1]) for job, count in zip(jobs, counts)}
     batches = []
     for count in sorted(set(length.values())):

@@ -22,6 +22,7 @@ LightningModule's children, its optimizer and its checkpoints.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -101,6 +102,34 @@ def reconstruct(vae: Autoencoder, pixels: torch.Tensor) -> tuple[torch.Tensor, t
     return vae(pixels).sample, None
 
 
+def needs_upcast(vae: Autoencoder) -> bool:
+    """Whether the autoencoder says it overflows in float16 (`force_upcast`, set in SDXL's VAE)."""
+    return bool(vae.config.get("force_upcast", False))
+
+
+@contextmanager
+def no_fp16_autocast(vae: Autoencoder, device: torch.device):
+    """Inside: no float16 autocast for an autoencoder with `force_upcast` (under 16-mixed training
+    its encoder would overflow, as diffusers' SDXL scripts warn); anything else as it was."""
+    fp16 = torch.is_autocast_enabled(device.type) and torch.get_autocast_dtype(device.type) == torch.float16
+    with torch.autocast(device.type, enabled=False) if fp16 and needs_upcast(vae) else nullcontext():
+        yield
+
+
+@contextmanager
+def upcast(vae: Autoencoder):
+    """Inside: a float16 autoencoder with `force_upcast` in float32, as diffusers' SDXL pipeline
+    decodes (SDXL's VAE overflows in float16); yields the dtype to feed it."""
+    if vae.dtype != torch.float16 or not needs_upcast(vae):
+        yield vae.dtype
+        return
+    vae.to(torch.float32)
+    try:
+        yield torch.float32
+    finally:
+        vae.to(torch.float16)
+
+
 class FrozenAutoencoder:
     def __init__(self, vae: Autoencoder):
         self.vae = vae.requires_grad_(False).eval()
@@ -135,7 +164,8 @@ class FrozenAutoencoder:
         pixels = pixels.to(self.device, self.vae.dtype)
         if not self.is_kl:
             return encode_unscaled(self.vae, pixels), None
-        posterior = self.vae.encode(pixels).latent_dist
+        with no_fp16_autocast(self.vae, pixels.device):
+            posterior = self.vae.encode(pixels).latent_dist
         return posterior.mean, posterior.std
 
     def sample_latents(self, mean: torch.Tensor, std: torch.Tensor | None,

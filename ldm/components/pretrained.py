@@ -31,7 +31,7 @@ from ldm.core.trust import check_no_code
 # listed in their index file; fp16 variants ("*.fp16.safetensors") are left on the hub.
 _WEIGHTS = (SAFETENSORS_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, "diffusion_pytorch_model-*-of-*.safetensors",
             "model.safetensors", "model.safetensors.index.json", "model-*-of-*.safetensors")
-HUB_FILES = [MODEL_INDEX, CONFIG_NAME, "*/" + CONFIG_NAME, f"{SCHEDULER}/*.json", f"{TOKENIZER}/*",
+HUB_FILES = [MODEL_INDEX, CONFIG_NAME, "*/" + CONFIG_NAME, f"{SCHEDULER}/*.json", f"{TOKENIZER}/*", f"{TOKENIZER}_2/*",
              *_WEIGHTS, *("*/" + name for name in _WEIGHTS)]
 
 

@@ -12,6 +12,7 @@ The tokenizer itself is learned by stage 1b (`ldm.stages.clip.tokenizer`) or com
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -84,8 +85,9 @@ def _load_from_hub(hub_id: str, dtype) -> tuple[CLIPTokenizer, CLIPTextModel]:
 
 
 def embed_prompts(tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, prompts: list[str],
-                  max_chunks: int = 1, pooled: bool = False):
-    """Prompts as the diffusion model's conditioning: CLIP's last hidden state (B, tokens, hidden).
+                  max_chunks: int = 1, pooled: bool = False, penultimate: bool = False):
+    """Prompts as the diffusion model's conditioning: CLIP's last hidden state (B, tokens, hidden)
+    (`penultimate`: the one before it, as SDXL conditions on).
 
     As in Stable Diffusion, every prompt is padded to the tokenizer's max length and no attention
     mask is passed (CLIP's causal mask already keeps padding from changing the prompt's tokens).
@@ -97,10 +99,10 @@ def embed_prompts(tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, prompts
     with the empty prompt's window embedding (compel's padding), so rows stack and guidance's
     negative matches its positive. A batch of one-window prompts gives what it always gave.
 
-    `pooled`: also return CLIP's pooled output (B, hidden) of each prompt's first window, what
-    diffusers' pipelines take as the pooled embedding (SDXL's `pooled_prompt_embeds`) and what
-    compel returns for long prompts. Gradients flow when enabled (a text encoder that trains);
-    `encode_prompts` is the frozen use.
+    `pooled`: also return CLIP's pooled output (B, hidden) of each prompt's first window (a
+    CLIPTextModelWithProjection's projected one, `text_embeds`), what diffusers' pipelines take as
+    the pooled embedding (SDXL's `pooled_prompt_embeds`) and what compel returns for long prompts.
+    Gradients flow when enabled (a text encoder that trains); `encode_prompts` is the frozen use.
     """
     if isinstance(prompts, str):
         raise TypeError("encode_prompts takes a list of prompts, not one string")
@@ -109,14 +111,14 @@ def embed_prompts(tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, prompts
     longest = max(counts)
     padded = any(count < longest for count in counts)
     rows = torch.cat(windows + ([tokenize_chunks(tokenizer, [EMPTY_PROMPT])[0]] if padded else []))
-    out = text_encoder(input_ids=rows.to(text_encoder.device))
-    hidden = out.last_hidden_state
+    out = text_encoder(input_ids=rows.to(text_encoder.device), output_hidden_states=penultimate)
+    hidden = out.hidden_states[-2] if penultimate else out.last_hidden_state
     if longest > 1:
         hidden = _concatenate_windows(hidden, counts, longest)
     if not pooled:
         return hidden
     first = torch.tensor([0, *counts[:-1]]).cumsum(0).to(hidden.device)
-    return hidden, out.pooler_output[first]
+    return hidden, (out.text_embeds if hasattr(out, "text_embeds") else out.pooler_output)[first]
 
 
 def _concatenate_windows(hidden: torch.Tensor, counts: list[int], longest: int) -> torch.Tensor:
@@ -132,19 +134,22 @@ def _concatenate_windows(hidden: torch.Tensor, counts: list[int], longest: int) 
     return torch.stack(out)
 
 
-def pad_embeddings(embeddings: torch.Tensor, length: int, empty: torch.Tensor) -> torch.Tensor:
-    """(B, tokens, hidden) embeddings padded to `length` tokens with `empty`, the empty prompt's
+def pad_embeddings(embeddings: torch.Tensor, length: int, empty: torch.Tensor, tail: int = 0) -> torch.Tensor:
+    """(B, rows, hidden) embeddings padded to `length` rows with `empty`, the empty prompt's
     (1, window tokens, hidden) embedding, window by window: how a short prompt's embedding meets a
-    long one's (guidance's negative, a walk between prompts of different lengths)."""
+    long one's (guidance's negative, a walk between prompts of different lengths). `tail`: rows that
+    end every embedding after its token rows (an SDXL-style model's pooled rows,
+    `ldm.components.text_time`), kept last: the windows go before them."""
     missing = length - embeddings.shape[1]
     if missing == 0:
         return embeddings
     windows = missing // empty.shape[1]
     if missing < 0 or windows * empty.shape[1] != missing:
-        raise ValueError(f"cannot pad embeddings of {embeddings.shape[1]} tokens to {length} in windows "
+        raise ValueError(f"cannot pad embeddings of {embeddings.shape[1]} rows to {length} in windows "
                          f"of {empty.shape[1]}")
     filler = empty.to(embeddings).repeat(1, windows, 1).expand(embeddings.shape[0], -1, -1)
-    return torch.cat([embeddings, filler], dim=1)
+    end = embeddings.shape[1] - tail
+    return torch.cat([embeddings[:, :end], filler, embeddings[:, end:]], dim=1)
 
 
 @torch.no_grad()
@@ -159,8 +164,13 @@ def encode_each_once(tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, prom
     """`encode_prompts`, with each distinct text through the encoder once: a batch of 16 images of
     4 prompts and the empty negative prompt needs 5 encoder rows, not 32. Every row is padded to the
     longest prompt's windows."""
+    return each_once(lambda texts: encode_prompts(tokenizer, text_encoder, texts, max_chunks), prompts)
+
+
+def each_once(encode: Callable[[list[str]], torch.Tensor], prompts: list[str]) -> torch.Tensor:
+    """`encode(prompts)`, calling it on each distinct text once and repeating its rows."""
     distinct = list(dict.fromkeys(prompts))
-    table = encode_prompts(tokenizer, text_encoder, distinct, max_chunks)
+    table = encode(distinct)
     return table[[distinct.index(prompt) for prompt in prompts]]
 
 
@@ -212,9 +222,15 @@ class TextConditioner:
         return self.tokenizer.model_max_length
 
     @property
+    def tail_rows(self) -> int:
+        """Rows that end every embedding after its token rows: none here (an SDXL-style model's
+        pooled rows, `ldm.components.dual_text_encoder`)."""
+        return 0
+
+    @property
     def max_tokens(self) -> int:
-        """The embedding rows of the longest caption allowed: `max_chunks` windows."""
-        return self.max_chunks * self.window_tokens
+        """The embedding rows of the longest caption allowed: `max_chunks` windows (and the tail's)."""
+        return self.max_chunks * self.window_tokens + self.tail_rows
 
     def encode(self, prompts: list[str]) -> torch.Tensor:
         """(B, max_length x windows, hidden_size) embeddings, as the pipeline makes them."""
@@ -226,7 +242,11 @@ class TextConditioner:
 
     def padded(self, embeddings: torch.Tensor, length: int) -> torch.Tensor:
         """Embeddings padded to `length` rows with the empty prompt's window (`pad_embeddings`)."""
-        return pad_embeddings(embeddings, length, self.empty_embedding())
+        return pad_embeddings(embeddings, length, self.padding_window(), self.tail_rows)
+
+    def padding_window(self) -> torch.Tensor:
+        """(1, window tokens, hidden_size): what a short caption is padded with, the empty prompt's window."""
+        return self.empty_embedding()
 
     def empty_embedding(self) -> torch.Tensor:
         """(1, max_length, hidden_size): the unconditional embedding used for guidance (one window)."""
@@ -243,9 +263,13 @@ class TextConditioner:
         if self.dropout == 0.0:
             return embeddings
         drop = self._dropped(embeddings.shape[0], embeddings.device, generator)
-        # a long batch's empty caption: the empty window repeated, as a short prompt is padded
-        empty = self.padded(self.empty_embedding(), embeddings.shape[1]).to(embeddings)
+        empty = self.dropped_embedding(embeddings.shape[1]).to(embeddings)
         return torch.where(drop[:, None, None], empty, embeddings)
+
+    def dropped_embedding(self, rows: int) -> torch.Tensor:
+        """(1, rows, hidden_size): what a dropped caption becomes in a batch of `rows`-row embeddings;
+        in a long batch, the empty window repeated, as a short prompt is padded."""
+        return self.padded(self.empty_embedding(), rows)
 
     def drop_caption_texts(self, captions: list[str], generator: torch.Generator | None = None) -> list[str]:
         """Each caption replaced by the empty prompt with probability `dropout`: for an encoder that

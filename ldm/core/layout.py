@@ -21,6 +21,9 @@ import re
 VAE = "vae"
 TEXT_ENCODER = "text_encoder"
 TOKENIZER = "tokenizer"
+# SDXL's second text encoder and its tokenizer (a StableDiffusionXLPipeline folder's names)
+TEXT_ENCODER_2 = "text_encoder_2"
+TOKENIZER_2 = "tokenizer_2"
 CLIP = "clip"
 PIPELINE = "pipeline"
 LORA = "lora"

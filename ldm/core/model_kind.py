@@ -4,12 +4,14 @@ loader (an SDXL pipeline once ended `ldm generate` in "TypeError: argument of ty
 iterable").
 
 ldm takes the Stable Diffusion 1.x/2.x layout (one CLIP text encoder, a UNet2DConditionModel with
-as many input channels as latent channels) and its own exports (KL and VQ), and the inpainting
-layout of either (`StableDiffusionInpaintPipeline`'s: a UNet of 2C+1 input channels, the noisy latents,
-the mask and the masked image's latents; ldm's `inpainting:` exports and diffusers' SD-inpainting
-folders). An inpainting model only repaints the masked part of an image, so the commands that make
-images from text alone refuse it in one line (`refuse_inpainting`). Read here: the pipeline class in
-model_index.json and its components, and the UNet's config.
+as many input channels as latent channels), the SDXL base layout (`StableDiffusionXLPipeline`: two
+text encoders, a text_time UNet with size conditioning) and its own exports (KL and VQ), and the
+inpainting layout of SD 1.x/2.x and of its own exports (`StableDiffusionInpaintPipeline`'s: a UNet of
+2C+1 input channels, the noisy latents, the mask and the masked image's latents; ldm's `inpainting:`
+exports and diffusers' SD-inpainting folders). An inpainting model only repaints the masked part of
+an image, so the commands that make images from text alone refuse it in one line
+(`refuse_inpainting`). Read here: the pipeline class in model_index.json and its components, and the
+UNet's config.
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ from ldm.core.errors import LdmError
 from ldm.core.layout import MODEL_CONFIG, MODEL_INDEX, UNET
 
 TAKES = ("ldm takes Stable Diffusion 1.x/2.x-style pipelines (one CLIP text encoder, a text-conditioned "
-         "UNet) and its own exports")
+         "UNet), SDXL base pipelines (StableDiffusionXLPipeline) and its own exports")
+SDXL_PIPELINE = "StableDiffusionXLPipeline"  # the SDXL layout ldm takes (the base model's)
 
 # model_index.json classes, by a part of their name -> what the folder is
 PIPELINE_KINDS = [
-    ("XL", "an SDXL pipeline (two text encoders, size conditioning)"),
+    ("XLImg2Img", "an SDXL refiner or image-to-image pipeline (aesthetic-score conditioning)"),
+    ("XLInpaint", "an SDXL inpainting pipeline (ldm inpaints with the SD 1.x/2.x layout)"),
     ("ControlNet", "a ControlNet pipeline"),
     ("Video", "a video pipeline"),
     ("Flux", "a Flux pipeline (a transformer instead of a UNet)"),
@@ -33,6 +37,7 @@ PIPELINE_KINDS = [
     ("PixArt", "a PixArt pipeline (a transformer instead of a UNet)"),
     ("Kandinsky", "a Kandinsky pipeline"),
     ("IF", "a DeepFloyd IF pipeline (pixel space, T5 text encoder)"),
+    ("XL", "an SDXL pipeline other than the base text-to-image layout"),
 ]
 
 
@@ -43,12 +48,14 @@ def unsupported_kind(folder: str | Path) -> str | None:
     index = read_json_mapping(folder / MODEL_INDEX)
     if index:
         name = str(index.get("_class_name", ""))
+        if index.get("requires_aesthetics_score"):
+            return f"an SDXL refiner (aesthetic-score conditioning), {name}"
         for part, what in PIPELINE_KINDS:
-            if part in name:
+            if part in name and name != SDXL_PIPELINE:
                 return f"{what}, {name}"
         if "transformer" in index:
             return f"a pipeline with a transformer instead of a UNet ({name})"
-        if "text_encoder_2" in index:
+        if "text_encoder_2" in index and name != SDXL_PIPELINE:
             return f"a pipeline with two text encoders ({name})"
     return _unet_kind(unet_config(folder))
 
@@ -61,9 +68,9 @@ def _unet_kind(config: dict) -> str | None:
         return "a ControlNet model"
     if name != "UNet2DConditionModel":
         return None  # another model's folder (an autoencoder, a text encoder): not a UNet question
-    if config.get("addition_embed_type") == "text_time":
-        return "an SDXL UNet (it takes pooled text embeddings and size conditioning)"
     inputs, outputs = config.get("in_channels"), config.get("out_channels")
+    if config.get("addition_embed_type") == "text_time" and is_inpainting_unet(config):
+        return "an SDXL inpainting UNet (ldm inpaints with the SD 1.x/2.x layout)"
     if inputs is not None and outputs is not None and inputs not in (outputs, 2 * outputs + 1):
         return (f"a UNet of {inputs} input channels for {outputs} latent channels (neither text-to-image, "
                 f"{outputs}, nor inpainting, {2 * outputs + 1}: e.g. a depth- or image-conditioned model)")

@@ -7,7 +7,8 @@
 
 Every sampling loop of the project (the pipeline's, which every walk goes through, and DDIM
 inversion) calls a denoiser with this one signature, so how guidance combines the two predictions
-is decided here and nowhere else:
+is decided here and nowhere else (and an SDXL-style UNet's packed text and time ids are unpacked
+here, `ldm.components.text_time`):
 
     noise = uncond + scale * (cond - uncond)        (Ho & Salimans; Stable Diffusion's formula)
 
@@ -33,6 +34,8 @@ import torch
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 
+from ldm.components.text_time import unet_inputs
+
 
 def embeds_guidance(unet: UNet2DConditionModel) -> bool:
     """Whether the UNet takes its guidance scale as an input (a distilled LCM) instead of two passes."""
@@ -51,7 +54,8 @@ class GuidedDenoiser:
     """(latents, timestep) -> the noise prediction, guided when a negative is given and scale > 1."""
 
     def __init__(self, unet: UNet2DConditionModel, text: torch.Tensor, negative: torch.Tensor | None = None,
-                 scale: float = 1.0, rescale: float = 0.0, extra_channels: torch.Tensor | None = None):
+                 scale: float = 1.0, rescale: float = 0.0, extra_channels: torch.Tensor | None = None,
+                 times: torch.Tensor | None = None):
         self.unet, self.scale, self.rescale = unet, scale, rescale
         self.embedded = None  # the scale as the UNet's input, for a UNet that takes it
         if embeds_guidance(unet):
@@ -63,14 +67,19 @@ class GuidedDenoiser:
         if extra_channels is not None and self.guided:
             extra_channels = torch.cat([extra_channels] * 2)
         self.extra_channels = extra_channels
+        if times is not None and self.guided:  # an SDXL UNet's time ids: the same for both halves
+            times = torch.cat([times, times])
+        # Unpacked once (ldm.components.text_time): the same tensors at every step. The scale as an
+        # input only for a UNet that takes it (an LCM's), as diffusers' pipelines pass it.
+        self.inputs = unet_inputs(unet, self.text, times)
+        if self.embedded is not None:
+            self.inputs["timestep_cond"] = self.embedded
 
     def __call__(self, latents: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
         model_input = torch.cat([latents] * 2) if self.guided else latents
         if self.extra_channels is not None:
             model_input = torch.cat([model_input, self.extra_channels.to(model_input)], dim=1)
-        # the scale as an input only for a UNet that takes it (an LCM's), as diffusers' pipelines pass it
-        scale_input = {} if self.embedded is None else {"timestep_cond": self.embedded}
-        noise = self.unet(model_input, timestep, encoder_hidden_states=self.text, return_dict=False, **scale_input)[0]
+        noise = self.unet(model_input, timestep, **self.inputs, return_dict=False)[0]
         if not self.guided:
             return noise
         uncond, cond = noise.chunk(2)

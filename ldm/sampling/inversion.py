@@ -45,18 +45,19 @@ def inversion_sampler(scheduler_config) -> DDIMScheduler:
 
 @torch.no_grad()
 def ddim_invert(unet: UNet2DConditionModel, scheduler_config, latents: torch.Tensor,
-                text_embeddings: torch.Tensor, num_inference_steps: int) -> torch.Tensor:
+                text_embeddings: torch.Tensor, num_inference_steps: int,
+                times: torch.Tensor | None = None) -> torch.Tensor:
     """Noise (B, C, h, w) that `inversion_sampler(scheduler_config)` with `num_inference_steps`
     steps turns back into `latents`.
 
     `latents` are scaled autoencoder latents (ldm.components.autoencoder.encode), `text_embeddings`
     one row per image (its caption). Inversion is conditional only: classifier-free guidance
     amplifies the small per-step errors of inversion, so the walk renders inverted keyframes best at
-    guidance 1.
+    guidance 1. `times`: an SDXL-style UNet's time ids, one row per image.
     """
     inverse = DDIMInverseScheduler(**_ddim_settings(scheduler_config))
     inverse.set_timesteps(num_inference_steps, device=latents.device)
-    denoiser = GuidedDenoiser(unet, text_embeddings.to(device=latents.device, dtype=unet.dtype))
+    denoiser = GuidedDenoiser(unet, text_embeddings.to(device=latents.device, dtype=unet.dtype), times=times)
     x = latents.to(unet.dtype)
     for t in inverse.timesteps:
         x = inverse.step(denoiser(inverse.scale_model_input(x, t), t), t, x, return_dict=False)[0]

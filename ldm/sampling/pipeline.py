@@ -40,6 +40,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from ldm.components import autoencoder as vae_lib
+from ldm.components import text_time
 from ldm.components.text_encoder import EMPTY_PROMPT, encode_each_once, encode_prompts, pad_embeddings
 from ldm.core.model_kind import is_inpainting_unet
 from ldm.sampling.attention_cache import text_keys_values_cached
@@ -60,7 +61,11 @@ class LatentDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin,
         super().__init__()
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                               scheduler=scheduler)
-        self.vae_scale_factor = vae_lib.downsampling_factor(vae)
+        self.set_processing()
+
+    def set_processing(self) -> None:
+        """What the call needs beside the components (a subclass registers other components first)."""
+        self.vae_scale_factor = vae_lib.downsampling_factor(self.vae)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
         # Windows of 75 tokens a prompt may take (ldm.components.prompt_tokens); `load_pipeline`
         # sets the one the model trained with, `ldm generate --prompt-chunks` another.
@@ -81,6 +86,31 @@ class LatentDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin,
 
     # ---- conditioning ---------------------------------------------------------------------------
 
+    def embed_prompts(self, texts: list[str]) -> torch.Tensor:
+        """One embedding per text (each distinct text encoded once), as the UNet is conditioned on:
+        in windows up to `prompt_chunks`, every row padded to the longest with the empty prompt's window."""
+        return encode_each_once(self.tokenizer, self.text_encoder, list(texts), self.prompt_chunks)
+
+    def padding_window(self) -> torch.Tensor:
+        """(1, window tokens, width): the empty prompt's window, what a short prompt is padded with."""
+        return encode_prompts(self.tokenizer, self.text_encoder, [EMPTY_PROMPT])
+
+    @property
+    def prompt_tokenizer(self) -> CLIPTokenizer:
+        """The tokenizer that tells how many windows a prompt takes (an SDXL pipeline's last)."""
+        return self.tokenizer
+
+    @property
+    def tail_rows(self) -> int:
+        """Rows that end every embedding after its token rows: none (an SDXL pipeline's pooled rows,
+        `LatentDiffusionXLPipeline`); padding goes before them."""
+        return 0
+
+    def unconditional(self, negatives: list[str], embeddings: torch.Tensor) -> torch.Tensor:
+        """The negative prompts' embeddings as guidance uses them: as encoded (an SDXL pipeline
+        replaces the empty prompt's with zeros, `LatentDiffusionXLPipeline`)."""
+        return embeddings
+
     def encode_prompt(self, prompts: list[str], negative_prompts: list[str] | None,
                       num_images_per_prompt: int, guidance: bool
                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -89,11 +119,13 @@ class LatentDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin,
         than a window are encoded in windows, up to `prompt_chunks`; every row, the negatives'
         too, is padded to the longest with the empty prompt's window."""
         texts = list(prompts) + (list(negative_prompts) if guidance else [])
-        embeds = encode_each_once(self.tokenizer, self.text_encoder, texts, self.prompt_chunks).to(self.unet.dtype)
-        embeds = embeds.repeat_interleave(num_images_per_prompt, dim=0)
+        embeds = self.embed_prompts(texts).to(self.unet.dtype)
         if not guidance:
-            return embeds, None
-        return embeds.chunk(2)
+            return embeds.repeat_interleave(num_images_per_prompt, dim=0), None
+        positive, negative = embeds.chunk(2)
+        negative = self.unconditional(list(negative_prompts), negative)
+        return (positive.repeat_interleave(num_images_per_prompt, dim=0),
+                negative.repeat_interleave(num_images_per_prompt, dim=0))
 
     def conditioning(self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
                      num_images_per_prompt: int, guidance: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -107,7 +139,9 @@ class LatentDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin,
             negative = negative_prompt_embeds
             if guidance and negative is None:
                 negatives = _as_list(negative_prompt, prompt_embeds.shape[0])
-                negative = self.encode_prompt(negatives, None, 1, guidance=False)[0]
+                # padded to the prompts' windows before `unconditional`, which may make the whole row zeros
+                encoded = self.same_length(prompt_embeds, self.encode_prompt(negatives, None, 1, guidance=False)[0])[1]
+                negative = self.unconditional(negatives, encoded)
             if guidance:
                 negative = negative.to(positive).repeat_interleave(num_images_per_prompt, dim=0)
                 positive, negative = self.same_length(positive, negative)
@@ -119,8 +153,8 @@ class LatentDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin,
         length = max(e.shape[1] for e in embeddings)
         if all(e.shape[1] == length for e in embeddings):
             return list(embeddings)
-        empty = encode_prompts(self.tokenizer, self.text_encoder, [EMPTY_PROMPT])
-        return [pad_embeddings(e, length, empty) for e in embeddings]
+        empty = self.padding_window()
+        return [pad_embeddings(e, length, empty, self.tail_rows) for e in embeddings]
 
     # ---- latents ----------------------------------------------------------------------------------
 
@@ -221,6 +255,9 @@ class LatentDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin,
         end_step: int | None = None,
         step_wrapper: Callable | None = None,
         guidance_rescale: float | None = None,
+        original_size: tuple[int, int] | None = None,
+        crops_coords_top_left: tuple[int, int] = (0, 0),
+        target_size: tuple[int, int] | None = None,
         mask_image: PIL.Image.Image | None = None,
     ):
         """Generate images; the arguments mean what they mean in `StableDiffusionPipeline`.
@@ -243,6 +280,10 @@ class LatentDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin,
 
         `guidance_rescale` (diffusers' argument; None: the one the scheduler config carries, which a
         zero-terminal-SNR export sets, see `ldm.sampling.samplers.guidance_rescale_of`).
+
+        `original_size`, `crops_coords_top_left`, `target_size`: an SDXL-style UNet's size and crop
+        conditioning, (height, width) and (top, left), as diffusers' StableDiffusionXLPipeline takes
+        them (the sizes default to the image's); an SD UNet has none.
 
         `mask_image` (white: repaint), with `image`: what an inpainting UNet needs (and only it: any
         other UNet inpaints through `step_wrapper`); at `strength` 1 the sampling starts from pure
@@ -279,7 +320,8 @@ class LatentDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin,
         # 3. The UNet wrapped with guidance.
         if guidance_rescale is None:
             guidance_rescale = guidance_rescale_of(self.scheduler.config)
-        denoiser = GuidedDenoiser(self.unet, positive, negative, guidance_scale, guidance_rescale, masked)
+        times = self.time_ids(batch, height, width, original_size, crops_coords_top_left, target_size)
+        denoiser = GuidedDenoiser(self.unet, positive, negative, guidance_scale, guidance_rescale, masked, times)
 
         # 4. Denoise.
         def step(i: int, latents: torch.Tensor) -> torch.Tensor:
@@ -326,6 +368,16 @@ class LatentDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin,
         if self.is_inpainting and strength == 1.0:
             return timesteps, self.prepare_latents(shape, generator, latents)
         return timesteps, self.prepare_image_latents(image, batch, timesteps[:1], generator)
+
+    def time_ids(self, batch: int, height: int, width: int, original_size: tuple[int, int] | None = None,
+                 crop_top_left: tuple[int, int] = (0, 0), target_size: tuple[int, int] | None = None
+                 ) -> torch.Tensor | None:
+        """(batch, 6) time ids for an SDXL-style UNet (the sizes default to height x width), or None."""
+        if not text_time.is_text_time(self.unet):
+            return None
+        size = (height, width)
+        ids = text_time.time_ids(original_size or size, crop_top_left, target_size or size)
+        return ids.to(self._execution_device, self.unet.dtype).expand(batch, -1)
 
     def latents_to_images(self, latents: torch.Tensor, output_type: str = "pil"):
         """Decode sampled latents (as `output_type="latent"` returns them) to images, as a call does."""

@@ -6,11 +6,13 @@ weights in safetensors). With a KL autoencoder the folder is written by
 
     StableDiffusionPipeline.from_pretrained("runs/shapes/pipeline", safety_checker=None)
 
-With a VQ autoencoder, which Stable Diffusion's class cannot take, it is written by
-`LatentDiffusionPipeline` and loads through it (or `load_pipeline`). A KL inpainting model of a
-4-channel autoencoder (a UNet of 9 input channels, stage 2's `inpainting:`) is written by
-`StableDiffusionInpaintPipeline`, and loads in it as in `load_pipeline` (diffusers' class runs 9-channel
-inpainting UNets only: one of another autoencoder's 2C+1 channels is written and loaded as a VQ one is):
+An SDXL-style UNet (text_time) is written by `diffusers.StableDiffusionXLPipeline` and loads in it
+(and here as `LatentDiffusionXLPipeline`). With a VQ autoencoder, which Stable Diffusion's class
+cannot take, it is written by `LatentDiffusionPipeline` and loads through it (or `load_pipeline`). A
+KL inpainting model of a 4-channel autoencoder (a UNet of 9 input channels, stage 2's `inpainting:`)
+is written by `StableDiffusionInpaintPipeline`, and loads in it as in `load_pipeline` (diffusers' class
+runs 9-channel inpainting UNets only: one of another autoencoder's 2C+1 channels is written and loaded
+as a VQ one is):
 
     StableDiffusionInpaintPipeline.from_pretrained("runs/shapes-inpaint/pipeline", safety_checker=None)
 
@@ -27,21 +29,34 @@ import warnings
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, StableDiffusionInpaintPipeline, StableDiffusionPipeline
+from diffusers import AutoencoderKL, StableDiffusionInpaintPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 from safetensors import SafetensorError, safe_open
 from transformers import CLIPTokenizer
 
 from ldm.components.autoencoder import AUTOENCODER_CLASSES, Autoencoder, load_vae
 from ldm.components.pretrained import weight_files
 from ldm.components.prompt_tokens import check_prompt_lengths
-from ldm.core.atomic import atomic_folder
+from ldm.components.text_time import is_text_time
+from ldm.core.atomic import atomic_folder, read_json_mapping
 from ldm.core.errors import LdmError, first_line
-from ldm.core.layout import MODEL_CONFIG, MODEL_INDEX, MODEL_WEIGHTS, SCHEDULER, TEXT_ENCODER, TOKENIZER, UNET, VAE
+from ldm.core.layout import (
+    MODEL_CONFIG,
+    MODEL_INDEX,
+    MODEL_WEIGHTS,
+    SCHEDULER,
+    TEXT_ENCODER,
+    TEXT_ENCODER_2,
+    TOKENIZER,
+    TOKENIZER_2,
+    UNET,
+    VAE,
+)
 from ldm.core.model_kind import check_supported, is_inpainting_unet, refuse_inpainting
 from ldm.core.trust import check_no_code
 from ldm.sampling.embeddings import check_embeddings, load_embeddings
 from ldm.sampling.lora import LoraChoice, load_loras
 from ldm.sampling.pipeline import LatentDiffusionPipeline
+from ldm.sampling.pipeline_xl import LatentDiffusionXLPipeline
 
 # The files `save_pretrained` writes for each component; a folder missing one cannot load.
 REQUIRED_FILES = (
@@ -54,6 +69,9 @@ REQUIRED_FILES = (
     f"{TOKENIZER}/tokenizer_config.json",
     f"{SCHEDULER}/scheduler_config.json",
 )
+# An SDXL folder's second text encoder and tokenizer (its first ones may be absent)
+SDXL_FILES = (f"{TEXT_ENCODER_2}/{MODEL_CONFIG}", f"{TEXT_ENCODER_2}/model.safetensors",
+              f"{TOKENIZER_2}/tokenizer_config.json")
 # What an autoencoder must share with the one a UNet was trained on to read and write its latents.
 LATENT_SETTINGS = ("_class_name", "latent_channels", "scaling_factor", "shift_factor")
 # The weights that make the latents (the encoder side): a decoder-only fine-tune leaves them as they were.
@@ -69,18 +87,29 @@ LATENT_SCHEDULER_SETTINGS = {"steps_offset": 1, "clip_sample": False}
 
 
 def export_pipeline(out_dir: str | Path, vae: Autoencoder, text_encoder, tokenizer, unet,
-                    scheduler, prompt_chunks: int = 1) -> Path:
+                    scheduler, prompt_chunks: int = 1, text_encoder_2=None, tokenizer_2=None) -> Path:
     """Write RUN/pipeline (safetensors), replacing a previous export only once the new one is whole.
     `prompt_chunks` above 1 (a model trained on long captions) is noted in model_index.json
-    (`PROMPT_CHUNKS`), whence `load_pipeline` takes it."""
+    (`PROMPT_CHUNKS`), whence `load_pipeline` takes it. An SDXL-style UNet (text_time) is written by
+    diffusers' StableDiffusionXLPipeline, with `text_encoder_2` (and `text_encoder`, which may be None)."""
     settings = {key: value for key, value in LATENT_SCHEDULER_SETTINGS.items() if key in scheduler.config}
     scheduler = type(scheduler).from_config(scheduler.config, **settings)  # a copy: the caller's is kept
-    if isinstance(vae, AutoencoderKL) and unet.config.in_channels in (unet.config.out_channels, SD_INPAINTING_CHANNELS):
+    if is_text_time(unet):
+        if not isinstance(vae, AutoencoderKL):
+            raise LdmError("an SDXL-style (text_time) pipeline needs a KL autoencoder (StableDiffusionXLPipeline "
+                           "takes no VQ one)")
+        # force_zeros_for_empty_prompt: the unconditional input is zeros, as this project's SDXL-style
+        # caption dropout trains it (ldm.components.dual_text_encoder); no watermarker (a pip extra).
+        pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                                         text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, unet=unet,
+                                         scheduler=scheduler, force_zeros_for_empty_prompt=True,
+                                         add_watermarker=False)
+    elif isinstance(vae, AutoencoderKL) and unet.config.in_channels in (unet.config.out_channels,
+                                                                        SD_INPAINTING_CHANNELS):
         # diffusers' class for the UNet's layout: the one its users load such a folder with
         kind = StableDiffusionInpaintPipeline if is_inpainting_unet(unet.config) else StableDiffusionPipeline
-        pipe = kind(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                       scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                       requires_safety_checker=False)
+        pipe = kind(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     else:
         pipe = LatentDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                        scheduler=scheduler)
@@ -98,6 +127,21 @@ def prompt_chunks_of(path: str | Path) -> int:
     return int(json.loads((Path(path) / MODEL_INDEX).read_text()).get(PROMPT_CHUNKS, 1))
 
 
+def is_sdxl_folder(path: str | Path) -> bool:
+    """Whether a pipeline folder has SDXL's layout (a second text encoder), read from model_index.json."""
+    return TEXT_ENCODER_2 in read_json_mapping(Path(path) / MODEL_INDEX)
+
+
+def required_files(path: Path) -> tuple[str, ...]:
+    """The files a pipeline folder of its layout cannot load without (an SDXL one's first text
+    encoder is optional, as in diffusers)."""
+    if not is_sdxl_folder(path):
+        return REQUIRED_FILES
+    index = read_json_mapping(path / MODEL_INDEX)
+    first = [name for name in (TEXT_ENCODER, TOKENIZER) if (index.get(name) or [None])[0] is None]
+    return tuple(file for file in REQUIRED_FILES if file.split("/")[0] not in first) + SDXL_FILES
+
+
 def check_pipeline_folder(path: str | Path, text_to_image: str | None = None) -> Path:
     """The folder, or an LdmError naming the first missing part. Reads no weights. `text_to_image`:
     what the caller does with it that an inpainting model cannot (None: an inpainting model will do)."""
@@ -105,10 +149,10 @@ def check_pipeline_folder(path: str | Path, text_to_image: str | None = None) ->
     if not path.is_dir():
         raise LdmError(f"pipeline folder not found: {path} (train the diffusion stage first; it "
                        "exports RUN/pipeline)")
-    check_supported(path)  # an SDXL, ControlNet, ... folder is named before a missing part is
+    check_supported(path)  # an SDXL refiner, ControlNet, ... folder is named before a missing part is
     if text_to_image is not None:
         refuse_inpainting(path, text_to_image)
-    for part in (MODEL_INDEX, *REQUIRED_FILES):
+    for part in (MODEL_INDEX, *required_files(path)):
         if not (path / part).is_file():
             raise LdmError(f"{path} is not a complete pipeline: {part} is missing")
     return path
@@ -197,9 +241,15 @@ def check_prompts(path: str | Path, prompts: list[str], prompt_chunks: int | Non
     """The windows a prompt may take (`prompt_chunks`, or the pipeline's own), after checking that
     the textual-inversion `embeddings` fit the pipeline and that every prompt fits the windows, or
     an LdmError. Reads the tokenizer and configs, no weights."""
-    tokenizer = CLIPTokenizer.from_pretrained(Path(path) / TOKENIZER)
-    width = json.loads((Path(path) / TEXT_ENCODER / MODEL_CONFIG).read_text())["hidden_size"]
-    check_embeddings(list(embeddings), tokenizer, width)
+    if is_sdxl_folder(path):
+        if embeddings:  # diffusers loads an SDXL embedding as two files, one per text encoder
+            raise LdmError(f"--embedding: {path} is an SDXL pipeline; textual-inversion embeddings are taken "
+                           "for one-text-encoder (SD 1.x/2.x-style) pipelines only")
+        tokenizer = CLIPTokenizer.from_pretrained(Path(path) / TOKENIZER_2)  # its first may be absent
+    else:
+        tokenizer = CLIPTokenizer.from_pretrained(Path(path) / TOKENIZER)
+        width = json.loads((Path(path) / TEXT_ENCODER / MODEL_CONFIG).read_text())["hidden_size"]
+        check_embeddings(list(embeddings), tokenizer, width)
     limit = prompt_chunks or prompt_chunks_of(path)
     check_prompt_lengths(tokenizer, prompts, limit)
     return limit
@@ -219,15 +269,17 @@ def load_pipeline(path: str | Path, dtype: torch.dtype | None = None,
     if vae is not None:
         warn_if_other_encoder(path, check_autoencoder_swap(path, vae))
         parts["vae"] = load_vae(vae, dtype)
+    pipeline_class = LatentDiffusionXLPipeline if is_sdxl_folder(path) else LatentDiffusionPipeline
     try:
-        pipe = LatentDiffusionPipeline.from_pretrained(path, dtype=dtype, use_safetensors=True, **parts)
+        pipe = pipeline_class.from_pretrained(path, dtype=dtype, use_safetensors=True, **parts)
     except (OSError, ValueError, SafetensorError) as err:  # a truncated or corrupt weights file
         raise LdmError(f"cannot load the pipeline in {path}: {first_line(err)}") from None
     pipe.prompt_chunks = prompt_chunks or prompt_chunks_of(path)
     load_embeddings(pipe, list(embeddings))
     load_loras(pipe, list(loras))  # before moving: the adapters follow the models to the device
-    for model in (pipe.vae, pipe.text_encoder, pipe.unet):
-        model.requires_grad_(False).eval()
+    for model in (pipe.vae, pipe.text_encoder, getattr(pipe, TEXT_ENCODER_2, None), pipe.unet):
+        if model is not None:
+            model.requires_grad_(False).eval()
     if device is not None:
         pipe.to(device)
     # Convolutions run faster on channels-last tensors on GPUs (tensor cores) and on CPUs in fp32

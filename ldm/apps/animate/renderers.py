@@ -37,7 +37,6 @@ from ldm.apps.animate.fixed_region import FixedRegion, read_fixed_region
 from ldm.apps.animate.jumps import Jump, jump_at
 from ldm.apps.animate.settings import WalkSettings
 from ldm.components import autoencoder as vae_lib
-from ldm.components.text_encoder import encode_each_once
 from ldm.core.errors import LdmError
 from ldm.core.images import to_tensor, to_uint8, unit_to_uint8
 from ldm.core.layout import MODEL_CONFIG, UNET, VAE
@@ -179,14 +178,22 @@ def seed_noise(pipe: LatentDiffusionPipeline, seeds: list[int], height: int, wid
                       for seed in seeds]).to(pipe.device)
 
 
+def keyframe_embeddings(pipe: LatentDiffusionPipeline, texts: list[str], negative_prompt: str
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(one embedding per keyframe text, the negative prompt's as guidance uses it), all padded to the
+    longest prompt's windows (`pipe.prompt_chunks`) so that they lerp. An SDXL pipeline's are packed
+    with their pooled embeddings (ldm.components.text_time), so every walk interpolates those with
+    them; time ids follow from the frame size, the same for every frame."""
+    embeddings = pipe.embed_prompts(texts + [negative_prompt])
+    return embeddings[:-1], pipe.unconditional([negative_prompt], embeddings[-1:])
+
+
 def prompt_walk(pipe: LatentDiffusionPipeline, prompts: list[str], seeds: list[int], negative_prompt: str,
                 loop: bool, steps: int, guidances: list[float], size: tuple[int, int],
                 interpolation: str = "dissolve", fixed: FixedRegion | None = None) -> DiffusionWalk:
     """Keyframe k is prompts[k] with seeds[k] (a seed walk repeats one prompt); frames of `size`
     (width, height), painted only inside `fixed`'s mask when given."""
-    # every keyframe and the negative padded to the longest prompt's windows, so that they lerp
-    embeddings = encode_each_once(pipe.tokenizer, pipe.text_encoder, prompts + [negative_prompt], pipe.prompt_chunks)
-    embeddings, negative = embeddings[:-1], embeddings[-1:]
+    embeddings, negative = keyframe_embeddings(pipe, prompts, negative_prompt)
     noises = seed_noise(pipe, seeds, height=size[1], width=size[0])
     return DiffusionWalk(pipe, embeddings, noises, negative, loop, steps, guidances, interpolation, fixed=fixed)
 
@@ -197,11 +204,11 @@ def image_walk(pipe: LatentDiffusionPipeline, images: list[str], captions: list[
     """Keyframe k is images[k] (resized to cover `size`, (width, height), and centre-cropped) inverted
     to noise by DDIM under its caption; the pipeline samples with the DDIM sampler that mirrors the
     inversion, so the walk passes through the images."""
-    embeddings = encode_each_once(pipe.tokenizer, pipe.text_encoder, captions + [negative_prompt], pipe.prompt_chunks)
-    embeddings, negative = embeddings[:-1], embeddings[-1:]
+    embeddings, negative = keyframe_embeddings(pipe, captions, negative_prompt)
     pixels = torch.cat([load_image_tensor(path, size) for path in images]).to(pipe.device, pipe.vae.dtype)
     latents = vae_lib.encode(pipe.vae, pixels)
-    noises = ddim_invert(pipe.unet, pipe.scheduler.config, latents, embeddings, steps)
+    times = pipe.time_ids(len(images), height=size[1], width=size[0])  # an SDXL-style UNet's; else None
+    noises = ddim_invert(pipe.unet, pipe.scheduler.config, latents, embeddings, steps, times)
     pipe.scheduler = inversion_sampler(pipe.scheduler.config)
     return DiffusionWalk(pipe, embeddings, noises, negative, loop, steps, guidances, interpolation)
 

@@ -17,9 +17,15 @@ processes that build it together (ldm/data/cache_share.py decides which those ar
             embeddings  (n, L, D) float16   one text embedding per caption (n >= 1: every caption is kept);
                                             with prompt_chunks N > 1, L is N windows of 77 tokens, each
                                             caption padded with the empty prompt's window
+            pooled      (n, k, D) float16   an SDXL-style model's only: each caption's pooled embedding,
+                                            as the k rows that its packed embedding ends with
+                                            (ldm.components.text_time); a batch's embeddings are the
+                                            token rows, then these
             captions    n strings
             text_length n int32             (prompt_chunks > 1 only) each caption's own rows of L: a
                                             batch is cut to its longest caption
+            time_ids    6 float32           an SDXL-style model's only: the image's original (height,
+                                            width), its crop's (top, left) and the part's (height, width)
         shard-00000-of-00002.json    its marker, written once the shard is whole: rows, seconds, host
 
 Process i of n encodes shard i of every part (`build_shard`), then polls for the other shards'

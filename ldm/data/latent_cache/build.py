@@ -18,7 +18,9 @@ from datasets.arrow_writer import ArrowWriter
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ldm.components import text_time
 from ldm.components.autoencoder import FrozenAutoencoder
+from ldm.components.dual_text_encoder import TextTimeConditioner
 from ldm.components.prompt_tokens import chunk_counts
 from ldm.components.text_encoder import TextConditioner
 from ldm.core.atomic import atomic_file, atomic_write_bytes
@@ -28,15 +30,18 @@ from ldm.data.config import DataConfig
 from ldm.data.latent_cache.layout import (
     CACHE_VERSION,
     PARTS,
+    POOLED,
     SHARD_DATA,
     TEXT_LENGTH,
+    TIME_IDS,
     marker,
     part_name,
     shard_markers,
     shard_name,
 )
 from ldm.data.masks import MASK, decode_with_mask, to_latent_grid
-from ldm.data.transforms import preprocess_with_mask
+from ldm.data.sources.scan import HEIGHT, WIDTH
+from ldm.data.transforms import crop_box, preprocess_with_mask
 
 TEXT_BATCH = 256  # captions per text-encoder call while building
 # How often a process that has finished its shards looks for the others' markers: one small file
@@ -45,10 +50,12 @@ POLL_SECONDS = 0.5
 
 
 def cache_features(autoencoder: FrozenAutoencoder, conditioner: TextConditioner, size: Size,
-                   masked: bool = False) -> datasets.Features:
-    """The columns of a part whose images are `size` (width, height); `masked`: with loss masks."""
+                   masked: bool = False, sized: bool = False) -> datasets.Features:
+    """The columns of a part whose images are `size` (width, height); `masked`: with loss masks;
+    `sized`: with each image's SDXL time ids (original size and crop, `ldm.components.text_time`)."""
     latent = (autoencoder.latent_channels, size[1] // autoencoder.factor, size[0] // autoencoder.factor)
-    text = (None, conditioner.max_tokens, conditioner.hidden_size)
+    tail = conditioner.tail_rows
+    text = (None, conditioner.max_tokens - tail, conditioner.hidden_size)
     features = {"mean": datasets.Array3D(latent, "float32")}
     if autoencoder.is_kl:
         features["std"] = datasets.Array3D(latent, "float32")
@@ -58,6 +65,10 @@ def cache_features(autoencoder: FrozenAutoencoder, conditioner: TextConditioner,
     features["captions"] = datasets.Sequence(datasets.Value("string"))
     if conditioner.max_chunks > 1:  # only then: a one-window cache keeps the layout it always had
         features[TEXT_LENGTH] = datasets.Sequence(datasets.Value("int32"))
+    if tail:
+        features[POOLED] = datasets.Array3D((None, tail, conditioner.hidden_size), "float16")
+    if sized:
+        features[TIME_IDS] = datasets.Sequence(datasets.Value("float32"), length=text_time.TIME_IDS)
     return datasets.Features(features)
 
 
@@ -73,12 +84,23 @@ class DecodedRows(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.ds)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, list[str], torch.Tensor | None]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, list[str], torch.Tensor | None, torch.Tensor]:
         row = self.ds[index]
         rng = random.Random(0)  # unused: caching always centre-crops and never flips
         image, mask = decode_with_mask(row, self.cfg, self.size)
+        times = crop_time_ids(row, image.size, self.size)
         pixels, mask = preprocess_with_mask(image, mask, self.size, True, False, rng)
-        return pixels, captions_of(row[self.cfg.caption_column]), mask
+        return pixels, captions_of(row[self.cfg.caption_column]), mask, times
+
+
+def crop_time_ids(row: dict, decoded: Size, size: Size) -> torch.Tensor:
+    """SDXL's time ids of a row cropped (centred) to `size`, as diffusers' SDXL training script
+    makes them: the image's original (height, width), the crop's (top, left) in the image resized
+    to cover `size`, and `size` as (height, width). The original size is the scanned one (a large
+    JPEG may be decoded at a reduced size); the crop is the one `preprocess_with_mask` takes."""
+    original = (row.get(HEIGHT) or decoded[1], row.get(WIDTH) or decoded[0])
+    _, (left, top, _, _) = crop_box(decoded, size, True, random.Random(0))
+    return text_time.time_ids(original, (top, left), (size[1], size[0]))
 
 
 def decoded_batches(ds: datasets.Dataset, cfg: DataConfig, size: Size) -> DataLoader:
@@ -87,17 +109,19 @@ def decoded_batches(ds: datasets.Dataset, cfg: DataConfig, size: Size) -> DataLo
                       collate_fn=_stack_decoded)
 
 
-def _stack_decoded(items: list[tuple]) -> tuple[torch.Tensor, list[list[str]], torch.Tensor | None]:
+def _stack_decoded(items: list[tuple]) -> tuple[torch.Tensor, list[list[str]], torch.Tensor | None, torch.Tensor]:
     # a module function, not a lambda: workers started by spawn (macOS, Windows) receive it pickled
-    masks = None if items[0][2] is None else torch.stack([mask for _, _, mask in items])
-    return torch.stack([pixels for pixels, _, _ in items]), [captions for _, captions, _ in items], masks
+    masks = None if items[0][2] is None else torch.stack([item[2] for item in items])
+    return (torch.stack([item[0] for item in items]), [item[1] for item in items], masks,
+            torch.stack([item[3] for item in items]))
 
 
-def _encoder(autoencoder: FrozenAutoencoder, conditioner: TextConditioner):
-    """The batch function: images -> latent moments, captions -> embeddings, as cache columns."""
+def _encoder(autoencoder: FrozenAutoencoder, conditioner: TextConditioner, sized: bool = False):
+    """The batch function: images -> latent moments, captions -> embeddings, as cache columns
+    (`sized`: with each image's time ids)."""
 
-    def encode(batch: tuple[torch.Tensor, list[list[str]], torch.Tensor | None]) -> dict:
-        pixels, captions, masks = batch
+    def encode(batch: tuple[torch.Tensor, list[list[str]], torch.Tensor | None, torch.Tensor]) -> dict:
+        pixels, captions, masks, times = batch
         mean, std = autoencoder.moments(pixels)
         flat = [text for texts in captions for text in texts]
         # Long captions: each stored padded to the most windows allowed (the column's width) with
@@ -106,9 +130,12 @@ def _encoder(autoencoder: FrozenAutoencoder, conditioner: TextConditioner):
         embedded = torch.cat([conditioner.padded(conditioner.encode(flat[i:i + TEXT_BATCH]), conditioner.max_tokens)
                               .cpu() for i in range(0, len(flat), TEXT_BATCH)]).half().numpy()
         bounds = np.cumsum([0] + [len(texts) for texts in captions])
+        tail = conditioner.tail_rows  # an SDXL-style model's pooled rows: a column of their own
         out = {"mean": mean.float().cpu().numpy(),
-               "embeddings": [embedded[a:b] for a, b in zip(bounds[:-1], bounds[1:])],
+               "embeddings": [embedded[a:b, :embedded.shape[1] - tail] for a, b in zip(bounds[:-1], bounds[1:])],
                "captions": captions}
+        if tail:
+            out[POOLED] = [embedded[a:b, -tail:] for a, b in zip(bounds[:-1], bounds[1:])]
         if conditioner.max_chunks > 1:
             lengths = np.array(chunk_counts(conditioner.tokenizer, flat, conditioner.max_chunks)) \
                 * conditioner.window_tokens
@@ -117,9 +144,17 @@ def _encoder(autoencoder: FrozenAutoencoder, conditioner: TextConditioner):
             out["std"] = std.float().cpu().numpy()
         if masks is not None:
             out[MASK] = to_latent_grid(masks, mean.shape[-2:]).float().numpy()
+        if sized:
+            out[TIME_IDS] = times.numpy()
         return out
 
     return encode
+
+
+def sized_cache(conditioner: TextConditioner) -> bool:
+    """Whether a cache stores time ids: for an SDXL-style model's text encoders only, so that an SD
+    model's cache is what it was."""
+    return isinstance(conditioner, TextTimeConditioner)
 
 
 def plan_parts(ds: datasets.Dataset, cfg: DataConfig) -> list[tuple[Size, np.ndarray]]:
@@ -181,8 +216,9 @@ def build_shard(ds: datasets.Dataset, plan: list[tuple[Size, np.ndarray]], cfg: 
         started = time.perf_counter()
         batches = tqdm(decoded_batches(mine, cfg, size), desc=f"caching latents and text embeddings "
                        f"({part_name(size)})", disable=not progress)
-        written = write_shard(batches, _encoder(autoencoder, conditioner),
-                              cache_features(autoencoder, conditioner, size, cfg.mask != "none"),
+        sized = sized_cache(conditioner)
+        written = write_shard(batches, _encoder(autoencoder, conditioner, sized),
+                              cache_features(autoencoder, conditioner, size, cfg.mask != "none", sized),
                               target.with_suffix(SHARD_DATA))
         seconds = time.perf_counter() - started
         atomic_write_bytes(marker(target), json.dumps(

@@ -10,6 +10,7 @@ import datasets
 import torch
 
 from ldm.components.autoencoder import FrozenAutoencoder
+from ldm.components.dual_text_encoder import TextTimeConditioner
 from ldm.components.text_encoder import TextConditioner
 from ldm.core.config import to_dict
 from ldm.data.config import DataConfig
@@ -52,6 +53,12 @@ def fingerprint(ds: datasets.Dataset, cfg: DataConfig, autoencoder: FrozenAutoen
     }
     if conditioner.max_chunks > 1:  # only then: a one-window cache keeps the key it always had
         parts["prompt_chunks"] = conditioner.max_chunks
+    if isinstance(conditioner, TextTimeConditioner):  # only then: an SD model's cache keeps its key
+        parts["text_time"] = True  # packed embeddings (ldm.components.text_time), not SD's
+        if conditioner.first is not None:
+            parts["text_encoder_first"] = module_digest(conditioner.first[1])
+            parts["tokenizer_first"] = hashlib.sha256(json.dumps(conditioner.first[0].get_vocab(), sort_keys=True)
+                                                      .encode()).hexdigest()
     masks = mask_key(ds, cfg)
     if masks is not None:  # only then: a cache without masks keeps the key it had before masks existed
         parts["masks"] = masks

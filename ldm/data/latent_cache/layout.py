@@ -14,6 +14,10 @@ SHARD_DATA, SHARD_MARKER = ".arrow", ".json"
 # A cache of long captions (prompt_chunks above 1): each caption's own embedding rows, beside its
 # embedding padded to the column's width.
 TEXT_LENGTH = "text_length"
+TIME_IDS = "time_ids"  # the column (and batch key) of an SDXL-style model's size and crop conditioning
+# An SDXL-style model's pooled embedding rows, kept apart from the token rows so that a batch of long
+# captions is cut to its longest caption's token rows and the pooled rows still end it (text_time's packing)
+POOLED = "pooled"
 
 
 def part_name(size: Size) -> str:

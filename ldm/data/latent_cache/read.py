@@ -12,8 +12,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from ldm.components.text_time import TIME_IDS as TIME_ID_COUNT
 from ldm.core.errors import LdmError
-from ldm.data.latent_cache.layout import PARTS, SHARD_DATA, TEXT_LENGTH, shard_name
+from ldm.data.latent_cache.layout import PARTS, POOLED, SHARD_DATA, TEXT_LENGTH, TIME_IDS, shard_name
 from ldm.data.masks import MASK
 
 
@@ -91,6 +92,8 @@ class CachePart:
         self.std = CachedColumn.of(table, "std", latent_shape) if "std" in table.column_names else None
         # loss masks at the latent grid (data.mask), or None
         self.mask = CachedColumn.of(table, MASK, (1, *latent_shape[1:])) if MASK in table.column_names else None
+        # SDXL time ids (original size, crop, target size) of an SDXL-style model's cache, or None
+        self.time_ids = CachedColumn.of(table, TIME_IDS, (TIME_ID_COUNT,)) if TIME_IDS in table.column_names else None
         # Captions of all rows numbered in one sequence: row r's are first_caption[r] + 0..count-1.
         self.embeddings = CachedColumn.of(table, "embeddings", tuple(part.features["embeddings"].shape[1:]))
         self.caption_count = np.concatenate([np.diff(_storage(chunk).offsets.to_numpy())
@@ -99,6 +102,9 @@ class CachePart:
         # long captions: each caption's own rows (the rest is the empty prompt's padding), or None
         self.text_length = (np.concatenate([_flat(_storage(chunk)) for chunk in table.column(TEXT_LENGTH).chunks])
                             if TEXT_LENGTH in table.column_names else None)
+        # an SDXL-style model's pooled rows, numbered as the captions, or None
+        self.pooled = (CachedColumn.of(table, POOLED, tuple(part.features[POOLED].shape[1:]))
+                       if POOLED in table.column_names else None)
 
     def batch(self, rows: np.ndarray, seeds: list[int | None] | None) -> dict:
         """The batch of `rows`, each with one of its captions drawn by its seed (by torch's
@@ -109,12 +115,16 @@ class CachePart:
         embeddings = self.embeddings.take(captions)
         if self.text_length is not None:  # cut to the batch's longest caption, as encoding pads a batch
             embeddings = embeddings[:, :self.text_length[captions].max()]
+        if self.pooled is not None:  # packed as ldm.components.text_time packs: token rows, then pooled
+            embeddings = np.concatenate([embeddings, self.pooled.take(captions)], axis=1)
         batch = {"mean": torch.from_numpy(self.mean.take(rows)),
                  "embeddings": torch.from_numpy(np.ascontiguousarray(embeddings)).float()}
         if self.std is not None:
             batch["std"] = torch.from_numpy(self.std.take(rows))
         if self.mask is not None:
             batch[MASK] = torch.from_numpy(self.mask.take(rows))
+        if self.time_ids is not None:
+            batch[TIME_IDS] = torch.from_numpy(self.time_ids.take(rows))
         return batch
 
 

@@ -38,16 +38,24 @@ class UNetConfig:
         "UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"])
     layers_per_block: Count = 2
     # Named as diffusers names it; UNet2DConditionModel uses it as the number of attention heads.
-    attention_head_dim: Count = 8
-    transformer_layers_per_block: Count = 1
+    # One for every level, or a list with one per level (SDXL: [5, 10, 20]).
+    attention_head_dim: Count | list[Count] = 8
+    transformer_layers_per_block: Count | list[Count] = 1  # one, or one per level (SDXL: [1, 2, 10])
     norm_num_groups: Count = 32
+    # Linear (not 1x1 convolution) projections into and out of the transformer blocks, as SD 2.x and
+    # SDXL have them; null: diffusers' default (false).
+    use_linear_projection: bool | None = None
     # "text": the prompt also enters through the time embedding, pooled from its token embeddings by
     # attention (diffusers' TextTimeEmbedding, as in Kandinsky and unCLIP), so every ResNet block sees
     # it, not only the blocks that cross-attend. For a small UNet that cross-attends only at its
     # lowest resolution this pays many times its cost (docs/benchmarks.md, session 12). Plain
     # diffusers pipelines load and run such a UNet unchanged.
-    addition_embed_type: Literal["text"] | None = None
-    addition_embed_type_num_heads: Count = 64  # heads of that attention pooling (diffusers' name)
+    # "text_time": an SDXL-style UNet, conditioned on two text encoders' hidden states, the pooled
+    # projection of the last, and each image's original size and crop (ldm.components.text_time);
+    # `text_encoder:` is then an SDXL-layout folder or a CLIP-stage run (ldm.components.dual_text_encoder).
+    addition_embed_type: Literal["text", "text_time"] | None = None
+    addition_embed_type_num_heads: Count = 64  # heads of "text"'s attention pooling (diffusers' name)
+    addition_time_embed_dim: Count = 256  # "text_time": each of the 6 time ids' embedding width (SDXL: 256)
 
     def __post_init__(self):
         if not len(self.block_out_channels) == len(self.down_block_types) == len(self.up_block_types):
@@ -56,6 +64,11 @@ class UNetConfig:
                              f"{len(self.down_block_types)} and {len(self.up_block_types)}")
         require_divides(self.norm_num_groups, self.block_out_channels, "unet.norm_num_groups",
                         "unet.block_out_channels")
+        for key in ("attention_head_dim", "transformer_layers_per_block"):
+            value = getattr(self, key)
+            if isinstance(value, list) and len(value) != len(self.block_out_channels):
+                raise ValueError(f"unet.{key} must be one number or one per level ({len(self.block_out_channels)}), "
+                                 f"got {len(value)}")
 
 
 @dataclass(config=SECTION)
@@ -261,6 +274,12 @@ class Config(RunConfig):
         if self.lora is not None and self.unet_source is None:
             raise ValueError("lora: adapters train on top of pretrained weights: give `pretrained:` or "
                              "`unet.pretrained:`")
+        if self.unet.addition_embed_type == "text_time" and not self.cache:
+            raise ValueError("unet.addition_embed_type: text_time trains from the latent cache (cache: true), "
+                             "which stores each image's original size and crop")
+        if self.unet.addition_embed_type == "text_time" and self.inpainting is not None:
+            raise ValueError("inpainting: an SDXL-style UNet (unet.addition_embed_type: text_time) does not train "
+                             "the inpainting layout yet (SD 1.x/2.x-style UNets do)")
         if self.textual_inversion is not None:
             if self.unet_source is None:
                 raise ValueError("textual_inversion: a new word is learned for pretrained weights: give "

@@ -1,8 +1,9 @@
 """The diffusion stage's exports, with the EMA weights (the training weights when EMA is off):
 
     RUN/pipeline   a whole pipeline with the module's sampler (DPM-Solver++ on the training schedule;
-                   LCMScheduler for a distilled one, ldm/stages/distill); a KL one
-                   loads in plain `diffusers.StableDiffusionPipeline`
+                   LCMScheduler for a distilled one, ldm/stages/distill); a KL one loads in plain
+                   `diffusers.StableDiffusionPipeline` (an SDXL-style one in
+                   `diffusers.StableDiffusionXLPipeline`)
     RUN/lora       an adapter run's adapters and the note of their base (`ldm.sampling.lora`): LoRA
                    and DoRA in diffusers' LoRA format, for `load_lora_weights` on that base; LoHa and
                    LoKr as a peft adapter folder, which `ldm generate/animate --lora` load
@@ -17,6 +18,7 @@ from diffusers.utils import convert_state_dict_to_diffusers
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 
+from ldm.components.dual_text_encoder import text_components
 from ldm.sampling.lora import write_adapter_folder, write_lora
 from ldm.sampling.pipeline_io import export_pipeline
 from ldm.stages.diffusion.module import LatentDiffusion
@@ -28,11 +30,9 @@ def export(module: LatentDiffusion, out_dir: Path) -> Path:
     """RUN/pipeline with the EMA weights."""
     with module.ema_weights():
         unet = module.unet.to("cpu")
-        return export_pipeline(out_dir, vae=module.autoencoder.vae.to("cpu"),
-                               text_encoder=module.conditioner.text_encoder.to("cpu"),
-                               tokenizer=module.conditioner.tokenizer, unet=unet,
-                               scheduler=module.sampling_scheduler(),
-                               prompt_chunks=module.conditioner.max_chunks)
+        return export_pipeline(out_dir, vae=module.autoencoder.vae.to("cpu"), unet=unet,
+                               scheduler=module.sampling_scheduler(), prompt_chunks=module.conditioner.max_chunks,
+                               **text_components(module.conditioner.to("cpu")))
 
 
 def peft_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:

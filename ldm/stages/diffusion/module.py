@@ -37,7 +37,9 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 
 from ldm.components.autoencoder import FrozenAutoencoder
 from ldm.components.text_encoder import TextConditioner
+from ldm.components.text_time import unet_inputs
 from ldm.core.errors import LdmError
+from ldm.data.latent_cache.layout import TIME_IDS
 from ldm.data.masks import MASK, to_latent_grid
 from ldm.data.prior_datamodule import CLASS, INSTANCE
 from ldm.sampling.lora import BaseModel
@@ -119,9 +121,10 @@ class LatentDiffusion(L.LightningModule):
         return self.autoencoder.sample_latents(mean, std), embeddings
 
     def denoise(self, latents: torch.Tensor, embeddings: torch.Tensor, generator: torch.Generator | None = None,
-                track_noise: bool = False) -> tuple[torch.Tensor, ...]:
+                track_noise: bool = False, times: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         """One training denoising: (prediction, noisy latents, noise, timesteps). `track_noise`: the
-        noise requires a gradient (the smoothness loss differentiates through it)."""
+        noise requires a gradient (the smoothness loss differentiates through it). `times`: an
+        SDXL-style UNet's time ids (`time_ids_of`)."""
         noise = self.loss.sample_noise(latents, generator)
         if track_noise:
             noise.requires_grad_(True)
@@ -131,7 +134,7 @@ class LatentDiffusion(L.LightningModule):
         if self.inpainting is not None:  # the inpainting UNet also takes a mask and the masked image
             model_input = torch.cat([noisy, self.inpainting(latents, generator)], dim=1)
         with twice_differentiable() if track_noise else nullcontext():
-            prediction = self.unet(model_input, timesteps, encoder_hidden_states=embeddings).sample
+            prediction = self.unet(model_input, timesteps, **unet_inputs(self.unet, embeddings, times)).sample
         return prediction, noisy, noise, timesteps
 
     def loss_weights(self, batch: dict, latents: torch.Tensor) -> torch.Tensor | None:
@@ -141,10 +144,16 @@ class LatentDiffusion(L.LightningModule):
             return None
         return self.loss.mask_weights(to_latent_grid(mask.to(latents.device), latents.shape[-2:]))
 
+    def time_ids_of(self, batch: dict) -> torch.Tensor | None:
+        """The batch's SDXL time ids (original size, crop, target size; the latent cache stores them),
+        or None for an SD UNet."""
+        times = batch.get(TIME_IDS)
+        return None if times is None else times.to(self.device)
+
     def diffusion_loss(self, latents: torch.Tensor, embeddings: torch.Tensor,
-                       generator: torch.Generator | None = None, weight: torch.Tensor | None = None
-                       ) -> torch.Tensor:
-        prediction, _, noise, timesteps = self.denoise(latents, embeddings, generator)
+                       generator: torch.Generator | None = None, weight: torch.Tensor | None = None,
+                       times: torch.Tensor | None = None) -> torch.Tensor:
+        prediction, _, noise, timesteps = self.denoise(latents, embeddings, generator, times=times)
         return self.loss(prediction, latents, noise, timesteps, weight)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -163,16 +172,18 @@ class LatentDiffusion(L.LightningModule):
         """The training loss of one batch of images and captions (or cached latents), and its size."""
         latents, embeddings = self.latents_and_embeddings(batch, drop_captions=True)
         weight = self.loss_weights(batch, latents)
+        times = self.time_ids_of(batch)
         if self.smoothness is None:
-            return self.diffusion_loss(latents, embeddings, weight=weight), latents.shape[0]
-        return self.smoothed_diffusion_loss(latents, embeddings, weight), latents.shape[0]
+            return self.diffusion_loss(latents, embeddings, weight=weight, times=times), latents.shape[0]
+        return self.smoothed_diffusion_loss(latents, embeddings, weight, times), latents.shape[0]
 
     def smoothed_diffusion_loss(self, latents: torch.Tensor, embeddings: torch.Tensor,
-                                weight: torch.Tensor | None = None) -> torch.Tensor:
+                                weight: torch.Tensor | None = None, times: torch.Tensor | None = None
+                                ) -> torch.Tensor:
         """The diffusion loss (masked by `weight`, if given) plus the weighted smoothness penalty (logged
         on its own as train/smoothness; a property of the whole output, so unmasked), both from one
         UNet call."""
-        prediction, noisy, noise, timesteps = self.denoise(latents, embeddings, track_noise=True)
+        prediction, noisy, noise, timesteps = self.denoise(latents, embeddings, track_noise=True, times=times)
         penalty = self.smoothness(prediction, noisy, noise, timesteps)
         self.log("train/smoothness", penalty, batch_size=latents.shape[0])
         return self.loss(prediction, latents, noise.detach(), timesteps, weight) + self.smoothness.weight * penalty
@@ -181,7 +192,8 @@ class LatentDiffusion(L.LightningModule):
         # The same noise and timesteps at every validation, so the curve shows the model, not the dice.
         generator = torch.Generator(self.device).manual_seed(batch_idx)
         latents, embeddings = self.latents_and_embeddings(batch)
-        loss = self.diffusion_loss(latents, embeddings, generator, self.loss_weights(batch, latents))
+        loss = self.diffusion_loss(latents, embeddings, generator, self.loss_weights(batch, latents),
+                                   self.time_ids_of(batch))
         self.log("val/loss", loss, sync_dist=True, batch_size=latents.shape[0])
 
     # ---- optimizer --------------------------------------------------------------------------------

@@ -24,7 +24,9 @@ from diffusers.training_utils import EMAModel
 from transformers import CLIPTextModel
 
 from ldm.components.autoencoder import FrozenAutoencoder
+from ldm.components.dual_text_encoder import TextTimeConditioner
 from ldm.components.text_encoder import TextConditioner
+from ldm.components.text_time import TEXT_TIME, TIME_IDS
 from ldm.core.errors import LdmError, first_line
 from ldm.sampling.samplers import GUIDANCE_RESCALE
 from ldm.stages.diffusion.config import EmaConfig, LoraConfig, LossConfig, NoiseConfig, UNetConfig
@@ -49,14 +51,33 @@ def build_unet(cfg: UNetConfig, autoencoder: FrozenAutoencoder, conditioner: Tex
             down_block_types=tuple(cfg.down_block_types),
             up_block_types=tuple(cfg.up_block_types),
             layers_per_block=cfg.layers_per_block,
-            attention_head_dim=cfg.attention_head_dim,
-            transformer_layers_per_block=cfg.transformer_layers_per_block,
+            attention_head_dim=_per_level(cfg.attention_head_dim),
+            transformer_layers_per_block=_per_level(cfg.transformer_layers_per_block),
             norm_num_groups=cfg.norm_num_groups,
-            addition_embed_type=cfg.addition_embed_type,
-            addition_embed_type_num_heads=cfg.addition_embed_type_num_heads,
+            **({} if cfg.use_linear_projection is None else {"use_linear_projection": cfg.use_linear_projection}),
+            **added_embedding_settings(cfg, conditioner),
         )
     except ValueError as err:  # diffusers checks block names and sizes
         raise LdmError(f"unet: {err}") from None
+
+
+def _per_level(value: int | list[int]) -> int | tuple[int, ...]:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def added_embedding_settings(cfg: UNetConfig, conditioner: TextConditioner) -> dict:
+    """The UNet's added embedding: none; "text" (the prompt pooled by attention); or an SDXL-style
+    UNet's "text_time": the pooled text projection and 6 time ids, each embedded in
+    `addition_time_embed_dim` (diffusers sizes its input from these, as SDXL's config does)."""
+    if cfg.addition_embed_type is None:
+        return {}
+    if cfg.addition_embed_type == "text":
+        return {"addition_embed_type": "text", "addition_embed_type_num_heads": cfg.addition_embed_type_num_heads}
+    if not isinstance(conditioner, TextTimeConditioner):
+        raise LdmError("unet.addition_embed_type: text_time needs SDXL-style text encoders (an SDXL pipeline "
+                       "folder or a CLIP-stage run as text_encoder:)")
+    return {"addition_embed_type": TEXT_TIME, "addition_time_embed_dim": cfg.addition_time_embed_dim,
+            "projection_class_embeddings_input_dim": TIME_IDS * cfg.addition_time_embed_dim + conditioner.pooled_size}
 
 
 def build_noise_scheduler(cfg: NoiseConfig) -> DDPMScheduler:

@@ -22,8 +22,10 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from ldm.components.autoencoder import FrozenAutoencoder
 from ldm.components.pretrained import local_folder, model_folder
 from ldm.components.text_encoder import TextConditioner
+from ldm.components.text_time import TEXT_TIME, is_text_time, pooled_width
+from ldm.core.atomic import read_json_mapping
 from ldm.core.errors import LdmError, first_line
-from ldm.core.layout import SCHEDULER, UNET, VAE
+from ldm.core.layout import MODEL_CONFIG, SCHEDULER, UNET, VAE
 from ldm.sampling.lora import BaseModel, unet_fingerprint
 from ldm.stages.diffusion.config import Config
 from ldm.stages.diffusion.inpainting import inpainting_channels
@@ -63,6 +65,13 @@ def _name(path_or_hub_id: str | None) -> str | None:
     return str(Path(path_or_hub_id).expanduser().resolve())
 
 
+def wants_text_time(cfg: Config, sources: Sources) -> bool:
+    """Whether the UNet is SDXL-style (text_time): the pretrained one's config says, else `unet:`."""
+    if sources.unet is not None:
+        return read_json_mapping(sources.unet / MODEL_CONFIG).get("addition_embed_type") == TEXT_TIME
+    return cfg.unet.addition_embed_type == TEXT_TIME
+
+
 def load_unet(folder: Path) -> UNet2DConditionModel:
     try:
         return UNet2DConditionModel.from_pretrained(folder, use_safetensors=True)
@@ -85,6 +94,9 @@ def check_unet_fits(unet: UNet2DConditionModel, sources: Sources, autoencoder: F
         raise LdmError(f"the UNet of {sources.unet_name} attends to text embeddings of width "
                        f"{unet.config.cross_attention_dim}, but the text encoder of {sources.text_encoder} "
                        f"makes {conditioner.hidden_size}")
+    if is_text_time(unet) and pooled_width(unet) != conditioner.pooled_size:
+        raise LdmError(f"the UNet of {sources.unet_name} takes a pooled text embedding of width {pooled_width(unet)}, "
+                       f"but the last text encoder of {sources.text_encoder} projects to {conditioner.pooled_size}")
 
 
 def pipeline_noise_scheduler(pipeline: Path) -> DDPMScheduler:

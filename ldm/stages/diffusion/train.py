@@ -9,6 +9,7 @@ import lightning as L
 from diffusers import DDPMScheduler, UNet2DConditionModel
 
 from ldm.components.autoencoder import FrozenAutoencoder
+from ldm.components.dual_text_encoder import TextTimeConditioner
 from ldm.components.text_encoder import TextConditioner
 from ldm.core import layout
 from ldm.core.errors import LdmError
@@ -39,6 +40,7 @@ from ldm.stages.diffusion.pretrained import (
     load_unet,
     pipeline_noise_scheduler,
     resolve_sources,
+    wants_text_time,
 )
 from ldm.stages.diffusion.textual_inversion import LearnedTokens, export_embedding
 from ldm.stages.trainer import TrainedStage, begin, fit
@@ -61,6 +63,20 @@ def build_network(cfg: Config, sources: Sources, autoencoder: FrozenAutoencoder,
     return unet
 
 
+def load_conditioner(cfg: Config, sources: Sources) -> TextConditioner:
+    """The frozen text encoder(s): SDXL's kind for a text_time UNet (new or pretrained), else SD's."""
+    if not wants_text_time(cfg, sources):
+        return TextConditioner.load(str(sources.text_encoder), cfg.caption_dropout, cfg.prompt_chunks)
+    for section in ("textual_inversion", "inpainting"):
+        if getattr(cfg, section) is not None:
+            raise LdmError(f"{section}: the UNet of {sources.unet_name} is SDXL-style (text_time), which "
+                           f"{section.replace('_', ' ')} does not train yet (SD 1.x/2.x-style UNets do)")
+    if not cfg.cache:
+        raise LdmError(f"the UNet of {sources.unet_name} is SDXL-style (text_time): it trains from the latent "
+                       "cache (cache: true), which stores each image's original size and crop")
+    return TextTimeConditioner.load(str(sources.text_encoder), cfg.caption_dropout, cfg.prompt_chunks)
+
+
 def build_schedule(cfg: Config, sources: Sources) -> DDPMScheduler:
     """`noise:` when given, else the pretrained pipeline's schedule, else the defaults."""
     if cfg.noise is None and sources.pipeline is not None:
@@ -73,7 +89,7 @@ def build_module(cfg: Config) -> LatentDiffusion:
     sources = resolve_sources(cfg)
     autoencoder = FrozenAutoencoder.load(str(sources.vae))
     require_divisible_sizes(cfg.data, autoencoder.factor, "the autoencoder's downsampling factor")
-    conditioner = TextConditioner.load(str(sources.text_encoder), cfg.caption_dropout, cfg.prompt_chunks)
+    conditioner = load_conditioner(cfg, sources)
     unet = build_network(cfg, sources, autoencoder, conditioner)
     scheduler = build_schedule(cfg, sources)
     lora, prior = cfg.lora, cfg.data.prior_preservation

@@ -16,9 +16,11 @@ from diffusers import UNet2DConditionModel
 from PIL import Image
 
 from ldm.components.autoencoder import FrozenAutoencoder
+from ldm.components.dual_text_encoder import text_components
 from ldm.components.text_encoder import TextConditioner
 from ldm.core.images import image_grid, write_png
 from ldm.sampling.pipeline import LatentDiffusionPipeline
+from ldm.sampling.pipeline_xl import LatentDiffusionXLPipeline
 from ldm.stages.diffusion.config import SamplesConfig
 
 
@@ -26,8 +28,9 @@ def sample_grid(cfg: SamplesConfig, unet: UNet2DConditionModel, autoencoder: Fro
                 conditioner: TextConditioner, scheduler) -> Image.Image:
     """The prompts x seeds grid, drawn with the weights the UNet holds now and `scheduler` (the
     sampler the export will carry)."""
-    pipe = LatentDiffusionPipeline(vae=autoencoder.vae, text_encoder=conditioner.text_encoder,
-                                   tokenizer=conditioner.tokenizer, unet=unet, scheduler=scheduler)
+    text = text_components(conditioner)
+    pipeline_class = LatentDiffusionXLPipeline if "text_encoder_2" in text else LatentDiffusionPipeline
+    pipe = pipeline_class(vae=autoencoder.vae, unet=unet, scheduler=scheduler, **text)
     pipe.prompt_chunks = conditioner.max_chunks
     pipe.set_progress_bar_config(disable=True)
     prompts = [prompt for prompt in cfg.prompts for _ in cfg.seeds]

@@ -23,6 +23,7 @@ from ldm.core.errors import LdmError
 from ldm.data.datamodule import require_divisible_sizes
 from ldm.data.latent_datamodule import check_cacheable
 from ldm.sampling.guidance import embeds_guidance
+from ldm.sampling.pipeline_io import is_sdxl_folder
 from ldm.sampling.samplers import consistency_scheduler
 from ldm.stages.diffusion.export import export, export_lora
 from ldm.stages.diffusion.parts import add_unet_lora, build_ema, enable_gradient_checkpointing, trained_parameters
@@ -54,6 +55,9 @@ def build_student(cfg: Config, teacher: UNet2DConditionModel) -> UNet2DCondition
 
 def build_module(cfg: Config) -> ConsistencyDistillation:
     sources = pipeline_sources(cfg.teacher)
+    if is_sdxl_folder(sources.pipeline):  # its UNet takes pooled text and time ids the solver does not pass
+        raise LdmError(f"teacher: {cfg.teacher} is an SDXL pipeline; latent consistency distillation takes "
+                       "SD 1.x/2.x-style teachers (one text encoder) only, for now")
     autoencoder = FrozenAutoencoder.load(str(sources.vae))
     require_divisible_sizes(cfg.data, autoencoder.factor, "the autoencoder's downsampling factor")
     conditioner = TextConditioner.load(str(sources.text_encoder), dropout=0.0)
