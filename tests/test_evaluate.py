@@ -37,8 +37,10 @@ def test_autoencoder_cli_prints_a_table_and_writes_schema_json(run, tmp_path, ca
     check_schema(item)
     assert item["kind"] == "autoencoder" and item["settings"]["images"] == 16
     # on the shapes data, also the checker on the reconstructions (the ceiling of a pipeline's fidelity)
-    assert [m["key"] for m in item["metrics"]] == ["psnr", "ssim", "reconstruction_fidelity"]
-    assert 0 <= item["metrics"][2]["value"] <= 100
+    # and how crisp the reconstructions are against the originals (the ceiling of the samples')
+    assert [m["key"] for m in item["metrics"]] == ["psnr", "ssim", "sharpness", "reconstruction_fidelity"]
+    assert item["metrics"][2]["value"] > 0 and "reconstructions" in item["metrics"][2]["name"]
+    assert 0 <= item["metrics"][3]["value"] <= 100
     assert grid.is_file()  # originals over reconstructions
 
 
