@@ -44,7 +44,7 @@ def test_files_metadata_and_grid(kl_pipeline_path, tmp_path):
     meta = read_png_metadata(tmp_path / "0001-seed4.png")
     assert meta == image_metadata(options, plan(options)[3])
     assert meta["prompt"] == PROMPTS[1] and meta["negative_prompt"] == "green"
-    assert (meta["seed"], meta["steps"], meta["guidance"], meta["sampler"]) == ("4", "3", "4.0", "dpmsolver++")
+    assert (meta["seed"], meta["steps"], meta["guidance"], meta["sampler"]) == ("4", "3", "4.0", DEFAULT_SAMPLER)
     assert meta["model"] == str(kl_pipeline_path.resolve())
     grid = Image.open(tmp_path / GRID_NAME)
     assert grid.width == 2 * 128 and grid.height > 2 * 128  # two tiles a row, captions under the rows
@@ -89,7 +89,7 @@ def test_image_to_image_from_the_command_line(kl_pipeline_path, tmp_path):
     (["PIPE", "a", "--init-image", "NOT_AN_IMAGE"], "is not an image"),
     (["PIPE", "a", "--height", "15"], "multiple of the autoencoder's downsampling factor 2"),
     (["PIPE", "a", "--device", "gpu0"], "is not a device torch knows"),
-    (["PIPE", "a", "--sampler", "fast"], "choose one of: dpmsolver\\+\\+, ddim, euler"),
+    (["PIPE", "a", "--sampler", "fast"], "choose one of: dpmsolver\\+\\+-sde, dpmsolver\\+\\+, ddim, euler"),
 ])
 def test_bad_input_is_one_line_before_loading(kl_pipeline_path, tmp_path, monkeypatch, capsys, args, message):
     def no_loading(*_, **__):

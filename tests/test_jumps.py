@@ -184,9 +184,10 @@ def test_dissolving_the_jump_makes_even_motion_even():
 def test_the_renderer_dissolves_frames_inside_a_jump(kl_pipeline_path):
     from ldm.apps.animate.renderers import prompt_walk
     from ldm.core.images import unit_to_uint8
-    from ldm.sampling.pipeline_io import load_pipeline
+    from ldm.sampling.samplers import DETERMINISTIC_SAMPLER
+    from ldm.sampling.text_to_image import sampling_pipeline
 
-    pipe = load_pipeline(kl_pipeline_path)  # its scheduler is the walks' default sampler, DPM-Solver++
+    pipe = sampling_pipeline(kl_pipeline_path, DETERMINISTIC_SAMPLER)  # the walks' sampler
     pipe.set_progress_bar_config(disable=True)
     walk = prompt_walk(pipe, ["a red circle", "a blue square"], [1, 2], "", False, 2, [4.0, 4.0], (32, 32))
     walk.jumps = [Jump(0.3, 0.5, 1.0)]

@@ -149,13 +149,14 @@ def test_times_set_the_frame_count_and_keyframe_frames(kl_pipeline_path, tmp_pat
 def test_keyframes_can_have_their_own_guidance(kl_pipeline_path, tmp_path):
     from PIL import Image
 
-    from ldm.sampling.pipeline_io import load_pipeline
+    from ldm.sampling.samplers import DETERMINISTIC_SAMPLER
+    from ldm.sampling.text_to_image import sampling_pipeline
 
     result = animate(WalkSettings(pipeline=str(kl_pipeline_path), out=str(tmp_path / "g"), prompts=PROMPTS,
                                   seeds=[1, 2], guidances=[2.0, 6.0], frames=3, motion="linear", **FAST))
     middle = Image.open(video.frame_path(result.out / "frames", 1)).text
     assert middle["guidance"] == "4"
-    pipe = load_pipeline(kl_pipeline_path)  # its scheduler is the walks' default sampler, DPM-Solver++
+    pipe = sampling_pipeline(kl_pipeline_path, DETERMINISTIC_SAMPLER)  # the walks' sampler
     image = pipe([PROMPTS[1]], num_inference_steps=FAST["steps"], guidance_scale=6.0,
                  generator=[torch.Generator().manual_seed(2)], output_type="np").images
     last = video.read_frames(result.out / "frames", 3)[-1].astype(int)

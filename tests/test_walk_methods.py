@@ -22,9 +22,10 @@ STEPS = 3  # enough for the blend tree to branch at two different steps
 @pytest.fixture(scope="module")
 def keyframe_images(kl_pipeline_path) -> list[np.ndarray]:
     """What `ldm generate` makes of each prompt with its seed (1, 2), the walk's sampler and guidance."""
-    from ldm.sampling.pipeline_io import load_pipeline
+    from ldm.sampling.samplers import DETERMINISTIC_SAMPLER
+    from ldm.sampling.text_to_image import sampling_pipeline
 
-    pipe = load_pipeline(kl_pipeline_path)  # its sampler is the walks' default, DPM-Solver++
+    pipe = sampling_pipeline(kl_pipeline_path, DETERMINISTIC_SAMPLER)  # the walks' sampler
     pipe.set_progress_bar_config(disable=True)
     return [unit_to_uint8(pipe([prompt], num_inference_steps=STEPS, guidance_scale=4.0,
                                generator=[torch.Generator().manual_seed(seed)], output_type="np").images)[0]

@@ -13,7 +13,7 @@ from ldm.cli.settings_help import given, show_defaults_of
 SETTINGS = {"autoencoder": "AutoencoderEvaluation", "diffusion": "DiffusionEvaluation",
             "inpainting": "InpaintingEvaluation", "walk": "WalkEvaluation"}
 SETTINGS_OPTIONS = ("data", "split", "max_images", "grid", "prompts_file", "clip", "inception", "n", "seed", "steps",
-                    "guidance", "samples", "out", "cases", "strength", "feather", "repaint")
+                    "guidance", "sampler", "samples", "out", "cases", "strength", "feather", "repaint")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,6 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     dm.add_argument("--seed", type=SEED, default=SUPPRESS, help="first seed (default %(default)s)")
     dm.add_argument("--steps", type=STEPS, default=SUPPRESS, help="denoising steps (default %(default)s)")
     dm.add_argument("--guidance", type=GUIDANCE, default=SUPPRESS, help="guidance scale (default %(default)s)")
+    dm.add_argument("--sampler", default=SUPPRESS,
+                    help="sampler name, as ldm generate's (default: the pipeline's own)")
     dm.add_argument("--samples", default=SUPPRESS,
                     help="keep the generated images in this folder, new or without images (default: discarded)")
 

@@ -23,7 +23,7 @@ from ldm.core.layout import MODEL_CONFIG, SCHEDULER
 from ldm.data.decode import read_image_file
 from ldm.sampling.inpaint import read_mask
 from ldm.sampling.pipeline_io import scheduler_config
-from ldm.sampling.samplers import DEFAULT_SAMPLER, STOCHASTIC, check_sampler, default_sampler
+from ldm.sampling.samplers import DETERMINISTIC_SAMPLER, STOCHASTIC, check_sampler, default_sampler
 
 
 def resolve(settings: WalkSettings) -> WalkSettings:
@@ -55,10 +55,10 @@ def resolve(settings: WalkSettings) -> WalkSettings:
 
 def pipeline_sampler(pipeline: str | None) -> str:
     """The deterministic sampler a walk takes by default: the pipeline's ("tcd" for a distilled
-    one), read from its scheduler config; DEFAULT_SAMPLER where there is none to read (an
+    one), read from its scheduler config; DETERMINISTIC_SAMPLER where there is none to read (an
     --autoencoder walk, or a missing folder, which is named later)."""
     if pipeline is None or not (Path(pipeline) / SCHEDULER / "scheduler_config.json").is_file():
-        return DEFAULT_SAMPLER
+        return DETERMINISTIC_SAMPLER
     return default_sampler(scheduler_config(pipeline), deterministic=True)
 
 

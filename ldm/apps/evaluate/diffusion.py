@@ -40,7 +40,8 @@ from ldm.metrics.generation_scores import (
 )
 from ldm.metrics.image_quality import sharpness_metric
 from ldm.metrics.results import Evaluation, Metric
-from ldm.sampling.pipeline_io import check_pipeline_folder, image_size
+from ldm.sampling.pipeline_io import check_pipeline_folder, image_size, scheduler_config
+from ldm.sampling.samplers import check_sampler_follows
 
 MAX_CAPTION_PROMPTS = 16  # prompts taken from the split's captions on data other than shapes
 MIN_FID_IMAGES = 2  # real and generated images each, that FID and KID need (ldm.metrics.generation_scores)
@@ -98,9 +99,12 @@ def clip_metrics(clip_path: Path, images: torch.Tensor, prompts: list[str], real
     ]
 
 
-def check_diffusion_inputs(pipeline: str, data: str, clip: str | None, inception: str | None) -> Path | None:
+def check_diffusion_inputs(pipeline: str, data: str, clip: str | None, inception: str | None,
+                           sampler: str | None = None) -> Path | None:
     """Everything that can be wrong before models load; returns the CLIP folder to score with."""
     check_pipeline_folder(pipeline, "make images from prompts alone (ldm evaluate inpainting measures it)")
+    if sampler is not None:
+        check_sampler_follows(sampler, scheduler_config(pipeline))
     check_data_folder(data)
     if inception is not None:
         check_inception(inception)
@@ -137,8 +141,9 @@ def requests_for(real: RealImages, prompts: list[str] | None) -> tuple[list[str]
 @torch.no_grad()
 def evaluate_diffusion(pipeline: str, data: str, clip: str | None = None, inception: str | None = None,
                        split: str = DEFAULT_SPLIT, n: int = IMAGES_PER_PROMPT, seed: int = 0,
-                       steps: int = SAMPLING_STEPS, guidance: float = GUIDANCE, samples: str | Path | None = None,
-                       generate: bool = True, prompts: list[str] | None = None) -> Evaluation:
+                       steps: int = SAMPLING_STEPS, guidance: float = GUIDANCE, sampler: str | None = None,
+                       samples: str | Path | None = None, generate: bool = True,
+                       prompts: list[str] | None = None) -> Evaluation:
     """Generate n images per prompt (into `samples`, else a temporary folder) and score them.
 
     `prompts` default to the shapes data's held-out prompts, or on other data to the split's
@@ -148,7 +153,7 @@ def evaluate_diffusion(pipeline: str, data: str, clip: str | None = None, incept
     start = time.perf_counter()
     if prompts is not None and not prompts:
         raise LdmError("no prompts to evaluate with: the prompts given are empty")
-    clip_path = check_diffusion_inputs(pipeline, data, clip, inception)
+    clip_path = check_diffusion_inputs(pipeline, data, clip, inception, sampler)
     real = load_real(data, split, image_size(pipeline))
     prompts, wanted, prompts_from = requests_for(real, prompts)
     if wanted is None and clip_path is None:
@@ -159,7 +164,7 @@ def evaluate_diffusion(pipeline: str, data: str, clip: str | None = None, incept
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(samples) if samples is not None else Path(tmp)
         if generate:
-            paths = generate_samples(pipeline, prompts, folder, n, seed, steps, guidance)
+            paths = generate_samples(pipeline, prompts, folder, n, seed, steps, guidance, sampler=sampler)
         else:
             paths = sample_paths(pipeline, prompts, folder, n, seed)
         images = read_samples(paths)
@@ -177,7 +182,8 @@ def evaluate_diffusion(pipeline: str, data: str, clip: str | None = None, incept
                                 else "plain prompts of their attributes")
     settings = {"data": str(data), "split": split, "prompts": len(prompts), "prompts_from": prompts_from,
                 "images_per_prompt": n, "real_images": len(real.pixels), "seed": seed, "steps": steps,
-                "guidance": guidance, "clip": str(clip_path) if clip_path else None, "inception": inception,
+                "guidance": guidance, "sampler": sampler or "the pipeline's own",
+                "clip": str(clip_path) if clip_path else None, "inception": inception,
                 "samples": str(samples) if samples is not None else None}
     if clip_path is None:
         settings["skipped"] = "CLIP score, FID and KID: no CLIP (train stage 1b, or pass --clip)"

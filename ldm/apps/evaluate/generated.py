@@ -34,12 +34,13 @@ def sample_paths(pipeline: str, prompts: list[str], out: str | Path, n: int, see
 
 
 def generate_samples(pipeline: str, prompts: list[str], out: str | Path, n: int, seed: int,
-                     steps: int, guidance: float, loras: list = (), embeddings: list = ()) -> list[Path]:
+                     steps: int, guidance: float, loras: list = (), embeddings: list = (),
+                     sampler: str | None = None) -> list[Path]:
     """n images per prompt in `out` (PNGs with their settings, and grid.png), through `ldm generate`
     (with `loras`, `ldm.sampling.lora.LoraChoice`s, and textual-inversion `embeddings` files
-    loaded onto the pipeline)."""
+    loaded onto the pipeline; `sampler` None: the pipeline's own)."""
     generate(GenerateOptions(pipeline=str(pipeline), prompts=prompts, out=str(out), n=n, seed=seed,
-                             steps=steps, guidance=guidance, loras=list(loras),
+                             steps=steps, guidance=guidance, loras=list(loras), sampler=sampler,
                              embeddings=[str(path) for path in embeddings]))
     return sample_paths(pipeline, prompts, out, n, seed)
 

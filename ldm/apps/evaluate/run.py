@@ -30,8 +30,8 @@ def evaluate(s: AutoencoderEvaluation | DiffusionEvaluation | InpaintingEvaluati
     elif isinstance(s, DiffusionEvaluation):
         prompts = read_prompts_file(s.prompts_file) if s.prompts_file is not None else None
         result = evaluate_diffusion(s.pipeline, s.data, clip=s.clip, inception=s.inception, split=s.split, n=s.n,
-                                    seed=s.seed, steps=s.steps, guidance=s.guidance, samples=s.samples,
-                                    prompts=prompts)
+                                    seed=s.seed, steps=s.steps, guidance=s.guidance, sampler=s.sampler,
+                                    samples=s.samples, prompts=prompts)
     elif isinstance(s, InpaintingEvaluation):
         result = evaluate_inpainting(s.pipeline, cases=s.cases, n=s.n, seed=s.seed, steps=s.steps, guidance=s.guidance,
                                      strength=s.strength, feather=s.feather, repaint=s.repaint, samples=s.samples)

@@ -62,6 +62,7 @@ class DiffusionEvaluation(Settings):
     steps: Count = SAMPLING_STEPS
     # 1: no guidance; below 1 samples as 1 does, so it is refused rather than ignored
     guidance: Annotated[float, Field(ge=1)] = GUIDANCE
+    sampler: str | None = None  # None: the pipeline's own (as ldm generate, which checks the name)
     samples: PathText | None = None  # keep the generated images here; None: discarded
     out: PathText | None = None  # the results as JSON
 

@@ -84,7 +84,8 @@ class AutoencoderModule(L.LightningModule):
                                "support it (AutoencoderKL does)")
             self.vae.enable_gradient_checkpointing()
         loss = cfg.loss
-        weights = {k: getattr(loss, k) for k in ("l1", "l2", "perceptual", "edge", "kl", "codebook", "commitment", "disc")}
+        terms = ("l1", "l2", "perceptual", "edge", "kl", "codebook", "commitment", "disc")
+        weights = {k: getattr(loss, k) for k in terms}
         self.loss = AutoencoderLoss(weights, loss.lpips_weights, loss.disc_layers, loss.disc_channels)
         self.codebook = None
         if self.is_vq:
