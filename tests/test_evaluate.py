@@ -18,6 +18,7 @@ from ldm.cli import main
 from ldm.core.errors import LdmError
 from ldm.data.shapes.generator import HELD_OUT
 from ldm.metrics.results import Evaluation, Metric, read_json, to_json, write_json
+from ldm.sampling.samplers import DEFAULT_SAMPLER
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +71,25 @@ def test_diffusion_reports_fidelity_clip_score_and_clip_feature_fid(run, tmp_pat
     again = evaluate_diffusion(str(run_dir / "pipeline"), str(data), n=1, steps=1, samples=tmp_path / "s",
                                generate=False)
     assert again.value("prompt_fidelity") == result.value("prompt_fidelity")
+
+
+def test_diffusion_samples_with_the_sampler_asked_for(run, tmp_path, capsys):
+    """--sampler reaches the images (their PNG metadata) and the JSON's settings; by default the
+    pipeline's own sampler; a wrong name is one line before anything is generated."""
+    run_dir, data = run
+    out = tmp_path / "ddim.json"
+    main(["evaluate", "diffusion", str(run_dir / "pipeline"), "--data", str(data), "--n", "1", "--steps", "1",
+          "--sampler", "ddim", "--samples", str(tmp_path / "ddim"), "--out", str(out)])
+    assert json.loads(out.read_text())["settings"]["sampler"] == "ddim"
+    assert {Image.open(p).text["sampler"] for p in (tmp_path / "ddim").glob("0*-seed*.png")} == {"ddim"}
+    evaluate_diffusion(str(run_dir / "pipeline"), str(data), n=1, steps=1, samples=tmp_path / "default")
+    assert {Image.open(p).text["sampler"] for p in (tmp_path / "default").glob("0*-seed*.png")} == {DEFAULT_SAMPLER}
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["evaluate", "diffusion", str(run_dir / "pipeline"), "--data", str(data), "--sampler", "fast",
+              "--samples", str(tmp_path / "never")])
+    assert "unknown sampler 'fast'" in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()
 
 
 def test_walk_smoothness_from_a_rendered_walk(run, tmp_path, capsys):
