@@ -103,7 +103,7 @@ def test_sampler_keeps_the_training_schedule_and_rejects_unknown_names(kl_pipeli
     sampler = make_sampler("dpmsolver++", pipe.scheduler.config)
     assert sampler.config.algorithm_type == "dpmsolver++"
     assert sampler.config.beta_schedule == pipe.scheduler.config.beta_schedule == "scaled_linear"
-    with pytest.raises(LdmError, match="unknown sampler 'plms'; choose one of: dpmsolver\\+\\+-sde, dpmsolver\\+\\+"):
+    with pytest.raises(LdmError, match="unknown sampler 'plms'; choose one of: dpmsolver\\+\\+, dpmsolver\\+\\+-sde"):
         make_sampler("plms", pipe.scheduler.config)
 
 

@@ -33,7 +33,7 @@ class GenerateOptions(Settings):
     guidance_rescale: UnitInterval | None = None  # None: the pipeline's own (its scheduler config's)
     negative: str = ""
     prompt_chunks: PromptChunks | None = None  # windows of 75 tokens a prompt may take; None: the pipeline's
-    # None: the pipeline's own (ldm.sampling.samplers.default_sampler): dpmsolver++-sde, lcm for a distilled one
+    # None: the pipeline's own (ldm.sampling.samplers.default_sampler): dpmsolver++, lcm for a distilled one
     sampler: str | None = None
     eta: UnitInterval = 0.0  # DDIM's: 0 deterministic, 1 DDPM-like
     height: int | None = None  # None: the model's (any multiple of its autoencoder's factor)

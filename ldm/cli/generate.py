@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--negative", default=SUPPRESS, help="negative prompt (needs --guidance above 1)")
     add_text_arguments(parser)
     parser.add_argument("--sampler", default=SUPPRESS,
-                        help="sampler name (default: dpmsolver++-sde, or lcm for a pipeline distilled by "
+                        help="sampler name (default: dpmsolver++, or lcm for a pipeline distilled by "
                              "`ldm train configs/distill/...`); a wrong name lists the valid ones")
     parser.add_argument("--eta", type=number(0.0, 1.0), default=SUPPRESS,
                         help="DDIM's eta: 0 deterministic, 1 DDPM-like (default %(default)s)")
