@@ -107,14 +107,15 @@ SCALES = {
     # ldm/stages/time_budget.py) and its learning-rate schedule ends with them, so the quickstart
     # takes the same time on a slow CPU and a fast one, and a faster machine only trains more steps.
     # The autoencoder and the CLIP train side by side, a core each; the diffusion stage then has
-    # both cores. Sized so that README command 1, install included, takes about 11.5 minutes on a
+    # both cores. Sized so that README command 1, install included, takes about 11 minutes on a
     # quiet 2-core CPU (docs/benchmarks.md has each step's time measured). Stage 2 has the most:
     # on one stage 1, 4.5 minutes (2446 steps) scored 76.6% held-out fidelity and 5.5 (2741) 84.4%
-    # (session 14); steps are what it is short of.
+    # (session 14), but with 5.5 one README command 1 took 12 min 0 s on a slow moment of the
+    # machine: 5 leaves a minute's margin under 12.
     "toy": Scale(images=10000, test_images=None,
                  overrides={"autoencoder": ("train.max_minutes=4",),
                             "clip": ("train.max_minutes=4",),
-                            "diffusion": ("train.max_minutes=5.5",)},
+                            "diffusion": ("train.max_minutes=5",)},
                  images_per_prompt=16, sampling_steps=20, walk_audio=(1.0, 3.0)),
     # Seconds per stage, for tests: every number as small as the code accepts.
     "tiny": Scale(images=48, test_images=16,
