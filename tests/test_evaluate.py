@@ -82,7 +82,8 @@ def test_diffusion_samples_with_the_sampler_asked_for(run, tmp_path, capsys):
           "--sampler", "ddim", "--samples", str(tmp_path / "ddim"), "--out", str(out)])
     assert json.loads(out.read_text())["settings"]["sampler"] == "ddim"
     assert {Image.open(p).text["sampler"] for p in (tmp_path / "ddim").glob("0*-seed*.png")} == {"ddim"}
-    evaluate_diffusion(str(run_dir / "pipeline"), str(data), n=1, steps=1, samples=tmp_path / "default")
+    default = evaluate_diffusion(str(run_dir / "pipeline"), str(data), n=1, steps=1, samples=tmp_path / "default")
+    assert default.settings["sampler"] == DEFAULT_SAMPLER  # the name the images were made with
     assert {Image.open(p).text["sampler"] for p in (tmp_path / "default").glob("0*-seed*.png")} == {DEFAULT_SAMPLER}
     capsys.readouterr()
     with pytest.raises(SystemExit):

@@ -30,7 +30,7 @@ from safetensors import safe_open
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from ldm.components.text_encoder import EMPTY_PROMPT, TextConditioner, embed_prompts, load_text_encoder
-from ldm.components.text_time import pack, pooled_rows
+from ldm.components.text_time import pack, pooled_rows, unpack
 from ldm.core.errors import LdmError, first_line
 from ldm.core.layout import CLIP, TEXT_ENCODER, TEXT_ENCODER_2, TOKENIZER, TOKENIZER_2
 from ldm.core.trust import check_no_code
@@ -120,6 +120,13 @@ def embed_with(encoders: list[Encoder], prompts: list[str], max_chunks: int = 1)
     return pack(torch.cat(hidden, dim=-1), pooled)
 
 
+@torch.no_grad()
+def empty_window(encoders: list[Encoder]) -> torch.Tensor:
+    """(1, window tokens, width): the empty prompt's token rows as `embed_with` encodes them (its
+    pooled rows left out), what a shorter prompt's embedding is padded with."""
+    return unpack(embed_with(encoders, [EMPTY_PROMPT]), encoders[-1][1].config.projection_dim)[0]
+
+
 class TextTimeConditioner(TextConditioner):
     """The frozen text encoders of an SDXL-style model, with SDXL's caption dropout (to zeros).
 
@@ -163,7 +170,7 @@ class TextTimeConditioner(TextConditioner):
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> torch.Tensor:
-        return embed_with(self.encoders, list(prompts), self.max_chunks)
+        return self.embed(prompts)
 
     def embed(self, prompts: list[str]) -> torch.Tensor:
         return embed_with(self.encoders, list(prompts), self.max_chunks)
@@ -178,7 +185,7 @@ class TextTimeConditioner(TextConditioner):
         """The empty prompt's window as encoded (token rows, not zeros): a short caption's padding,
         as `embed_with` pads a batch."""
         if self._window is None:
-            self._window = self.encode([EMPTY_PROMPT])[:, :-self.tail_rows]
+            self._window = empty_window(self.encoders)
         return self._window
 
     def dropped_embedding(self, rows: int) -> torch.Tensor:

@@ -36,8 +36,8 @@ from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokeniz
 
 from ldm.components import autoencoder as vae_lib
 from ldm.components import text_time
-from ldm.components.dual_text_encoder import Encoder, embed_with
-from ldm.components.text_encoder import EMPTY_PROMPT, each_once
+from ldm.components.dual_text_encoder import Encoder, embed_with, empty_window
+from ldm.components.text_encoder import each_once
 from ldm.sampling.pipeline import LatentDiffusionPipeline
 
 
@@ -66,9 +66,8 @@ class LatentDiffusionXLPipeline(StableDiffusionXLLoraLoaderMixin, LatentDiffusio
     def embed_prompts(self, texts: list[str]) -> torch.Tensor:
         return each_once(lambda distinct: embed_with(self.encoders, distinct, self.prompt_chunks), list(texts))
 
-    @torch.no_grad()
     def padding_window(self) -> torch.Tensor:
-        return embed_with(self.encoders, [EMPTY_PROMPT])[:, :-self.tail_rows]
+        return empty_window(self.encoders)
 
     @property
     def prompt_tokenizer(self) -> CLIPTokenizer:

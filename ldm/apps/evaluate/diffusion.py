@@ -41,7 +41,7 @@ from ldm.metrics.generation_scores import (
 from ldm.metrics.image_quality import sharpness_metric
 from ldm.metrics.results import Evaluation, Metric
 from ldm.sampling.pipeline_io import check_pipeline_folder, image_size, scheduler_config
-from ldm.sampling.samplers import check_sampler_follows
+from ldm.sampling.samplers import check_sampler_follows, default_sampler
 
 MAX_CAPTION_PROMPTS = 16  # prompts taken from the split's captions on data other than shapes
 MIN_FID_IMAGES = 2  # real and generated images each, that FID and KID need (ldm.metrics.generation_scores)
@@ -182,7 +182,7 @@ def evaluate_diffusion(pipeline: str, data: str, clip: str | None = None, incept
                                 else "plain prompts of their attributes")
     settings = {"data": str(data), "split": split, "prompts": len(prompts), "prompts_from": prompts_from,
                 "images_per_prompt": n, "real_images": len(real.pixels), "seed": seed, "steps": steps,
-                "guidance": guidance, "sampler": sampler or "the pipeline's own",
+                "guidance": guidance, "sampler": sampler or default_sampler(scheduler_config(pipeline)),
                 "clip": str(clip_path) if clip_path else None, "inception": inception,
                 "samples": str(samples) if samples is not None else None}
     if clip_path is None:

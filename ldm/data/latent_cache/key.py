@@ -32,6 +32,11 @@ def module_digest(module: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+def tokenizer_digest(tokenizer) -> str:
+    """sha256 of a tokenizer's vocabulary: what decides the token ids a caption becomes."""
+    return hashlib.sha256(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode()).hexdigest()
+
+
 def _plain(config) -> dict:
     return config.to_dict() if hasattr(config, "to_dict") else dict(config)
 
@@ -47,8 +52,7 @@ def fingerprint(ds: datasets.Dataset, cfg: DataConfig, autoencoder: FrozenAutoen
         "buckets": to_dict(cfg.buckets) if cfg.buckets is not None else None,
         "autoencoder": module_digest(autoencoder.vae),
         "text_encoder": module_digest(conditioner.text_encoder),
-        "tokenizer": hashlib.sha256(json.dumps(conditioner.tokenizer.get_vocab(), sort_keys=True)
-                                    .encode()).hexdigest(),
+        "tokenizer": tokenizer_digest(conditioner.tokenizer),
         "max_length": conditioner.tokenizer.model_max_length,
     }
     if conditioner.max_chunks > 1:  # only then: a one-window cache keeps the key it always had
@@ -57,8 +61,7 @@ def fingerprint(ds: datasets.Dataset, cfg: DataConfig, autoencoder: FrozenAutoen
         parts["text_time"] = True  # packed embeddings (ldm.components.text_time), not SD's
         if conditioner.first is not None:
             parts["text_encoder_first"] = module_digest(conditioner.first[1])
-            parts["tokenizer_first"] = hashlib.sha256(json.dumps(conditioner.first[0].get_vocab(), sort_keys=True)
-                                                      .encode()).hexdigest()
+            parts["tokenizer_first"] = tokenizer_digest(conditioner.first[0])
     masks = mask_key(ds, cfg)
     if masks is not None:  # only then: a cache without masks keeps the key it had before masks existed
         parts["masks"] = masks
