@@ -135,9 +135,9 @@ def is_sdxl_folder(path: str | Path) -> bool:
 def required_files(path: Path) -> tuple[str, ...]:
     """The files a pipeline folder of its layout cannot load without (an SDXL one's first text
     encoder is optional, as in diffusers)."""
-    if not is_sdxl_folder(path):
-        return REQUIRED_FILES
     index = read_json_mapping(path / MODEL_INDEX)
+    if TEXT_ENCODER_2 not in index:  # not the SDXL layout (`is_sdxl_folder`)
+        return REQUIRED_FILES
     first = [name for name in (TEXT_ENCODER, TOKENIZER) if (index.get(name) or [None])[0] is None]
     return tuple(file for file in REQUIRED_FILES if file.split("/")[0] not in first) + SDXL_FILES
 
