@@ -95,8 +95,10 @@ def test_a_slower_step_plans_fewer_steps_and_still_ends_its_cosine(tmp_path, sha
         assert module.rates[-1] < 0.01 * max(module.rates)
         scheduler = trainer.lr_scheduler_configs[0].scheduler
         assert scheduler.get_last_lr()[0] < 0.01 * max(module.rates)
-        # what loss.edge_start reads: the share of the plan, not of max_steps
-        assert run_share(scheduler, plan.planned // 2) == pytest.approx(0.5, abs=0.01)
+        # what loss.edge_start reads: the share of the plan, not of max_steps (exactly: a plan of a few
+        # dozen steps, as on a loaded machine, puts its integer half visibly off 0.5)
+        assert run_share(scheduler, plan.planned) == pytest.approx(1.0)
+        assert run_share(scheduler, plan.planned // 2) == pytest.approx((plan.planned // 2) / plan.planned)
         # within the budget, steps included
         assert plan.planned * plan.step_seconds < minutes * 60
     assert "time budget planned at step" in capsys.readouterr().out
